@@ -1,0 +1,36 @@
+# tfyarn: `make demo` and `make test` each set everything up from scratch (idempotent).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tfyarn-installed
+NATIVE_SRC := $(wildcard native/*.c native/*.h)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml setup.py scripts/setup-system.sh $(NATIVE_SRC)
+	bash scripts/setup-system.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip setuptools wheel
+	$(PY) -m pip install -q -e '.[tf,dev]'
+	touch $@
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) examples/digits_ps.py
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+bench: setup
+	$(VENV)/bin/tfyarn bench all
+
+clean:
+	rm -rf build *.egg-info tfyarn/*.so .pytest_cache

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# System packages tfyarn's build and tests need (Debian bookworm). Idempotent: installs
+# only what is missing, so a second run is quick. Run as root (CI is root).
+set -euo pipefail
+pkgs=(libucx-dev ucx-utils python3-pyverbs rdma-core ibverbs-providers iproute2 openjdk-17-jre-headless maven)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup-system: installing ${missing[*]}"
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup-system: need root to apt-get install ${missing[*]}" >&2; exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,100 @@
+"""The transport interface: move bytes between endpoints, nothing more.
+
+Modelled on dask ``distributed.comm``: a small interface and a registry of backends
+chosen by URL scheme (``tcp://``, ``grpc://``, ``ucx://``). The exchange layer only ever
+sees :class:`Comm` and :class:`Listener`; it never knows which backend carries the bytes.
+
+Semantics every backend honours
+-------------------------------
+* A :class:`Comm` is one authenticated, ordered, bidirectional message channel.
+  ``send`` of one buffer on one side is matched by exactly one ``recv_into``/``recv``
+  on the other side, in order.
+* ``send`` may return before the peer received the message but never before the
+  caller's buffer may be reused.
+* ``recv_into(buf)`` writes the next message into ``buf`` (any writable buffer, ideally
+  one from :mod:`tfyarn.native`'s pool so that no copy is needed) and returns its length;
+  a message larger than ``buf`` raises :class:`~tfyarn.errors.FrameError` for this peer.
+* ``put``/``get`` are one-sided: they write/read a region the peer exposed with
+  :meth:`Listener.register` (or :meth:`Comm.register`), by name. Backends without native
+  RMA emulate them with a request served by the peer's progress thread.
+* Every connection starts with an HMAC challenge on the job secret; a peer without the
+  secret is refused (and logged) while the listener keeps serving.
+* Methods are thread-safe for one sender thread and one receiver thread at a time, so
+  full-duplex algorithms (ring all-reduce) send on one thread and receive on another.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Buffer
+
+__all__ = ["Comm", "Listener"]
+
+
+class Comm(abc.ABC):
+    """One authenticated, ordered, bidirectional connection to a peer."""
+
+    #: Name of the transport actually carrying the bytes, e.g. ``"tcp"``, ``"ucx/posix"``.
+    transport: str
+    #: The peer's address, as a URL.
+    peer_address: str
+
+    @abc.abstractmethod
+    def send(self, data: Buffer) -> None:
+        """Send one message (any bytes-like object, sent without an extra copy if possible)."""
+
+    @abc.abstractmethod
+    def recv_into(self, buf: Buffer) -> int:
+        """Receive the next message into ``buf``; return the number of bytes written."""
+
+    @abc.abstractmethod
+    def recv(self) -> memoryview:
+        """Receive the next message into a newly allocated (pool) buffer and return a view."""
+
+    @abc.abstractmethod
+    def put(self, data: Buffer, region: str, offset: int = 0) -> None:
+        """Write ``data`` into the peer's registered ``region`` at byte ``offset``.
+
+        Returns once the data is visible in the peer's memory.
+        """
+
+    @abc.abstractmethod
+    def get(self, buf: Buffer, region: str, offset: int = 0) -> int:
+        """Read ``len(buf)`` bytes of the peer's registered ``region`` at ``offset`` into ``buf``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+
+    def __enter__(self) -> Comm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Listener(abc.ABC):
+    """A bound endpoint that accepts :class:`Comm` connections and exposes memory regions."""
+
+    #: The URL peers pass to ``connect``, e.g. ``"tcp://127.0.0.1:40123"``.
+    address: str
+    #: Name of the transport, as :attr:`Comm.transport`.
+    transport: str
+
+    @abc.abstractmethod
+    def accept(self, timeout: float | None = None) -> Comm:
+        """Wait for the next authenticated peer and return its :class:`Comm`."""
+
+    @abc.abstractmethod
+    def register(self, region: str, buf: Buffer) -> None:
+        """Expose writable ``buf`` under the name ``region`` for peers' ``put``/``get``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop accepting, close every accepted comm, release the port; idempotent."""
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
