@@ -26,9 +26,15 @@ Semantics every backend honours
 from __future__ import annotations
 
 import abc
-from collections.abc import Buffer
+import sys
 
-__all__ = ["Comm", "Listener"]
+# collections.abc.Buffer is Python >= 3.12; typing_extensions provides the same ABC before.
+if sys.version_info >= (3, 12):
+    from collections.abc import Buffer
+else:
+    from typing_extensions import Buffer
+
+__all__ = ["Buffer", "Comm", "Listener"]
 
 
 class Comm(abc.ABC):
@@ -60,7 +66,7 @@ class Comm(abc.ABC):
 
     @abc.abstractmethod
     def get(self, buf: Buffer, region: str, offset: int = 0) -> int:
-        """Read ``len(buf)`` bytes of the peer's registered ``region`` at ``offset`` into ``buf``."""
+        """Read ``len(buf)`` bytes of the peer's ``region`` at ``offset`` into ``buf``."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -1,0 +1,252 @@
+"""Mutual HMAC-SHA256 challenge-response on the job secret, run first on every connection.
+
+Every tfyarn job has a random secret (:func:`new_job_secret`) that the driver hands to
+its executors. Before a connection carries a single frame, both ends prove they hold
+that secret without ever sending it:
+
+====  ==========  ==========================================================
+step  direction   bytes
+====  ==========  ==========================================================
+1     S -> C      ``MAGIC`` (8) + server nonce ``ns`` (32)
+2     C -> S      ``MAGIC`` (8) + client nonce ``nc`` (32)
+                  + ``HMAC(secret, b"tfyarn-client" + ns + nc)`` (32)
+3     S -> C      status byte: ``0x01`` accepted, then
+                  ``HMAC(secret, b"tfyarn-server" + nc + ns)`` (32);
+                  ``0x00`` refused (nothing follows, the server closes)
+====  ==========  ==========================================================
+
+Both nonces come from :func:`secrets.token_bytes`, so a recorded exchange cannot be
+replayed; the role labels differ between the two MACs, so a server's answer cannot be
+reflected back to it as a client proof. MACs are compared with
+:func:`hmac.compare_digest` (constant time).
+
+The functions work over any connected object with ``sendall`` and ``recv_into``
+(a :class:`socket.socket`, or a UCX endpoint wrapped to look like one). When the object
+has ``settimeout``/``gettimeout``, the handshake runs under ``timeout`` and the previous
+timeout is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import secrets
+import socket
+from typing import Protocol
+
+from tfyarn.errors import AuthenticationError, ConfigError
+from tfyarn.transport.base import Buffer
+
+__all__ = [
+    "MIN_SECRET_BYTES",
+    "SECRET_BYTES",
+    "client_handshake",
+    "new_job_secret",
+    "server_handshake",
+]
+
+#: Identifies the handshake and its version; a peer speaking anything else is refused.
+MAGIC = b"TFYAUTH1"
+#: Length of each nonce and of each MAC (SHA-256 digest size).
+NONCE_BYTES = 32
+MAC_BYTES = hashlib.sha256().digest_size
+#: Length of the secrets :func:`new_job_secret` makes.
+SECRET_BYTES = 32
+#: Shortest secret accepted: shorter keys make the HMAC guessable.
+MIN_SECRET_BYTES = 16
+
+_ACCEPT = b"\x01"
+_REFUSE = b"\x00"
+_CLIENT_LABEL = b"tfyarn-client"
+_SERVER_LABEL = b"tfyarn-server"
+
+
+class SocketLike(Protocol):
+    """What the handshake needs from a connection."""
+
+    def sendall(self, data: Buffer, /) -> object: ...
+
+    def recv_into(self, buffer: Buffer, nbytes: int = 0, /) -> int: ...
+
+
+def new_job_secret() -> bytes:
+    """Return a fresh random job secret of :data:`SECRET_BYTES` bytes.
+
+    Returns
+    -------
+    bytes
+        Cryptographically random bytes from :func:`secrets.token_bytes`.
+    """
+    return secrets.token_bytes(SECRET_BYTES)
+
+
+def _check_secret(secret: Buffer) -> bytes:
+    """Return ``secret`` as bytes, or raise ConfigError naming what is wrong with it."""
+    if isinstance(secret, str):
+        raise ConfigError(
+            "the job secret must be bytes, not str; use tfyarn.transport.auth.new_job_secret() "
+            "or encode it (e.g. bytes.fromhex(...))"
+        )
+    try:
+        key = bytes(memoryview(secret))
+    except TypeError:
+        raise ConfigError(
+            f"the job secret must be a bytes-like object, got {type(secret).__name__}"
+        ) from None
+    if len(key) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"the job secret is {len(key)} bytes; at least {MIN_SECRET_BYTES} are needed "
+            "(use tfyarn.transport.auth.new_job_secret())"
+        )
+    return key
+
+
+def _mac(key: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
+    return hmac.new(key, label + first + second, hashlib.sha256).digest()
+
+
+def _recv_exact(sock: SocketLike, nbytes: int, what: str) -> bytes:
+    """Read exactly ``nbytes``; a peer that closes early fails the handshake."""
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    got = 0
+    while got < nbytes:
+        n = sock.recv_into(view[got:], nbytes - got)
+        if not n:
+            raise AuthenticationError(
+                f"peer closed the connection during the handshake (while reading the {what}); "
+                "it probably refused our secret or is not a tfyarn endpoint"
+            )
+        got += n
+    return bytes(buf)
+
+
+class _Timeout:
+    """Apply ``timeout`` to the socket for the duration of the handshake, then restore."""
+
+    def __init__(self, sock: SocketLike, timeout: float | None) -> None:
+        self._sock = sock
+        self._timeout = timeout
+        self._previous: float | None = None
+        self._applies = hasattr(sock, "settimeout") and hasattr(sock, "gettimeout")
+
+    def __enter__(self) -> None:
+        if self._applies:
+            self._previous = self._sock.gettimeout()  # type: ignore[attr-defined]
+            self._sock.settimeout(self._timeout)  # type: ignore[attr-defined]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._applies:
+            # An already closed socket has nothing to restore.
+            with contextlib.suppress(OSError):
+                self._sock.settimeout(self._previous)  # type: ignore[attr-defined]
+
+
+def _refuse(sock: SocketLike) -> None:
+    """Tell the client it was refused; a client already gone changes nothing."""
+    with contextlib.suppress(OSError):
+        sock.sendall(_REFUSE)
+
+
+def _io_failure(exc: OSError, timeout: float | None) -> AuthenticationError:
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return AuthenticationError(
+            f"peer did not complete the authentication handshake within {timeout} s"
+        )
+    return AuthenticationError(f"connection failed during the authentication handshake: {exc}")
+
+
+def server_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None = 10.0) -> None:
+    """Authenticate the peer of an accepted connection, and prove our own identity.
+
+    Parameters
+    ----------
+    sock : socket-like
+        A connected object with ``sendall`` and ``recv_into``.
+    secret : bytes-like
+        The job secret (at least :data:`MIN_SECRET_BYTES` bytes).
+    timeout : float or None
+        Seconds the whole handshake may take, when ``sock`` supports timeouts.
+
+    Raises
+    ------
+    AuthenticationError
+        The peer does not hold the secret, speaks another protocol, closed the
+        connection or was too slow. The caller should log it and close ``sock``.
+    ConfigError
+        ``secret`` is not bytes or too short.
+    """
+    key = _check_secret(secret)
+    server_nonce = secrets.token_bytes(NONCE_BYTES)
+    with _Timeout(sock, timeout):
+        try:
+            sock.sendall(MAGIC + server_nonce)
+            reply = _recv_exact(sock, len(MAGIC) + NONCE_BYTES + MAC_BYTES, "client proof")
+            magic = reply[: len(MAGIC)]
+            client_nonce = reply[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
+            proof = reply[len(MAGIC) + NONCE_BYTES :]
+            if magic != MAGIC:
+                _refuse(sock)
+                raise AuthenticationError(
+                    f"peer is not a tfyarn endpoint (handshake magic {magic!r}, "
+                    f"expected {MAGIC!r})"
+                )
+            expected = _mac(key, _CLIENT_LABEL, server_nonce, client_nonce)
+            if not hmac.compare_digest(proof, expected):
+                _refuse(sock)
+                raise AuthenticationError(
+                    "peer failed the HMAC challenge: it does not hold this job's secret"
+                )
+            sock.sendall(_ACCEPT + _mac(key, _SERVER_LABEL, client_nonce, server_nonce))
+        except OSError as exc:
+            raise _io_failure(exc, timeout) from exc
+
+
+def client_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None = 10.0) -> None:
+    """Prove we hold the job secret to the server, and check that the server holds it too.
+
+    Parameters
+    ----------
+    sock : socket-like
+        A connected object with ``sendall`` and ``recv_into``.
+    secret : bytes-like
+        The job secret (at least :data:`MIN_SECRET_BYTES` bytes).
+    timeout : float or None
+        Seconds the whole handshake may take, when ``sock`` supports timeouts.
+
+    Raises
+    ------
+    AuthenticationError
+        The server refused our secret, answered with a wrong proof (it does not hold the
+        secret), speaks another protocol, closed the connection or was too slow.
+    ConfigError
+        ``secret`` is not bytes or too short.
+    """
+    key = _check_secret(secret)
+    with _Timeout(sock, timeout):
+        try:
+            hello = _recv_exact(sock, len(MAGIC) + NONCE_BYTES, "server challenge")
+            if hello[: len(MAGIC)] != MAGIC:
+                raise AuthenticationError(
+                    f"server is not a tfyarn endpoint (handshake magic {hello[:len(MAGIC)]!r}, "
+                    f"expected {MAGIC!r})"
+                )
+            server_nonce = hello[len(MAGIC) :]
+            client_nonce = secrets.token_bytes(NONCE_BYTES)
+            sock.sendall(
+                MAGIC + client_nonce + _mac(key, _CLIENT_LABEL, server_nonce, client_nonce)
+            )
+            status = _recv_exact(sock, 1, "server verdict")
+            if status != _ACCEPT:
+                raise AuthenticationError(
+                    "server refused the connection: our job secret does not match its secret"
+                )
+            proof = _recv_exact(sock, MAC_BYTES, "server proof")
+            expected = _mac(key, _SERVER_LABEL, client_nonce, server_nonce)
+            if not hmac.compare_digest(proof, expected):
+                raise AuthenticationError(
+                    "server failed the HMAC challenge: it does not hold this job's secret"
+                )
+        except OSError as exc:
+            raise _io_failure(exc, timeout) from exc
