@@ -41,6 +41,7 @@ from tfyarn.transport.base import Buffer
 __all__ = [
     "MIN_SECRET_BYTES",
     "SECRET_BYTES",
+    "check_secret",
     "client_handshake",
     "new_job_secret",
     "server_handshake",
@@ -81,8 +82,14 @@ def new_job_secret() -> bytes:
     return secrets.token_bytes(SECRET_BYTES)
 
 
-def _check_secret(secret: Buffer) -> bytes:
-    """Return ``secret`` as bytes, or raise ConfigError naming what is wrong with it."""
+def check_secret(secret: Buffer) -> bytes:
+    """Return ``secret`` as bytes.
+
+    Raises
+    ------
+    ConfigError
+        ``secret`` is a str, not bytes-like, or shorter than :data:`MIN_SECRET_BYTES`.
+    """
     if isinstance(secret, str):
         raise ConfigError(
             "the job secret must be bytes, not str; use tfyarn.transport.auth.new_job_secret() "
@@ -177,7 +184,7 @@ def server_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None 
     ConfigError
         ``secret`` is not bytes or too short.
     """
-    key = _check_secret(secret)
+    key = check_secret(secret)
     server_nonce = secrets.token_bytes(NONCE_BYTES)
     with _Timeout(sock, timeout):
         try:
@@ -189,8 +196,7 @@ def server_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None 
             if magic != MAGIC:
                 _refuse(sock)
                 raise AuthenticationError(
-                    f"peer is not a tfyarn endpoint (handshake magic {magic!r}, "
-                    f"expected {MAGIC!r})"
+                    f"peer is not a tfyarn endpoint (handshake magic {magic!r}, expected {MAGIC!r})"
                 )
             expected = _mac(key, _CLIENT_LABEL, server_nonce, client_nonce)
             if not hmac.compare_digest(proof, expected):
@@ -223,13 +229,13 @@ def client_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None 
     ConfigError
         ``secret`` is not bytes or too short.
     """
-    key = _check_secret(secret)
+    key = check_secret(secret)
     with _Timeout(sock, timeout):
         try:
             hello = _recv_exact(sock, len(MAGIC) + NONCE_BYTES, "server challenge")
             if hello[: len(MAGIC)] != MAGIC:
                 raise AuthenticationError(
-                    f"server is not a tfyarn endpoint (handshake magic {hello[:len(MAGIC)]!r}, "
+                    f"server is not a tfyarn endpoint (handshake magic {hello[: len(MAGIC)]!r}, "
                     f"expected {MAGIC!r})"
                 )
             server_nonce = hello[len(MAGIC) :]
