@@ -64,8 +64,8 @@ def test_dtypes_are_never_mixed() -> None:
 
 
 def test_bad_dtype_and_shape_are_named() -> None:
-    with pytest.raises(ConfigError, match="int32"):
-        plan_buckets([TensorSpec("step", (), "int32")])
+    with pytest.raises(ConfigError, match="bool"):
+        plan_buckets([TensorSpec("flag", (), "bool")])
     with pytest.raises(ConfigError, match="'x'"):
         plan_buckets([TensorSpec("x", (-1, 3), "float32")])
     with pytest.raises(ConfigError, match="max_bytes"):

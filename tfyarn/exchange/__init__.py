@@ -1,0 +1,19 @@
+"""tfyarn's own tensor exchange: ring all-reduce, parameter servers, distributed optimizers.
+
+Independent of the transport that carries the bytes (tcp, grpc, ucx) and of TensorFlow
+until Keras pieces are asked for. Entry points used by the launcher:
+
+* :data:`STRATEGY_NAMES`: the names ``tfyarn.run(strategy=...)`` accepts;
+* :func:`for_context`: the strategy object a chief/worker's ``ctx.strategy()`` returns;
+* :func:`serve_ps`: what a parameter-server role runs.
+"""
+
+from __future__ import annotations
+
+from tfyarn.exchange.algorithms import ALGORITHMS
+from tfyarn.exchange.strategy import ExchangeStrategy, for_context, serve_ps
+
+__all__ = ["STRATEGY_NAMES", "ExchangeStrategy", "for_context", "serve_ps"]
+
+#: Strategy names selectable with ``tfyarn.run(strategy=...)``.
+STRATEGY_NAMES: tuple[str, ...] = tuple(ALGORITHMS)

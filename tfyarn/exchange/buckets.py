@@ -36,7 +36,7 @@ __all__ = [
 #: spread a model over several parameter servers.
 DEFAULT_BUCKET_BYTES = 4 << 20
 
-_SUPPORTED_DTYPES = ("float32", "float16", "bfloat16", "float64")
+_SUPPORTED_DTYPES = ("float32", "float16", "bfloat16", "float64", "int32", "int64")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ class TensorSpec:
     shape : tuple of int
         Static shape.
     dtype : str
-        NumPy-style dtype name: ``"float32"``, ``"float16"``, ``"bfloat16"`` or ``"float64"``.
+        NumPy-style dtype name: ``"float32"``, ``"float16"``, ``"bfloat16"``, ``"float64"``,
+        ``"int32"`` or ``"int64"`` (integers only for broadcast and averaging bookkeeping).
     """
 
     name: str

@@ -1,0 +1,312 @@
+"""The distributed training algorithms, as hooks around a local training loop.
+
+Each algorithm says what happens to gradients inside the optimizer step
+(:attr:`Algorithm.gradient_mode`) and what happens at the start, after every step, at
+every epoch end and at the end of training. The same hooks serve Keras ``model.fit``
+(through :mod:`tfyarn.exchange.keras` callbacks) and custom ``tf.GradientTape`` loops
+(through :class:`~tfyarn.exchange.strategy.ExchangeStrategy`'s ``begin``/``step_end``/
+``end``).
+
+=================  ===============  ==================================================
+name               gradients        synchronisation
+=================  ===============  ==================================================
+allreduce          ring-averaged    initial weights broadcast from rank 0
+sync_ps            pushed to ps     ps averages all trainers, updates, all pull
+downpour           pushed to ps     ps applies each push at once (Dean et al. 2012)
+easgd              local            every ``tau`` steps elastic move towards the ps
+                                    center (Zhang, Choromanska & LeCun 2015)
+model_averaging    local            weights averaged every ``every`` steps or epoch
+adag               local            every ``window`` steps the normalised accumulated
+                                    update goes to the ps center (Hermans 2017)
+=================  ===============  ==================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from tfyarn.errors import ConfigError
+from tfyarn.exchange import tensors
+from tfyarn.exchange.buckets import Bucket, TensorSpec, pack, plan_buckets, unpack
+from tfyarn.exchange.ps import PSClient
+
+if TYPE_CHECKING:
+    from tfyarn.exchange.strategy import ExchangeStrategy
+
+__all__ = ["ALGORITHMS", "Algorithm", "make_algorithm"]
+
+#: Options every strategy accepts (see :func:`make_algorithm`).
+COMMON_OPTIONS: dict[str, Any] = {"timeout": 180.0, "chunk_bytes": 1 << 20, "bucket_bytes": 4 << 20}
+
+
+class Algorithm:
+    """Base: no gradient exchange, initial weights broadcast from rank 0."""
+
+    name: ClassVar[str] = ""
+    #: ``"reduce"``: the optimizer applies ring-averaged gradients; ``"replace"``: gradients
+    #: go to the ps and the variables take the values it returns; None: local optimizer.
+    gradient_mode: ClassVar[str | None] = None
+    uses_ps: ClassVar[bool] = False
+    #: Options with defaults; ``None`` defaults are filled in by :meth:`__init__`.
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, strategy: ExchangeStrategy, options: Mapping[str, Any]) -> None:
+        self.s = strategy
+        self.options = dict(options)
+        self.steps = 0
+        self.client: PSClient | None = None
+        self.optimizer_config: dict[str, Any] | None = None
+
+    # -- helpers -----------------------------------------------------------------------
+    def _average(self, variables: Sequence[Any]) -> None:
+        """Average the floating-point ``variables`` over every trainer (ring)."""
+        fl = tensors.floating(variables)
+        if self.s.size == 1 or not fl:
+            return
+        values = tensors.read(fl)
+        for b in plan_buckets(tensors.specs(fl), 1 << 62):
+            flat = pack(b, values, np.empty(b.size, values[b.slots[0].tensor].dtype))
+            self.s.ring.allreduce_(flat, average=True)
+            unpack(b, flat, values)
+        tensors.assign(fl, values)
+
+    def _client(self, trainable: Sequence[Any]) -> PSClient:
+        if self.client is None:
+            self.client = PSClient(
+                self.s.mesh, self.s.ps, tensors.specs(trainable), self.s.options["bucket_bytes"]
+            )
+        return self.client
+
+    def _init_center(self, trainable: Sequence[Any]) -> None:
+        """Rank 0 stores the weights on the ps; everyone then starts from them."""
+        client = self._client(trainable)
+        if self.s.rank == 0:
+            client.init(tensors.read(trainable), self.optimizer_config)
+        tensors.assign(trainable, client.pull())
+
+    # -- hooks -------------------------------------------------------------------------
+    def begin(self, weights: Sequence[Any], trainable: Sequence[Any], extra: Sequence[Any]) -> None:
+        """Before the first step: make every trainer start from rank 0's state."""
+        self.s.broadcast_variables([*weights, *extra])
+
+    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+        """After every optimizer step."""
+        self.steps += 1
+
+    def epoch_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+        """After every epoch (``model.fit`` only, or when a loop calls it)."""
+
+    def end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+        """After the last step: leave the final model in the variables."""
+
+    def exchange_gradients(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Gradient hook of the distributed optimizer (for ``gradient_mode`` algorithms)."""
+        raise NotImplementedError(f"{self.name} does not exchange gradients")
+
+    def close(self) -> None:
+        """Say goodbye to the parameter servers."""
+        if self.client is not None:
+            self.client.close()
+
+
+class AllReduce(Algorithm):
+    """Synchronous data-parallel SGD: gradients averaged by ring all-reduce every step."""
+
+    name = "allreduce"
+    gradient_mode = "reduce"
+
+    def __init__(self, strategy: ExchangeStrategy, options: Mapping[str, Any]) -> None:
+        super().__init__(strategy, options)
+        self._plans: dict[tuple[Any, ...], tuple[Bucket, ...]] = {}
+
+    def exchange_gradients(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Average ``grads`` over all trainers; fused into one flat buffer per dtype."""
+        key = tuple((g.shape, g.dtype.str) for g in grads)
+        plan = self._plans.get(key)
+        if plan is None:
+            specs = [TensorSpec(f"g{i}", g.shape, g.dtype.name) for i, g in enumerate(grads)]
+            plan = self._plans[key] = plan_buckets(specs, 1 << 62)
+        out: list[np.ndarray] = [None] * len(grads)  # type: ignore[list-item]
+        for b in plan:
+            # one fresh flat buffer per step: the returned views become the reduced
+            # gradient tensors without another copy, and no later step overwrites them
+            flat = pack(b, grads, np.empty(b.size, grads[b.slots[0].tensor].dtype))
+            self.s.ring.allreduce_(flat, average=True)
+            for s in b.slots:
+                g = grads[s.tensor]
+                out[s.tensor] = flat[s.bucket_offset : s.bucket_offset + s.size].reshape(g.shape)
+        return out
+
+
+class _PSGradients(Algorithm):
+    gradient_mode = "replace"
+    uses_ps = True
+
+    def begin(self, weights: Sequence[Any], trainable: Sequence[Any], extra: Sequence[Any]) -> None:
+        """Rank 0 seeds the ps with its weights and the optimizer; all pull them."""
+        if self.optimizer_config is None:
+            raise ConfigError(
+                f"strategy {self.name!r} runs the optimizer on the parameter servers: wrap it "
+                "with strategy.distributed_optimizer(optimizer) before training"
+            )
+        self._init_center(trainable)
+        others = [v for v in weights if not any(v is t for t in trainable)]
+        self.s.broadcast_variables(others)
+
+    def exchange_gradients(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Push the gradients, return the updated weights."""
+        if self.client is None:
+            raise ConfigError(
+                f"strategy {self.name!r}: call strategy.begin(model) (or use "
+                "strategy.callbacks() with model.fit) before the first step"
+            )
+        return self.client.push_gradients(grads)
+
+    def end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+        """Every trainer ends with the servers' latest weights."""
+        if self.client is not None:
+            tensors.assign(trainable, self.client.pull())
+
+
+class SyncPS(_PSGradients):
+    """Synchronous parameter servers: aggregate every trainer's gradient, then update."""
+
+    name = "sync_ps"
+
+
+class Downpour(_PSGradients):
+    """DOWNPOUR: asynchronous parameter servers, each gradient applied on arrival."""
+
+    name = "downpour"
+
+
+class EASGD(Algorithm):
+    """Asynchronous elastic averaging SGD with the center variable on the ps.
+
+    Every ``tau`` local steps: ``d = alpha (x - center)``; ``x -= d``; ``center += d``
+    (one atomic exchange per bucket on the ps). ``alpha`` defaults to ``0.9 / trainers``
+    (the paper's ``beta = 0.9``). The final model is the center.
+    """
+
+    name = "easgd"
+    uses_ps = True
+    OPTIONS: ClassVar[dict[str, Any]] = {"tau": 4, "alpha": None}
+
+    def begin(self, weights: Sequence[Any], trainable: Sequence[Any], extra: Sequence[Any]) -> None:
+        """Everyone starts from the center (rank 0's weights)."""
+        self._init_center(trainable)
+
+    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+        """The elastic move every ``tau`` steps."""
+        super().step_end(weights, trainable)
+        if self.steps % int(self.options["tau"]) == 0:
+            alpha = self.options["alpha"] or 0.9 / self.s.size
+            x = tensors.read(trainable)
+            d = self._client(trainable).elastic(x, alpha)
+            tensors.assign(trainable, [a - b for a, b in zip(x, d, strict=True)])
+
+    def end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+        """The final model is the center variable."""
+        tensors.assign(trainable, self._client(trainable).pull())
+
+
+class ModelAveraging(Algorithm):
+    """Local SGD with the weights averaged every ``every`` steps (or each ``"epoch"``)."""
+
+    name = "model_averaging"
+    OPTIONS: ClassVar[dict[str, Any]] = {"every": "epoch"}
+
+    def __init__(self, strategy: ExchangeStrategy, options: Mapping[str, Any]) -> None:
+        super().__init__(strategy, options)
+        every = self.options["every"]
+        if every != "epoch" and not (isinstance(every, int) and every >= 1):
+            raise ConfigError(
+                f"model_averaging: every must be a positive int or 'epoch', not {every!r}"
+            )
+        self._since = 0
+
+    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+        """Average every ``every`` steps."""
+        super().step_end(weights, trainable)
+        self._since += 1
+        if self.options["every"] != "epoch" and self.steps % self.options["every"] == 0:
+            self._average(weights)
+            self._since = 0
+
+    def epoch_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+        """Average once per epoch."""
+        if self.options["every"] == "epoch":
+            self._average(weights)
+            self._since = 0
+
+    def end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+        """Leave every trainer with the same (averaged) model."""
+        if self._since:
+            self._average(weights)
+            self._since = 0
+
+
+class ADAG(Algorithm):
+    """Accumulated gradient normalisation (ADAG) with the center on the ps.
+
+    Every ``window`` local steps a trainer commits ``(x - x_start) / window`` to the
+    center and restarts from the new center.
+    """
+
+    name = "adag"
+    uses_ps = True
+    OPTIONS: ClassVar[dict[str, Any]] = {"window": 8}
+
+    def begin(self, weights: Sequence[Any], trainable: Sequence[Any], extra: Sequence[Any]) -> None:
+        """Everyone starts from the center (rank 0's weights)."""
+        self._init_center(trainable)
+        self._anchor = tensors.read(trainable)
+
+    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+        """Commit the normalised accumulated update every ``window`` steps."""
+        super().step_end(weights, trainable)
+        window = int(self.options["window"])
+        if self.steps % window == 0:
+            x = tensors.read(trainable)
+            delta = [(a - b) / window for a, b in zip(x, self._anchor, strict=True)]
+            center = self._client(trainable).add(delta)
+            tensors.assign(trainable, center)
+            self._anchor = center
+
+    def end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+        """The final model is the center."""
+        tensors.assign(trainable, self._client(trainable).pull())
+
+
+#: Algorithm classes by strategy name, in documentation order.
+ALGORITHMS: dict[str, type[Algorithm]] = {
+    a.name: a for a in (AllReduce, SyncPS, Downpour, EASGD, ModelAveraging, ADAG)
+}
+
+
+def make_algorithm(name: str, strategy: ExchangeStrategy, options: Mapping[str, Any]) -> Algorithm:
+    """Build the algorithm ``name`` with its own options (common ones removed).
+
+    Raises
+    ------
+    ConfigError
+        Unknown algorithm or option, or a ps algorithm without parameter servers.
+    """
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown exchange strategy {name!r}; use one of {', '.join(ALGORITHMS)}")
+    cls = ALGORITHMS[name]
+    own = {k: v for k, v in options.items() if k not in COMMON_OPTIONS}
+    unknown = set(own) - set(cls.OPTIONS)
+    if unknown:
+        allowed = sorted(set(cls.OPTIONS) | set(COMMON_OPTIONS))
+        raise ConfigError(
+            f"unknown option(s) {sorted(unknown)} for strategy {name!r}; allowed: {allowed}"
+        )
+    if cls.uses_ps and not strategy.ps:
+        raise ConfigError(
+            f"strategy {name!r} keeps its state on parameter servers: run with ps >= 1"
+        )
+    return cls(strategy, {**cls.OPTIONS, **own})
