@@ -1,0 +1,182 @@
+"""tcp backend against hostile or broken peers, in one process (real sockets on loopback).
+
+The two-process behaviour is in tests/integration/test_transport_tcp.py; here raw sockets
+play peers that pass authentication and then misbehave.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from tfyarn.errors import ConfigError, FrameError, TransportError
+from tfyarn.transport import auth, frames, tcp
+from tfyarn.transport.frames import Kind, RmaDesc
+
+SECRET = auth.new_job_secret()
+
+
+@pytest.fixture
+def listener() -> Iterator[tcp.TcpListener]:
+    before = threading.active_count()
+    lis = tcp.listen("tcp://127.0.0.1:0", secret=SECRET, handshake_timeout=2)
+    yield lis
+    lis.close()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() <= before, "listener left threads behind"
+
+
+def _raw(lis: tcp.TcpListener, channel: bytes = b"data") -> socket.socket:
+    """A socket that passed the handshake and opened ``channel``: free to misbehave."""
+    s = socket.create_connection(("127.0.0.1", int(lis.address.rsplit(":", 1)[1])), timeout=5)
+    auth.client_handshake(s, SECRET, timeout=5)
+    s.sendall(frames.pack_frame_header(Kind.HELLO, len(channel)) + channel)
+    return s
+
+
+def _good_round_trip(lis: tcp.TcpListener) -> None:
+    with tcp.connect(lis.address, secret=SECRET, timeout=5) as c:
+        srv = lis.accept(timeout=5)
+        c.send(b"ping")
+        assert bytes(srv.recv()) == b"ping"
+        srv.close()
+
+
+def test_bad_magic_mid_stream_closes_only_that_comm(listener: tcp.TcpListener) -> None:
+    with _raw(listener) as s:
+        comm = listener.accept(timeout=5)
+        s.sendall(b"XXXX" + bytes(frames.HEADER_SIZE - 4))
+        with pytest.raises(FrameError, match="magic"):
+            comm.recv_into(bytearray(10))
+        with pytest.raises(TransportError, match="closed"):
+            comm.recv()
+    _good_round_trip(listener)
+
+
+def test_absurd_length_is_refused_without_allocating(listener: tcp.TcpListener) -> None:
+    with _raw(listener) as s:
+        comm = listener.accept(timeout=5)
+        header = bytearray(frames.pack_frame_header(Kind.MSG, 0))
+        struct.pack_into("<Q", header, 8, 2**62)
+        s.sendall(header)
+        with pytest.raises(FrameError, match="exceeds the limit"):
+            comm.recv()
+    _good_round_trip(listener)
+
+
+def test_truncated_message_is_a_transport_error(listener: tcp.TcpListener) -> None:
+    with _raw(listener) as s:
+        comm = listener.accept(timeout=5)
+        s.sendall(frames.pack_frame_header(Kind.MSG, 100) + b"only ten b")
+        s.shutdown(socket.SHUT_WR)
+        with pytest.raises(TransportError, match="peer closed"):
+            comm.recv_into(bytearray(100))
+
+
+def test_rma_frame_on_data_stream_is_refused(listener: tcp.TcpListener) -> None:
+    with _raw(listener) as s:
+        comm = listener.accept(timeout=5)
+        s.sendall(frames.pack_frame_header(Kind.GET, 0, RmaDesc("r", 0, 1)))
+        with pytest.raises(FrameError, match="GET frame on the data stream"):
+            comm.recv()
+
+
+def test_unknown_channel_is_dropped_and_logged(
+    listener: tcp.TcpListener, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, "tfyarn.transport.tcp"), _raw(listener, b"evil") as s:
+        assert s.recv(1) == b""  # the listener hung up
+    assert "unknown channel" in caplog.text
+    _good_round_trip(listener)
+
+
+def test_hostile_rma_requests(listener: tcp.TcpListener) -> None:
+    region = bytearray(64)
+    listener.register("w", region)
+    with _raw(listener, b"rma") as s:
+        # A PUT that lies about its size is refused with an error frame, payload drained.
+        header = bytearray(frames.pack_frame_header(Kind.PUT, 8, RmaDesc("w", 0, 8)))
+        struct.pack_into("<Q", header, frames.HEADER_SIZE + 8, 4)  # nbytes 4 != length 8
+        s.sendall(header + b"12345678")
+        reply = s.recv(frames.HEADER_SIZE)
+        assert frames.parse_header(reply).kind is Kind.ERROR
+        # A data frame on the RMA channel closes the connection.
+        s.sendall(frames.pack_frame_header(Kind.MSG, 0))
+        deadline = time.monotonic() + 5
+        rest = b""
+        while time.monotonic() < deadline:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            rest += chunk
+        assert b"PUT announces 4 bytes, carries 8" in rest
+    assert region == bytearray(64)  # nothing was written
+
+
+def test_close_wakes_a_blocked_receiver(listener: tcp.TcpListener) -> None:
+    c = tcp.connect(listener.address, secret=SECRET, timeout=5)
+    srv = listener.accept(timeout=5)
+    errors: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            c.recv()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=receive)
+    t.start()
+    time.sleep(0.1)
+    c.close()
+    t.join(5)
+    assert not t.is_alive() and isinstance(errors[0], TransportError)
+    with pytest.raises(TransportError):
+        srv.recv()  # the other end sees the close too
+    c.close()  # idempotent
+
+
+def test_too_many_pending_handshakes_are_refused(caplog: pytest.LogCaptureFixture) -> None:
+    with tcp.listen("tcp://127.0.0.1:0", secret=SECRET, max_pending=1, handshake_timeout=1) as lis:
+        port = int(lis.address.rsplit(":", 1)[1])
+        with (
+            caplog.at_level(logging.WARNING, "tfyarn.transport.tcp"),
+            socket.create_connection(("127.0.0.1", port), timeout=5) as silent,
+        ):
+            silent.recv(40)  # its handshake is pending now
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
+                assert second.recv(100) == b""  # closed at once
+            assert "too many pending handshakes" in caplog.text
+        # Once the silent peer is gone (its handshake failed and was logged), service resumes.
+        deadline = time.monotonic() + 5
+        while "client proof" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _good_round_trip(lis)
+
+
+def test_send_refuses_non_contiguous_arrays(listener: tcp.TcpListener) -> None:
+    with tcp.connect(listener.address, secret=SECRET, timeout=5) as c:
+        with pytest.raises(ConfigError, match="contiguous"):
+            c.send(np.zeros((4, 4))[:, 1])
+        with pytest.raises(ConfigError, match="read-only"):
+            c.recv_into(b"immutable")
+
+
+def test_reuse_port_lets_a_reserved_port_be_taken_over() -> None:
+    reserve = socket.socket()
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserve.bind(("127.0.0.1", 0))
+    port = reserve.getsockname()[1]
+    try:
+        with tcp.listen(f"tcp://127.0.0.1:{port}", secret=SECRET, reuse_port=True) as lis:
+            assert lis.address == f"tcp://127.0.0.1:{port}"
+    finally:
+        reserve.close()
