@@ -19,24 +19,26 @@ straight into the region and a GET answered straight from it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from tfyarn.errors import (
-    AuthenticationError,
-    ConfigError,
-    FrameError,
-    TransportError,
-)
+from tfyarn.errors import AuthenticationError, ConfigError, FrameError, TransportError
 from tfyarn.transport import auth, frames
-from tfyarn.transport.base import Buffer, Comm, Listener
-from tfyarn.transport.frames import HEADER_SIZE, Kind, Limits, RmaDesc, TensorDesc
-from tfyarn.transport.memory import RegionTable, alloc_buffer, readable_bytes, writable_bytes
+from tfyarn.transport.base import Buffer, Listener
+from tfyarn.transport.frames import HEADER_SIZE, Kind, Limits
+from tfyarn.transport.memory import RegionTable
+from tfyarn.transport.streams import (
+    StreamComm,
+    close_stream,
+    format_address,
+    read_frame_header,
+    recv_exact,
+    serve_rma,
+)
 
 __all__ = ["TcpComm", "TcpListener", "connect", "listen"]
 
@@ -44,80 +46,18 @@ log = logging.getLogger(__name__)
 
 _DATA = b"data"
 _RMA = b"rma"
-#: Longest error text a peer may send back for a failed put/get.
-_MAX_ERROR = 64 * 1024
-#: Scratch size used to discard a message that cannot be delivered.
-_DRAIN_CHUNK = 1 << 20
-
-
-def _format_address(scheme: str, host: str, port: int) -> str:
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-
-def _sendmsg_all(sock: socket.socket, parts: Sequence[memoryview | bytes]) -> None:
-    """Send every part with as few ``sendmsg`` calls as the kernel allows, no copies."""
-    pending = [memoryview(p).cast("B") for p in parts if len(p)]
-    while pending:
-        sent = sock.sendmsg(pending)
-        while sent:
-            head = pending[0]
-            if sent >= head.nbytes:
-                sent -= head.nbytes
-                pending.pop(0)
-            else:
-                pending[0] = head[sent:]
-                sent = 0
-
-
-def _recv_exact(sock: socket.socket, view: memoryview) -> None:
-    """Fill ``view`` from the socket; EOF before the end is a TransportError."""
-    got = 0
-    total = view.nbytes
-    while got < total:
-        n = sock.recv_into(view[got:], total - got)
-        if not n:
-            raise TransportError(f"peer closed the connection ({got} of {total} bytes received)")
-        got += n
-
-
-def _drain(sock: socket.socket, nbytes: int) -> None:
-    """Read and discard ``nbytes`` so that the stream stays in step after a refused frame."""
-    scratch = memoryview(bytearray(min(nbytes, _DRAIN_CHUNK)))
-    while nbytes:
-        step = min(nbytes, scratch.nbytes)
-        _recv_exact(sock, scratch[:step])
-        nbytes -= step
-
-
-def _read_frame_header(
-    sock: socket.socket, hdr: memoryview, limits: Limits
-) -> tuple[frames.Header, TensorDesc | RmaDesc | None]:
-    """Read one header and its extension; FrameError if the peer's bytes are invalid."""
-    _recv_exact(sock, hdr)
-    header = frames.parse_header(hdr, limits)
-    ext_buf = memoryview(bytearray(header.ext_len))
-    if header.ext_len:
-        _recv_exact(sock, ext_buf)
-    return header, frames.parse_extension(header, ext_buf, limits)
-
-
-def _array_desc(buf: Buffer) -> tuple[str | None, tuple[int, ...] | None]:
-    """dtype string and shape of ``buf`` when it is an array, else (None, None)."""
-    desc = frames.tensor_desc_of(buf)
-    return (desc.dtype, desc.shape) if desc else (None, None)
 
 
 def _tune(sock: socket.socket) -> None:
+    # Small frames (headers, acks) must not wait for Nagle's algorithm.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class TcpComm(Comm):
-    """One authenticated data connection (see the module docstring for the protocol).
+class TcpComm(StreamComm):
+    """One authenticated tcp data connection; see :class:`~tfyarn.transport.streams.StreamComm`.
 
-    Obtained from :func:`connect` or :meth:`TcpListener.accept`; not built directly.
+    Obtained from :func:`connect` or :meth:`TcpListener.accept`.
     """
-
-    transport = "tcp"
 
     def __init__(
         self,
@@ -127,181 +67,10 @@ class TcpComm(Comm):
         limits: Limits,
         rma_dial: Callable[[], socket.socket] | None = None,
     ) -> None:
-        sock.settimeout(None)
         _tune(sock)
-        self._sock = sock
-        self.peer_address = peer_address
-        self._limits = limits
-        self._rma_dial = rma_dial
-        self._rma_sock: socket.socket | None = None
-        self._send_lock = threading.Lock()
-        self._recv_lock = threading.Lock()
-        self._rma_lock = threading.Lock()
-        self._hdr = memoryview(bytearray(HEADER_SIZE))
-        self._rma_hdr = memoryview(bytearray(HEADER_SIZE))
-        self._closed = False
-
-    # -- data stream ---------------------------------------------------------------
-    def send(self, data: Buffer) -> None:
-        """Send one message; NumPy arrays carry their dtype and shape for checking."""
-        view = readable_bytes(data)
-        header = frames.pack_frame_header(Kind.MSG, view.nbytes, frames.tensor_desc_of(data))
-        with self._send_lock:
-            self._io(lambda: _sendmsg_all(self._sock, (header, view)))
-
-    def _next_message(self) -> tuple[frames.Header, TensorDesc | None]:
-        header, ext = self._io(lambda: _read_frame_header(self._sock, self._hdr, self._limits))
-        if header.kind is not Kind.MSG or isinstance(ext, RmaDesc):
-            self._fail(f"peer sent a {header.kind.name} frame on the data stream")
-        return header, ext  # type: ignore[return-value]
-
-    def _refuse(self, nbytes: int, message: str) -> None:
-        """Discard a message that cannot be delivered; the stream stays usable."""
-        self._io(lambda: _drain(self._sock, nbytes))
-        raise FrameError(f"{message} (from {self.peer_address}; message discarded)")
-
-    def recv_into(self, buf: Buffer) -> int:
-        """Receive the next message straight into ``buf``; return its length.
-
-        Raises
-        ------
-        FrameError
-            The message is larger than ``buf``, or its dtype/shape differ from the array
-            ``buf``; the message is discarded and the connection stays usable. Malformed
-            frames close the connection.
-        """
-        dest = writable_bytes(buf, "recv_into buffer")
-        dtype, shape = _array_desc(buf)
-        with self._recv_lock:
-            header, desc = self._next_message()
-            if header.length > dest.nbytes:
-                self._refuse(
-                    header.length,
-                    f"message of {header.length} bytes does not fit a buffer of {dest.nbytes}",
-                )
-            try:
-                frames.check_tensor_matches(desc, dtype, shape)
-            except FrameError as exc:
-                self._refuse(header.length, str(exc))
-            self._io(lambda: _recv_exact(self._sock, dest[: header.length]))
-            return header.length
-
-    def recv(self) -> memoryview:
-        """Receive the next message into a new (pool) buffer and return a view of it."""
-        with self._recv_lock:
-            header, _ = self._next_message()
-            view = memoryview(alloc_buffer(header.length)).cast("B")[: header.length]
-            self._io(lambda: _recv_exact(self._sock, view))
-            return view
-
-    # -- one-sided -----------------------------------------------------------------
-    def _rma_socket(self) -> socket.socket:
-        if self._rma_dial is None:
-            raise TransportError(
-                "put/get target regions registered on a listener: call them on the comm "
-                "returned by connect(), not on one returned by accept()"
-            )
-        if self._closed:
-            raise TransportError(f"connection to {self.peer_address} is closed")
-        if self._rma_sock is None:
-            self._rma_sock = self._rma_dial()
-        return self._rma_sock
-
-    def _rma_reply(self, sock: socket.socket, expect: Kind) -> tuple[frames.Header, str | None]:
-        """Read the answer to a request: its header, or the error text the peer served."""
-        header, _ = _read_frame_header(sock, self._rma_hdr, self._limits)
-        if header.kind is Kind.ERROR:
-            if header.length > _MAX_ERROR:
-                raise FrameError(f"peer sent an error text of {header.length} bytes")
-            text = memoryview(bytearray(header.length))
-            _recv_exact(sock, text)
-            return header, bytes(text).decode("utf-8", "replace")
-        if header.kind is not expect:
-            raise FrameError(f"expected {expect.name}, got {header.kind.name}")
-        return header, None
-
-    def _served_error(self, request: str, error: str | None) -> None:
-        if error is not None:
-            raise TransportError(f"{request} refused by {self.peer_address}: {error}")
-
-    def put(self, data: Buffer, region: str, offset: int = 0) -> None:
-        """Write ``data`` into the listener's ``region`` at ``offset``; returns once it is there."""
-        view = readable_bytes(data)
-        header = frames.pack_frame_header(
-            Kind.PUT, view.nbytes, RmaDesc(region, offset, view.nbytes)
+        super().__init__(
+            sock, transport="tcp", peer_address=peer_address, limits=limits, rma_dial=rma_dial
         )
-        with self._rma_lock:
-            sock = self._rma_socket()
-            self._rma_io(lambda: _sendmsg_all(sock, (header, view)))
-            _, error = self._rma_io(lambda: self._rma_reply(sock, Kind.PUT_ACK))
-            self._served_error(f"put to region {region!r}", error)
-
-    def get(self, buf: Buffer, region: str, offset: int = 0) -> int:
-        """Read ``len(buf)`` bytes of the listener's ``region`` at ``offset`` into ``buf``."""
-        dest = writable_bytes(buf, "get buffer")
-        header = frames.pack_frame_header(Kind.GET, 0, RmaDesc(region, offset, dest.nbytes))
-        with self._rma_lock:
-            sock = self._rma_socket()
-            self._rma_io(lambda: sock.sendall(header))
-            reply, error = self._rma_io(lambda: self._rma_reply(sock, Kind.GET_REPLY))
-            self._served_error(f"get from region {region!r}", error)
-            if reply.length != dest.nbytes:
-                self._close_rma()
-                raise FrameError(f"GET of {dest.nbytes} bytes answered with {reply.length}")
-            self._rma_io(lambda: _recv_exact(sock, dest))
-            return dest.nbytes
-
-    # -- plumbing ------------------------------------------------------------------
-    def _io(self, fn: Callable[[], Any]) -> Any:
-        """Run socket work; a lost connection or a malformed frame closes this comm."""
-        if self._closed:
-            raise TransportError(f"connection to {self.peer_address} is closed")
-        try:
-            return fn()
-        except FrameError as exc:
-            self.close()
-            raise FrameError(f"{exc} (from {self.peer_address}; connection closed)") from exc
-        except TransportError:
-            self.close()
-            raise
-        except OSError as exc:
-            self.close()
-            raise TransportError(f"connection to {self.peer_address} failed: {exc}") from exc
-
-    def _rma_io(self, fn: Callable[[], Any]) -> Any:
-        """Run RMA socket work; any failure closes the RMA connection (reopened on next use)."""
-        try:
-            return fn()
-        except (FrameError, TransportError):
-            self._close_rma()
-            raise
-        except OSError as exc:
-            self._close_rma()
-            raise TransportError(f"RMA connection to {self.peer_address} failed: {exc}") from exc
-
-    def _fail(self, message: str) -> None:
-        self.close()
-        raise FrameError(f"{message} (from {self.peer_address}; connection closed)")
-
-    def _close_rma(self) -> None:
-        sock, self._rma_sock = self._rma_sock, None
-        if sock is not None:
-            _close_socket(sock)
-
-    def close(self) -> None:
-        """Close the data and RMA connections; idempotent, wakes blocked receivers."""
-        if self._closed:
-            return
-        self._closed = True
-        _close_socket(self._sock)
-        self._close_rma()
-
-
-def _close_socket(sock: socket.socket) -> None:
-    # shutdown() wakes a thread blocked in recv on this socket; close() alone does not.
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
 
 
 class TcpListener(Listener):
@@ -334,7 +103,7 @@ class TcpListener(Listener):
         except OSError as exc:
             raise TransportError(f"cannot listen on {host}:{port}: {exc}") from exc
         self._host = host
-        self.address = _format_address("tcp", host, self._sock.getsockname()[1])
+        self.address = format_address("tcp", host, self._sock.getsockname()[1])
         self._secret = secret
         self._limits = limits
         self._handshake_timeout = handshake_timeout
@@ -359,7 +128,7 @@ class TcpListener(Listener):
                 return  # listening socket closed
             if not self._pending.acquire(blocking=False):
                 log.warning("refused connection from %s: too many pending handshakes", addr)
-                _close_socket(conn)
+                close_stream(conn)
                 continue
             t = threading.Thread(
                 target=self._serve_connection,
@@ -370,26 +139,26 @@ class TcpListener(Listener):
             with self._lock:
                 if self._closed:
                     self._pending.release()
-                    _close_socket(conn)
+                    close_stream(conn)
                     return
                 self._conns.add(conn)
                 self._threads.add(t)
             t.start()
 
     def _serve_connection(self, conn: socket.socket, addr: tuple[Any, ...]) -> None:
-        peer = _format_address("tcp", str(addr[0]), int(addr[1]))
+        peer = format_address("tcp", str(addr[0]), int(addr[1]))
         handed_over = False
         try:
             try:
                 auth.server_handshake(conn, self._secret, timeout=self._handshake_timeout)
                 conn.settimeout(self._handshake_timeout)
-                header, _ = _read_frame_header(
+                header, _ = read_frame_header(
                     conn, memoryview(bytearray(HEADER_SIZE)), self._limits
                 )
                 if header.kind is not Kind.HELLO or header.length > 16:
                     raise FrameError(f"expected HELLO, got {header.kind.name}")
                 channel = memoryview(bytearray(header.length))
-                _recv_exact(conn, channel)
+                recv_exact(conn, channel)
             finally:
                 self._pending.release()
             if bytes(channel) == _DATA:
@@ -406,7 +175,7 @@ class TcpListener(Listener):
             elif bytes(channel) == _RMA:
                 conn.settimeout(None)
                 _tune(conn)
-                self._serve_rma(conn, peer)
+                serve_rma(conn, self._regions, self._limits, lambda: self._closed)
             else:
                 raise FrameError(f"unknown channel {bytes(channel)!r}")
         except AuthenticationError as exc:
@@ -419,45 +188,7 @@ class TcpListener(Listener):
                 self._threads.discard(threading.current_thread())
                 self._conns.discard(conn)
             if not handed_over:
-                _close_socket(conn)
-
-    def _serve_rma(self, conn: socket.socket, peer: str) -> None:
-        """Serve PUT/GET requests of one peer until it disconnects."""
-        hdr = memoryview(bytearray(HEADER_SIZE))
-        while not self._closed:
-            try:
-                header, ext = _read_frame_header(conn, hdr, self._limits)
-            except TransportError:
-                return  # peer closed: normal end
-            if not isinstance(ext, RmaDesc) or header.kind not in (Kind.PUT, Kind.GET):
-                raise FrameError(f"expected PUT/GET on the RMA channel, got {header.kind.name}")
-            if header.kind is Kind.PUT:
-                try:
-                    if ext.nbytes != header.length:
-                        raise TransportError(
-                            f"PUT announces {ext.nbytes} bytes, carries {header.length}"
-                        )
-                    target = self._regions.slice(ext.name, ext.offset, header.length)
-                except TransportError as exc:
-                    _drain(conn, header.length)
-                    self._send_error(conn, str(exc))
-                    continue
-                _recv_exact(conn, target)
-                conn.sendall(frames.pack_frame_header(Kind.PUT_ACK, 0))
-            else:
-                try:
-                    source = self._regions.slice(ext.name, ext.offset, ext.nbytes)
-                except TransportError as exc:
-                    self._send_error(conn, str(exc))
-                    continue
-                _sendmsg_all(
-                    conn, (frames.pack_frame_header(Kind.GET_REPLY, source.nbytes), source)
-                )
-
-    @staticmethod
-    def _send_error(conn: socket.socket, message: str) -> None:
-        text = message.encode("utf-8")[:_MAX_ERROR]
-        conn.sendall(frames.pack_frame_header(Kind.ERROR, len(text)) + text)
+                close_stream(conn)
 
     def accept(self, timeout: float | None = None) -> TcpComm:
         """Return the next authenticated peer's comm.
@@ -491,11 +222,11 @@ class TcpListener(Listener):
                 return
             self._closed = True
             comms, conns, threads = list(self._comms), list(self._conns), list(self._threads)
-        _close_socket(self._sock)
+        close_stream(self._sock)
         for comm in comms:
             comm.close()
         for conn in conns:
-            _close_socket(conn)
+            close_stream(conn)
         self._acceptor.join(5)
         for t in threads:
             t.join(5)
@@ -559,7 +290,7 @@ def _dial(host: str, port: int, secret: bytes, channel: bytes, timeout: float) -
         auth.client_handshake(sock, secret, timeout=timeout)
         sock.sendall(frames.pack_frame_header(Kind.HELLO, len(channel)) + channel)
     except BaseException:
-        _close_socket(sock)
+        close_stream(sock)
         raise
     sock.settimeout(None)
     _tune(sock)
@@ -602,7 +333,7 @@ def connect(
     sock = _dial(host, port, key, _DATA, timeout)
     return TcpComm(
         sock,
-        peer_address=_format_address("tcp", host, port),
+        peer_address=format_address("tcp", host, port),
         limits=limits or frames.DEFAULT_LIMITS,
         rma_dial=lambda: _dial(host, port, key, _RMA, timeout),
     )

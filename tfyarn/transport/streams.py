@@ -1,0 +1,368 @@
+"""Framed messages over any connected byte stream: shared by the tcp and grpc backends.
+
+A :class:`StreamComm` turns a connected, authenticated byte stream (a TCP socket, or a
+gRPC stream adapted to look like one) into a :class:`~tfyarn.transport.base.Comm`:
+messages are :mod:`~tfyarn.transport.frames` frames, received straight into the
+caller's buffer. One-sided put/get travel on a *second* stream (opened on first use)
+that the listener serves with :func:`serve_rma` straight into/out of the registered
+region; keeping them off the data stream means a put never waits behind, or steals,
+the messages another thread is receiving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from tfyarn.errors import FrameError, TransportError
+from tfyarn.transport import frames
+from tfyarn.transport.base import Buffer, Comm
+from tfyarn.transport.frames import HEADER_SIZE, Kind, Limits, RmaDesc, TensorDesc
+from tfyarn.transport.memory import RegionTable, alloc_buffer, readable_bytes, writable_bytes
+
+__all__ = [
+    "MAX_ERROR",
+    "ByteStream",
+    "StreamComm",
+    "close_stream",
+    "drain",
+    "format_address",
+    "read_frame_header",
+    "recv_exact",
+    "send_error",
+    "sendmsg_all",
+    "serve_rma",
+]
+
+#: Longest error text a peer may send back for a failed put/get.
+MAX_ERROR = 64 * 1024
+#: Scratch size used to discard a message that cannot be delivered.
+_DRAIN_CHUNK = 1 << 20
+
+
+class ByteStream(Protocol):
+    """What a :class:`StreamComm` needs: the subset of :class:`socket.socket` it uses."""
+
+    def sendmsg(self, buffers: Sequence[Buffer], /) -> int: ...
+
+    def sendall(self, data: Buffer, /) -> object: ...
+
+    def recv_into(self, buffer: Buffer, nbytes: int = 0, /) -> int: ...
+
+    def settimeout(self, timeout: float | None, /) -> None: ...
+
+    def shutdown(self, how: int, /) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def format_address(scheme: str, host: str, port: int) -> str:
+    """``scheme://host:port``, with brackets around IPv6 hosts."""
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def sendmsg_all(sock: ByteStream, parts: Sequence[memoryview | bytes]) -> None:
+    """Send every part with as few ``sendmsg`` calls as the kernel allows, no copies."""
+    pending = [memoryview(p).cast("B") for p in parts if len(p)]
+    while pending:
+        sent = sock.sendmsg(pending)
+        while sent:
+            head = pending[0]
+            if sent >= head.nbytes:
+                sent -= head.nbytes
+                pending.pop(0)
+            else:
+                pending[0] = head[sent:]
+                sent = 0
+
+
+def recv_exact(sock: ByteStream, view: memoryview) -> None:
+    """Fill ``view`` from the socket; EOF before the end is a TransportError."""
+    got = 0
+    total = view.nbytes
+    while got < total:
+        n = sock.recv_into(view[got:], total - got)
+        if not n:
+            raise TransportError(f"peer closed the connection ({got} of {total} bytes received)")
+        got += n
+
+
+def drain(sock: ByteStream, nbytes: int) -> None:
+    """Read and discard ``nbytes`` so that the stream stays in step after a refused frame."""
+    scratch = memoryview(bytearray(min(nbytes, _DRAIN_CHUNK)))
+    while nbytes:
+        step = min(nbytes, scratch.nbytes)
+        recv_exact(sock, scratch[:step])
+        nbytes -= step
+
+
+def read_frame_header(
+    sock: ByteStream, hdr: memoryview, limits: Limits
+) -> tuple[frames.Header, TensorDesc | RmaDesc | None]:
+    """Read one header and its extension; FrameError if the peer's bytes are invalid."""
+    recv_exact(sock, hdr)
+    header = frames.parse_header(hdr, limits)
+    ext_buf = memoryview(bytearray(header.ext_len))
+    if header.ext_len:
+        recv_exact(sock, ext_buf)
+    return header, frames.parse_extension(header, ext_buf, limits)
+
+
+def _array_desc(buf: Buffer) -> tuple[str | None, tuple[int, ...] | None]:
+    """dtype string and shape of ``buf`` when it is an array, else (None, None)."""
+    desc = frames.tensor_desc_of(buf)
+    return (desc.dtype, desc.shape) if desc else (None, None)
+
+
+class StreamComm(Comm):
+    """One authenticated, framed message stream over a byte stream (see the module doc).
+
+    Backends build it from a connected, authenticated :class:`ByteStream`; users get it
+    from ``connect``/``accept``.
+
+    Parameters
+    ----------
+    sock : ByteStream
+        The data connection, after authentication (and HELLO, for tcp).
+    transport : str
+        Name reported in :attr:`transport`.
+    peer_address : str
+        The peer's URL, for messages.
+    limits : Limits
+        Bounds on received frames.
+    rma_dial : callable, optional
+        Opens the RMA connection on first put/get; None on the accepting side.
+    """
+
+    def __init__(
+        self,
+        sock: ByteStream,
+        *,
+        transport: str,
+        peer_address: str,
+        limits: Limits,
+        rma_dial: Callable[[], ByteStream] | None = None,
+    ) -> None:
+        sock.settimeout(None)
+        self._sock = sock
+        self.transport = transport
+        self.peer_address = peer_address
+        self._limits = limits
+        self._rma_dial = rma_dial
+        self._rma_sock: ByteStream | None = None
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._rma_lock = threading.Lock()
+        self._hdr = memoryview(bytearray(HEADER_SIZE))
+        self._rma_hdr = memoryview(bytearray(HEADER_SIZE))
+        self._closed = False
+
+    # -- data stream ---------------------------------------------------------------
+    def send(self, data: Buffer) -> None:
+        """Send one message; NumPy arrays carry their dtype and shape for checking."""
+        view = readable_bytes(data)
+        header = frames.pack_frame_header(Kind.MSG, view.nbytes, frames.tensor_desc_of(data))
+        with self._send_lock:
+            self._io(lambda: sendmsg_all(self._sock, (header, view)))
+
+    def _next_message(self) -> tuple[frames.Header, TensorDesc | None]:
+        header, ext = self._io(lambda: read_frame_header(self._sock, self._hdr, self._limits))
+        if header.kind is not Kind.MSG or isinstance(ext, RmaDesc):
+            self._fail(f"peer sent a {header.kind.name} frame on the data stream")
+        return header, ext  # type: ignore[return-value]
+
+    def _refuse(self, nbytes: int, message: str) -> None:
+        """Discard a message that cannot be delivered; the stream stays usable."""
+        self._io(lambda: drain(self._sock, nbytes))
+        raise FrameError(f"{message} (from {self.peer_address}; message discarded)")
+
+    def recv_into(self, buf: Buffer) -> int:
+        """Receive the next message straight into ``buf``; return its length.
+
+        Raises
+        ------
+        FrameError
+            The message is larger than ``buf``, or its dtype/shape differ from the array
+            ``buf``; the message is discarded and the connection stays usable. Malformed
+            frames close the connection.
+        """
+        dest = writable_bytes(buf, "recv_into buffer")
+        dtype, shape = _array_desc(buf)
+        with self._recv_lock:
+            header, desc = self._next_message()
+            if header.length > dest.nbytes:
+                self._refuse(
+                    header.length,
+                    f"message of {header.length} bytes does not fit a buffer of {dest.nbytes}",
+                )
+            try:
+                frames.check_tensor_matches(desc, dtype, shape)
+            except FrameError as exc:
+                self._refuse(header.length, str(exc))
+            self._io(lambda: recv_exact(self._sock, dest[: header.length]))
+            return header.length
+
+    def recv(self) -> memoryview:
+        """Receive the next message into a new (pool) buffer and return a view of it."""
+        with self._recv_lock:
+            header, _ = self._next_message()
+            view = memoryview(alloc_buffer(header.length)).cast("B")[: header.length]
+            self._io(lambda: recv_exact(self._sock, view))
+            return view
+
+    # -- one-sided -----------------------------------------------------------------
+    def _rma_socket(self) -> ByteStream:
+        if self._rma_dial is None:
+            raise TransportError(
+                "put/get target regions registered on a listener: call them on the comm "
+                "returned by connect(), not on one returned by accept()"
+            )
+        if self._closed:
+            raise TransportError(f"connection to {self.peer_address} is closed")
+        if self._rma_sock is None:
+            self._rma_sock = self._rma_dial()
+        return self._rma_sock
+
+    def _rma_reply(self, sock: ByteStream, expect: Kind) -> tuple[frames.Header, str | None]:
+        """Read the answer to a request: its header, or the error text the peer served."""
+        header, _ = read_frame_header(sock, self._rma_hdr, self._limits)
+        if header.kind is Kind.ERROR:
+            if header.length > MAX_ERROR:
+                raise FrameError(f"peer sent an error text of {header.length} bytes")
+            text = memoryview(bytearray(header.length))
+            recv_exact(sock, text)
+            return header, bytes(text).decode("utf-8", "replace")
+        if header.kind is not expect:
+            raise FrameError(f"expected {expect.name}, got {header.kind.name}")
+        return header, None
+
+    def _served_error(self, request: str, error: str | None) -> None:
+        if error is not None:
+            raise TransportError(f"{request} refused by {self.peer_address}: {error}")
+
+    def put(self, data: Buffer, region: str, offset: int = 0) -> None:
+        """Write ``data`` into the listener's ``region`` at ``offset``; returns once it is there."""
+        view = readable_bytes(data)
+        header = frames.pack_frame_header(
+            Kind.PUT, view.nbytes, RmaDesc(region, offset, view.nbytes)
+        )
+        with self._rma_lock:
+            sock = self._rma_socket()
+            self._rma_io(lambda: sendmsg_all(sock, (header, view)))
+            _, error = self._rma_io(lambda: self._rma_reply(sock, Kind.PUT_ACK))
+            self._served_error(f"put to region {region!r}", error)
+
+    def get(self, buf: Buffer, region: str, offset: int = 0) -> int:
+        """Read ``len(buf)`` bytes of the listener's ``region`` at ``offset`` into ``buf``."""
+        dest = writable_bytes(buf, "get buffer")
+        header = frames.pack_frame_header(Kind.GET, 0, RmaDesc(region, offset, dest.nbytes))
+        with self._rma_lock:
+            sock = self._rma_socket()
+            self._rma_io(lambda: sock.sendall(header))
+            reply, error = self._rma_io(lambda: self._rma_reply(sock, Kind.GET_REPLY))
+            self._served_error(f"get from region {region!r}", error)
+            if reply.length != dest.nbytes:
+                self._close_rma()
+                raise FrameError(f"GET of {dest.nbytes} bytes answered with {reply.length}")
+            self._rma_io(lambda: recv_exact(sock, dest))
+            return dest.nbytes
+
+    # -- plumbing ------------------------------------------------------------------
+    def _io(self, fn: Callable[[], Any]) -> Any:
+        """Run socket work; a lost connection or a malformed frame closes this comm."""
+        if self._closed:
+            raise TransportError(f"connection to {self.peer_address} is closed")
+        try:
+            return fn()
+        except FrameError as exc:
+            self.close()
+            raise FrameError(f"{exc} (from {self.peer_address}; connection closed)") from exc
+        except TransportError:
+            self.close()
+            raise
+        except OSError as exc:
+            self.close()
+            raise TransportError(f"connection to {self.peer_address} failed: {exc}") from exc
+
+    def _rma_io(self, fn: Callable[[], Any]) -> Any:
+        """Run RMA socket work; any failure closes the RMA connection (reopened on next use)."""
+        try:
+            return fn()
+        except (FrameError, TransportError):
+            self._close_rma()
+            raise
+        except OSError as exc:
+            self._close_rma()
+            raise TransportError(f"RMA connection to {self.peer_address} failed: {exc}") from exc
+
+    def _fail(self, message: str) -> None:
+        self.close()
+        raise FrameError(f"{message} (from {self.peer_address}; connection closed)")
+
+    def _close_rma(self) -> None:
+        sock, self._rma_sock = self._rma_sock, None
+        if sock is not None:
+            close_stream(sock)
+
+    def close(self) -> None:
+        """Close the data and RMA connections; idempotent, wakes blocked receivers."""
+        if self._closed:
+            return
+        self._closed = True
+        close_stream(self._sock)
+        self._close_rma()
+
+
+def close_stream(sock: ByteStream) -> None:
+    # shutdown() wakes a thread blocked in recv on this socket; close() alone does not.
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def serve_rma(
+    conn: ByteStream, regions: RegionTable, limits: Limits, stopped: Callable[[], bool]
+) -> None:
+    """Serve one peer's PUT/GET requests on ``regions`` until it disconnects.
+
+    A request for an unknown region or a range outside it is answered with an ERROR
+    frame (the connection stays open); a malformed frame raises FrameError (the caller
+    closes the connection).
+    """
+    hdr = memoryview(bytearray(HEADER_SIZE))
+    while not stopped():
+        try:
+            header, ext = read_frame_header(conn, hdr, limits)
+        except TransportError:
+            return  # peer closed: normal end
+        if not isinstance(ext, RmaDesc) or header.kind not in (Kind.PUT, Kind.GET):
+            raise FrameError(f"expected PUT/GET on the RMA channel, got {header.kind.name}")
+        if header.kind is Kind.PUT:
+            try:
+                if ext.nbytes != header.length:
+                    raise TransportError(
+                        f"PUT announces {ext.nbytes} bytes, carries {header.length}"
+                    )
+                target = regions.slice(ext.name, ext.offset, header.length)
+            except TransportError as exc:
+                drain(conn, header.length)
+                send_error(conn, str(exc))
+                continue
+            recv_exact(conn, target)
+            conn.sendall(frames.pack_frame_header(Kind.PUT_ACK, 0))
+        else:
+            try:
+                source = regions.slice(ext.name, ext.offset, ext.nbytes)
+            except TransportError as exc:
+                send_error(conn, str(exc))
+                continue
+            sendmsg_all(conn, (frames.pack_frame_header(Kind.GET_REPLY, source.nbytes), source))
+
+
+def send_error(conn: ByteStream, message: str) -> None:
+    """Answer a request with an ERROR frame carrying ``message``."""
+    text = message.encode("utf-8")[:MAX_ERROR]
+    conn.sendall(frames.pack_frame_header(Kind.ERROR, len(text)) + text)
