@@ -82,8 +82,9 @@ def test_foreign_protocol_is_refused() -> None:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"x" * 60)
         assert s.recv(1) == b"\x00"  # refused
 
-    srv, _ = _run_pair(lambda s: auth.server_handshake(s, auth.new_job_secret(), timeout=5),
-                       http_client)
+    srv, _ = _run_pair(
+        lambda s: auth.server_handshake(s, auth.new_job_secret(), timeout=5), http_client
+    )
     assert isinstance(srv, AuthenticationError) and "not a tfyarn endpoint" in str(srv)
 
 
