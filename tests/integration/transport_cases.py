@@ -63,11 +63,21 @@ class BackendCases:
     def secret(cls) -> bytes:
         return new_job_secret()
 
+    @classmethod
+    def peer_listen_args(cls) -> tuple[str, ...]:
+        """Options for the peer's listen(); override for options known only at run time."""
+        return cls.peer_listen_options
+
+    @classmethod
+    def peer_connect_args(cls) -> tuple[str, ...]:
+        """Options for the peer's connect()."""
+        return cls.peer_connect_options
+
     @pytest.fixture(scope="class")
     @classmethod
     def server(cls, secret: bytes) -> Iterator[Peer]:
         peer = start_server(
-            f"{cls.scheme}://127.0.0.1:0", secret, REGION_BYTES, *cls.peer_listen_options
+            f"{cls.scheme}://127.0.0.1:0", secret, REGION_BYTES, *cls.peer_listen_args()
         )
         yield peer
         peer.stop()
@@ -180,7 +190,7 @@ class BackendCases:
 
     def test_reverse_direction_listener_here(self, secret: bytes) -> None:
         with listen(f"{self.scheme}://127.0.0.1:0", secret=secret, **self.listen_options()) as lis:
-            peer = start_dialer(lis.address, secret, *self.peer_connect_options)
+            peer = start_dialer(lis.address, secret, *self.peer_connect_args())
             try:
                 comm = lis.accept(timeout=30)
                 payload = os.urandom(2 * MiB + 3)
@@ -197,4 +207,4 @@ class BackendCases:
                 lis.accept(timeout=0.2)
             address = lis.address
         with pytest.raises(TransportError):
-            connect(address, secret=secret, timeout=3, **self.connect_options())
+            connect(address, secret=secret, timeout=1, **self.connect_options())
