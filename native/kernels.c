@@ -9,6 +9,7 @@
 #include "tfyarn_native.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -260,7 +261,10 @@ int tfy_kernels_setup(PyObject *module) {
     K.isa = "baseline";
 #ifdef TFY_X86_DISPATCH
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+    /* TFYARN_KERNELS=baseline forces the portable copy (tests check both copies). */
+    const char *force = getenv("TFYARN_KERNELS");
+    int allow_simd = force == NULL || strcmp(force, "baseline") != 0;
+    if (allow_simd && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c")) {
         PICK(avx2);
         K.isa = "avx2";
