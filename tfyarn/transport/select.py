@@ -1,0 +1,196 @@
+"""Choose the transport of a job, and say why.
+
+``transport="auto"`` picks, in order:
+
+1. ``ucx`` over RDMA when this host has InfiniBand/RoCE devices and the native UCX
+   extension is built;
+2. ``ucx`` over shared memory (``UCX_TLS=posix,sysv,cma,self``) when every peer runs on
+   this host and the native UCX extension is built;
+3. ``tcp`` otherwise.
+
+Explicit requests are honoured or refused, never silently replaced: ``"rdma"`` without
+devices (or without native UCX) and ``"ucx"``/``"shm"`` without native UCX raise
+:class:`~tfyarn.errors.TransportUnavailableError` naming what is missing.
+:func:`choose_transport` is pure given ``rdma_devices`` and ``have_ucx``; left out, they
+are probed on this host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from tfyarn.errors import ConfigError, TransportUnavailableError
+
+__all__ = ["CHOICES", "SHM_UCX_TLS", "Selection", "choose_transport", "probe"]
+
+#: What a job may ask for.
+CHOICES = ("auto", "rdma", "shm", "ucx", "tcp", "grpc")
+#: UCX transports of the shared-memory path (plus ``self`` for loopback to oneself).
+SHM_UCX_TLS = "posix,sysv,cma,self"
+#: UCX transports of the RDMA path: reliable and unreliable verbs, shared memory on-host.
+RDMA_UCX_TLS = "rc,ud,sm,self"
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "::1", "ip6-localhost"})
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The transport picked for a job.
+
+    Parameters
+    ----------
+    scheme : str
+        URL scheme of the backend (``"ucx"``, ``"tcp"``, ``"grpc"``).
+    reason : str
+        What was picked and why, for logs and the job report.
+    options : Mapping[str, str]
+        Backend options (for ucx: UCX environment settings such as ``UCX_TLS``).
+    transport : str
+        What carries the bytes: ``"ucx/rdma"``, ``"ucx/shm"``, ``"ucx"``, ``"tcp"``,
+        ``"grpc"``.
+    """
+
+    scheme: str
+    reason: str
+    options: Mapping[str, str] = field(default_factory=dict)
+    transport: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.transport:
+            object.__setattr__(self, "transport", self.scheme)
+
+
+def _host_key(host: str) -> str:
+    """Normalize a host name so that spellings of the loopback compare equal."""
+    h = host.strip().lower().strip("[]")
+    if h in _LOOPBACK_NAMES or h.startswith("127."):
+        return "localhost"
+    return h
+
+
+def _device_names(devices: Sequence[object]) -> str:
+    return ", ".join(str(getattr(d, "name", d)) for d in devices)
+
+
+def probe() -> tuple[list[object], bool, str]:
+    """Look at this host: (RDMA devices, native UCX built, a note on what was missing)."""
+    notes: list[str] = []
+    try:
+        from tfyarn import native
+
+        have_ucx = bool(native.HAVE_UCX)
+        if not have_ucx:
+            notes.append("tfyarn.native was built without UCX")
+    except ImportError as exc:
+        have_ucx = False
+        notes.append(f"tfyarn.native is not built ({exc})")
+    try:
+        from tfyarn.transport import rdma
+
+        devices = list(rdma.list_devices())
+    except ImportError as exc:
+        devices = []
+        notes.append(f"RDMA discovery unavailable ({exc})")
+    return devices, have_ucx, "; ".join(notes)
+
+
+def choose_transport(
+    requested: str,
+    *,
+    peer_hosts: Sequence[str],
+    local_host: str,
+    rdma_devices: Sequence[object] | None = None,
+    have_ucx: bool | None = None,
+) -> Selection:
+    """Pick the transport for ``requested`` (one of :data:`CHOICES`).
+
+    Parameters
+    ----------
+    requested : str
+        ``"auto"``, ``"rdma"``, ``"shm"``, ``"ucx"``, ``"tcp"`` or ``"grpc"``.
+    peer_hosts : Sequence[str]
+        Hosts of every role of the job (this one's included or not).
+    local_host : str
+        This host's name or address.
+    rdma_devices : Sequence, optional
+        RDMA devices of this host; probed with ``tfyarn.transport.rdma`` when None.
+    have_ucx : bool, optional
+        Whether the native UCX extension is built; probed when None.
+
+    Returns
+    -------
+    Selection
+        The scheme, backend options and a reason that says what was picked and why.
+
+    Raises
+    ------
+    ConfigError
+        ``requested`` is not one of :data:`CHOICES`.
+    TransportUnavailableError
+        An explicit request cannot be met here (never replaced by another transport).
+    """
+    choice = requested.strip().lower() if isinstance(requested, str) else requested
+    if choice not in CHOICES:
+        raise ConfigError(f"transport={requested!r} is not one of {', '.join(CHOICES)}")
+    note = ""
+    if rdma_devices is None or have_ucx is None:
+        probed_devices, probed_ucx, note = probe()
+        rdma_devices = probed_devices if rdma_devices is None else rdma_devices
+        have_ucx = probed_ucx if have_ucx is None else have_ucx
+    hosts = sorted({_host_key(h) for h in peer_hosts} | {_host_key(local_host)})
+    one_host = len(hosts) == 1
+    devices = list(rdma_devices)
+    ucx_why = (
+        "native UCX built" if have_ucx else f"native UCX not built{': ' + note if note else ''}"
+    )
+    dev_why = f"RDMA devices: {_device_names(devices)}" if devices else "no RDMA devices"
+    host_why = f"all peers on host {hosts[0]}" if one_host else f"peers on {len(hosts)} hosts"
+
+    if choice in ("tcp", "grpc"):
+        return Selection(choice, f"{choice}: requested explicitly")
+    if choice == "ucx":
+        if not have_ucx:
+            raise TransportUnavailableError(
+                f"transport='ucx' was requested but the {ucx_why}; rebuild tfyarn with "
+                "libucx-dev installed (scripts/setup-system.sh) or ask for tcp/grpc"
+            )
+        return Selection("ucx", "ucx: requested explicitly (UCX picks its transports)")
+    if choice == "rdma":
+        if not devices:
+            raise TransportUnavailableError(
+                "transport='rdma' was requested but this host has no RDMA devices "
+                "(InfiniBand/RoCE); run `tfyarn doctor`, or ask for 'auto'/'tcp'"
+            )
+        if not have_ucx:
+            raise TransportUnavailableError(
+                f"transport='rdma' was requested ({dev_why}) but the {ucx_why}"
+            )
+        return Selection("ucx", f"rdma: ucx over {dev_why}", {"UCX_TLS": RDMA_UCX_TLS}, "ucx/rdma")
+    if choice == "shm":
+        if not one_host:
+            raise TransportUnavailableError(
+                f"transport='shm' needs every peer on one host, but there are {host_why}: "
+                + ", ".join(hosts)
+            )
+        if not have_ucx:
+            raise TransportUnavailableError(f"transport='shm' was requested but the {ucx_why}")
+        return Selection(
+            "ucx", f"shm: ucx over shared memory ({host_why})", {"UCX_TLS": SHM_UCX_TLS}, "ucx/shm"
+        )
+    # auto
+    if devices and have_ucx:
+        return Selection(
+            "ucx",
+            f"auto: ucx over RDMA ({dev_why}, {ucx_why})",
+            {"UCX_TLS": RDMA_UCX_TLS},
+            "ucx/rdma",
+        )
+    if one_host and have_ucx:
+        return Selection(
+            "ucx",
+            f"auto: ucx over shared memory ({host_why}, {ucx_why}, {dev_why})",
+            {"UCX_TLS": SHM_UCX_TLS},
+            "ucx/shm",
+        )
+    return Selection("tcp", f"auto: tcp ({host_why}, {dev_why}, {ucx_why})")
