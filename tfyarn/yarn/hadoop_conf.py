@@ -1,0 +1,299 @@
+"""Hadoop configuration of the dev YARN, rendered from settings (pure functions).
+
+The dev YARN is a pseudo-distributed YARN on one host: one ResourceManager and one
+NodeManager, each a plain ``java`` process, sharing the local file system (no HDFS:
+``fs.defaultFS`` is ``file:///``, which works because the client, the RM and the NM all
+see the same disk). Everything here is a pure function of :class:`DevYarnSettings`, so the
+rendered files are unit-tested without starting anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from tfyarn.errors import ConfigError
+
+__all__ = [
+    "PORT_NAMES",
+    "DevYarnSettings",
+    "core_site",
+    "render_site_xml",
+    "resource_types_xml",
+    "yarn_site",
+]
+
+#: The ports one dev YARN listens on, by role. All are bound to ``settings.host``.
+PORT_NAMES: tuple[str, ...] = (
+    "rm",  # client <-> RM (yarn.resourcemanager.address)
+    "rm_scheduler",  # AM <-> RM
+    "rm_tracker",  # NM <-> RM
+    "rm_admin",
+    "rm_webapp",  # REST API and UI
+    "nm",  # container manager
+    "nm_localizer",
+    "nm_webapp",
+    "nm_collector",
+)
+
+#: Ports used when none are given: Hadoop's own defaults, so the usual URLs work.
+DEFAULT_PORTS: dict[str, int] = {
+    "rm": 8032,
+    "rm_scheduler": 8030,
+    "rm_tracker": 8031,
+    "rm_admin": 8033,
+    "rm_webapp": 8088,
+    "nm": 8041,
+    "nm_localizer": 8040,
+    "nm_webapp": 8042,
+    "nm_collector": 8048,
+}
+
+
+@dataclass(frozen=True)
+class DevYarnSettings:
+    """What the dev YARN looks like: where it listens, what it offers, where it writes.
+
+    The defaults fit the reference machine (2 cores, 24 GiB) running one tfyarn job of
+    chief + 2 workers + 1 ps next to the rest of the test suite: the NodeManager offers
+    10 GiB and 8 virtual cores (YARN vcores are a scheduling quota, not pinned cores;
+    five 1-vcore containers must fit on a 2-core host).
+
+    Parameters
+    ----------
+    base_dir : Path
+        Root of everything the cluster writes: ``conf/``, ``logs/``, NM local dirs,
+        aggregated logs, the Spark staging dir.
+    host : str
+        Address every daemon binds to and advertises.
+    ports : Mapping[str, int]
+        One port per name in :data:`PORT_NAMES`; missing names take :data:`DEFAULT_PORTS`.
+    nm_memory_mb : int
+        Memory the NodeManager offers to containers.
+    nm_vcores : int
+        Virtual cores the NodeManager offers.
+    min_allocation_mb, max_allocation_mb : int
+        Scheduler allocation bounds; container requests are rounded up to a multiple of
+        the minimum, so it is kept small.
+    max_allocation_vcores : int
+        Largest vcore request one container may make.
+    nm_gpus : int
+        ``yarn.io/gpu`` the NodeManager advertises. 0 (the default) leaves the resource type
+        undeclared, as on a cluster without GPUs.
+    pmem_check : bool
+        Whether the NM kills containers that exceed their memory (as production clusters
+        do; it is what makes ``spark.executor.memoryOverhead`` matter for TensorFlow).
+    extra : Mapping[str, str]
+        Further yarn-site properties, applied last.
+    """
+
+    base_dir: Path
+    host: str = "127.0.0.1"
+    ports: Mapping[str, int] = field(default_factory=dict)
+    nm_memory_mb: int = 10240
+    nm_vcores: int = 8
+    min_allocation_mb: int = 128
+    max_allocation_mb: int = 4096
+    max_allocation_vcores: int = 4
+    nm_gpus: int = 0
+    pmem_check: bool = True
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.ports) - set(PORT_NAMES))
+        if unknown:
+            raise ConfigError(f"unknown dev YARN port name(s) {unknown}; use {list(PORT_NAMES)}")
+        for name, port in self.ports.items():
+            if not 0 < int(port) < 65536:
+                raise ConfigError(f"dev YARN port {name}={port} is not in 1..65535")
+        if self.nm_memory_mb < self.min_allocation_mb:
+            raise ConfigError(
+                f"nm_memory_mb={self.nm_memory_mb} is below min_allocation_mb="
+                f"{self.min_allocation_mb}: no container could ever start"
+            )
+        if not self.min_allocation_mb <= self.max_allocation_mb:
+            raise ConfigError("min_allocation_mb must not exceed max_allocation_mb")
+        if self.nm_vcores < 1 or self.max_allocation_vcores < 1:
+            raise ConfigError("nm_vcores and max_allocation_vcores must be at least 1")
+        if self.nm_gpus < 0:
+            raise ConfigError(f"nm_gpus={self.nm_gpus} must be >= 0")
+
+    def port(self, name: str) -> int:
+        """The port for ``name`` (one of :data:`PORT_NAMES`)."""
+        if name not in PORT_NAMES:
+            raise ConfigError(f"unknown dev YARN port name {name!r}; use {list(PORT_NAMES)}")
+        return int(self.ports.get(name, DEFAULT_PORTS[name]))
+
+    def address(self, name: str) -> str:
+        """``host:port`` for the port ``name``."""
+        return f"{self.host}:{self.port(name)}"
+
+    @property
+    def conf_dir(self) -> Path:
+        """The HADOOP_CONF_DIR clients export."""
+        return self.base_dir / "conf"
+
+    @property
+    def log_dir(self) -> Path:
+        """Where the daemons' own logs go."""
+        return self.base_dir / "logs"
+
+    @property
+    def nm_local_dir(self) -> Path:
+        """NodeManager local dir: localized resources and container working dirs."""
+        return self.base_dir / "nm-local"
+
+    @property
+    def nm_log_dir(self) -> Path:
+        """Container logs while an application runs."""
+        return self.base_dir / "nm-logs"
+
+    @property
+    def remote_log_dir(self) -> Path:
+        """Aggregated container logs after an application ends (read by ``yarn logs``)."""
+        return self.base_dir / "app-logs"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Spark's ``spark.yarn.stagingDir`` and YARN's AM staging dir."""
+        return self.base_dir / "staging"
+
+    @property
+    def rm_web_url(self) -> str:
+        """Base URL of the RM web app (REST API under ``/ws/v1/cluster``)."""
+        return f"http://{self.address('rm_webapp')}"
+
+
+def render_site_xml(properties: Mapping[str, str]) -> str:
+    """Render a Hadoop ``*-site.xml`` document from ``name -> value``.
+
+    Properties are written in sorted order so the output is stable (diffable, cacheable).
+    """
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        "<!-- generated by tfyarn -->",
+        "<configuration>",
+    ]
+    for name in sorted(properties):
+        value = properties[name]
+        lines.append(
+            f"  <property><name>{escape(name)}</name><value>{escape(str(value))}</value></property>"
+        )
+    lines.append("</configuration>")
+    return "\n".join(lines) + "\n"
+
+
+def core_site(settings: DevYarnSettings) -> dict[str, str]:
+    """core-site properties: the local file system is the cluster file system."""
+    return {
+        "fs.defaultFS": "file:///",
+        "hadoop.tmp.dir": str(settings.base_dir / "tmp"),
+        # Simple auth as the submitting user; no Kerberos on a dev cluster.
+        "hadoop.security.authentication": "simple",
+    }
+
+
+def resource_types_xml(settings: DevYarnSettings) -> dict[str, str]:
+    """resource-types properties: declares ``yarn.io/gpu`` only when GPUs are offered."""
+    if settings.nm_gpus <= 0:
+        return {}
+    return {"yarn.resource-types": "yarn.io/gpu"}
+
+
+def yarn_site(settings: DevYarnSettings) -> dict[str, str]:
+    """yarn-site properties of the dev YARN."""
+    s = settings
+    props: dict[str, str] = {
+        "yarn.resourcemanager.hostname": s.host,
+        "yarn.resourcemanager.bind-host": s.host,
+        "yarn.resourcemanager.address": s.address("rm"),
+        "yarn.resourcemanager.scheduler.address": s.address("rm_scheduler"),
+        "yarn.resourcemanager.resource-tracker.address": s.address("rm_tracker"),
+        "yarn.resourcemanager.admin.address": s.address("rm_admin"),
+        "yarn.resourcemanager.webapp.address": s.address("rm_webapp"),
+        "yarn.nodemanager.hostname": s.host,
+        "yarn.nodemanager.bind-host": s.host,
+        "yarn.nodemanager.address": s.address("nm"),
+        "yarn.nodemanager.localizer.address": s.address("nm_localizer"),
+        "yarn.nodemanager.webapp.address": s.address("nm_webapp"),
+        "yarn.nodemanager.collector-service.address": s.address("nm_collector"),
+        # What the one node offers.
+        "yarn.nodemanager.resource.memory-mb": str(s.nm_memory_mb),
+        "yarn.nodemanager.resource.cpu-vcores": str(s.nm_vcores),
+        "yarn.nodemanager.resource.detect-hardware-capabilities": "false",
+        "yarn.scheduler.minimum-allocation-mb": str(s.min_allocation_mb),
+        "yarn.scheduler.maximum-allocation-mb": str(s.max_allocation_mb),
+        "yarn.scheduler.minimum-allocation-vcores": "1",
+        "yarn.scheduler.maximum-allocation-vcores": str(s.max_allocation_vcores),
+        # A job's AM plus its executors must all fit: let the AM use most of the queue.
+        "yarn.scheduler.capacity.maximum-am-resource-percent": "0.5",
+        "yarn.nodemanager.pmem-check-enabled": str(s.pmem_check).lower(),
+        # Virtual memory is meaningless for JVMs and TensorFlow (huge reserved mappings).
+        "yarn.nodemanager.vmem-check-enabled": "false",
+        # Shared dev disks fill up; an 'unhealthy' NM would silently stop taking containers.
+        "yarn.nodemanager.disk-health-checker.max-disk-utilization-per-disk-percentage": "99.0",
+        "yarn.nodemanager.disk-health-checker.min-free-space-per-disk-mb": "512",
+        "yarn.nodemanager.local-dirs": str(s.nm_local_dir),
+        "yarn.nodemanager.log-dirs": str(s.nm_log_dir),
+        # Aggregated logs on the (local) cluster file system: `yarn logs` / `tfyarn logs`.
+        "yarn.log-aggregation-enable": "true",
+        "yarn.nodemanager.remote-app-log-dir": str(s.remote_log_dir),
+        "yarn.log-aggregation.retain-seconds": "86400",
+        "yarn.nodemanager.delete.debug-delay-sec": "0",
+        "yarn.app.mapreduce.am.staging-dir": str(s.staging_dir),
+        # Containers see the env vars the client expects (JAVA_HOME, the Python path).
+        "yarn.nodemanager.env-whitelist": (
+            "JAVA_HOME,HADOOP_COMMON_HOME,HADOOP_HDFS_HOME,HADOOP_CONF_DIR,"
+            "CLASSPATH_PREPEND_DISTCACHE,HADOOP_YARN_HOME,HADOOP_HOME,PATH,LANG,TZ"
+        ),
+        # Killed/finished containers go quickly: a killed app must free its TF roles fast.
+        "yarn.nodemanager.sleep-delay-before-sigkill.ms": "2000",
+        "yarn.resourcemanager.recovery.enabled": "false",
+        "yarn.nodemanager.recovery.enabled": "false",
+        "yarn.timeline-service.enabled": "false",
+        # Faster heartbeats: a one-node cluster for tests should react in well under a second.
+        "yarn.resourcemanager.nodemanagers.heartbeat-interval-ms": "500",
+        "yarn.nodemanager.health-checker.interval-ms": "60000",
+        "yarn.resourcemanager.am.max-attempts": "1",
+    }
+    if s.nm_gpus > 0:
+        # A countable resource: the NM advertises it; no isolation plugin on a dev box.
+        props["yarn.nodemanager.resource-type.yarn.io/gpu"] = str(s.nm_gpus)
+        props["yarn.scheduler.capacity.resource-calculator"] = (
+            "org.apache.hadoop.yarn.util.resource.DominantResourceCalculator"
+        )
+    props.update({k: str(v) for k, v in s.extra.items()})
+    return props
+
+
+def capacity_scheduler(settings: DevYarnSettings) -> dict[str, str]:
+    """capacity-scheduler properties: one ``default`` queue with the whole cluster."""
+    props = {
+        "yarn.scheduler.capacity.root.queues": "default",
+        "yarn.scheduler.capacity.root.default.capacity": "100",
+        "yarn.scheduler.capacity.root.default.maximum-capacity": "100",
+        "yarn.scheduler.capacity.root.default.state": "RUNNING",
+        "yarn.scheduler.capacity.maximum-am-resource-percent": "0.5",
+        "yarn.scheduler.capacity.root.default.acl_submit_applications": "*",
+        "yarn.scheduler.capacity.root.default.acl_administer_queue": "*",
+    }
+    if settings.nm_gpus > 0:
+        props["yarn.scheduler.capacity.resource-calculator"] = (
+            "org.apache.hadoop.yarn.util.resource.DominantResourceCalculator"
+        )
+    return props
+
+
+def conf_files(settings: DevYarnSettings) -> dict[str, str]:
+    """Every file of HADOOP_CONF_DIR, ``file name -> XML text``."""
+    files = {
+        "core-site.xml": render_site_xml(core_site(settings)),
+        "yarn-site.xml": render_site_xml(yarn_site(settings)),
+        "capacity-scheduler.xml": render_site_xml(capacity_scheduler(settings)),
+    }
+    types = resource_types_xml(settings)
+    if types:
+        files["resource-types.xml"] = render_site_xml(types)
+    return files
