@@ -1,0 +1,482 @@
+"""``tfyarn.run``: launch one TensorFlow role per executor and wait for the outcome.
+
+The whole cluster is one Spark barrier stage (``mapInArrow(..., barrier=True)``), so Spark
+starts every role at once or none, and a failing role fails the stage, which kills the
+others. The driver runs the stage in a thread and watches heartbeats meanwhile: a role
+reporting an error ends the job within seconds, with the role's traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from tfyarn.cluster import partitioning, validate
+from tfyarn.cluster.plan import TF_NATIVE_STRATEGIES, data_roles, plan_roles
+from tfyarn.cluster.progress import ProgressDisplay, ProgressServer
+from tfyarn.errors import ConfigError, RoleFailedError, TFYarnError
+from tfyarn.node.job import InputMode, JobSpec
+from tfyarn.transport.auth import new_job_secret
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from tfyarn.node.context import NodeContext
+
+__all__ = ["RunResult", "run"]
+
+log = logging.getLogger("tfyarn")
+
+#: Exchange strategies (run by tfyarn's own exchange over its transports).
+EXCHANGE_STRATEGIES: tuple[str, ...] = ("allreduce", "downpour", "easgd", "model_averaging", "adag")
+TRANSPORTS: tuple[str, ...] = ("auto", "tcp", "grpc", "ucx", "rdma")
+
+
+@dataclass
+class RunResult:
+    """The outcome of :func:`run`.
+
+    Attributes
+    ----------
+    value : Any
+        What the chief's ``train_fn`` returned.
+    metrics : dict
+        Last metrics each role reported, by task id.
+    model_dir : str
+        Where the chief was told to save the model.
+    roles : dict
+        Per role: host, TF port, transport, and timings (``started``, ``wired``,
+        ``finished``, seconds since the epoch).
+    transport : str or None
+        The transport actually used (as the roles reported it).
+    wall_time : float
+        Seconds from :func:`run` being called to its return.
+    startup_time : float or None
+        Seconds from the barrier stage's start to every role being ready.
+    job_id : str
+        The run's id.
+    """
+
+    value: Any
+    metrics: dict[str, dict[str, Any]]
+    model_dir: str
+    roles: dict[str, dict[str, Any]]
+    transport: str | None
+    wall_time: float
+    startup_time: float | None
+    job_id: str
+    status: str = "succeeded"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able summary (the chief's value as its ``repr`` when not JSON-able)."""
+        out = asdict(self)
+        try:
+            json.dumps(out["value"])
+        except TypeError:
+            out["value"] = repr(self.value)
+        return out
+
+
+def _conf(spark: SparkSession, key: str) -> str | None:
+    return spark.sparkContext.getConf().get(f"spark.tfyarn.{key}", None)
+
+
+def _settle(value: Any, spark: SparkSession, key: str, cast: Callable[[str], Any], default: Any):
+    """An argument given in code wins; else ``spark.tfyarn.<key>``; else the default."""
+    if value is not None:
+        return value
+    raw = _conf(spark, key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ConfigError(f"spark.tfyarn.{key}={raw!r} is not valid") from None
+
+
+def _check_strategy(strategy: str | None, ps: int, transport: str | None) -> None:
+    known = (*TF_NATIVE_STRATEGIES, *EXCHANGE_STRATEGIES)
+    if strategy is not None and strategy not in known:
+        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(known)}")
+    if strategy == "ps" and ps < 1:
+        raise ConfigError("strategy='ps' needs at least one parameter server: pass ps=1 or more")
+    if strategy == "mwms" and ps:
+        raise ConfigError("strategy='mwms' has no parameter servers: pass ps=0")
+    if transport is not None and transport not in TRANSPORTS:
+        raise ConfigError(f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}")
+
+
+def _input(data: Any, input_mode: InputMode | str | None) -> tuple[InputMode, tuple[str, ...]]:
+    """Work out the input mode from ``data``; FILES takes a list of paths."""
+    if input_mode is None:
+        if data is None:
+            mode = InputMode.NONE
+        elif isinstance(data, list | tuple):
+            mode = InputMode.FILES
+        else:
+            mode = InputMode.SPARK
+    else:
+        mode = InputMode(input_mode) if isinstance(input_mode, str) else input_mode
+    if mode is InputMode.FILES:
+        if not isinstance(data, list | tuple) or not all(isinstance(f, str) for f in data):
+            raise ConfigError("input_mode=FILES needs data= as a list of file paths")
+        return mode, tuple(data)
+    if mode is InputMode.SPARK:
+        from pyspark.sql import DataFrame
+
+        if not isinstance(data, DataFrame):
+            raise ConfigError(
+                f"input_mode=SPARK needs data= as a Spark DataFrame, got {type(data).__name__}"
+            )
+    return mode, ()
+
+
+def _stage_input(
+    spark: SparkSession,
+    job_plan: Sequence[Any],
+    trainers: Sequence[Any],
+    mode: InputMode,
+    data: DataFrame | None,
+) -> tuple[DataFrame, tuple[int, ...]]:
+    """The DataFrame the barrier stage maps over: one partition per role."""
+    n = len(job_plan)
+    if mode is InputMode.SPARK:
+        assert data is not None
+        keys = partitioning.routing_keys(spark, n)
+        targets = [r.partition for r in trainers]
+        return partitioning.spread(data, n, targets, keys), tuple(keys)
+    return spark.range(0, n, 1, n), ()
+
+
+def run(
+    spark: SparkSession,
+    train_fn: Callable[[NodeContext], Any],
+    *,
+    workers: int | None = None,
+    ps: int | None = None,
+    chief: bool = True,
+    evaluator: bool = False,
+    data: DataFrame | Sequence[str] | None = None,
+    input_mode: InputMode | str | None = None,
+    strategy: str | None = None,
+    strategy_options: dict[str, Any] | None = None,
+    transport: str | None = None,
+    interface: str | None = None,
+    model_dir: str | None = None,
+    timeout: float | None = None,
+    allocation_timeout: float = 120.0,
+    startup_timeout: float = 300.0,
+    heartbeat_interval: float = 2.0,
+    silent_warning_after: float = 60.0,
+    env: dict[str, str] | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Run ``train_fn`` as a TensorFlow cluster, one role per Spark executor.
+
+    Parameters
+    ----------
+    spark : SparkSession
+        A classic (not Spark Connect) session on local-cluster, standalone or YARN.
+    train_fn : callable
+        ``train_fn(ctx)``, run by the chief and the workers (and by ps/evaluator roles when
+        they have no built-in job); the chief's return value becomes ``RunResult.value``.
+    workers : int, optional
+        Workers; default ``spark.tfyarn.workers``.
+    ps : int, optional
+        Parameter servers; default ``spark.tfyarn.ps``, else 0.
+    chief : bool
+        Run a dedicated chief (partition 0).
+    evaluator : bool
+        Run an evaluator (outside the training cluster).
+    data : DataFrame or list of str, optional
+        Training data: a DataFrame (spread over the trainers) or files (sharded).
+    input_mode : InputMode or str, optional
+        Default: SPARK for a DataFrame, FILES for a list, NONE otherwise.
+    strategy : str, optional
+        ``"ps"`` (ParameterServerStrategy + ClusterCoordinator on the chief), ``"mwms"``
+        (MultiWorkerMirroredStrategy), an exchange strategy (``"allreduce"``,
+        ``"downpour"``, ``"easgd"``, ``"model_averaging"``, ``"adag"``), or None.
+    strategy_options : dict, optional
+        Options of the strategy (see :mod:`tfyarn.exchange`).
+    transport : str, optional
+        tfyarn transport for the exchange: ``"auto"``, ``"tcp"``, ``"grpc"``, ``"ucx"`` or
+        ``"rdma"``; default ``spark.tfyarn.transport``, else ``"auto"`` for exchange
+        strategies and none otherwise.
+    interface : str, optional
+        Network interface or address the roles bind to; default: Spark's executor address.
+    model_dir : str, optional
+        Where the chief saves the model; default a fresh temp dir on the chief's host. Use
+        shared storage on a real cluster.
+    timeout : float, optional
+        Seconds the whole job may take; the job is cancelled after that.
+    allocation_timeout : float
+        Seconds to wait for enough executors.
+    startup_timeout : float
+        Seconds each role may take to start and be wired.
+    heartbeat_interval : float
+        Seconds between role heartbeats.
+    silent_warning_after : float
+        Seconds of heartbeat silence after which a role is named in a warning.
+    env : dict, optional
+        Extra environment variables for the role processes.
+    progress : bool
+        Show the live progress display.
+
+    Returns
+    -------
+    RunResult
+
+    Raises
+    ------
+    ConfigError
+        Bad arguments or Spark settings (before anything starts).
+    AllocationError
+        Not enough executors within ``allocation_timeout``.
+    RoleFailedError
+        A role failed: names the role, its host and its traceback.
+    TFYarnError
+        The job failed or timed out otherwise.
+    """
+    output_json = _conf(spark, "outputJson")
+    begun = time.monotonic()
+    try:
+        result = _launch(
+            spark=spark,
+            train_fn=train_fn,
+            workers=workers,
+            ps=ps,
+            chief=chief,
+            evaluator=evaluator,
+            data=data,
+            input_mode=input_mode,
+            strategy=strategy,
+            strategy_options=strategy_options,
+            transport=transport,
+            interface=interface,
+            model_dir=model_dir,
+            timeout=timeout,
+            allocation_timeout=allocation_timeout,
+            startup_timeout=startup_timeout,
+            heartbeat_interval=heartbeat_interval,
+            silent_warning_after=silent_warning_after,
+            env=env,
+            progress=progress,
+        )
+    except BaseException as exc:
+        if output_json:
+            _write_json(
+                output_json,
+                {
+                    "status": "failed",
+                    "error": str(exc)[-8000:],
+                    "error_type": type(exc).__name__,
+                    "wall_time": time.monotonic() - begun,
+                },
+            )
+        raise
+    if output_json:
+        _write_json(output_json, result.to_json())
+    return result
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+    """Write the run's outcome for ``tfyarn submit --output-json``."""
+    with open(path, "w") as out:
+        json.dump(payload, out, indent=2, default=str)
+
+
+def _launch(
+    spark: SparkSession,
+    train_fn: Callable[[NodeContext], Any],
+    *,
+    workers: int | None,
+    ps: int | None,
+    chief: bool,
+    evaluator: bool,
+    data: Any,
+    input_mode: InputMode | str | None,
+    strategy: str | None,
+    strategy_options: dict[str, Any] | None,
+    transport: str | None,
+    interface: str | None,
+    model_dir: str | None,
+    timeout: float | None,
+    allocation_timeout: float,
+    startup_timeout: float,
+    heartbeat_interval: float,
+    silent_warning_after: float,
+    env: dict[str, str] | None,
+    progress: bool,
+) -> RunResult:
+    """The body of :func:`run` (which adds the ``--output-json`` report)."""
+    begun = time.monotonic()
+    sc = spark.sparkContext
+    workers = _settle(workers, spark, "workers", int, None)
+    if workers is None:
+        raise ConfigError("say how many workers: tfyarn.run(..., workers=N) or --workers N")
+    ps = _settle(ps, spark, "ps", int, 0)
+    transport = _settle(transport, spark, "transport", str, None)
+    if transport is None and strategy in EXCHANGE_STRATEGIES:
+        transport = "auto"
+    _check_strategy(strategy, ps, transport)
+    plan = plan_roles(workers=workers, ps=ps, chief=chief, evaluator=evaluator)
+    trainers = data_roles(plan, strategy)
+    mode, files = _input(data, input_mode)
+    validate.check_spark_conf(sc)
+    validate.wait_for_slots(sc, len(plan), allocation_timeout)
+
+    job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    secret = new_job_secret()
+    driver_host = sc.getConf().get("spark.driver.host", "127.0.0.1")
+    server = ProgressServer(driver_host, secret, [r.task_id for r in plan])
+    stage_df, keys = _stage_input(
+        spark,
+        plan,
+        trainers,
+        mode,
+        data if mode is InputMode.SPARK else None,  # type: ignore[arg-type]
+    )
+    job = JobSpec(
+        job_id=job_id,
+        plan=plan,
+        trainers=trainers,
+        train_fn=cloudpickle.dumps(train_fn),
+        secret=secret,
+        driver_address=server.address,
+        strategy=strategy,
+        strategy_options=dict(strategy_options or {}),
+        transport=transport,
+        interface=interface or _conf(spark, "interface"),
+        input_mode=mode,
+        files=files,
+        key_column=partitioning.KEY_COLUMN if mode is InputMode.SPARK else None,
+        routing_keys=keys,
+        model_dir=model_dir or os.path.join(tempfile.gettempdir(), f"tfyarn-model-{job_id}"),
+        heartbeat_interval=heartbeat_interval,
+        startup_timeout=startup_timeout,
+        env=dict(env or {}),
+    )
+    display = ProgressDisplay(server, silent_warning_after, enabled=progress)
+    try:
+        rows, stage_started = _run_stage(spark, stage_df, job, server, display, timeout, begun)
+    finally:
+        display.close()
+        server.close()
+    return _result(job, rows, server, stage_started, begun)
+
+
+def _run_stage(
+    spark: SparkSession,
+    stage_df: DataFrame,
+    job: JobSpec,
+    server: ProgressServer,
+    display: ProgressDisplay,
+    timeout: float | None,
+    begun: float,
+) -> tuple[list[Any], float]:
+    """Run the barrier stage in a thread; fail fast on role errors, timeout or Ctrl-C."""
+    from tfyarn.node.task import RESULT_DDL, run_barrier_task
+
+    sc = spark.sparkContext
+    group = f"tfyarn-{job.job_id}"
+    box: dict[str, Any] = {}
+
+    def body(batches: Any) -> Any:
+        return run_barrier_task(job, batches)
+
+    def collect() -> None:
+        try:
+            sc.setJobGroup(group, f"tfyarn job {job.job_id}", interruptOnCancel=True)
+            box["rows"] = stage_df.mapInArrow(body, RESULT_DDL, barrier=True).collect()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=collect, name="tfyarn-stage", daemon=True)
+    stage_started = time.monotonic()
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(timeout=0.5)
+            display.refresh()
+            failed = server.failed_role()
+            if failed is not None:
+                raise RoleFailedError(
+                    failed.task_id,
+                    failed.host or "?",
+                    (failed.traceback or failed.error or "").strip()[-8000:],
+                    f"role {failed.task_id} on host {failed.host} failed: {failed.error}",
+                )
+            if timeout is not None and time.monotonic() - begun > timeout:
+                raise TFYarnError(
+                    f"the job did not finish within timeout={timeout:.0f} s and was cancelled; "
+                    "raise timeout= if training legitimately takes longer"
+                )
+    except BaseException:
+        sc.cancelJobGroup(group)
+        thread.join(timeout=60)
+        raise
+    if "error" in box:
+        raise _stage_error(box["error"], server) from box["error"]
+    return box["rows"], stage_started
+
+
+def _stage_error(exc: BaseException, server: ProgressServer) -> TFYarnError:
+    """Turn Spark's stage failure into the role's own error where we know it."""
+    failed = server.failed_role()
+    if failed is not None:
+        return RoleFailedError(
+            failed.task_id,
+            failed.host or "?",
+            (failed.traceback or "").strip()[-8000:],
+            f"role {failed.task_id} on host {failed.host} failed: {failed.error}",
+        )
+    text = str(exc)
+    marker = "RoleFailedError: "
+    if marker in text:
+        tail = text[text.index(marker) + len(marker) :]
+        return TFYarnError(tail.strip()[-8000:])
+    return TFYarnError(f"the tfyarn barrier stage failed: {text[-8000:]}")
+
+
+def _result(
+    job: JobSpec, rows: list[Any], server: ProgressServer, stage_started: float, begun: float
+) -> RunResult:
+    value: Any = None
+    roles: dict[str, dict[str, Any]] = {}
+    transports = set()
+    for row in rows:
+        info = json.loads(row.info)
+        roles[row.task] = {"host": row.host, **info}
+        if info.get("transport"):
+            transports.add(info["transport"])
+        if row.result:
+            value = cloudpickle.loads(row.result)
+    ready = server.all_ready_at()
+    metrics = {s.task_id: dict(s.metrics, step=s.step, loss=s.loss) for s in server.snapshot()}
+    transport = None
+    if transports:
+        transport = transports.pop() if len(transports) == 1 else ", ".join(sorted(transports))
+    with contextlib.suppress(Exception):
+        log.info("tfyarn job %s finished", job.job_id)
+    return RunResult(
+        value=value,
+        metrics=metrics,
+        model_dir=job.model_dir,
+        roles=roles,
+        transport=transport,
+        wall_time=time.monotonic() - begun,
+        startup_time=None if ready is None else ready - stage_started,
+        job_id=job.job_id,
+    )

@@ -1,0 +1,277 @@
+"""Progress on the driver: a heartbeat server fed by the roles, and a live display.
+
+Roles connect once (HMAC handshake on the job secret) and send newline-delimited JSON
+(:mod:`tfyarn.node.heartbeat`). The server keeps one :class:`RoleState` per role; the
+launcher polls it for errors (a failed role is reported here seconds before Spark's own
+task failure reaches the driver) and the display renders it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tfyarn.transport.auth import server_handshake
+
+__all__ = ["ProgressDisplay", "ProgressServer", "RoleState"]
+
+log = logging.getLogger("tfyarn")
+
+#: A heartbeat line longer than this is not a heartbeat.
+_MAX_LINE = 1 << 20
+
+
+@dataclass
+class RoleState:
+    """What the driver knows about one role."""
+
+    task_id: str
+    state: str = "starting"
+    host: str | None = None
+    step: int | None = None
+    loss: float | None = None
+    samples_per_s: float | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None
+    error: str | None = None
+    traceback: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    warned_silent: bool = False
+    _rate_mark: tuple[float, int] | None = None
+
+    def update(self, message: dict[str, Any]) -> None:
+        """Fold one heartbeat message into the state."""
+        now = time.monotonic()
+        self.last_seen = now
+        self.warned_silent = False
+        kind = message.get("kind")
+        if kind == "ready":
+            self.state, self.ready_at = "running", now
+            self.host = message.get("host", self.host)
+            self.metrics["tf_port"] = message.get("tf_port")
+            self.metrics["transport"] = message.get("transport")
+        elif kind == "done":
+            self.state = "done"
+        elif kind == "error":
+            self.state = "failed"
+            self.error = message.get("error")
+            self.traceback = message.get("traceback")
+        elif kind == "metrics":
+            if message.get("state"):
+                self.state = str(message["state"])
+            if message.get("step") is not None:
+                self.step = int(message["step"])
+            if message.get("loss") is not None:
+                self.loss = float(message["loss"])
+            samples = message.get("samples")
+            if samples:
+                self._count_samples(now, int(samples))
+            skip = {"task", "kind", "time", "state", "samples"}
+            self.metrics.update({k: v for k, v in message.items() if k not in skip})
+
+    def _count_samples(self, now: float, samples: int) -> None:
+        if self._rate_mark is not None:
+            since, _ = self._rate_mark
+            if now > since:
+                self.samples_per_s = samples / (now - since)
+        self._rate_mark = (now, samples)
+
+
+class ProgressServer:
+    """Accepts heartbeat connections from the roles and keeps their state.
+
+    Parameters
+    ----------
+    host : str
+        Address to listen on (the driver's address as Spark uses it).
+    secret : bytes
+        The job secret.
+    tasks : iterable of str
+        The roles' task ids.
+    """
+
+    def __init__(self, host: str, secret: bytes, tasks: Iterable[str]) -> None:
+        self._secret = secret
+        self._lock = threading.Lock()
+        self.roles = {t: RoleState(t) for t in tasks}
+        self._sock = socket.create_server((host, 0))
+        self._sock.settimeout(0.5)
+        self.address = (host, self._sock.getsockname()[1])
+        self._closed = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, name="tfyarn-progress", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, peer = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn, peer), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, peer: Any) -> None:
+        with conn:
+            try:
+                server_handshake(conn, self._secret, timeout=10)
+            except Exception as exc:
+                log.warning("tfyarn: refused a progress connection from %s: %s", peer, exc)
+                return
+            with self._lock:
+                self._conns.append(conn)
+            conn.settimeout(None)
+            buffer = b""
+            while not self._closed.is_set():
+                try:
+                    chunk = conn.recv(65536)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buffer += chunk
+                if len(buffer) > _MAX_LINE and b"\n" not in buffer:
+                    log.warning("tfyarn: dropping a misbehaving progress connection from %s", peer)
+                    return
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    self._handle(line)
+
+    def _handle(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return
+        task = message.get("task")
+        with self._lock:
+            if task in self.roles:
+                self.roles[task].update(message)
+
+    def failed_role(self) -> RoleState | None:
+        """The first role that reported an error, if any."""
+        with self._lock:
+            for state in self.roles.values():
+                if state.state == "failed":
+                    return state
+        return None
+
+    def all_ready_at(self) -> float | None:
+        """When the last role became ready (monotonic clock), or None."""
+        with self._lock:
+            times = [s.ready_at for s in self.roles.values()]
+        return None if any(t is None for t in times) else max(t for t in times if t is not None)
+
+    def silent_roles(self, after: float) -> list[RoleState]:
+        """Roles still running but not heard from for ``after`` seconds (each named once)."""
+        now = time.monotonic()
+        found = []
+        with self._lock:
+            for state in self.roles.values():
+                if state.state in ("done", "failed") or state.warned_silent:
+                    continue
+                if now - state.last_seen > after:
+                    state.warned_silent = True
+                    found.append(state)
+        return found
+
+    def snapshot(self) -> list[RoleState]:
+        """A copy of every role's state."""
+        import copy
+
+        with self._lock:
+            return [copy.copy(s) for s in self.roles.values()]
+
+    def close(self) -> None:
+        """Stop accepting and close every connection; idempotent."""
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=2)
+
+
+class ProgressDisplay:
+    """Live table of the roles (rich) on a terminal; a periodic log line elsewhere.
+
+    Parameters
+    ----------
+    server : ProgressServer
+        Where the state comes from.
+    silent_after : float
+        Seconds without a heartbeat after which a role is named in a warning.
+    enabled : bool
+        False: show nothing (warnings are still logged).
+    """
+
+    def __init__(self, server: ProgressServer, silent_after: float, enabled: bool = True) -> None:
+        from rich.console import Console
+
+        self._server = server
+        self._silent_after = silent_after
+        self._console = Console(stderr=True)
+        self._enabled = enabled
+        self._live: Any = None
+        self._last_line = 0.0
+        if enabled and self._console.is_terminal:
+            from rich.live import Live
+
+            self._live = Live(self._table(), console=self._console, refresh_per_second=2)
+            self._live.start()
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title="tfyarn roles", expand=False)
+        for column in ("role", "host", "state", "step", "samples/s", "loss", "last seen"):
+            table.add_column(column)
+        now = time.monotonic()
+        for s in self._server.snapshot():
+            table.add_row(
+                s.task_id,
+                s.host or "-",
+                s.state,
+                "-" if s.step is None else str(s.step),
+                "-" if s.samples_per_s is None else f"{s.samples_per_s:,.0f}",
+                "-" if s.loss is None else f"{s.loss:.4f}",
+                f"{now - s.last_seen:.0f}s ago",
+            )
+        return table
+
+    def refresh(self) -> None:
+        """Redraw, and warn about silent roles."""
+        for state in self._server.silent_roles(self._silent_after):
+            log.warning(
+                "tfyarn: role %s (host %s) has sent no heartbeat for %.0f s",
+                state.task_id,
+                state.host or "?",
+                time.monotonic() - state.last_seen,
+            )
+        if self._live is not None:
+            self._live.update(self._table())
+        elif self._enabled and time.monotonic() - self._last_line > 10:
+            self._last_line = time.monotonic()
+            parts = []
+            for s in self._server.snapshot():
+                step = "" if s.step is None else f" step={s.step}"
+                loss = "" if s.loss is None else f" loss={s.loss:.4f}"
+                parts.append(f"{s.task_id}:{s.state}{step}{loss}")
+            print("tfyarn progress: " + "  ".join(parts), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Stop the live display."""
+        if self._live is not None:
+            self._live.update(self._table())
+            self._live.stop()
+            self._live = None

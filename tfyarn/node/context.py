@@ -1,0 +1,327 @@
+"""The node context: what ``train_fn(ctx)`` sees of the cluster it runs in."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tfyarn.cluster.plan import RoleSpec
+from tfyarn.errors import ConfigError
+from tfyarn.node import feed
+from tfyarn.node.job import InputMode, JobSpec
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from tfyarn.node.heartbeat import HeartbeatClient
+    from tfyarn.node.ports import ReservedPort
+    from tfyarn.transport.base import Listener
+
+__all__ = ["Member", "NodeContext"]
+
+
+@dataclass(frozen=True)
+class Member:
+    """One role as the cluster wiring (Spark ``allGather``) described it."""
+
+    task_id: str
+    host: str
+    tf_port: int
+    exchange_address: str | None
+    rows: int
+    executor: str
+    data_spec: dict | None = None
+
+    @property
+    def tf_address(self) -> str:
+        """``host:port`` of the role's TensorFlow server."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.tf_port}"
+
+
+class NodeContext:
+    """What a role knows about itself and the cluster; passed to ``train_fn``.
+
+    Attributes
+    ----------
+    role : str
+        ``"chief"``, ``"worker"``, ``"ps"`` or ``"evaluator"``.
+    index : int
+        Index among roles of the same name.
+    task_id : str
+        ``"role:index"``.
+    is_chief : bool
+        True for the role that saves the model and returns the result: the chief, or
+        ``worker:0`` when the job has no chief.
+    cluster_spec : dict
+        TensorFlow cluster dict (every role but the evaluator).
+    tf_config : str
+        The TF_CONFIG JSON, also in ``os.environ["TF_CONFIG"]`` before ``train_fn`` runs.
+    model_dir : str
+        Where the chief saves the model.
+    peers : dict
+        ``task_id`` -> tfyarn transport address, when a transport was requested.
+    listener : Listener or None
+        This role's transport listener, when a transport was requested.
+    transport : str or None
+        The transport in use (what was actually picked, never a silent fallback).
+    secret : bytes
+        The job secret.
+    files : list of str
+        This trainer's share of the input files (:attr:`InputMode.FILES`).
+    """
+
+    def __init__(
+        self,
+        job: JobSpec,
+        me: RoleSpec,
+        members: Sequence[Member],
+        *,
+        workdir: str,
+        data_path: str | None,
+        heartbeat: HeartbeatClient | None,
+        tf_port: ReservedPort | None,
+        listener: Listener | None = None,
+        transport: str | None = None,
+        finished: threading.Event | None = None,
+    ) -> None:
+        self._job = job
+        self._me = me
+        self.members = {m.task_id: m for m in members}
+        self.role = me.name
+        self.index = me.index
+        self.task_id = me.task_id
+        has_chief = any(r.name == "chief" for r in job.plan)
+        self.is_chief = me.name == "chief" or (not has_chief and me.task_id == "worker:0")
+        from tfyarn.cluster.plan import tf_cluster, tf_config
+
+        addresses = {r: self.members[r.task_id].tf_address for r in job.plan}
+        self.cluster_spec = tf_cluster(addresses)
+        self.tf_config = tf_config(addresses, me)
+        self.model_dir = job.model_dir
+        self.workdir = workdir
+        self.secret = job.secret
+        self.listener = listener
+        self.transport = transport
+        self.peers = {
+            m.task_id: m.exchange_address
+            for m in members
+            if m.exchange_address and not m.task_id.startswith("evaluator")
+        }
+        self.strategy_name = job.strategy
+        self.strategy_options = dict(job.strategy_options)
+        self._heartbeat = heartbeat
+        self._tf_port = tf_port
+        self._data_path = data_path
+        self._columns: dict[str, Any] | None = None
+        self._strategy: Any = None
+        self._finished = finished or threading.Event()
+        trainers = [r.task_id for r in job.trainers]
+        self.trainers = trainers
+        self.num_trainers = len(trainers)
+        self.trainer_rank = trainers.index(me.task_id) if me.task_id in trainers else None
+        self.files: list[str] = []
+        if job.input_mode is InputMode.FILES and self.trainer_rank is not None:
+            self.files = feed.shard_files(job.files, self.trainer_rank, self.num_trainers)
+
+    # -- progress -------------------------------------------------------------------
+
+    def report(self, **metrics: Any) -> None:
+        """Send progress metrics to the driver's display (``step``, ``loss``, ``samples``...).
+
+        ``samples`` is the number of samples processed since the previous report; the
+        driver turns it into samples/s.
+        """
+        if self._heartbeat is not None:
+            self._heartbeat.report(**metrics)
+
+    def keras_callback(self, every: int = 10) -> Any:
+        """A Keras callback that reports loss, steps and samples every ``every`` batches."""
+        from tfyarn.node.keras_progress import ProgressCallback
+
+        return ProgressCallback(self, every=every)
+
+    def training_finished(self) -> bool:
+        """For ps/evaluator roles running ``train_fn``: whether the trainers are all done."""
+        return self._finished.is_set()
+
+    def wait_training_finished(self, timeout: float | None = None) -> bool:
+        """Block until the trainers are done (or ``timeout`` seconds); return whether they are."""
+        return self._finished.wait(timeout)
+
+    # -- data -----------------------------------------------------------------------
+
+    def _rows_per_trainer(self) -> list[int]:
+        return [self.members[t].rows for t in self.trainers]
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Steps per epoch at ``batch_size`` per trainer, the same for every trainer.
+
+        Under ParameterServerStrategy (the chief schedules steps on any free worker) this is
+        the total over all workers; otherwise the longest partition decides.
+        """
+        return feed.steps_per_epoch(
+            self._rows_per_trainer(), batch_size, synchronous=self._job.strategy != "ps"
+        )
+
+    def columns(self) -> dict[str, Any]:
+        """This trainer's data as NumPy arrays (views of the memory-mapped Arrow cache)."""
+        if self._data_path is None:
+            raise ConfigError(
+                f"role {self.task_id} has no data: tfyarn.run(data=...) was not given, or this "
+                "role does not train (data goes to the chief and workers only)"
+            )
+        if self._columns is None:
+            self._columns = feed.load_columns(self._data_path)
+        return self._columns
+
+    def dataset(
+        self,
+        batch_size: int,
+        epochs: int = 1,
+        *,
+        features: str | Sequence[str] | None = None,
+        label: str | None = None,
+        shuffle: bool = True,
+        seed: int | None = None,
+    ) -> tf.data.Dataset:
+        """This trainer's shard as a tf.data pipeline of ``steps_per_epoch * epochs`` batches.
+
+        Parameters
+        ----------
+        batch_size : int
+            Per-trainer batch size.
+        epochs : int
+            Passes over the (longest) partition.
+        features : str or list of str, optional
+            A vector column, or scalar columns stacked into one float32 matrix. None: all
+            columns but ``label`` (as a dict).
+        label : str, optional
+            The label column; the dataset then yields ``(x, y)``.
+        shuffle : bool
+            Reshuffle the rows on every pass.
+        seed : int, optional
+            Shuffle seed.
+        """
+        if self._job.strategy == "ps":
+            raise ConfigError(
+                "under strategy='ps' the chief schedules steps on the workers: use "
+                "ctx.per_worker_dataset(coordinator, batch_size, ...) instead of ctx.dataset()"
+            )
+        steps = self.steps_per_epoch(batch_size) * epochs
+        return feed.make_dataset(
+            self.columns(),
+            batch_size=batch_size,
+            steps=steps,
+            features=features,
+            label=label,
+            shuffle=shuffle,
+            seed=seed,
+        )
+
+    def per_worker_dataset(
+        self,
+        coordinator: Any,
+        batch_size: int,
+        *,
+        features: str | Sequence[str] | None = None,
+        label: str | None = None,
+        shuffle: bool = True,
+    ) -> Any:
+        """For the chief under ParameterServerStrategy: each worker's own shard, endless.
+
+        Each worker saved its shard as a tf.data snapshot in its working directory before
+        its server started; the dataset function loads it by a *relative* path, which every
+        worker resolves against its own working directory. The chief schedules
+        ``steps_per_epoch(batch_size) * epochs`` steps.
+        """
+        import tensorflow as tf
+
+        from tfyarn.node.ps_data import SHARD_DIR, element_spec
+
+        spec = element_spec(self._worker_data_spec())
+        x_y = (features, label)
+
+        def dataset_fn() -> tf.data.Dataset:
+            ds = tf.data.Dataset.load(SHARD_DIR, element_spec=spec)
+            ds = ds.map(lambda d: _pick(d, *x_y))
+            if shuffle:
+                ds = ds.shuffle(10_000, reshuffle_each_iteration=True)
+            return ds.repeat().batch(batch_size, drop_remainder=True).prefetch(2)
+
+        return coordinator.create_per_worker_dataset(dataset_fn)
+
+    def _worker_data_spec(self) -> dict:
+        for task_id in self.trainers:
+            spec = self.members[task_id].data_spec
+            if spec:
+                return spec
+        raise ConfigError(
+            "no worker reported its data layout: tfyarn.run(data=...) was not given, or the "
+            "workers received no rows"
+        )
+
+    # -- strategies -----------------------------------------------------------------
+
+    def release_tf_port(self) -> None:
+        """Stop holding this role's TensorFlow port; call right before TF binds it."""
+        if self._tf_port is not None:
+            self._tf_port.release()
+
+    def strategy(self) -> Any:
+        """The distribution strategy of this job, created once.
+
+        ``"ps"``: ``tf.distribute.ParameterServerStrategy`` (chief only; use it with
+        ``tf.distribute.coordinator.ClusterCoordinator``). ``"mwms"``:
+        ``tf.distribute.MultiWorkerMirroredStrategy``. An exchange strategy name: the tfyarn
+        exchange object (see :mod:`tfyarn.exchange`).
+        """
+        if self._strategy is not None:
+            return self._strategy
+        name = self._job.strategy
+        if name is None:
+            raise ConfigError("tfyarn.run(strategy=...) was not given, so there is no strategy")
+        if name == "ps":
+            if self.role != "chief":
+                raise ConfigError("under strategy='ps' only the chief creates the strategy")
+            import tensorflow as tf
+
+            resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+            self.release_tf_port()
+            self._strategy = tf.distribute.ParameterServerStrategy(resolver)
+        elif name == "mwms":
+            import tensorflow as tf
+
+            self.release_tf_port()
+            self._strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        else:
+            from tfyarn import exchange
+
+            self._strategy = exchange.for_context(self)
+        return self._strategy
+
+
+def _pick(d: dict[str, Any], features: Any, label: str | None) -> Any:
+    """Select model inputs from a dict element inside a tf.data map function."""
+    import tensorflow as tf
+
+    if features is None:
+        x: Any = {k: v for k, v in d.items() if k != label}
+    elif isinstance(features, str):
+        x = d[features]
+    else:
+        x = tf.stack([tf.cast(d[f], tf.float32) for f in features], axis=-1)
+    return x if label is None else (x, d[label])
+
+
+def load_tf_config_env(ctx: NodeContext) -> None:
+    """Put TF_CONFIG in the environment (before TensorFlow is imported by ``train_fn``)."""
+    os.environ["TF_CONFIG"] = ctx.tf_config
+    json.loads(ctx.tf_config)  # it must be valid JSON; fail here rather than inside TF
+
+
+TrainFn = Callable[[NodeContext], Any]

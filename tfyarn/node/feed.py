@@ -1,0 +1,266 @@
+"""The data feed: a task's partition -> Arrow file on local disk -> NumPy views -> tf.data.
+
+The barrier task writes the Arrow record batches of its partition into one Arrow IPC file
+in the role's workspace (:func:`write_cache`), as a single contiguous record batch. The role
+process memory-maps that file and takes NumPy views of its columns without copying
+(:func:`load_columns`); later epochs read the same pages from the page cache instead of
+going back to Spark.
+
+Every trainer of a synchronous job must run the same number of steps, or the one with the
+longest partition waits forever in its last all-reduce. :func:`steps_per_epoch` takes the
+longest partition; shorter ones wrap around into their next pass (each row is seen at
+least once per epoch, nothing is dropped).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from tfyarn.errors import ConfigError, TFYarnError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+__all__ = [
+    "CacheInfo",
+    "load_columns",
+    "make_dataset",
+    "read_files",
+    "shard_files",
+    "steps_per_epoch",
+    "write_cache",
+]
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What :func:`write_cache` wrote."""
+
+    path: str
+    rows: int
+    columns: tuple[str, ...]
+
+
+def write_cache(
+    batches: Iterable[pa.RecordBatch],
+    path: Path,
+    *,
+    key_column: str | None = None,
+    expected_key: int | None = None,
+) -> CacheInfo:
+    """Write a partition's record batches to ``path`` as one contiguous Arrow batch.
+
+    Parameters
+    ----------
+    batches : iterable of pyarrow.RecordBatch
+        The partition, as Spark hands it to the task (always consumed to the end).
+    path : Path
+        Destination Arrow IPC file.
+    key_column : str, optional
+        The routing column the driver added; it is checked and dropped.
+    expected_key : int, optional
+        The routing key of this partition: every row must carry it, else the data went to
+        the wrong role and the job fails instead of training on it.
+    """
+    received = list(batches)
+    table = pa.Table.from_batches(received) if received else pa.table({})
+    if key_column is not None and key_column in table.column_names:
+        keys = table.column(key_column)
+        if expected_key is not None and table.num_rows:
+            import pyarrow.compute as pc
+
+            wrong = table.num_rows - pc.sum(pc.equal(keys, expected_key)).as_py()
+            if wrong:
+                raise TFYarnError(
+                    f"{wrong} of {table.num_rows} rows were routed to the wrong role; "
+                    "Spark's hash partitioning did not place the data as planned "
+                    "(was the DataFrame repartitioned by a custom rule?)"
+                )
+        table = table.drop_columns([key_column])
+    table = table.combine_chunks()
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        for batch in table.to_batches():
+            writer.write_batch(batch)
+    return CacheInfo(str(path), table.num_rows, tuple(table.column_names))
+
+
+def _column_to_numpy(name: str, column: pa.Array) -> np.ndarray:
+    """A NumPy view of an Arrow column without copying (scalars or equal-length lists)."""
+    if column.null_count:
+        raise ConfigError(
+            f"column {name!r} has {column.null_count} null values; fill or drop them in Spark "
+            "(e.g. df.na.drop()) before training"
+        )
+    kind = column.type
+    if pa.types.is_fixed_size_list(kind):
+        values = column.values.slice(column.offset * kind.list_size, len(column) * kind.list_size)
+        return _column_to_numpy(name, values).reshape(len(column), kind.list_size)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        offsets = column.offsets.to_numpy(zero_copy_only=True)
+        lengths = np.diff(offsets)
+        if len(lengths) and (lengths != lengths[0]).any():
+            raise ConfigError(
+                f"column {name!r} holds arrays of different lengths "
+                f"({lengths.min()}..{lengths.max()}); tf.data needs one shape per column: "
+                "pad them in Spark or use fixed-size vectors"
+            )
+        width = int(lengths[0]) if len(lengths) else 0
+        start = int(offsets[0]) if len(offsets) else 0
+        values = column.values.slice(start, len(column) * width)
+        return _column_to_numpy(name, values).reshape(len(column), width)
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return column.to_numpy(zero_copy_only=True)
+    if pa.types.is_boolean(kind):
+        return column.to_numpy(zero_copy_only=False)  # Arrow packs booleans as bits
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind):
+        return np.asarray(column.to_pylist(), dtype=object)
+    raise ConfigError(
+        f"column {name!r} has type {kind}, which tfyarn cannot feed to TensorFlow; "
+        "cast it in Spark to a number, a string or an array of numbers"
+    )
+
+
+def load_columns(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Memory-map a cache file and return NumPy views of its columns (no copies).
+
+    The views stay valid as long as they are referenced (they keep the mapping alive).
+    """
+    source = pa.memory_map(str(path), "r")
+    reader = pa.ipc.open_file(source)
+    if reader.num_record_batches == 0:
+        return {name: np.empty((0,)) for name in reader.schema.names}
+    if reader.num_record_batches != 1:
+        table = reader.read_all().combine_chunks()
+        batch = table.to_batches()[0] if table.num_rows else None
+    else:
+        batch = reader.get_batch(0)
+    if batch is None:
+        return {name: np.empty((0,)) for name in reader.schema.names}
+    return {name: _column_to_numpy(name, batch.column(name)) for name in batch.schema.names}
+
+
+def steps_per_epoch(rows_per_trainer: Sequence[int], batch_size: int, *, synchronous: bool) -> int:
+    """Steps in one epoch so that every trainer runs the same number of steps.
+
+    Parameters
+    ----------
+    rows_per_trainer : sequence of int
+        Rows each trainer holds.
+    batch_size : int
+        Per-trainer batch size.
+    synchronous : bool
+        True when all trainers step together (all-reduce, MultiWorkerMirrored): the
+        longest partition decides, shorter ones wrap around. False for a parameter-server
+        coordinator that hands steps to any free worker: the total decides.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if not rows_per_trainer or max(rows_per_trainer) == 0:
+        raise ConfigError(
+            "no trainer received any rows: the DataFrame (or file list) is empty; "
+            "check the data passed to tfyarn.run(data=...)"
+        )
+    if synchronous:
+        return math.ceil(max(rows_per_trainer) / batch_size)
+    return math.ceil(sum(rows_per_trainer) / batch_size)
+
+
+def select_xy(
+    columns: Mapping[str, np.ndarray],
+    features: str | Sequence[str] | None,
+    label: str | None,
+) -> Any:
+    """Pick the model inputs from the columns: ``(x, y)``, ``x``, or the dict of all."""
+
+    def pick(name: str) -> np.ndarray:
+        if name not in columns:
+            raise ConfigError(
+                f"column {name!r} is not in the data; columns are: {', '.join(columns)}"
+            )
+        return columns[name]
+
+    if features is None and label is None:
+        return dict(columns)
+    if features is None:
+        x: Any = {k: v for k, v in columns.items() if k != label}
+    elif isinstance(features, str):
+        x = pick(features)
+    else:
+        parts = [pick(f) for f in features]
+        x = np.stack([p.astype(np.float32, copy=False) for p in parts], axis=1)
+    return x if label is None else (x, pick(label))
+
+
+def make_dataset(
+    columns: Mapping[str, np.ndarray],
+    *,
+    batch_size: int,
+    steps: int,
+    features: str | Sequence[str] | None = None,
+    label: str | None = None,
+    shuffle: bool = True,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """A tf.data pipeline of exactly ``steps`` full batches over the columns.
+
+    The rows are repeated (reshuffled each pass when ``shuffle``) so that a trainer with
+    fewer rows than the longest partition still yields ``steps`` batches.
+    """
+    import tensorflow as tf
+
+    rows = len(next(iter(columns.values()))) if columns else 0
+    if rows == 0:
+        raise ConfigError(
+            "this trainer received no rows; give the DataFrame more rows than trainers"
+        )
+    data = select_xy(columns, features, label)
+    ds = tf.data.Dataset.from_tensor_slices(data)
+    if shuffle:
+        ds = ds.shuffle(rows, seed=seed, reshuffle_each_iteration=True)
+    return ds.repeat().batch(batch_size, drop_remainder=True).take(steps).prefetch(2)
+
+
+def shard_files(files: Sequence[str], rank: int, size: int) -> list[str]:
+    """Files of trainer ``rank`` out of ``size``: every ``size``-th file, round robin."""
+    if size < 1 or not 0 <= rank < size:
+        raise ConfigError(f"bad shard {rank} of {size}")
+    if len(files) < size:
+        raise ConfigError(
+            f"{len(files)} input files cannot be shared by {size} trainers; "
+            "give at least one file per trainer (or split the files)"
+        )
+    return list(files[rank::size])
+
+
+def read_files(files: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """Record batches of Parquet, Arrow IPC or CSV files, by file extension."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    for name in files:
+        suffix = Path(name).suffix.lower()
+        if suffix in (".parquet", ".pq"):
+            yield from pq.read_table(name).to_batches()
+        elif suffix in (".arrow", ".feather", ".ipc"):
+            with pa.memory_map(name, "r") as source:
+                yield from pa.ipc.open_file(source).read_all().to_batches()
+        elif suffix == ".csv":
+            yield from pacsv.read_csv(name).to_batches()
+        else:
+            raise ConfigError(
+                f"cannot read {name!r}: tfyarn reads .parquet, .arrow/.feather and .csv files "
+                "(for TFRecord, use ctx.files with tf.data.TFRecordDataset)"
+            )
+
+
+def data_spec(columns: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
+    """Per column: ``[numpy dtype name, per-row shape]``, for peers that must know the layout."""
+    return {name: [array.dtype.name, list(array.shape[1:])] for name, array in columns.items()}

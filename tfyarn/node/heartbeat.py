@@ -1,0 +1,91 @@
+"""Heartbeats from a role to the driver: liveness, progress metrics, readiness, errors.
+
+One authenticated TCP connection per role (the transport's HMAC handshake on the job
+secret), carrying newline-delimited JSON objects. The channel is for progress and fast
+failure reports only: if it breaks, training goes on and Spark's own task failure still
+ends the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from tfyarn.transport.auth import client_handshake
+
+__all__ = ["HeartbeatClient"]
+
+log = logging.getLogger(__name__)
+
+
+class HeartbeatClient:
+    """Sends messages about one role to the driver.
+
+    Parameters
+    ----------
+    address : tuple of (str, int)
+        The driver's heartbeat server.
+    secret : bytes
+        The job secret.
+    task_id : str
+        The role, e.g. ``"worker:0"``.
+    interval : float
+        Seconds between automatic ``beat`` messages.
+    """
+
+    def __init__(
+        self, address: tuple[str, int], secret: bytes, task_id: str, interval: float = 2.0
+    ) -> None:
+        self.task_id = task_id
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._metrics: dict[str, Any] = {}
+        self._sock: socket.socket | None = None
+        try:
+            sock = socket.create_connection(address, timeout=10)
+            client_handshake(sock, secret, timeout=10)
+            sock.settimeout(10)
+            self._sock = sock
+        except Exception as exc:  # progress is best effort; training must not depend on it
+            log.warning("tfyarn: cannot reach the driver's progress server %s: %s", address, exc)
+        self._thread = threading.Thread(target=self._beat, name="tfyarn-heartbeat", daemon=True)
+        self._thread.start()
+
+    def send(self, kind: str, **fields: Any) -> None:
+        """Send one message of ``kind`` (``ready``, ``metrics``, ``error``, ``done``, ...)."""
+        message = {"task": self.task_id, "kind": kind, "time": time.time(), **fields}
+        line = (json.dumps(message, default=str) + "\n").encode()
+        with self._lock:
+            if self._sock is None:
+                return
+            try:
+                self._sock.sendall(line)
+            except OSError as exc:
+                log.warning("tfyarn: progress channel to the driver lost: %s", exc)
+                with contextlib.suppress(OSError):
+                    self._sock.close()
+                self._sock = None
+
+    def report(self, **metrics: Any) -> None:
+        """Record and send progress metrics (``step``, ``loss``, ``samples``, ...)."""
+        self._metrics.update(metrics)
+        self.send("metrics", **metrics)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.send("beat")
+
+    def close(self) -> None:
+        """Stop beating and close the connection; idempotent."""
+        self._stop.set()
+        with self._lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()

@@ -1,0 +1,125 @@
+"""What the driver hands to every barrier task: a small, picklable job description.
+
+The driver builds one :class:`JobSpec`; Spark ships it to the executors inside the barrier
+stage's closure; the task writes it to the role's workspace for the role process. It holds
+plain values only (no Spark objects), so the node layer never needs the driver.
+"""
+
+from __future__ import annotations
+
+import enum
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tfyarn.cluster.plan import RoleSpec
+
+__all__ = ["InputMode", "JobSpec"]
+
+
+class InputMode(enum.Enum):
+    """Where the training roles' data comes from."""
+
+    #: No data from tfyarn: ``train_fn`` loads its own.
+    NONE = "none"
+    #: A Spark DataFrame, spread over the training roles as Arrow record batches.
+    SPARK = "spark"
+    #: A list of files (Parquet, Arrow IPC, CSV or TFRecord); each training role reads its shard.
+    FILES = "files"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a role needs to start, apart from what the cluster wiring adds.
+
+    Parameters
+    ----------
+    job_id : str
+        Unique id of this run; names temp dirs, processes and log lines.
+    plan : tuple of RoleSpec
+        Role of each barrier partition.
+    trainers : tuple of RoleSpec
+        The roles that train on data (see :func:`tfyarn.cluster.plan.data_roles`).
+    train_fn : bytes
+        ``train_fn`` pickled with cloudpickle.
+    secret : bytes
+        Per-job secret: authenticates heartbeats and transport connections.
+    driver_address : tuple of (str, int)
+        Where roles send heartbeats.
+    strategy : str or None
+        ``"ps"``, ``"mwms"``, an exchange strategy name, or None (``train_fn`` decides).
+    strategy_options : dict
+        Options for the strategy.
+    transport : str or None
+        Requested tfyarn transport (``"auto"``, ``"tcp"``, ``"grpc"``, ``"ucx"``, ``"rdma"``),
+        or None when no tfyarn transport endpoint is wanted.
+    interface : str or None
+        Interface name or address roles bind to; None: the address Spark uses.
+    input_mode : InputMode
+        Where data comes from.
+    files : tuple of str
+        For :attr:`InputMode.FILES`: all files, sharded over the trainers.
+    key_column : str or None
+        For :attr:`InputMode.SPARK`: the routing column added by the driver, dropped here.
+    routing_keys : tuple of int
+        For :attr:`InputMode.SPARK`: the routing key each partition's rows carry.
+    model_dir : str
+        Where the chief saves the model (must be reachable by the chief).
+    heartbeat_interval : float
+        Seconds between heartbeats.
+    startup_timeout : float
+        Seconds a role process may take to come up and for the cluster to be wired.
+    shutdown_grace : float
+        Seconds ps/evaluator roles get to finish once training is over.
+    env : dict
+        Extra environment variables for the role processes.
+    tmp_root : str or None
+        Parent of the per-job workspace; None: the system temp dir.
+    """
+
+    job_id: str
+    plan: tuple[RoleSpec, ...]
+    trainers: tuple[RoleSpec, ...]
+    train_fn: bytes
+    secret: bytes
+    driver_address: tuple[str, int]
+    strategy: str | None = None
+    strategy_options: dict = field(default_factory=dict)
+    transport: str | None = None
+    interface: str | None = None
+    input_mode: InputMode = InputMode.NONE
+    files: tuple[str, ...] = ()
+    key_column: str | None = None
+    routing_keys: tuple[int, ...] = ()
+    model_dir: str = ""
+    heartbeat_interval: float = 2.0
+    startup_timeout: float = 300.0
+    shutdown_grace: float = 30.0
+    env: dict = field(default_factory=dict)
+    tmp_root: str | None = None
+
+    def role(self, partition: int) -> RoleSpec:
+        """The role of barrier partition ``partition``."""
+        return self.plan[partition]
+
+    def is_trainer(self, role: RoleSpec) -> bool:
+        """Whether ``role`` trains on data."""
+        return role in self.trainers
+
+    def runs_user_code(self, role: RoleSpec) -> bool:
+        """Whether ``role`` runs ``train_fn`` (as opposed to only serving, like a ps)."""
+        if role.name == "ps":
+            return self.strategy is None
+        return True
+
+    def save(self, path: Path) -> None:
+        """Write the spec for the role process."""
+        path.write_bytes(pickle.dumps(self))
+
+    @staticmethod
+    def load(path: Path) -> JobSpec:
+        """Read a spec written by :meth:`save`."""
+        spec = pickle.loads(path.read_bytes())
+        if not isinstance(spec, JobSpec):
+            raise TypeError(f"{path} does not hold a JobSpec")
+        return spec

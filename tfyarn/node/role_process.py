@@ -1,0 +1,192 @@
+"""The role process: one fresh Python process per role, started by its barrier task.
+
+Why a separate process rather than running TensorFlow inside Spark's Python worker:
+TensorFlow's servers cannot be shut down in-process, Spark reuses Python workers across
+tasks, and a parameter server never returns on its own. A child process can always be
+stopped, and it dies with its task: a watchdog thread notices when the parent (the Spark
+Python worker) is gone, for whatever reason (task killed, job cancelled, executor lost),
+removes the role's workspace and exits at once.
+
+Usage (by :mod:`tfyarn.node.task` only)::
+
+    python -m tfyarn.node.role_process WORKDIR CONTROL_IN CONTROL_OUT TF_PORT_FD
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from tfyarn.node.context import Member, NodeContext
+from tfyarn.node.control import ControlPipe
+from tfyarn.node.heartbeat import HeartbeatClient
+from tfyarn.node.job import JobSpec
+from tfyarn.node.ports import ReservedPort
+
+#: Exit status when the parent task vanished and the watchdog ended the role.
+EXIT_ORPHANED = 3
+#: Exit status of a role whose code raised.
+EXIT_FAILED = 1
+
+
+def _watch_parent(workdir: Path, interval: float = 0.25) -> None:
+    """End this process as soon as its parent is gone (re-parented to another pid)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                shutil.rmtree(workdir, ignore_errors=True)
+                os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="tfyarn-parent-watchdog", daemon=True).start()
+
+
+def _open_listener(job: JobSpec, host: str, peer_hosts: list[str]) -> tuple[Any, str]:
+    """Bind this role's transport listener, on the transport chosen for this cluster."""
+    from tfyarn import transport
+    from tfyarn.transport.select import choose_transport
+
+    choice = choose_transport(job.transport or "auto", peer_hosts=peer_hosts, local_host=host)
+    listener = transport.listen(
+        f"{choice.scheme}://{host}:0", secret=job.secret, **getattr(choice, "options", {})
+    )
+    return listener, f"{listener.transport} ({choice.reason})"
+
+
+def _serve_tf(ctx: NodeContext, finished: threading.Event) -> None:
+    """Run a TensorFlow server (ps, or worker under ParameterServerStrategy) until finished."""
+    import tensorflow as tf
+
+    if ctx.trainer_rank is not None and ctx._data_path is not None:
+        from tfyarn.node.ps_data import save_shard
+
+        save_shard(ctx.columns(), Path(ctx.workdir))
+    ctx.release_tf_port()  # TensorFlow's gRPC server binds without SO_REUSEPORT
+    server = tf.distribute.Server(
+        tf.train.ClusterSpec(ctx.cluster_spec),
+        job_name=ctx.role,
+        task_index=ctx.index,
+        protocol="grpc",
+        start=True,
+    )
+    ctx.report(state="serving")
+    finished.wait()
+    del server  # cannot be stopped in-process; the process exits right after
+
+
+def _dispatch(job: JobSpec, ctx: NodeContext, finished: threading.Event) -> Any:
+    """Run what this role does under the job's strategy; return its result."""
+    strategy = job.strategy
+    if strategy == "ps" and ctx.role in ("ps", "worker"):
+        _serve_tf(ctx, finished)
+        return None
+    if ctx.role == "ps" and strategy not in (None, "ps", "mwms"):
+        from tfyarn import exchange
+
+        return exchange.serve_ps(ctx)
+    train_fn = cloudpickle.loads(job.train_fn)
+    return train_fn(ctx)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point; see the module docstring for the arguments."""
+    workdir = Path(argv[1])
+    control = ControlPipe(int(argv[2]), int(argv[3]))
+    tf_port = ReservedPort.from_fd(int(argv[4]))
+    os.chdir(workdir)  # relative paths (ps_data.SHARD_DIR) resolve per role
+    _watch_parent(workdir)
+    job = JobSpec.load(workdir / "job.pkl")
+    setup = control.receive(timeout=job.startup_timeout)
+    if setup is None or setup.get("type") != "setup":
+        return EXIT_FAILED
+    me = job.role(int(setup["partition"]))
+    host = setup["host"]
+    os.environ.update({k: str(v) for k, v in job.env.items()})
+
+    listener, transport_name = None, None
+    if job.transport is not None:
+        listener, transport_name = _open_listener(job, host, setup["peer_hosts"])
+    control.send(
+        {
+            "type": "hello",
+            "exchange_address": listener.address if listener is not None else None,
+            "transport": transport_name,
+        }
+    )
+    wiring = control.receive(timeout=job.startup_timeout)
+    if wiring is None or wiring.get("type") != "cluster":
+        return EXIT_FAILED
+    members = [Member(**m) for m in wiring["members"]]
+
+    finished = threading.Event()
+
+    def follow_control() -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                message = control.receive(timeout=None)
+                if message is None or message.get("type") == "finish":
+                    finished.set()
+                    return
+
+    threading.Thread(target=follow_control, name="tfyarn-control", daemon=True).start()
+    heartbeat = HeartbeatClient(
+        tuple(job.driver_address), job.secret, me.task_id, job.heartbeat_interval
+    )
+    ctx = NodeContext(
+        job,
+        me,
+        members,
+        workdir=str(workdir),
+        data_path=setup.get("data_path"),
+        heartbeat=heartbeat,
+        tf_port=tf_port,
+        listener=listener,
+        transport=transport_name,
+        finished=finished,
+    )
+    os.environ["TF_CONFIG"] = ctx.tf_config  # before train_fn imports TensorFlow
+    status = 0
+    try:
+        heartbeat.send(
+            "ready",
+            host=host,
+            pid=os.getpid(),
+            tf_port=ctx.members[me.task_id].tf_port,
+            transport=transport_name,
+        )
+        result = _dispatch(job, ctx, finished)
+        if ctx.is_chief:
+            (workdir / "result.pkl").write_bytes(cloudpickle.dumps(result))
+        heartbeat.send("done")
+    except BaseException as exc:
+        status = EXIT_FAILED
+        text = traceback.format_exc()
+        with contextlib.suppress(OSError):
+            (workdir / "error.txt").write_text(text)
+        heartbeat.send("error", error=f"{type(exc).__name__}: {exc}", traceback=text)
+        print(text, file=sys.stderr, flush=True)
+    finally:
+        heartbeat.close()
+        tf_port.release()
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                listener.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # TensorFlow's server threads can keep a normal interpreter exit waiting forever.
+    os._exit(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
