@@ -41,7 +41,8 @@ def specs(variables: Sequence[Any]) -> list[TensorSpec]:
 
 def read(variables: Sequence[Any]) -> list[np.ndarray]:
     """Current values, as C-contiguous arrays."""
-    return [np.ascontiguousarray(np.asarray(v.numpy())) for v in variables]
+    # np.array, not ascontiguousarray: that one turns 0-d scalars into shape (1,)
+    return [np.array(v.numpy(), order="C") for v in variables]
 
 
 def assign(variables: Sequence[Any], values: Sequence[np.ndarray]) -> None:

@@ -1,0 +1,221 @@
+"""Keras 3 integration: a distributed optimizer and callbacks for ``model.fit``.
+
+``model.fit`` compiles ``train_step`` with ``tf.function``; the exchange therefore enters
+the graph as one ``tf.numpy_function`` per step that receives *all* gradients at once,
+fuses them into one flat buffer per dtype, and runs the ring (or the ps round trip) in
+native code and threads outside the GIL-bound graph. No per-variable round trips.
+
+The optimizer object is patched in place rather than subclassed, so that it keeps its
+class and ``model.save`` / ``keras.models.load_model`` work unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfyarn.errors import ConfigError
+from tfyarn.exchange.ps import optimizer_config
+
+if TYPE_CHECKING:
+    from tfyarn.exchange.strategy import ExchangeStrategy
+
+__all__ = [
+    "ExchangeCallback",
+    "MetricAverageCallback",
+    "callbacks",
+    "distributed_optimizer",
+    "keras_optimizer_config",
+]
+
+_PATCHED = "_tfyarn_exchange"
+
+
+def keras_optimizer_config(optimizer: Any) -> dict[str, Any]:
+    """The parameter-server optimizer equivalent to a Keras optimizer.
+
+    SGD (with or without momentum/Nesterov), Adam and Adagrad, with a constant learning
+    rate and no clipping or weight decay (those run on the workers, not on a ps).
+
+    Raises
+    ------
+    ConfigError
+        For any other optimizer or setting, naming it.
+    """
+    for attr in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm"):
+        if getattr(optimizer, attr, None):
+            raise ConfigError(
+                f"{type(optimizer).__name__}({attr}=...) cannot run on a parameter server; "
+                f"remove {attr} or use strategy='allreduce'"
+            )
+    lr_obj = getattr(optimizer, "_learning_rate", None)
+    if isinstance(lr_obj, keras.optimizers.schedules.LearningRateSchedule) or callable(lr_obj):
+        raise ConfigError(
+            "parameter-server strategies need a constant learning rate, not a schedule"
+        )
+    lr = float(np.asarray(optimizer.learning_rate))
+    if isinstance(optimizer, keras.optimizers.SGD):
+        m = float(optimizer.momentum)
+        if m == 0.0:
+            return optimizer_config("sgd", learning_rate=lr)
+        return optimizer_config(
+            "momentum", learning_rate=lr, momentum=m, nesterov=bool(optimizer.nesterov)
+        )
+    if isinstance(optimizer, keras.optimizers.Adam):
+        if optimizer.amsgrad:
+            raise ConfigError("Adam(amsgrad=True) cannot run on a parameter server")
+        return optimizer_config(
+            "adam",
+            learning_rate=lr,
+            beta_1=float(optimizer.beta_1),
+            beta_2=float(optimizer.beta_2),
+            epsilon=float(optimizer.epsilon),
+        )
+    if isinstance(optimizer, keras.optimizers.Adagrad):
+        return optimizer_config(
+            "adagrad",
+            learning_rate=lr,
+            epsilon=float(optimizer.epsilon),
+            initial_accumulator_value=float(optimizer.initial_accumulator_value),
+        )
+    raise ConfigError(
+        f"{type(optimizer).__name__} cannot run on a parameter server; use SGD, Adam or "
+        "Adagrad, or strategy='allreduce'"
+    )
+
+
+def _numpy_call(fn: Any, inputs: list[tf.Tensor], name: str) -> list[tf.Tensor]:
+    def call(*arrays: np.ndarray) -> list[np.ndarray]:
+        return fn(list(arrays))
+
+    out = tf.numpy_function(call, inputs, [t.dtype for t in inputs], stateful=True, name=name)
+    out = list(out) if isinstance(out, list | tuple) else [out]
+    for o, t in zip(out, inputs, strict=True):
+        o.set_shape(t.shape)
+    return out
+
+
+def distributed_optimizer(strategy: ExchangeStrategy, optimizer: Any) -> Any:
+    """Make ``optimizer`` (a Keras 3 optimizer) exchange gradients as ``strategy`` says.
+
+    * ``allreduce``: gradients are averaged over all trainers (fused ring all-reduce)
+      before the optimizer applies them, so every trainer takes the same step.
+    * ``sync_ps`` / ``downpour``: gradients go to the parameter servers, which run the
+      same optimizer (:func:`keras_optimizer_config`); the variables take the new values.
+    * ``easgd`` / ``model_averaging`` / ``adag``: unchanged (local steps); the
+      synchronisation is done by :func:`callbacks` or ``strategy.step_end``.
+
+    Works inside ``model.fit`` (compiled ``train_step``) and in ``tf.function`` or eager
+    ``GradientTape`` loops that call ``apply_gradients``/``apply``.
+
+    Returns
+    -------
+    keras.optimizers.Optimizer
+        The same optimizer object, patched (its class and config are unchanged).
+    """
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise ConfigError(
+            f"distributed_optimizer needs a keras.optimizers.Optimizer, got {type(optimizer)}"
+        )
+    if getattr(optimizer, _PATCHED, None) is not None:
+        raise ConfigError("this optimizer is already distributed; wrap it once")
+    algo = strategy.algorithm
+    mode = algo.gradient_mode
+    if mode == "replace":
+        algo.optimizer_config = keras_optimizer_config(optimizer)
+    object.__setattr__(optimizer, _PATCHED, strategy)
+    if mode is None or (mode == "reduce" and strategy.size == 1):
+        return optimizer  # nothing to exchange per step
+    original_apply = optimizer.apply
+
+    def apply(grads: Any, trainable_variables: Any = None) -> Any:
+        grads = list(grads)
+        variables = (
+            list(trainable_variables)
+            if trainable_variables is not None
+            else list(optimizer._trainable_variables)
+        )
+        present = [i for i, g in enumerate(grads) if g is not None]
+        if not present:
+            return original_apply(grads, trainable_variables)
+        dense = [tf.convert_to_tensor(grads[i]) for i in present]
+        if mode == "reduce":
+            reduced = _numpy_call(algo.exchange_gradients, dense, "tfyarn_allreduce")
+            for i, g in zip(present, reduced, strict=True):
+                grads[i] = g
+            return original_apply(grads, trainable_variables)
+        if len(present) != len(grads):
+            missing = [variables[i].path for i in range(len(grads)) if grads[i] is None]
+            raise ConfigError(f"{algo.name}: no gradient for {missing}; every variable must train")
+        new_values = _numpy_call(algo.exchange_gradients, dense, "tfyarn_ps_push_pull")
+        for v, w in zip(variables, new_values, strict=True):
+            v.assign(w)
+        optimizer.iterations.assign_add(1)
+        return None
+
+    object.__setattr__(optimizer, "apply", apply)
+    return optimizer
+
+
+class ExchangeCallback(keras.callbacks.Callback):
+    """Runs the strategy's hooks around ``model.fit``.
+
+    ``on_train_begin``: every trainer starts from rank 0's weights and optimizer state
+    (or from the ps center); after each batch: the algorithm's schedule (EASGD, model
+    averaging every k steps, ADAG); at each epoch end: per-epoch averaging; at the end:
+    the final model (averaged, or the ps center) is left in every trainer's model.
+    """
+
+    def __init__(self, strategy: ExchangeStrategy) -> None:
+        super().__init__()
+        self.strategy = strategy
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        """Synchronise the initial state."""
+        if getattr(self.model, "jit_compile", False):
+            raise ConfigError(
+                "tfyarn exchange strategies run through tf.numpy_function, which XLA cannot "
+                "compile: use model.compile(..., jit_compile=False)"
+            )
+        self.strategy.begin(self.model)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Step schedule."""
+        self.strategy.step_end(self.model)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Epoch schedule."""
+        self.strategy.epoch_end(self.model)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        """Final model."""
+        self.strategy.end(self.model)
+
+
+class MetricAverageCallback(keras.callbacks.Callback):
+    """Replace each epoch's metrics (loss, accuracy, val_*) by their mean over trainers."""
+
+    def __init__(self, strategy: ExchangeStrategy) -> None:
+        super().__init__()
+        self.strategy = strategy
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Average ``logs`` in place (every trainer must log the same keys)."""
+        if not logs or self.strategy.size == 1:
+            return
+        keys = sorted(k for k, v in logs.items() if np.ndim(v) == 0)
+        values = np.array([float(logs[k]) for k in keys], np.float64)
+        avg = self.strategy.allreduce(values, average=True)
+        for k, v in zip(keys, avg, strict=True):
+            logs[k] = float(v)
+
+
+def callbacks(strategy: ExchangeStrategy, average_metrics: bool = True) -> list[Any]:
+    """The callbacks ``model.fit`` needs under ``strategy`` (pass them all)."""
+    out: list[Any] = [ExchangeCallback(strategy)]
+    if average_metrics:
+        out.append(MetricAverageCallback(strategy))
+    return out
