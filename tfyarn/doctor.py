@@ -54,3 +54,97 @@ def run_checks(checks: Iterable[CheckFn] | None = None) -> list[Check]:
         except Exception as exc:  # a broken check must not hide the others
             results.append(Check(fn.__name__, False, f"check crashed: {exc!r}", "report a bug"))
     return results
+
+
+def _version_of(argv: list[str]) -> tuple[bool, str]:
+    import subprocess
+
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return out.returncode == 0, text[0] if text else f"exit status {out.returncode}"
+
+
+def check_python() -> Iterable[Check]:
+    """Python >= 3.11."""
+    import sys
+
+    ok = sys.version_info >= (3, 11)
+    yield Check(
+        "python",
+        ok,
+        f"{sys.version.split()[0]} at {sys.executable}",
+        "" if ok else "use Python 3.11 or newer",
+    )
+
+
+def check_java() -> Iterable[Check]:
+    """Java 17 or newer, needed by Spark 4."""
+    import os
+    import shutil
+
+    java = (
+        os.path.join(os.environ["JAVA_HOME"], "bin", "java")
+        if os.environ.get("JAVA_HOME")
+        else shutil.which("java")
+    )
+    if not java:
+        yield Check(
+            "java",
+            False,
+            "no java on PATH and JAVA_HOME unset",
+            "install a JDK 17+ (apt-get install openjdk-17-jre-headless)",
+        )
+        return
+    ok, line = _version_of([java, "-version"])
+    import re
+
+    match = re.search(r'version "(\d+)', line)
+    major = int(match.group(1)) if match else 0
+    good = ok and major >= 17
+    yield Check("java", good, line, "" if good else "Spark 4 needs Java 17 or newer")
+
+
+def check_spark() -> Iterable[Check]:
+    """PySpark 4 importable, spark-submit present."""
+    try:
+        import pyspark
+    except ImportError as exc:
+        yield Check("spark", False, str(exc), "pip install 'pyspark>=4,<5'")
+        return
+    from pathlib import Path
+
+    submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
+    ok = pyspark.__version__.startswith("4.") and submit.exists()
+    yield Check(
+        "spark",
+        ok,
+        f"pyspark {pyspark.__version__}, spark-submit at {submit}",
+        "" if ok else "install pyspark 4.x",
+    )
+
+
+def check_tensorflow() -> Iterable[Check]:
+    """TensorFlow and Keras importable (in a subprocess: importing TF takes seconds and RAM)."""
+    import sys
+
+    ok, line = _version_of(
+        [
+            sys.executable,
+            "-c",
+            "import os; os.environ['TF_CPP_MIN_LOG_LEVEL']='3';"
+            "import tensorflow as tf, keras;"
+            "print('tensorflow', tf.__version__, 'keras', keras.__version__)",
+        ]
+    )
+    yield Check(
+        "tensorflow",
+        ok,
+        line if ok else f"import failed: {line}",
+        "" if ok else "pip install 'tfyarn[tf]' (tensorflow-cpu 2.21)",
+    )
+
+
+CHECKS += [check_python, check_java, check_spark, check_tensorflow]

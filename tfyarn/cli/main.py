@@ -31,11 +31,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; subcommands with ``TAKES_SCRIPT`` get ``script``, its args, passthrough.
+
+    Such a subcommand (``submit``) wraps another program: its own options come before the
+    script, options it does not know are passed through, and everything after the script
+    belongs to the script.
+    """
+    command = argv[0] if argv else ""
+    module = None
+    if command in SUBCOMMANDS:
+        module = importlib.import_module(f"tfyarn.cli.{command}")
+    if module is None or not getattr(module, "TAKES_SCRIPT", False) or "-h" in argv[1:2]:
+        return parser.parse_args(argv)
+    own, script, script_args = module.split_argv(argv[1:])
+    args, passthrough = parser.parse_known_args([command, *own])
+    args.script, args.script_args, args.passthrough = script, script_args, passthrough
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tfyarn`` command line; return the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
         return int(args.func(args) or 0)
     except TFYarnError as exc:
         print(f"tfyarn: error: {exc}", file=sys.stderr)

@@ -1,0 +1,177 @@
+"""``tfyarn submit``: spark-submit with a cluster profile and tfyarn's settings.
+
+Everything up to the script is ours or spark-submit's (unknown options pass through to
+spark-submit unchanged); everything after the script goes to the script::
+
+    tfyarn submit --profile local-cluster --workers 2 --ps 1 \\
+        --driver-memory 2g examples/digits_ps.py --epochs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tfyarn.cluster import profiles
+from tfyarn.errors import ConfigError
+
+__all__ = ["TAKES_SCRIPT", "build_plan", "register", "split_argv"]
+
+#: Lines of spark-submit's output kept for the failure report.
+_TAIL_LINES = 80
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``submit`` subcommand."""
+    parser = subparsers.add_parser(
+        "submit",
+        help="run a training script with spark-submit and a cluster profile",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_options(parser)
+    parser.set_defaults(func=_main)
+
+
+#: Tells :mod:`tfyarn.cli.main` to split ``[options] SCRIPT.py [script args]`` itself and
+#: pass unknown options through (see :func:`split_argv`).
+TAKES_SCRIPT = True
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        default="local-cluster",
+        help="profile name in conf/ (local-cluster, standalone, yarn-client, "
+        "yarn-cluster, rdma) or a .conf file (default: local-cluster)",
+    )
+    parser.add_argument(
+        "--conf-dir", help="directory of profiles (default: $TFYARN_CONF_DIR, conf/)"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="number of workers (default 2)")
+    parser.add_argument("--ps", type=int, default=0, help="number of parameter servers")
+    parser.add_argument("--no-chief", action="store_true", help="run without a dedicated chief")
+    parser.add_argument("--evaluator", action="store_true", help="add an evaluator role")
+    parser.add_argument(
+        "--transport",
+        choices=("auto", "tcp", "grpc", "ucx", "rdma"),
+        help="tfyarn transport for the exchange",
+    )
+    parser.add_argument("--interface", help="network interface or address roles bind to")
+    parser.add_argument(
+        "--output-json",
+        help="write the run's result (status, roles, metrics, wall time, transport) to this file",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the spark-submit command instead of running it",
+    )
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], str, list[str]]:
+    """Split ``[options..., script, script args...]`` at the first ``.py`` argument."""
+    for i, arg in enumerate(argv):
+        if arg.endswith(".py") and not arg.startswith("-"):
+            return argv[:i], arg, argv[i + 1 :]
+    raise ConfigError("no training script given: tfyarn submit [options] SCRIPT.py [args]")
+
+
+def _spark_submit() -> str:
+    """spark-submit from $SPARK_HOME, else the one pip's pyspark ships."""
+    if os.environ.get("SPARK_HOME"):
+        return str(Path(os.environ["SPARK_HOME"]) / "bin" / "spark-submit")
+    import pyspark
+
+    return str(Path(pyspark.__file__).parent / "bin" / "spark-submit")
+
+
+def build_plan(
+    options: argparse.Namespace,
+    passthrough: list[str],
+    script: str,
+    script_args: list[str],
+    env: dict[str, str],
+) -> profiles.SubmitPlan:
+    """The spark-submit command and environment for these options (no side effects)."""
+    executors = profiles.roles_count(
+        options.workers, options.ps, not options.no_chief, options.evaluator
+    )
+    run_env = profiles.default_env(env, executors, sys.executable)
+    path = profiles.find_profile(options.profile, profiles.profile_dirs(options.conf_dir, run_env))
+    props = profiles.load_profile(path, run_env)
+    props["spark.tfyarn.workers"] = str(options.workers)
+    props["spark.tfyarn.ps"] = str(options.ps)
+    if options.transport:
+        props["spark.tfyarn.transport"] = options.transport
+    if options.interface:
+        props["spark.tfyarn.interface"] = options.interface
+    if options.output_json:
+        props["spark.tfyarn.outputJson"] = str(Path(options.output_json).resolve())
+    run_env.update(profiles.local_ip_env(props, run_env))
+    argv = profiles.spark_submit_argv(_spark_submit(), props, passthrough, script, script_args)
+    return profiles.SubmitPlan(argv=argv, env=run_env, properties=props)
+
+
+def _run(plan: profiles.SubmitPlan) -> tuple[int, str]:
+    """Run spark-submit, echoing its output; return its exit status and output tail."""
+    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+    with subprocess.Popen(
+        plan.argv,
+        env=plan.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                tail.append(line)
+        except KeyboardInterrupt:
+            proc.terminate()  # spark-submit's shutdown hook cancels the job
+            proc.wait(timeout=60)
+            raise
+    return proc.returncode, "".join(tail)
+
+
+def _report(path: str, code: int, tail: str, wall: float, plan: profiles.SubmitPlan) -> None:
+    """Complete the driver's JSON report (or write one if the driver never got to it)."""
+    target = Path(path)
+    report: dict[str, Any] = {}
+    if target.exists():
+        try:
+            report = json.loads(target.read_text())
+        except ValueError:
+            report = {}
+    if not report:
+        report = {
+            "status": "failed" if code else "unknown",
+            "error": "the driver exited before tfyarn.run reported a result",
+            "output_tail": tail,
+        }
+    if code and report.get("status") == "succeeded":
+        report["status"] = "failed"
+    report["submit"] = {"exit_code": code, "wall_time": wall, "argv": plan.argv}
+    target.write_text(json.dumps(report, indent=2, default=str))
+
+
+def _main(args: argparse.Namespace) -> int:
+    plan = build_plan(args, args.passthrough, args.script, args.script_args, dict(os.environ))
+    if args.dry_run:
+        print(" ".join(plan.argv))
+        return 0
+    started = time.monotonic()
+    code, tail = _run(plan)
+    if args.output_json:
+        _report(args.output_json, code, tail, time.monotonic() - started, plan)
+    return code
