@@ -1,0 +1,100 @@
+"""Benchmark plumbing: report writers, sizes, reps, target ratios, and one tiny real run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import common, transport_bench
+from tfyarn.cli.main import main as cli_main
+
+
+def test_parse_and_format_sizes() -> None:
+    assert common.parse_size("4K") == 4096
+    assert common.parse_size("64MiB") == 64 << 20
+    assert common.parse_size("1g") == 1 << 30
+    assert common.parse_size("1000") == 1000
+    for bad in ("", "-1", "4X", "0"):
+        with pytest.raises(ValueError, match="bad size"):
+            common.parse_size(bad)
+    assert common.format_size(64 << 20) == "64 MiB"
+    assert common.format_size(1000) == "1000 B"
+
+
+def test_row_measured_derives_throughput_and_latency() -> None:
+    r = common.Row.measured("x", "round-trip", 1000, 10, 0.001)
+    assert r.gbps == pytest.approx(2 * 1000 * 10 / 0.001 / 1e9)
+    assert r.latency_us == pytest.approx(100.0)
+
+
+def test_reps_adapt_to_size_within_bounds() -> None:
+    assert transport_bench.reps_for(4096, "one-way") == transport_bench.MAX_REPS
+    assert transport_bench.reps_for(256 << 20, "one-way") == transport_bench.MIN_REPS
+    assert transport_bench.reps_for(16 << 20, "one-way") == 32
+
+
+def test_target_ratios() -> None:
+    size = 64 << 20
+    rows = [
+        common.Row.measured(b, "one-way", size, 1, 1.0 / g)
+        for b, g in [
+            ("memcpy", 8),
+            ("ucx-shm", 5),
+            ("raw-socket", 2),
+            ("tcp", 1.6),
+            ("naive-grpc", 0.25),
+            ("grpc", 1.0),
+            ("tf-grpc", 0.2),
+        ]
+    ]
+    got = {
+        what: (compared, ratio)
+        for what, compared, ratio, _ in transport_bench.target_ratios(rows, size)
+    }
+    assert got["shared-memory path vs memcpy"][1] == pytest.approx(5 / 8)
+    assert got["tcp backend vs raw socket"][1] == pytest.approx(0.8)
+    assert got["grpc backend vs naive grpcio unary"][1] == pytest.approx(4.0)
+    assert got["best transport vs TensorFlow gRPC"] == ("ucx-shm / tf-grpc", pytest.approx(25.0))
+
+
+def test_write_report(tmp_path: Path) -> None:
+    rows = [
+        common.Row.measured("a", "one-way", 4096, 3, 0.01),
+        common.Row.measured("b", "round-trip", 4096, 3, 0.02),
+    ]
+    paths = common.write_report(tmp_path, "t", "Title", rows, {"k": 1}, "notes here")
+    data = json.loads(paths["json"].read_text())
+    assert data["meta"]["k"] == 1 and len(data["rows"]) == 2
+    md = paths["markdown"].read_text()
+    assert md.startswith("# Title") and "notes here" in md and "| 4 KiB | one-way | a |" in md
+    assert paths["png"] is not None and paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_runs_a_tiny_real_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "bench",
+        "transport",
+        "--sizes",
+        "4K,64K",
+        "--backends",
+        "memcpy,raw-socket,tcp",
+        "--scale",
+        "0.002",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli_main(argv) == 0
+    data = json.loads((tmp_path / "transport.json").read_text())
+    got = {(r["backend"], r["mode"], r["size"]) for r in data["rows"]}
+    for backend in ("raw-socket", "tcp"):
+        for mode in ("one-way", "round-trip"):
+            assert (backend, mode, 65536) in got
+    assert all(r["gbps"] > 0 for r in data["rows"])
+    out = capsys.readouterr().out
+    assert "tcp backend vs raw socket" in out
+
+
+def test_cli_rejects_unknown_backend(tmp_path: Path) -> None:
+    assert cli_main(["bench", "transport", "--backends", "pigeon", "--out", str(tmp_path)]) == 1
