@@ -37,6 +37,7 @@ int tfy_ucx_setup(PyObject *module) {
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #define TFY_AM_ID 17
@@ -95,11 +96,22 @@ ucp_context_h tfy_ucx_context(void) {
 
 /* ------------------------------------------------------------------ worker state */
 
+enum { M_EAGER = 0, M_RNDV = 1, M_STAGED = 2 };
+enum { S_INFLIGHT = 0, S_DONE = 1, S_ERROR = 2 };
+
+/* A message that arrived before a receive asked for it. A rendezvous message is pulled
+ * at once into a staging buffer (M_STAGED), because the sender's send cannot complete
+ * until its data has been received; a message that cannot be staged (out of memory)
+ * keeps its descriptor (M_RNDV) and is pulled by the next receive. */
 typedef struct msg {
     struct msg *next;
-    void *data; /* eager: persistent payload; rendezvous: data descriptor */
+    struct worker *w;
+    void *data; /* M_EAGER: persistent payload; M_RNDV: data descriptor; M_STAGED: buffer */
     size_t len;
-    int rndv;
+    int kind;
+    int sstate;   /* M_STAGED: S_INFLIGHT until the pull completes */
+    int orphaned; /* M_STAGED: nobody wants it any more; the completion frees it */
+    ucs_status_t sstatus;
 } msg_t;
 
 typedef struct rkey_ent {
@@ -117,7 +129,9 @@ typedef struct conn {
     struct worker *w;
     uint64_t id, peer_id;
     ucp_ep_h ep;
-    ucs_status_t ep_status; /* set by the error handler when the peer fails */
+    ucs_status_t ep_status; /* set by the error handler or the monitor when the peer fails */
+    int monitor_fd;         /* bootstrap TCP socket kept open: EOF = peer gone (-1: none) */
+    int peer_mode;          /* UCX itself detects peer failure (UCP_ERR_HANDLING_MODE_PEER) */
     int peer_closed;        /* peer sent BYE */
     int closing;            /* close_conn started */
     int users;              /* Python calls currently using this conn */
@@ -255,6 +269,55 @@ static void conn_recv_cb(void *req, ucs_status_t st, size_t length, void *ud) {
     pthread_cond_broadcast(&c->w->cond);
 }
 
+static void stage_done_cb(void *req, ucs_status_t st, size_t length, void *ud) {
+    msg_t *m = ud;
+    ucp_request_free(req);
+    if (m->orphaned) {
+        free(m->data);
+        free(m);
+        return;
+    }
+    m->sstate = st == UCS_OK ? S_DONE : S_ERROR;
+    m->sstatus = st;
+    pthread_cond_broadcast(&m->w->cond);
+}
+
+/* Pull a rendezvous message into a fresh staging buffer (lock held). 0 if started. */
+static int msg_stage(worker_t *w, msg_t *m, void *desc) {
+    void *buf = NULL;
+    if (posix_memalign(&buf, 4096, m->len ? m->len : 1) != 0) return -1;
+    ucp_request_param_t p;
+    memset(&p, 0, sizeof p);
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.recv_am = stage_done_cb;
+    p.user_data = m;
+    m->kind = M_STAGED;
+    m->data = buf;
+    m->sstate = S_INFLIGHT;
+    ucs_status_ptr_t req = ucp_am_recv_data_nbx(w->worker, desc, buf, m->len, &p);
+    if (req == NULL) {
+        m->sstate = S_DONE;
+    } else if (UCS_PTR_IS_ERR(req)) {
+        m->sstate = S_ERROR;
+        m->sstatus = UCS_PTR_STATUS(req);
+    }
+    return 0;
+}
+
+/* Free a queued message (lock held); an in-flight staging pull is orphaned instead. */
+static void msg_discard(worker_t *w, msg_t *m) {
+    if (m->kind == M_STAGED) {
+        if (m->sstate == S_INFLIGHT) {
+            m->orphaned = 1;
+            return;
+        }
+        free(m->data);
+    } else {
+        ucp_am_data_release(w->worker, m->data);
+    }
+    free(m);
+}
+
 static void deferred_done_cb(void *req, ucs_status_t st, void *ud) {
     free(ud);
     ucp_request_free(req);
@@ -357,21 +420,23 @@ static ucs_status_t am_cb(void *arg, const void *header, size_t hlen, void *data
             pthread_cond_broadcast(&w->cond);
             return UCS_OK;
         } else {
-            msg_t *m = malloc(sizeof *m);
+            msg_t *m = calloc(1, sizeof *m);
             if (m == NULL) {
                 c->ep_status = UCS_ERR_NO_MEMORY;
                 pthread_cond_broadcast(&w->cond);
                 return UCS_OK;
             }
-            m->next = NULL;
+            m->w = w;
             m->data = data;
             m->len = len;
-            m->rndv = rndv;
+            m->kind = rndv ? M_RNDV : M_EAGER;
+            if (rndv && msg_stage(w, m, data) < 0) m->kind = M_RNDV;
             if (c->qt) c->qt->next = m;
             else c->qh = m;
             c->qt = m;
             pthread_cond_broadcast(&w->cond);
-            /* Keep the eager payload (persistent data) or the rendezvous descriptor. */
+            /* Keep the eager payload (persistent data) or the rendezvous descriptor (which
+             * ucp_am_recv_data_nbx may already have taken over). */
             return UCS_INPROGRESS;
         }
     case MSG_BYE:
@@ -417,8 +482,25 @@ static int flush_deferred(worker_t *w) {
     return n;
 }
 
+#define MAX_POLL 256
+
+/* A monitor socket became readable: the peer closed it (or died) or broke protocol.
+ * Anything the peer sent before (its BYE in particular) is drained first. */
+static void on_monitor(worker_t *w, conn_t *c) {
+    char b;
+    ssize_t n = recv(c->monitor_fd, &b, 1, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    while (ucp_worker_progress(w->worker) != 0) {
+    }
+    c->monitor_fd = -1; /* stop polling it; Python owns and closes the socket */
+    if (!c->peer_closed && c->ep_status == UCS_OK) c->ep_status = UCS_ERR_CONNECTION_RESET;
+    pthread_cond_broadcast(&w->cond);
+}
+
 static void *progress_main(void *arg) {
     worker_t *w = arg;
+    struct pollfd pfd[MAX_POLL];
+    uint64_t ids[MAX_POLL];
     pthread_mutex_lock(&w->lock);
     while (!w->stop) {
         while (ucp_worker_progress(w->worker) != 0) {
@@ -426,19 +508,51 @@ static void *progress_main(void *arg) {
         if (flush_deferred(w) > 0) continue;
         ucs_status_t st = ucp_worker_arm(w->worker);
         if (st == UCS_ERR_BUSY) continue; /* events arrived meanwhile: progress again */
+        nfds_t n = 0;
+        pfd[n].fd = w->efd;
+        pfd[n].events = POLLIN;
+        pfd[n].revents = 0;
+        n++;
+        for (conn_t *c = w->conns; c != NULL && n < MAX_POLL; c = c->next) {
+            if (c->monitor_fd < 0 || c->closing) continue;
+            pfd[n].fd = c->monitor_fd;
+            pfd[n].events = POLLIN;
+            pfd[n].revents = 0;
+            ids[n] = c->id;
+            n++;
+        }
         pthread_mutex_unlock(&w->lock);
-        struct pollfd pfd = {.fd = w->efd, .events = POLLIN};
         /* The 1 s cap bounds the sleep even if a wake-up were lost. */
-        (void)poll(&pfd, 1, 1000);
+        int ready = poll(pfd, n, 1000);
         pthread_mutex_lock(&w->lock);
+        for (nfds_t i = 1; ready > 0 && i < n; i++) {
+            if (pfd[i].revents == 0) continue;
+            conn_t *c = find_conn(w, ids[i]);
+            if (c != NULL && c->monitor_fd == pfd[i].fd && !c->closing) on_monitor(w, c);
+        }
     }
     pthread_mutex_unlock(&w->lock);
     return NULL;
 }
 
-/* Wait for a UCX request (lock held, GIL released). On timeout or interruption the
- * connection's endpoint is closed by force, which completes the request with an error,
- * so the caller's buffer is never left in UCX's hands. */
+/* Close the endpoint by force (lock held): UCX completes its outstanding requests with
+ * an error, so no caller's buffer stays in UCX's hands. */
+static void conn_force_close(worker_t *w, conn_t *c, ucs_status_t why) {
+    if (c->ep == NULL) return;
+    ucp_request_param_t p;
+    memset(&p, 0, sizeof p);
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    ucs_status_ptr_t creq = ucp_ep_close_nbx(c->ep, &p);
+    if (creq != NULL && !UCS_PTR_IS_ERR(creq)) ucp_request_free(creq);
+    c->ep = NULL;
+    if (c->ep_status == UCS_OK) c->ep_status = why;
+    ucp_worker_signal(w->worker);
+}
+
+/* Wait for a UCX request (lock held, GIL released). On timeout, interruption or peer
+ * failure the connection's endpoint is closed by force, which completes the request with
+ * an error, so the caller's buffer is never left in UCX's hands. */
 static ucs_status_t wait_op(worker_t *w, conn_t *c, ucs_status_ptr_t req, op_t *op,
                             double deadline, PyThreadState **ts, int *interrupted) {
     if (req == NULL) return UCS_OK;
@@ -447,16 +561,9 @@ static ucs_status_t wait_op(worker_t *w, conn_t *c, ucs_status_ptr_t req, op_t *
     int expired = 0;
     double give_up = -1.0;
     while (!op->done) {
-        if ((expired || *interrupted) && c != NULL && c->ep != NULL && give_up < 0) {
-            ucp_request_param_t p;
-            memset(&p, 0, sizeof p);
-            p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-            p.flags = UCP_EP_CLOSE_FLAG_FORCE;
-            ucs_status_ptr_t creq = ucp_ep_close_nbx(c->ep, &p);
-            if (creq != NULL && !UCS_PTR_IS_ERR(creq)) ucp_request_free(creq);
-            c->ep = NULL;
-            if (c->ep_status == UCS_OK) c->ep_status = UCS_ERR_TIMED_OUT;
-            ucp_worker_signal(w->worker);
+        if (c != NULL && give_up < 0 &&
+            (expired || *interrupted || c->ep == NULL || c->ep_status != UCS_OK)) {
+            conn_force_close(w, c, UCS_ERR_TIMED_OUT);
             give_up = mono_now() + 10.0;
         }
         if (wait_slice(w, deadline, ts, interrupted)) expired = 1;
@@ -499,6 +606,9 @@ static void conn_release(worker_t *w, conn_t *c) {
 }
 
 /* ------------------------------------------------------------------ UcxWorker type */
+
+static PyObject *conn_gone_error_impl(uint64_t id);
+#define conn_gone_error conn_gone_error_impl
 
 static PyObject *worker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     if (!PyArg_ParseTuple(args, ":UcxWorker")) return NULL;
@@ -564,8 +674,7 @@ static PyObject *worker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
 static void conn_free_resources(worker_t *w, conn_t *c) {
     for (msg_t *m = c->qh; m != NULL;) {
         msg_t *n = m->next;
-        ucp_am_data_release(w->worker, m->data);
-        free(m);
+        msg_discard(w, m);
         m = n;
     }
     c->qh = c->qt = NULL;
@@ -703,6 +812,7 @@ static PyObject *worker_new_conn(worker_t *w, PyObject *unused) {
     conn_t *c = calloc(1, sizeof *c);
     if (c == NULL) return PyErr_NoMemory();
     c->w = w;
+    c->monitor_fd = -1;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&w->lock);
     c->id = w->next_id++;
@@ -716,7 +826,9 @@ static PyObject *worker_new_conn(worker_t *w, PyObject *unused) {
 static PyObject *worker_connect(worker_t *w, PyObject *args) {
     unsigned long long id, peer_id;
     Py_buffer addr;
-    if (!PyArg_ParseTuple(args, "Ky*K:connect", &id, &addr, &peer_id)) return NULL;
+    int want_peer_mode = 1;
+    if (!PyArg_ParseTuple(args, "Ky*K|p:connect", &id, &addr, &peer_id, &want_peer_mode))
+        return NULL;
     if (worker_check(w) < 0) {
         PyBuffer_Release(&addr);
         return NULL;
@@ -736,7 +848,16 @@ static PyObject *worker_connect(worker_t *w, PyObject *args) {
         ep.err_handler.cb = ep_err_cb;
         ep.err_handler.arg = c;
         c->peer_id = peer_id;
-        st = ucp_ep_create(w->worker, &ep, &c->ep);
+        c->peer_mode = 1;
+        st = want_peer_mode ? ucp_ep_create(w->worker, &ep, &c->ep) : UCS_ERR_UNREACHABLE;
+        if (st == UCS_ERR_UNREACHABLE) {
+            /* Shared-memory transports (posix, sysv) cannot detect a failed peer in this
+             * UCX; the monitor socket does that job for them. */
+            ep.err_mode = UCP_ERR_HANDLING_MODE_NONE;
+            ep.field_mask &= ~(uint64_t)UCP_EP_PARAM_FIELD_ERR_HANDLER;
+            c->peer_mode = 0;
+            st = ucp_ep_create(w->worker, &ep, &c->ep);
+        }
         if (st != UCS_OK) c->ep = NULL;
         ucp_worker_signal(w->worker);
     }
@@ -747,6 +868,29 @@ static PyObject *worker_connect(worker_t *w, PyObject *args) {
         set_status_error(TransportError, "ucp_ep_create", st);
         return NULL;
     }
+    Py_RETURN_NONE;
+}
+
+/* monitor(id, fd): watch the (silent from now on) bootstrap socket for the peer's exit.
+ * Called only once the bootstrap exchange is over: any byte read from it ends the
+ * connection. */
+static PyObject *worker_monitor(worker_t *w, PyObject *args) {
+    unsigned long long id;
+    int fd;
+    if (!PyArg_ParseTuple(args, "Ki:monitor", &id, &fd)) return NULL;
+    if (worker_check(w) < 0) return NULL;
+    int found = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&w->lock);
+    conn_t *c = find_conn(w, id);
+    if (c != NULL && !c->closing) {
+        c->monitor_fd = fd;
+        found = 1;
+        ucp_worker_signal(w->worker); /* re-poll with the new descriptor */
+    }
+    pthread_mutex_unlock(&w->lock);
+    Py_END_ALLOW_THREADS
+    if (!found) return conn_gone_error(id);
     Py_RETURN_NONE;
 }
 
@@ -764,7 +908,7 @@ static PyObject *worker_close_conn(worker_t *w, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *conn_gone_error(uint64_t id) {
+static PyObject *conn_gone_error_impl(uint64_t id) {
     PyErr_Format(TransportError, "ucx: connection %llu is closed", (unsigned long long)id);
     return NULL;
 }
@@ -844,29 +988,45 @@ static PyObject *worker_recv_into(worker_t *w, PyObject *args) {
         c->rcap = (size_t)view.len;
         c->rmemh = memh;
         c->rlen = 0;
+        msg_t *staged = NULL;
         if (c->qh != NULL) {
             msg_t *m = c->qh;
             c->qh = m->next;
             if (c->qh == NULL) c->qt = NULL;
             if (m->len > c->rcap) {
-                ucp_am_data_release(w->worker, m->data);
                 c->rstate = R_TOOBIG;
                 c->rlen = m->len;
-            } else if (!m->rndv) {
+                msg_discard(w, m);
+            } else if (m->kind == M_EAGER) {
                 memcpy(c->rbuf, m->data, m->len);
-                ucp_am_data_release(w->worker, m->data);
                 c->rlen = m->len;
                 c->rstate = R_DONE;
+                msg_discard(w, m);
+            } else if (m->kind == M_STAGED) {
+                staged = m; /* copied out below, once the pull is complete */
+                c->rstate = R_INFLIGHT;
             } else {
                 conn_start_rndv(w, c, m->data, m->len);
                 ucp_worker_signal(w->worker);
+                free(m);
             }
-            free(m);
         } else {
             c->rstate = R_POSTED;
         }
         int expired = 0;
         for (;;) {
+            if (staged != NULL && staged->sstate != S_INFLIGHT) {
+                if (staged->sstate == S_DONE) {
+                    memcpy(c->rbuf, staged->data, staged->len);
+                    c->rlen = staged->len;
+                    c->rstate = R_DONE;
+                } else {
+                    c->rstate = R_ERROR;
+                    c->rstatus = staged->sstatus;
+                }
+                msg_discard(w, staged);
+                staged = NULL;
+            }
             if (c->rstate == R_DONE || c->rstate == R_TOOBIG || c->rstate == R_ERROR) break;
             if (c->rstate == R_POSTED) {
                 /* Nothing has started arriving: safe to give up. */
@@ -880,8 +1040,10 @@ static PyObject *worker_recv_into(worker_t *w, PyObject *args) {
                     break;
                 }
             }
-            /* R_INFLIGHT: UCX is writing into the buffer; wait for it to finish (an endpoint
-             * failure completes it with an error). */
+            /* R_INFLIGHT: UCX is writing into the buffer; wait for it to finish. If the peer
+             * failed, closing the endpoint by force completes it with an error. */
+            if (c->rstate == R_INFLIGHT && c->ep != NULL && c->ep_status != UCS_OK)
+                conn_force_close(w, c, c->ep_status);
             if (wait_slice(w, deadline, &ts, &intr)) expired = 1;
         }
         if (out == OK) {
@@ -1227,7 +1389,10 @@ static PyMethodDef worker_methods[] = {
     {"new_conn", (PyCFunction)worker_new_conn, METH_NOARGS,
      "new_conn() -> id of a new (not yet connected) connection record"},
     {"connect", (PyCFunction)worker_connect, METH_VARARGS,
-     "connect(id, peer_worker_address, peer_conn_id): create the endpoint"},
+     "connect(id, peer_worker_address, peer_conn_id, peer_mode=True): create the endpoint "
+     "(peer_mode: try UCX peer-failure detection first)"},
+    {"monitor", (PyCFunction)worker_monitor, METH_VARARGS,
+     "monitor(id, fd): treat EOF (or any data) on socket fd as the peer's exit"},
     {"close_conn", (PyCFunction)worker_close_conn, METH_VARARGS,
      "close_conn(id, timeout=5.0): say goodbye, flush and close the endpoint"},
     {"send", (PyCFunction)worker_send, METH_VARARGS, "send(id, buffer, timeout=-1)"},
