@@ -1,0 +1,79 @@
+"""Every exchange algorithm trains a real model on real data (scikit-learn's digits).
+
+Two worker processes (plus one parameter-server process for the ps algorithms), tcp
+transport, Keras ``model.fit``; the stated accuracy is on the held-out 20 %.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tfyarn.exchange import STRATEGY_NAMES
+from tfyarn.exchange.local import run_local
+
+pytestmark = pytest.mark.integration
+
+ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+#: Held-out accuracy every algorithm must reach (logistic regression gets ~0.96).
+TARGET_ACCURACY = 0.90
+#: Per-algorithm options (small communication periods: these runs are short).
+OPTIONS: dict[str, dict[str, Any]] = {
+    "easgd": {"tau": 4},
+    "model_averaging": {"every": 8},
+    "adag": {"window": 4},
+}
+PS_ALGORITHMS = {"sync_ps", "downpour", "easgd", "adag"}
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    test = np.arange(len(x)) % 5 == 0
+    return x[~test], y[~test].astype(np.int32), x[test], y[test].astype(np.int32)
+
+
+def _digits_job(ctx: Any) -> dict[str, float]:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import keras
+
+    strategy = ctx.strategy()
+    xtr, ytr, xte, yte = _digits()
+    per = len(xtr) // strategy.size  # equal shards: every worker runs the same steps
+    shard = slice(strategy.rank * per, (strategy.rank + 1) * per)
+    keras.utils.set_random_seed(strategy.rank)
+    model = keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)]
+    )
+    model.compile(
+        optimizer=strategy.distributed_optimizer(keras.optimizers.Adam(0.01)),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(xtr[shard], ytr[shard], batch_size=32, epochs=8, verbose=0,
+              callbacks=strategy.callbacks())  # fmt: skip
+    _, acc = model.evaluate(xte, yte, verbose=0)
+    return {"accuracy": float(acc)}
+
+
+@pytest.mark.parametrize("algorithm", STRATEGY_NAMES)
+def test_algorithm_converges_on_digits(algorithm: str) -> None:
+    res = run_local(
+        _digits_job,
+        workers=2,
+        ps=1 if algorithm in PS_ALGORITHMS else 0,
+        strategy=algorithm,
+        strategy_options=OPTIONS.get(algorithm, {}),
+        env=ENV,
+        timeout=300,
+    )
+    accs = {t: r["accuracy"] for t, r in res.items()}
+    assert set(accs) == {"worker:0", "worker:1"}
+    assert min(accs.values()) >= TARGET_ACCURACY, accs
