@@ -1,0 +1,470 @@
+"""The Ansible playbooks of deploy/ansible, run for real against this machine.
+
+``ansible-playbook`` runs site.yml on localhost (connection local) with every path the
+roles write pointed into a temporary prefix: twice for real (the second run must report
+no change), in check mode on an empty prefix (which must stay empty), and with
+``rdma_required`` on. ``ansible-lint`` checks everything at the production profile.
+
+What runs for real and what does not:
+
+- rdma: the package task runs against the packages scripts/setup-system.sh already
+  installed (apt ``state: present``, no cache update), so it changes nothing; limits go
+  to a file under the prefix; the device check reads the real /sys/class/infiniband.
+- tfyarn: a real venv is created and tfyarn is installed into it from a wheel built from
+  this checkout. Its dependencies (TensorFlow, PySpark, ...) are not downloaded again: the
+  test's own site-packages, less tfyarn and pip, is put on PYTHONPATH through the role's
+  ``tfyarn_environment`` and pip runs with ``--no-index``. venv-pack packs the venv for real.
+- yarn: merges into a yarn-site.xml the test wrote first.
+- doctor: the installed ``tfyarn doctor --json`` runs for real.
+- service: no YARN ResourceManager runs here, so the service play is exercised in check
+  mode only (the spec is rendered and shown, the REST calls are not made).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tarfile
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE_DIR = REPO / "deploy" / "ansible"
+BIN = Path(sys.executable).parent
+RDMA_SYSFS = Path("/sys/class/infiniband")
+
+# A site configuration the operator already has: the roles must keep all of it.
+EXISTING_YARN_SITE = """<?xml version="1.0"?>
+<?xml-stylesheet type="text/xsl" href="configuration.xsl"?>
+<!-- Site specific YARN configuration, edited by hand. -->
+<configuration>
+  <property>
+    <name>yarn.resourcemanager.hostname</name>
+    <value>rm.example.com</value>
+  </property>
+  <!-- keep this comment -->
+  <property>
+    <name>my.custom.setting</name>
+    <value>42</value>
+    <final>true</final>
+  </property>
+  <property>
+    <name>yarn.nodemanager.resource-plugins</name>
+    <value>yarn.io/fpga</value>
+  </property>
+</configuration>
+"""
+
+# Read-only symlinks into the test's site-packages would shadow the tfyarn and pip that the
+# role installs into its venv; everything else (TensorFlow, PySpark, venv-pack) is shared.
+_NOT_SHARED = re.compile(
+    r"^(tfyarn|__editable__|_?_?editable|pip|setuptools|_distutils_hack|pkg_resources)"
+    r"([-_.].*)?$|\.pth$"
+)
+
+
+@dataclass
+class Run:
+    """One ansible-playbook run."""
+
+    rc: int
+    out: str
+
+    def recap(self) -> dict[str, int]:
+        """The PLAY RECAP counters of localhost (ok, changed, failed, ...)."""
+        m = re.search(r"^localhost\s*:\s*(.*)$", self.out, re.MULTILINE)
+        assert m, f"no PLAY RECAP in the output:\n{self.out[-3000:]}"
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+
+
+@dataclass
+class Deploy:
+    """A temporary prefix with everything needed to run the playbooks into it."""
+
+    root: Path
+    env: dict[str, str]
+    inventory: Path
+    wheel: Path
+    site_view: Path
+
+    def vars_for(self, prefix: Path, **overrides: object) -> dict[str, object]:
+        """Role variables that keep every file the roles write under ``prefix``."""
+        conf = prefix / "etc"
+        variables: dict[str, object] = {
+            "rdma_update_cache": False,
+            "rdma_limits_file": str(conf / "security/limits.d/90-tfyarn-rdma.conf"),
+            "rdma_interface": "ib0",
+            "yarn_conf_dir": str(conf / "hadoop/conf"),
+            "yarn_backup": False,
+            "yarn_gpu": True,
+            "tfyarn_prefix": str(prefix / "opt/tfyarn"),
+            "tfyarn_conf_dir": str(conf / "tfyarn"),
+            "tfyarn_python": sys.executable,
+            "tfyarn_wheel": str(self.wheel),
+            "tfyarn_pip_extra_args": "--no-index",
+            "tfyarn_environment": {"PYTHONPATH": str(self.site_view)},
+            "tfyarn_archive_uri": f"file://{prefix}/yarn-archives/tfyarn-env.tar.gz",
+            "service_spec_dir": str(conf / "tfyarn/service"),
+            "service_rm_url": "http://127.0.0.1:8088",
+        }
+        variables.update(overrides)
+        return variables
+
+    def play(self, prefix: Path, *args: str, **overrides: object) -> Run:
+        """Run site.yml into ``prefix`` with extra ansible-playbook ``args``."""
+        extra = self.root / f"vars-{len(list(self.root.glob('vars-*')))}.json"
+        extra.write_text(json.dumps(self.vars_for(prefix, **overrides)))
+        proc = subprocess.run(
+            [
+                str(BIN / "ansible-playbook"),
+                "-i",
+                str(self.inventory),
+                "-e",
+                f"@{extra}",
+                *args,
+                str(ANSIBLE_DIR / "site.yml"),
+            ],
+            cwd=ANSIBLE_DIR,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        return Run(proc.returncode, proc.stdout + proc.stderr)
+
+
+def _build_wheel(dest: Path) -> Path:
+    """Build a tfyarn wheel from a copy of this checkout (the working tree stays clean)."""
+    src = dest / "src"
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".venv",
+            ".git",
+            "build",
+            "dist",
+            "*.so",
+            "*.egg-info",
+            "__pycache__",
+            ".pytest_cache",
+            ".ruff_cache",
+            "results",
+        ),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dest / "wheels"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    (wheel,) = (dest / "wheels").glob("tfyarn-*.whl")
+    return wheel
+
+
+def _site_view(dest: Path) -> Path:
+    """A directory of symlinks to this interpreter's site-packages, less tfyarn and pip."""
+    view = dest / "site-view"
+    view.mkdir()
+    for entry in Path(sysconfig.get_path("purelib")).iterdir():
+        if not _NOT_SHARED.match(entry.name):
+            (view / entry.name).symlink_to(entry)
+    return view
+
+
+@pytest.fixture(scope="module")
+def deploy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deploy]:
+    """Wheel, inventory and an Ansible environment confined to a temporary directory."""
+    root = tmp_path_factory.mktemp("deploy")
+    inventory = root / "inventory.json"
+    local = {"hosts": {"localhost": {}}}
+    inventory.write_text(
+        json.dumps(
+            {
+                "all": {
+                    "vars": {
+                        "ansible_connection": "local",
+                        "ansible_python_interpreter": sys.executable,
+                    },
+                    "children": {"resourcemanager": local, "nodemanagers": local, "edge": local},
+                }
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "PYTHON"))}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
+        ANSIBLE_HOME=str(root / "ansible-home"),
+        ANSIBLE_LOCAL_TEMP=str(root / "ansible-tmp"),
+        ANSIBLE_REMOTE_TEMP=str(root / "ansible-tmp"),
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_DEPRECATION_WARNINGS="0",
+        XDG_CACHE_HOME=str(root / "cache"),
+    )
+    yield Deploy(root, env, inventory, _build_wheel(root), _site_view(root))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def deployed(deploy: Deploy) -> tuple[Path, Run, Run]:
+    """site.yml (without the service play) run twice into a prefix with a yarn-site.xml."""
+    prefix = deploy.root / "prefix"
+    conf = prefix / "etc/hadoop/conf"
+    conf.mkdir(parents=True)
+    (conf / "yarn-site.xml").write_text(EXISTING_YARN_SITE)
+    first = deploy.play(prefix, "--skip-tags", "service")
+    second = deploy.play(prefix, "--skip-tags", "service")
+    return prefix, first, second
+
+
+def _rdma_devices() -> list[str]:
+    return sorted(p.name for p in RDMA_SYSFS.iterdir()) if RDMA_SYSFS.is_dir() else []
+
+
+def _properties(path: Path) -> list[tuple[str, str]]:
+    return [
+        (p.findtext("name", ""), p.findtext("value", ""))
+        for p in ET.parse(path).getroot().iter("property")
+    ]
+
+
+def test_first_run_succeeds_and_changes_things(deployed: tuple[Path, Run, Run]) -> None:
+    _, first, _ = deployed
+    assert first.rc == 0, first.out[-6000:]
+    recap = first.recap()
+    assert recap["failed"] == 0 and recap["unreachable"] == 0
+    assert recap["changed"] >= 5, first.out[-3000:]
+
+
+def test_second_run_changes_nothing(deployed: tuple[Path, Run, Run]) -> None:
+    _, _, second = deployed
+    assert second.rc == 0, second.out[-6000:]
+    recap = second.recap()
+    assert recap["changed"] == 0, f"not idempotent: {recap}\n{second.out[-6000:]}"
+    assert recap["ok"] > 20
+
+
+def test_yarn_site_is_merged_not_clobbered(deployed: tuple[Path, Run, Run]) -> None:
+    prefix, _, _ = deployed
+    site = prefix / "etc/hadoop/conf/yarn-site.xml"
+    props = _properties(site)
+    names = [n for n, _ in props]
+    values = dict(props)
+    # The operator's settings and comments survive.
+    assert values["yarn.resourcemanager.hostname"] == "rm.example.com"
+    assert values["my.custom.setting"] == "42"
+    text = site.read_text()
+    assert "<!-- keep this comment -->" in text and "configuration.xsl" in text
+    # tfyarn's settings appear, each once.
+    for name, value in [
+        ("yarn.webapp.api-service.enable", "true"),
+        ("yarn.log-aggregation-enable", "true"),
+        ("yarn.log-aggregation.retain-seconds", "604800"),
+        ("yarn.nodemanager.resource-plugins.gpu.allowed-gpu-devices", "auto"),
+    ]:
+        assert names.count(name) == 1, name
+        assert values[name] == value
+    # A list property is merged: the existing plugin stays, the GPU plugin is added once.
+    assert names.count("yarn.nodemanager.resource-plugins") == 1
+    assert values["yarn.nodemanager.resource-plugins"] == "yarn.io/fpga,yarn.io/gpu"
+    assert dict(_properties(prefix / "etc/hadoop/conf/resource-types.xml")) == {
+        "yarn.resource-types": "yarn.io/gpu"
+    }
+    calc = dict(_properties(prefix / "etc/hadoop/conf/capacity-scheduler.xml"))
+    assert calc["yarn.scheduler.capacity.resource-calculator"].endswith(
+        "DominantResourceCalculator"
+    )
+
+
+def test_memlock_limits_written_under_prefix(deployed: tuple[Path, Run, Run]) -> None:
+    prefix, _, _ = deployed
+    lines = (prefix / "etc/security/limits.d/90-tfyarn-rdma.conf").read_text().splitlines()
+    entries = [line.split() for line in lines if line and not line.startswith("#")]
+    assert entries == [
+        ["*", "soft", "memlock", "unlimited"],
+        ["*", "hard", "memlock", "unlimited"],
+    ]
+
+
+def test_rdma_check_reports_what_it_found(deployed: tuple[Path, Run, Run]) -> None:
+    _, first, _ = deployed
+    devices = _rdma_devices()
+    if devices:
+        assert f"RDMA devices: {', '.join(devices)}" in first.out
+    else:
+        assert "no RDMA devices under /sys/class/infiniband" in first.out
+    # The IPoIB interface named in the variables is checked; this machine has no ib0.
+    if not Path("/sys/class/net/ib0").exists():
+        assert "interface ib0 not found under /sys/class/net" in first.out
+    # ucx_info (ucx-utils) ran and its transports were listed.
+    assert re.search(r"UCX transports: [a-z_0-9, ]*\btcp\b", first.out), first.out[-3000:]
+
+
+def test_tfyarn_installed_from_the_wheel(deployed: tuple[Path, Run, Run], deploy: Deploy) -> None:
+    prefix, _, _ = deployed
+    venv = prefix / "opt/tfyarn/venv"
+    proc = subprocess.run(
+        [
+            str(venv / "bin/python"),
+            "-c",
+            "import importlib.metadata as m, tfyarn\nprint(tfyarn.__file__, m.version('tfyarn'))",
+        ],
+        env={**deploy.env, "PYTHONPATH": str(deploy.site_view)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    location, version = proc.stdout.split()
+    assert Path(location).is_relative_to(venv), location
+    assert deploy.wheel.name.startswith(f"tfyarn-{version}-")
+    assert (venv / "bin/tfyarn").exists()
+
+
+def test_archive_published_where_yarn_localises_it(deployed: tuple[Path, Run, Run]) -> None:
+    prefix, _, _ = deployed
+    local = prefix / "opt/tfyarn/archives/tfyarn-env-0.1.0.tar.gz"
+    published = prefix / "yarn-archives/tfyarn-env.tar.gz"
+    assert published.read_bytes() == local.read_bytes()
+    with tarfile.open(published) as tar:
+        names = set(tar.getnames())
+    assert "bin/python" in names
+    init = re.compile(r"lib/python3\.\d+/site-packages/tfyarn/__init__\.py")
+    assert any(init.fullmatch(n) for n in names)
+
+
+def test_spark_profiles_point_at_the_archive(deployed: tuple[Path, Run, Run]) -> None:
+    prefix, _, _ = deployed
+    profiles = prefix / "etc/tfyarn/profiles"
+    assert sorted(p.name for p in profiles.iterdir()) == [
+        "rdma.conf",
+        "yarn-client.conf",
+        "yarn-cluster.conf",
+    ]
+
+    def props(name: str) -> dict[str, str]:
+        pairs = (
+            line.split(None, 1)
+            for line in (profiles / name).read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        )
+        return {k: v.strip() for k, v in pairs}
+
+    client, cluster = props("yarn-client.conf"), props("yarn-cluster.conf")
+    rdma = props("rdma.conf")
+    archive = f"file://{prefix}/yarn-archives/tfyarn-env.tar.gz#tfyarn_env"
+    for p in (client, cluster, rdma):
+        assert p["spark.master"] == "yarn"
+        assert p["spark.yarn.dist.archives"] == archive
+        assert p["spark.pyspark.python"] == "./tfyarn_env/bin/python"
+        assert p["spark.dynamicAllocation.enabled"] == "false"
+        assert p["spark.executor.cores"] == p["spark.task.cpus"]
+    assert client["spark.submit.deployMode"] == "client"
+    assert client["spark.pyspark.driver.python"] == f"{prefix}/opt/tfyarn/venv/bin/python"
+    assert cluster["spark.submit.deployMode"] == "cluster"
+    assert rdma["spark.executorEnv.UCX_TLS"] == "rc,sm,self"
+    assert "spark.executor.resource.gpu.amount" not in client
+
+
+def test_doctor_ran_and_passed(deployed: tuple[Path, Run, Run]) -> None:
+    _, first, _ = deployed
+    verdict = r"tfyarn doctor: (\d+) of (\d+) checks ok, nothing required is missing"
+    m = re.search(verdict, first.out)
+    assert m, first.out[-4000:]
+    assert int(m.group(2)) > 0
+
+
+def test_rdma_required_fails_without_devices(deploy: Deploy) -> None:
+    prefix = deploy.root / "prefix-rdma-required"
+    run = deploy.play(prefix, "--tags", "rdma", rdma_required=True, rdma_interface="")
+    if _rdma_devices():
+        assert run.rc == 0, run.out[-4000:]
+    else:
+        assert run.rc != 0
+        assert "no RDMA devices under /sys/class/infiniband and rdma_required is true" in run.out
+    shutil.rmtree(prefix, ignore_errors=True)
+
+
+def test_final_property_is_never_overwritten(deploy: Deploy) -> None:
+    prefix = deploy.root / "prefix-final"
+    conf = prefix / "etc/hadoop/conf"
+    conf.mkdir(parents=True)
+    original = EXISTING_YARN_SITE.replace(
+        "<name>my.custom.setting</name>\n    <value>42</value>",
+        "<name>yarn.log-aggregation-enable</name>\n    <value>false</value>",
+    )
+    (conf / "yarn-site.xml").write_text(original)
+    run = deploy.play(prefix, "--tags", "yarn")
+    assert run.rc != 0
+    assert "yarn.log-aggregation-enable (final, value 'false', wanted 'true')" in run.out
+    assert (conf / "yarn-site.xml").read_text() == original
+    shutil.rmtree(prefix, ignore_errors=True)
+
+
+def test_check_mode_writes_nothing_and_plans_the_service(deploy: Deploy) -> None:
+    prefix = deploy.root / "prefix-check"
+    run = deploy.play(prefix, "--check", "--diff")
+    assert run.rc == 0, run.out[-6000:]
+    assert not prefix.exists(), sorted(str(p) for p in prefix.rglob("*"))
+    assert run.recap()["changed"] > 0
+    # The service spec that a real run would write and POST, as shown by --diff.
+    assert "check mode: the YARN Services API at http://127.0.0.1:8088/app/v1/services" in run.out
+    assert '"name": "tfyarn"' in run.out and '"number_of_containers": 1' in run.out
+    assert '"type": "TARBALL"' in run.out
+    assert f"file://{prefix}/yarn-archives/tfyarn-env.tar.gz" in run.out
+
+
+def test_ansible_lint_production_profile(deploy: Deploy) -> None:
+    proc = subprocess.run(
+        [
+            str(BIN / "ansible-lint"),
+            "--offline",
+            "-c",
+            str(ANSIBLE_DIR / ".ansible-lint"),
+            "--nocolor",
+            str(ANSIBLE_DIR),
+        ],
+        cwd=REPO,
+        env={**deploy.env, "ANSIBLE_LINT_SKIP_SCHEMA_UPDATE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "Profile 'production' was required, and it passed" in out
+
+
+def test_doctor_fails_the_play_with_its_findings(
+    deployed: tuple[Path, Run, Run], deploy: Deploy
+) -> None:
+    # The same installed tfyarn, run without the shared site that holds TensorFlow and
+    # PySpark: a node whose Python environment lacks them.
+    prefix, _, _ = deployed
+    run = deploy.play(prefix, "--tags", "doctor", tfyarn_environment={})
+    assert run.rc != 0
+    m = re.search(r"tfyarn doctor found (\d+) required check\(s\) failing on localhost", run.out)
+    assert m and int(m.group(1)) >= 1, run.out[-4000:]
+    assert re.search(r"- tensorflow: .*-- fix: ", run.out), run.out[-4000:]
