@@ -208,13 +208,9 @@ def _operand(x: Any, dtype: Any, what: str, writable: bool) -> tuple[int, int, n
             raise ConfigError(f"{what} is a tfyarn Buffer: pass dtype= to say what it holds")
         dt = np.dtype(dtype)
         if x.nbytes % dt.itemsize:
-            raise ConfigError(
-                f"{what} holds {x.nbytes} bytes, not a whole number of {dt} elements"
-            )
+            raise ConfigError(f"{what} holds {x.nbytes} bytes, not a whole number of {dt} elements")
         return x.address, x.nbytes // dt.itemsize, dt, x
-    raise ConfigError(
-        f"{what} must be a numpy array or a tfyarn Buffer, got {type(x).__name__}"
-    )
+    raise ConfigError(f"{what} must be a numpy array or a tfyarn Buffer, got {type(x).__name__}")
 
 
 def _buffer_dtype(x: Any, dtype: Any) -> Any:
@@ -222,8 +218,9 @@ def _buffer_dtype(x: Any, dtype: Any) -> Any:
     return dtype if isinstance(x, _native.Buffer) else None
 
 
-def _same(name: str, a: tuple[int, int, np.dtype, Any], b: tuple[int, int, np.dtype, Any],
-          what_b: str) -> None:
+def _same(
+    name: str, a: tuple[int, int, np.dtype, Any], b: tuple[int, int, np.dtype, Any], what_b: str
+) -> None:
     if a[2] != b[2]:
         raise ConfigError(f"{name}: {what_b} has dtype {b[2]}, expected {a[2]}")
     if a[1] != b[1]:
@@ -272,9 +269,7 @@ def _f32_operands(name: str, **arrays: Any) -> list[tuple[int, int, np.dtype, An
     first_name = next(iter(arrays))
     for (what, _), op in zip(list(arrays.items())[1:], out[1:], strict=True):
         if op[1] != out[0][1]:
-            raise ConfigError(
-                f"{name}: {what} has {op[1]} elements, {first_name} has {out[0][1]}"
-            )
+            raise ConfigError(f"{name}: {what} has {op[1]} elements, {first_name} has {out[0][1]}")
     return out
 
 
@@ -317,7 +312,15 @@ def adam_(
         raise ConfigError(f"adam_: step counts updates from 1, got {step}")
     p, g, m_, v_ = _f32_operands("adam_", param=param, grad=grad, m=m, v=v)
     _native.adam(
-        p[0], g[0], m_[0], v_[0], p[1], float(lr), float(beta1), float(beta2), float(eps),
+        p[0],
+        g[0],
+        m_[0],
+        v_[0],
+        p[1],
+        float(lr),
+        float(beta1),
+        float(beta2),
+        float(eps),
         int(step),
     )
 

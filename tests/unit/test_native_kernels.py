@@ -105,7 +105,10 @@ def test_baseline_copy_matches_too():
     env = dict(os.environ, TFYARN_KERNELS="baseline")
     out = subprocess.run(
         [sys.executable, "-c", code, os.path.dirname(__file__)],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "baseline ok" in out.stdout

@@ -204,6 +204,11 @@ class UcxComm(Comm):
         #: ``ucp_ep_print_info`` text of the endpoint (lanes, protocols, thresholds).
         self.transport_detail = worker.transport(conn_id)
         self.transport = describe_lanes(self.transport_detail)
+        #: ``"hardware"`` when UCX has put/get lanes to the peer (RDMA, shared memory),
+        #: ``"emulated"`` when put/get travel as active messages served by the peer.
+        self.rma = (
+            "hardware" if re.search(r"\b(put|get)\[\d+\]:", self.transport_detail) else "emulated"
+        )
 
     def _check(self) -> None:
         if self._closed:

@@ -1,0 +1,253 @@
+"""The ucx:// transport between separate processes, over tcp and shared memory.
+
+UCX reads ``UCX_TLS`` once, when a process first uses it, so both ends of every
+connection run in child processes started with the configuration's environment; this
+file is also the child program (``python test_transport_ucx.py ROLE ...``). Children
+report JSON lines on stdout; every wait is bounded.
+
+Configurations: ``UCX_TLS=tcp,self``; ``tcp,self`` with ``UCX_TCP_PUT_ENABLE=n`` (put/get
+emulated with active messages served by the peer's progress thread); ``posix,self``
+(shared memory, with native put/get lanes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SECRET_HEX = "5f" * 32
+SIZES = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20]
+REGION_BYTES = 8 << 20
+CONFIGS = {
+    "tcp": {"UCX_TLS": "tcp,self"},
+    "tcp-emulated-rma": {"UCX_TLS": "tcp,self", "UCX_TCP_PUT_ENABLE": "n"},
+    "posix": {"UCX_TLS": "posix,self"},
+}
+CHILD_TIMEOUT = 120
+
+
+def pattern(nbytes: int, seed: int) -> np.ndarray:
+    """Deterministic bytes both processes can regenerate."""
+    return np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8)
+
+
+# ------------------------------------------------------------------ child programs
+
+
+def _emit(**record: object) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def server_main() -> None:
+    """Listen, expose a region, then serve one good client (a bad one comes first)."""
+    from tfyarn import native, transport
+
+    secret = bytes.fromhex(SECRET_HEX)
+    pool = native.BufferPool(slab_bytes=32 << 20)
+    region = pool.alloc(REGION_BYTES)
+    region.as_array(np.uint8)[:] = pattern(REGION_BYTES, 99)
+    with transport.listen("ucx://127.0.0.1:0", secret=secret) as lst:
+        lst.register("weights", region)
+        _emit(address=lst.address)
+        comm = lst.accept(timeout=60)
+        _emit(accepted=True, transport=comm.transport)
+        big = pool.alloc(max(SIZES))
+        for i, size in enumerate(SIZES):
+            n = comm.recv_into(big)  # posted before (or after) the message arrives
+            ok = n == size and np.array_equal(big.as_array(np.uint8, n), pattern(size, i))
+            _emit(size=size, received=n, intact=bool(ok))
+            comm.send(big.as_array(np.uint8, n))  # echo back from the pool buffer
+        # A message larger than the buffer is refused for this peer, the comm survives.
+        small = bytearray(10)
+        try:
+            comm.recv_into(small)
+            _emit(too_big="not detected")
+        except Exception as exc:
+            _emit(too_big=type(exc).__name__)
+        comm.send(b"still here")
+        # put/get phase: wait for the client's "done", check what it wrote.
+        done = comm.recv()
+        arr = region.as_array(np.uint8)
+        head = bytes(arr[:4096]) == bytes(pattern(4096, 7))
+        whole = np.array_equal(arr[8192 : 8192 + (4 << 20)], pattern(4 << 20, 8))
+        _emit(done=bytes(done).decode(), put_small=head, put_large=whole)
+        comm.send(b"checked")
+        # The peer's exit must fail our receive promptly, not hang it.
+        t0 = time.monotonic()
+        try:
+            comm.recv()
+            _emit(after_exit="received something")
+        except Exception as exc:
+            _emit(after_exit=type(exc).__name__, seconds=time.monotonic() - t0, msg=str(exc))
+        comm.close()
+        del arr, done
+        big.release()
+    region.release()
+    pool.close()
+    _emit(server="clean exit")
+
+
+def client_main(address: str, secret_hex: str, crash: bool) -> None:
+    from tfyarn import native, transport
+    from tfyarn.errors import AuthenticationError
+
+    if secret_hex != SECRET_HEX:  # the intruder
+        try:
+            transport.connect(address, secret=bytes.fromhex(secret_hex), timeout=20)
+            _emit(intruder="accepted!")
+        except AuthenticationError as exc:
+            _emit(intruder="refused", msg=str(exc))
+        return
+    comm = transport.connect(address, secret=bytes.fromhex(secret_hex), timeout=20)
+    _emit(transport=comm.transport, rma=comm.rma)
+    for i, size in enumerate(SIZES):
+        data = pattern(size, i)
+        t0 = time.perf_counter()
+        comm.send(data)
+        echo = comm.recv()
+        dt = time.perf_counter() - t0
+        _emit(
+            size=size,
+            echoed=bool(np.array_equal(np.frombuffer(echo, np.uint8), data)),
+            round_trip_s=dt,
+        )
+        del echo
+    comm.send(b"x" * 100)  # larger than the server's 10-byte buffer
+    _emit(after_too_big=bytes(comm.recv()).decode())
+    # One-sided: write into the server's pool region, read its original content back.
+    comm.put(pattern(4096, 7), "weights", 0)
+    pool = native.BufferPool(slab_bytes=16 << 20)
+    src = pool.alloc(4 << 20)
+    src.as_array(np.uint8)[:] = pattern(4 << 20, 8)
+    comm.put(src, "weights", 8192)
+    tail = REGION_BYTES - (2 << 20)  # the last 2 MiB, which no put touched
+    got = pool.alloc(2 << 20)
+    n = comm.get(got, "weights", tail)
+    tail_ok = np.array_equal(got.as_array(np.uint8), pattern(REGION_BYTES, 99)[tail:])
+    head = bytearray(4096)
+    comm.get(head, "weights", 0)
+    errors = {}
+    try:
+        comm.get(bytearray(16), "nope", 0)
+    except Exception as exc:
+        errors["unknown_region"] = type(exc).__name__
+    try:
+        comm.put(b"x" * 16, "weights", REGION_BYTES - 8)
+    except Exception as exc:
+        errors["out_of_bounds"] = type(exc).__name__
+    _emit(
+        get_bytes=n,
+        get_tail=bool(tail_ok),
+        get_head=bytes(head) == bytes(pattern(4096, 7)),
+        **errors,
+    )
+    comm.send(b"done")
+    _emit(checked=bytes(comm.recv()).decode())
+    src.release()
+    got.release()
+    pool.close()
+    if crash:
+        os._exit(0)  # no close(): the server must notice the process is gone
+    comm.close()
+
+
+# ------------------------------------------------------------------ the tests
+
+
+def _spawn(env_extra: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, **env_extra)
+    env.pop("UCX_NET_DEVICES", None)
+    return subprocess.Popen(
+        [sys.executable, __file__, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[list[dict], str]:
+    try:
+        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"child did not finish in {CHILD_TIMEOUT} s:\n{out}\n{err}")
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
+
+
+def _shm_entries() -> set[str]:
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.iterdir() if "ucx" in p.name.lower()} if shm.exists() else set()
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_ucx_between_processes(config):
+    env = CONFIGS[config]
+    shm_before = _shm_entries()
+    server = _spawn(env, "server")
+    try:
+        first = server.stdout.readline()
+        assert first.startswith("{"), server.stderr.read() if server.poll() is not None else first
+        address = json.loads(first)["address"]
+        intruder = _spawn(env, "client", address, "00" * 32, "0")
+        intruder_out, _ = _finish(intruder)
+        client = _spawn(env, "client", address, SECRET_HEX, "1")
+        client_out, client_err = _finish(client)
+        server_out, server_err = _finish(server)
+    finally:
+        for p in (server,):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert client.returncode == 0, client_err
+    assert server.returncode == 0, server_err
+
+    # A wrong secret is refused, and the listener goes on serving the right one.
+    assert intruder_out == [intruder_out[0]] and intruder_out[0]["intruder"] == "refused"
+    assert "HMAC challenge" in server_err or "refused" in server_err
+
+    rec = {k: v for r in client_out for k, v in r.items() if k not in ("size",)}
+    expected_tl = "tcp" if config.startswith("tcp") else "posix"
+    assert rec["transport"].startswith("ucx/") and expected_tl in rec["transport"]
+    if config == "tcp-emulated-rma":
+        assert rec["rma"] == "emulated"
+    if config == "posix":
+        assert rec["rma"] == "hardware"
+
+    echoes = [r for r in client_out if "echoed" in r]
+    assert [r["size"] for r in echoes] == SIZES
+    assert all(r["echoed"] for r in echoes)
+    received = [r for r in server_out if "intact" in r]
+    assert [(r["size"], r["received"], r["intact"]) for r in received] == [
+        (s, s, True) for s in SIZES
+    ]
+
+    srv = {k: v for r in server_out for k, v in r.items()}
+    assert srv["too_big"] == "FrameError"
+    assert rec["after_too_big"] == "still here"
+    assert rec["get_bytes"] == 2 << 20 and rec["get_tail"] and rec["get_head"]
+    assert rec["unknown_region"] == "TransportError"
+    assert rec["out_of_bounds"] == "ValueError"
+    assert srv["done"] == "done" and srv["put_small"] and srv["put_large"]
+    assert rec["checked"] == "checked"
+    # The client exited without closing: the server's receive failed within seconds.
+    assert srv["after_exit"] == "TransportError", srv
+    assert srv["seconds"] < 15
+    assert srv["server"] == "clean exit"
+    assert _shm_entries() <= shm_before
+
+
+if __name__ == "__main__":
+    role = sys.argv[1]
+    if role == "server":
+        server_main()
+    else:
+        client_main(sys.argv[2], sys.argv[3], sys.argv[4] == "1")
