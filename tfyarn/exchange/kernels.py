@@ -43,10 +43,9 @@ def _native_for(*arrays: np.ndarray) -> Any:
 def empty(n: int, dtype: Any) -> np.ndarray:
     """A flat uninitialised array of ``n`` elements, from the native aligned pool if present."""
     dt = np.dtype(dtype)
-    alloc = getattr(_native, "alloc", None) if _native is not None else None
-    if alloc is not None and n > 0:
-        buf = alloc(n * dt.itemsize)
-        return np.frombuffer(buf, dtype=dt, count=n)
+    if _NATIVE_OK and n > 0:
+        # the array keeps the pool buffer alive; it returns to the pool with the array
+        return np.frombuffer(_native.default_pool().alloc(n * dt.itemsize), dtype=dt, count=n)
     return np.empty(n, dtype=dt)
 
 
@@ -124,9 +123,9 @@ def adam_(
 
 
 def adagrad_(param: np.ndarray, grad: np.ndarray, accum: np.ndarray, lr: float, eps: float) -> None:
-    """Adagrad: ``accum += g*g``; ``param -= lr * g / (sqrt(accum) + eps)``."""
+    """Adagrad, Keras convention: ``accum += g*g``; ``param -= lr * g / sqrt(accum + eps)``."""
     if _f32(param, grad, accum):
         _native.adagrad_(param, grad, accum, float(lr), float(eps))
         return
     accum += grad * grad
-    param -= lr * grad / (np.sqrt(accum) + eps)
+    param -= lr * grad / np.sqrt(accum + eps)

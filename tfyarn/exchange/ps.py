@@ -362,7 +362,7 @@ class PSClient:
             comm = self.comms[route.ps]
             for b in route.buckets:
                 comm.send(_HEADER.pack(op, b.index, b.size, param))
-                flat = kernels.empty(b.size, _np_dtype(b.dtype))
+                flat = np.empty(b.size, _np_dtype(b.dtype))  # transient: not from the pool
                 if arrays is not None:
                     comm.send(memoryview(pack(b, arrays, flat).view(np.uint8)))
                 _recv_exact(comm, flat, route.ps)

@@ -1,0 +1,41 @@
+"""Strategy names and options are validated before anything connects."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from tfyarn.errors import ConfigError
+from tfyarn.exchange import STRATEGY_NAMES
+from tfyarn.exchange.algorithms import make_algorithm
+from tfyarn.exchange.mesh import ps_tasks, training_tasks
+
+
+def test_strategy_names() -> None:
+    assert STRATEGY_NAMES == (
+        "allreduce", "sync_ps", "downpour", "easgd", "model_averaging", "adag",
+    )  # fmt: skip
+
+
+def test_unknown_strategy_and_option_are_named() -> None:
+    host = SimpleNamespace(ps=["ps:0"], size=2)
+    with pytest.raises(ConfigError, match="horovod"):
+        make_algorithm("horovod", host, {})
+    with pytest.raises(ConfigError, match="tau"):
+        make_algorithm("adag", host, {"tau": 3})
+    with pytest.raises(ConfigError, match="every"):
+        make_algorithm("model_averaging", host, {"every": 0})
+    assert make_algorithm("easgd", host, {"tau": 3, "timeout": 5}).options["tau"] == 3
+
+
+@pytest.mark.parametrize("name", ["sync_ps", "downpour", "easgd", "adag"])
+def test_ps_algorithms_need_a_ps(name: str) -> None:
+    with pytest.raises(ConfigError, match="ps >= 1"):
+        make_algorithm(name, SimpleNamespace(ps=[], size=2), {})
+
+
+def test_rank_order_is_chief_then_workers_by_index() -> None:
+    peers = {t: "tcp://127.0.0.1:1" for t in ["worker:10", "ps:1", "worker:2", "chief:0", "ps:0"]}
+    assert training_tasks(peers) == ["chief:0", "worker:2", "worker:10"]
+    assert ps_tasks(peers) == ["ps:0", "ps:1"]
