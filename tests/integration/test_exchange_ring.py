@@ -1,4 +1,4 @@
-"""Ring all-reduce and broadcast between real processes over the tcp transport."""
+"""Ring all-reduce and broadcast between real processes over every transport."""
 
 from __future__ import annotations
 
@@ -47,14 +47,25 @@ def _ring_job(ctx: object) -> dict[str, object]:
         mesh.close()
 
 
+TRANSPORTS = [
+    ("tcp", 2, {}, "tcp"),
+    ("tcp", 3, {}, "tcp"),
+    ("grpc", 2, {}, "grpc"),
+    ("ucx", 2, {"UCX_TLS": "posix,self"}, "ucx/posix"),
+    ("ucx", 3, {"UCX_TLS": "tcp,self"}, "ucx/tcp"),
+]
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("workers", [2, 3])
-def test_ring_allreduce_and_broadcast_between_processes(workers: int) -> None:
-    results = run_local(_ring_job, workers=workers, transport="tcp", timeout=240)
+@pytest.mark.parametrize(("transport", "workers", "env", "actual"), TRANSPORTS)
+def test_ring_allreduce_and_broadcast_between_processes(
+    transport: str, workers: int, env: dict[str, str], actual: str
+) -> None:
+    results = run_local(_ring_job, workers=workers, transport=transport, env=env, timeout=240)
     assert sorted(r["rank"] for r in results.values()) == list(range(workers))
     for task, res in results.items():
         assert res["size"] == workers
-        assert res["transport"] == "tcp"
+        assert res["transport"] == actual
         assert res["errors"] == [], f"{task}: {res['errors']}"
 
 
