@@ -148,3 +148,7 @@ def check_tensorflow() -> Iterable[Check]:
 
 
 CHECKS += [check_python, check_java, check_spark, check_tensorflow]
+
+from tfyarn.transport.rdma import check_rdma  # noqa: E402  (RDMA devices, UCX transports)
+
+CHECKS.append(check_rdma)

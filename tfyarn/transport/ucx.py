@@ -131,6 +131,23 @@ def _as_bytes(data: Any) -> Any:
     return data
 
 
+def _writable(buf: Any, what: str) -> Any:
+    """Like :func:`_as_bytes`, for memory UCX writes into: refuse read-only objects clearly."""
+    out = _as_bytes(buf)
+    try:
+        readonly = memoryview(out).readonly
+    except TypeError:
+        raise ConfigError(
+            f"ucx: {what} must be a writable bytes-like object, got {type(buf).__name__}"
+        ) from None
+    if readonly:
+        raise ConfigError(
+            f"ucx: {what} is read-only ({type(buf).__name__}); pass a bytearray, a writable "
+            "NumPy array or a tfyarn.native Buffer"
+        )
+    return out
+
+
 def _timeout(value: float | None) -> float:
     return -1.0 if value is None else float(value)
 
@@ -230,7 +247,7 @@ class UcxComm(Comm):
             The peer closed the connection or failed, or ``op_timeout`` passed.
         """
         self._check()
-        return self._worker.recv_into(self._id, _as_bytes(buf), self._timeout)
+        return self._worker.recv_into(self._id, _writable(buf, "recv_into buffer"), self._timeout)
 
     def recv(self) -> memoryview:
         """Receive the next message into a buffer of the default pool and return a view.
@@ -255,7 +272,8 @@ class UcxComm(Comm):
         self._check()
         if offset < 0:
             raise ConfigError(f"ucx: get offset must be >= 0, got {offset}")
-        return self._worker.rma(self._id, _as_bytes(buf), region, offset, False, self._timeout)
+        dst = _writable(buf, "get buffer")
+        return self._worker.rma(self._id, dst, region, offset, False, self._timeout)
 
     def register(self, region: str, buf: Buffer) -> None:
         """Expose writable ``buf`` as ``region`` to the peer's put/get.
@@ -264,7 +282,7 @@ class UcxComm(Comm):
         peer of that listener. Region names are write-once per worker.
         """
         self._check()
-        self._worker.register(region, _as_bytes(buf))
+        self._worker.register(region, _writable(buf, f"region {region!r}"))
 
     def close(self) -> None:
         """Say goodbye to the peer, close the endpoint and the monitor socket; idempotent."""
@@ -415,7 +433,7 @@ class UcxListener(Listener):
         """Expose writable ``buf`` as ``region`` to every peer's put/get (names are write-once)."""
         if self._closed:
             raise TransportError(f"listener {self.address} is closed")
-        self._worker.register(region, _as_bytes(buf))
+        self._worker.register(region, _writable(buf, f"region {region!r}"))
 
     def close(self) -> None:
         """Stop accepting, close every comm and the worker (regions too); idempotent."""

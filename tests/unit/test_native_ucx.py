@@ -1,0 +1,133 @@
+"""ucx backend pieces that need no second process, and RDMA/UCX discovery on this host."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tfyarn import native, transport
+from tfyarn.doctor import CHECKS, run_checks
+from tfyarn.errors import ConfigError, TransportError, TransportUnavailableError
+from tfyarn.transport import rdma, ucx
+
+SECRET = b"s" * 32
+
+TCP_INFO = """#
+# UCP endpoint
+#               peer: <no debug data>
+#                 lane[0]:  1:tcp/lo.0 md[1]                -> md[1]/tcp/sysdev[255] am am_bw#0
+#                 am_send: 0..<egr/short>..8185..<egr/zcopy>..20553..<rndv>..(inf)
+#                  rma_bw: mds rndv_rkey_size 9
+"""
+SHM_INFO = """#
+#                 lane[0]:  1:posix/memory.0 md[1]          -> md[1]/posix/sysdev[255] am am_bw#0
+#                 lane[1]:  2:cma/memory.0 md[2]            -> md[2]/cma/sysdev[255] rma_bw#0
+#                 lane[2]:  1:posix/memory.0 md[1]          -> md[1]/posix/sysdev[255] rma#0
+#                  put[0]: 0..<short>..4294967296..<bcopy>..(inf)
+"""
+
+
+def test_registry_maps_the_ucx_scheme_to_this_backend():
+    assert transport.backend("ucx") is ucx
+
+
+def test_describe_lanes_names_the_transports_in_lane_order():
+    assert ucx.describe_lanes(TCP_INFO) == "ucx/tcp"
+    assert ucx.describe_lanes(SHM_INFO) == "ucx/posix+cma"
+    assert ucx.describe_lanes("# no lanes") == "ucx"
+
+
+@pytest.mark.parametrize(
+    ("tls", "peer_mode"),
+    [
+        ("", True),
+        ("tcp,self", True),
+        ("posix,self", False),
+        ("sm,self", False),
+        ("rc,sm", True),
+        ("^tcp", True),
+    ],
+)
+def test_peer_failure_mode_only_where_ucx_supports_it(monkeypatch, tls, peer_mode):
+    monkeypatch.setenv("UCX_TLS", tls)
+    assert ucx._want_peer_failure_mode() is peer_mode
+
+
+def test_without_ucx_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(native, "HAVE_UCX", False)
+    with pytest.raises(TransportUnavailableError, match="libucx-dev"):
+        ucx.listen("ucx://127.0.0.1:0", secret=SECRET)
+    with pytest.raises(TransportUnavailableError, match="reinstall"):
+        ucx.connect("ucx://127.0.0.1:1", secret=SECRET)
+
+
+def test_bad_addresses_and_secrets_are_config_errors():
+    with pytest.raises(ConfigError, match="ucx://"):
+        ucx.listen("tcp://127.0.0.1:0", secret=SECRET)
+    with pytest.raises(ConfigError, match="at least"):
+        ucx.listen("ucx://127.0.0.1:0", secret=b"short")
+
+
+def test_connect_to_nothing_fails_fast():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TransportError, match="cannot connect"):
+        ucx.connect(f"ucx://127.0.0.1:{port}", secret=SECRET, timeout=5)
+
+
+def test_listener_accept_times_out_and_closes_cleanly():
+    lst = ucx.listen("ucx://127.0.0.1:0", secret=SECRET)
+    assert lst.address.startswith("ucx://127.0.0.1:")
+    with pytest.raises(TransportError, match=r"within 0\.2 s"):
+        lst.accept(timeout=0.2)
+    lst.close()
+    lst.close()
+    with pytest.raises(TransportError, match="closed"):
+        lst.accept(timeout=0.1)
+
+
+def test_region_names_are_write_once():
+    with ucx.listen("ucx://127.0.0.1:0", secret=SECRET) as lst:
+        lst.register("a", bytearray(64))
+        with pytest.raises(ValueError, match="write-once"):
+            lst.register("a", bytearray(64))
+        with pytest.raises(ConfigError, match="read-only"):
+            lst.register("b", b"read-only bytes")
+
+
+def test_rdma_devices_here():
+    devices = rdma.list_devices()
+    assert isinstance(devices, list)
+    assert all(isinstance(d, rdma.RdmaDevice) for d in devices)
+    checks = list(rdma.check_rdma())
+    first = checks[0]
+    assert first.name == "RDMA devices" and not first.required
+    if not devices:  # this host: pyverbs raises "Failed to get devices list", reported as none
+        assert first.ok
+        assert first.detail.startswith("none found")
+    else:
+        assert all(d.name in first.detail for d in devices)
+
+
+def test_missing_pyverbs_interpreter_is_reported(tmp_path):
+    with pytest.raises(TransportUnavailableError, match="TFYARN_SYSTEM_PYTHON"):
+        rdma.list_devices(system_python=str(tmp_path / "no-python"))
+
+
+def test_ucx_transports_here():
+    tls = rdma.ucx_transports()
+    # libucx0 always has these; RDMA ones (rc, ud, dc) appear only with devices.
+    assert {"self", "tcp", "posix"} <= set(tls)
+    devices = rdma.ucx_transport_devices()
+    assert "lo" in devices["tcp"]
+    ucx_check = list(rdma.check_rdma())[1]
+    assert ucx_check.name == "UCX transports" and ucx_check.ok
+    assert "tcp" in ucx_check.detail and "1." in ucx_check.detail
+
+
+def test_doctor_runs_the_rdma_check():
+    assert rdma.check_rdma in CHECKS
+    names = [c.name for c in run_checks([rdma.check_rdma])]
+    assert names == ["RDMA devices", "UCX transports"]
