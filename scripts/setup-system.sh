@@ -2,7 +2,8 @@
 # System packages tfyarn's build and tests need (Debian bookworm). Idempotent: installs
 # only what is missing, so a second run is quick. Run as root (CI is root).
 set -euo pipefail
-pkgs=(libucx-dev ucx-utils python3-pyverbs rdma-core ibverbs-providers iproute2 openjdk-17-jre-headless maven)
+pkgs=(libucx-dev ucx-utils python3-pyverbs rdma-core ibverbs-providers iproute2 openjdk-17-jre-headless maven
+      openmpi-bin python3-mpi4py python3-numpy)  # the last three: Open MPI baseline of `tfyarn bench exchange`
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
