@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import subprocess
 import sys
 import time
@@ -188,39 +190,36 @@ def _shm_entries() -> set[str]:
     return {p.name for p in shm.iterdir() if "ucx" in p.name.lower()} if shm.exists() else set()
 
 
-@pytest.mark.parametrize("config", list(CONFIGS))
-def test_ucx_between_processes(config):
-    env = CONFIGS[config]
-    shm_before = _shm_entries()
+def _run_session(env: dict[str, str]) -> tuple[list[dict], list[dict], str, list[dict]]:
+    """Server, intruder and client in three processes; returns their reports."""
     server = _spawn(env, "server")
     try:
-        first = server.stdout.readline()
-        assert first.startswith("{"), server.stderr.read() if server.poll() is not None else first
+        ready, _, _ = select.select([server.stdout], [], [], CHILD_TIMEOUT)
+        first = server.stdout.readline() if ready else ""
+        if not first.startswith("{"):
+            server.kill()
+            pytest.fail(f"server did not start: {first}{server.stderr.read()}")
         address = json.loads(first)["address"]
-        intruder = _spawn(env, "client", address, "00" * 32, "0")
-        intruder_out, _ = _finish(intruder)
+        intruder_out, _ = _finish(_spawn(env, "client", address, "00" * 32, "0"))
         client = _spawn(env, "client", address, SECRET_HEX, "1")
         client_out, client_err = _finish(client)
         server_out, server_err = _finish(server)
     finally:
-        for p in (server,):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        if server.poll() is None:
+            server.kill()
+            server.wait()
     assert client.returncode == 0, client_err
     assert server.returncode == 0, server_err
+    return client_out, server_out, server_err, intruder_out
 
+
+def _check_session(
+    client_out: list[dict], server_out: list[dict], server_err: str, intruder_out: list[dict]
+) -> dict:
+    """Assert everything the children report; return the client's merged record."""
     # A wrong secret is refused, and the listener goes on serving the right one.
-    assert intruder_out == [intruder_out[0]] and intruder_out[0]["intruder"] == "refused"
-    assert "HMAC challenge" in server_err or "refused" in server_err
-
-    rec = {k: v for r in client_out for k, v in r.items() if k not in ("size",)}
-    expected_tl = "tcp" if config.startswith("tcp") else "posix"
-    assert rec["transport"].startswith("ucx/") and expected_tl in rec["transport"]
-    if config == "tcp-emulated-rma":
-        assert rec["rma"] == "emulated"
-    if config == "posix":
-        assert rec["rma"] == "hardware"
+    assert len(intruder_out) == 1 and intruder_out[0]["intruder"] == "refused"
+    assert "HMAC challenge" in server_err
 
     echoes = [r for r in client_out if "echoed" in r]
     assert [r["size"] for r in echoes] == SIZES
@@ -229,8 +228,8 @@ def test_ucx_between_processes(config):
     assert [(r["size"], r["received"], r["intact"]) for r in received] == [
         (s, s, True) for s in SIZES
     ]
-
-    srv = {k: v for r in server_out for k, v in r.items()}
+    rec = {k: v for r in client_out for k, v in r.items() if k != "size"}
+    srv = {k: v for r in server_out for k, v in r.items() if k != "size"}
     assert srv["too_big"] == "FrameError"
     assert rec["after_too_big"] == "still here"
     assert rec["get_bytes"] == 2 << 20 and rec["get_tail"] and rec["get_head"]
@@ -242,7 +241,35 @@ def test_ucx_between_processes(config):
     assert srv["after_exit"] == "TransportError", srv
     assert srv["seconds"] < 15
     assert srv["server"] == "clean exit"
-    assert _shm_entries() <= shm_before
+    return rec
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_ucx_between_processes(config):
+    shm_before = _shm_entries()
+    rec = _check_session(*_run_session(CONFIGS[config]))
+    expected_tl = "tcp" if config.startswith("tcp") else "posix"
+    assert rec["transport"].startswith("ucx/") and expected_tl in rec["transport"]
+    if config == "tcp-emulated-rma":
+        assert rec["rma"] == "emulated"
+    if config == "posix":
+        assert rec["rma"] == "hardware"
+    assert _shm_entries() <= shm_before  # no shared-memory segment left behind
+
+
+@pytest.mark.infiniband
+def test_ucx_over_infiniband():
+    from tfyarn.transport import rdma
+
+    active = [d.name for d in rdma.list_devices() if any(p.active for p in d.ports)]
+    if not active:
+        pytest.skip(
+            "needs an RDMA device with an ACTIVE port (InfiniBand or RoCE); "
+            "tfyarn.transport.rdma.list_devices() found none on this host"
+        )
+    rec = _check_session(*_run_session({"UCX_TLS": "rc,ud,self"}))
+    assert re.search(r"ucx/.*\b(rc|ud)", rec["transport"]), rec["transport"]
+    assert rec["rma"] == "hardware"
 
 
 if __name__ == "__main__":
