@@ -70,7 +70,7 @@ def make_train_fn(epochs: int, batch_size: int, learning_rate: float):
                 with tf.GradientTape() as tape:
                     loss = loss_fn(y, model(x, training=True))
                 grads = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply_gradients(zip(grads, model.trainable_variables))
+                optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
                 return loss
 
             x, y = next(iterator)
@@ -80,7 +80,7 @@ def make_train_fn(epochs: int, batch_size: int, learning_rate: float):
         for epoch in range(epochs):
             losses = [coordinator.schedule(train_step, args=(iterator,)) for _ in range(steps)]
             coordinator.join()
-            loss = float(np.mean([l.fetch() for l in losses]))
+            loss = float(np.mean([remote.fetch() for remote in losses]))
             ctx.report(epoch=epoch + 1, step=(epoch + 1) * steps, loss=loss,
                        samples=steps * batch_size)
 

@@ -49,6 +49,10 @@ class RoleFailedError(TFYarnError):
         self.role = role
         self.host = host
         self.remote_traceback = remote_traceback
+        #: Set by the launcher: the job's id and the roles' TensorFlow ports (for checks
+        #: that nothing was left behind).
+        self.job_id = ""
+        self.ports: list[int] = []
         head = message or f"role {role} on host {host} failed"
         super().__init__(f"{head}\n--- remote traceback ({role} @ {host}) ---\n{remote_traceback}")
 

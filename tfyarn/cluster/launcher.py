@@ -24,7 +24,7 @@ import cloudpickle
 
 from tfyarn.cluster import partitioning, validate
 from tfyarn.cluster.plan import TF_NATIVE_STRATEGIES, data_roles, plan_roles
-from tfyarn.cluster.progress import ProgressDisplay, ProgressServer
+from tfyarn.cluster.progress import ProgressDisplay, ProgressServer, RoleState
 from tfyarn.errors import ConfigError, RoleFailedError, TFYarnError
 from tfyarn.node.job import InputMode, JobSpec
 from tfyarn.transport.auth import new_job_secret
@@ -412,12 +412,7 @@ def _run_stage(
             display.refresh()
             failed = server.failed_role()
             if failed is not None:
-                raise RoleFailedError(
-                    failed.task_id,
-                    failed.host or "?",
-                    (failed.traceback or failed.error or "").strip()[-8000:],
-                    f"role {failed.task_id} on host {failed.host} failed: {failed.error}",
-                )
+                raise _role_error(failed, job, server)
             if timeout is not None and time.monotonic() - begun > timeout:
                 raise TFYarnError(
                     f"the job did not finish within timeout={timeout:.0f} s and was cancelled; "
@@ -428,20 +423,28 @@ def _run_stage(
         thread.join(timeout=60)
         raise
     if "error" in box:
-        raise _stage_error(box["error"], server) from box["error"]
+        raise _stage_error(box["error"], job, server) from box["error"]
     return box["rows"], stage_started
 
 
-def _stage_error(exc: BaseException, server: ProgressServer) -> TFYarnError:
+def _role_error(failed: RoleState, job: JobSpec, server: ProgressServer) -> RoleFailedError:
+    """The error for a role that reported its failure over the heartbeat channel."""
+    error = RoleFailedError(
+        failed.task_id,
+        failed.host or "?",
+        (failed.traceback or failed.error or "").strip()[-8000:],
+        f"role {failed.task_id} on host {failed.host} failed: {failed.error}",
+    )
+    error.job_id = job.job_id
+    error.ports = [p for s in server.snapshot() if (p := s.metrics.get("tf_port"))]
+    return error
+
+
+def _stage_error(exc: BaseException, job: JobSpec, server: ProgressServer) -> TFYarnError:
     """Turn Spark's stage failure into the role's own error where we know it."""
     failed = server.failed_role()
     if failed is not None:
-        return RoleFailedError(
-            failed.task_id,
-            failed.host or "?",
-            (failed.traceback or "").strip()[-8000:],
-            f"role {failed.task_id} on host {failed.host} failed: {failed.error}",
-        )
+        return _role_error(failed, job, server)
     text = str(exc)
     marker = "RoleFailedError: "
     if marker in text:

@@ -66,7 +66,8 @@ def spread(
         raise ConfigError(f"the DataFrame already has a column named {KEY_COLUMN!r}; rename it")
     if not targets:
         raise ConfigError("the job has no training roles to receive data")
-    target_keys = F.array(*[F.lit(keys[t]).cast("long") for t in targets])  # hash(int) != hash(long)
+    # Cast: Spark hashes an int literal differently from the long the keys were found as.
+    target_keys = F.array(*[F.lit(keys[t]).cast("long") for t in targets])
     slot = F.pmod(F.monotonically_increasing_id(), F.lit(len(targets))).cast("int") + 1
     routed = df.withColumn(KEY_COLUMN, F.element_at(target_keys, slot))
     return routed.repartition(num_partitions, KEY_COLUMN)

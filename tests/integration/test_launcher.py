@@ -1,0 +1,211 @@
+"""The launcher end to end on a real local Spark cluster (separate executor processes) with
+real TensorFlow: ParameterServerStrategy, MultiWorkerMirroredStrategy, uneven data,
+failing roles, too few executors, Ctrl-C. After every failure nothing may be left behind:
+no role processes, no workspaces, no held ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import tfyarn
+
+pytestmark = pytest.mark.integration
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+import digits_ps  # noqa: E402
+
+
+def _role_processes() -> list[int]:
+    """PIDs of live tfyarn role processes (they carry TFYARN_JOB in their environment)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if b"TFYARN_JOB=" in (entry / "environ").read_bytes() and b"role_process" in (
+                entry / "cmdline"
+            ).read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _workspaces() -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob("tfyarn-2*"))
+
+
+def _assert_nothing_left(ports: list[int], within: float = 30.0) -> None:
+    """Role processes, workspaces and ports are all gone within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and (_role_processes() or _workspaces()):
+        time.sleep(0.5)
+    assert _role_processes() == []
+    assert _workspaces() == []
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # EADDRINUSE would mean a leaked reservation
+
+
+def _digits_df(spark: Any, rows: int | None = None, partitions: list[int] | None = None) -> Any:
+    x_train, _, y_train, _ = digits_ps.load_split()
+    if rows is not None:
+        x_train, y_train = x_train[:rows], y_train[:rows]
+    table = pa.table(
+        {"x": pa.FixedSizeListArray.from_arrays(pa.array(x_train.reshape(-1)), 64),
+         "y": pa.array(y_train)}
+    )
+    df = spark.createDataFrame(table)
+    if partitions is None:
+        return df
+    # Rebuild with deliberately uneven input partitions (sizes as given).
+    pieces, start = [], 0
+    for size in partitions:
+        pieces.append(spark.createDataFrame(table.slice(start, size)).coalesce(1))
+        start += size
+    out = pieces[0]
+    for piece in pieces[1:]:
+        out = out.union(piece)
+    return out
+
+
+def test_parameter_server_strategy_trains_digits(spark: Any, tmp_path: Path) -> None:
+    result = tfyarn.run(
+        spark,
+        digits_ps.make_train_fn(epochs=6, batch_size=32, learning_rate=3e-3),
+        workers=2,
+        ps=1,
+        strategy="ps",
+        data=_digits_df(spark),
+        model_dir=str(tmp_path / "model"),
+        progress=False,
+    )
+    assert result.value["test_accuracy"] >= 0.9
+    assert Path(result.value["model_path"]).is_file()
+    assert set(result.roles) == {"chief:0", "worker:0", "worker:1", "ps:0"}
+    assert result.roles["worker:0"]["rows"] + result.roles["worker:1"]["rows"] == 1437
+    assert result.roles["chief:0"]["rows"] == 0 and result.roles["ps:0"]["rows"] == 0
+    assert result.startup_time is not None and result.startup_time > 0
+    _assert_nothing_left([r["tf_port"] for r in result.roles.values()])
+
+
+def _mwms_train(ctx: tfyarn.NodeContext) -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    strategy = ctx.strategy()
+    batch = 16
+    with strategy.scope():
+        model = keras.Sequential([keras.Input(shape=(64,)), keras.layers.Dense(10)])
+        optimizer = keras.optimizers.SGD(0.1)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="sum_over_batch_size"
+    )
+    dataset = ctx.dataset(batch, epochs=2, features="x", label="y", seed=ctx.index)
+    dist = strategy.experimental_distribute_dataset(dataset)
+
+    @tf.function
+    def step(x: Any, y: Any) -> Any:
+        def replica(x: Any, y: Any) -> Any:
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss
+
+        per_replica = strategy.run(replica, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+    steps, losses = 0, []
+    for x, y in dist:
+        losses.append(float(step(x, y)))
+        steps += 1
+    checksum = float(sum(float(tf.reduce_sum(w)) for w in model.weights))
+    ctx.report(steps=steps, checksum=checksum, first_loss=losses[0], last_loss=losses[-1])
+    return {"steps": steps, "checksum": checksum, "losses": losses}
+
+
+def test_multi_worker_mirrored_with_uneven_partitions_runs_equal_steps(spark: Any) -> None:
+    # 301 rows from input partitions of 280, 20 and 1 rows: 151/150 rows per worker.
+    df = _digits_df(spark, rows=301, partitions=[280, 20, 1])
+    result = tfyarn.run(spark, _mwms_train, workers=2, chief=False, strategy="mwms", data=df,
+                        progress=False)
+    rows = [result.roles[f"worker:{i}"]["rows"] for i in range(2)]
+    assert sum(rows) == 301 and abs(rows[0] - rows[1]) <= 3  # balanced, nothing dropped
+    steps = [result.metrics[f"worker:{i}"]["steps"] for i in range(2)]
+    assert steps[0] == steps[1] == 2 * int(np.ceil(max(rows) / 16))
+    # synchronous training: both workers end with the same weights
+    assert result.metrics["worker:0"]["checksum"] == pytest.approx(
+        result.metrics["worker:1"]["checksum"], rel=1e-6
+    )
+    assert result.value["losses"][-1] < result.value["losses"][0]
+    _assert_nothing_left([r["tf_port"] for r in result.roles.values()])
+
+
+def _fail_on(task: str, delay: float = 0.0) -> Any:
+    def train(ctx: tfyarn.NodeContext) -> None:
+        if ctx.task_id == task:
+            time.sleep(delay)
+            raise ValueError(f"deliberate failure in {ctx.task_id}")
+        ctx.wait_training_finished(timeout=600) if ctx.role == "ps" else time.sleep(600)
+
+    return train
+
+
+@pytest.mark.parametrize("task", ["worker:1", "ps:0"])
+def test_a_failing_role_fails_the_job_fast_and_leaves_nothing(spark: Any, task: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(tfyarn.RoleFailedError) as failure:
+        tfyarn.run(spark, _fail_on(task, delay=2.0), workers=2, ps=1, progress=False,
+                   timeout=300)
+    elapsed = time.monotonic() - started
+    error = failure.value
+    assert error.role == task
+    assert error.host == "127.0.0.1"
+    assert f"ValueError: deliberate failure in {task}" in error.remote_traceback
+    assert "Traceback" in error.remote_traceback
+    assert elapsed < 120, f"the failure took {elapsed:.0f} s to surface"
+    _assert_nothing_left(error.ports)
+
+
+def test_too_few_executors_is_a_clear_error(spark: Any) -> None:
+    started = time.monotonic()
+    with pytest.raises(tfyarn.AllocationError, match=r"needs 7 executors .* only 4 registered"):
+        tfyarn.run(spark, _fail_on("none"), workers=4, ps=2, allocation_timeout=3,
+                   progress=False)
+    assert time.monotonic() - started < 30
+
+
+def test_bad_arguments_fail_before_anything_starts(spark: Any) -> None:
+    with pytest.raises(tfyarn.ConfigError, match="unknown strategy 'bogus'"):
+        tfyarn.run(spark, _fail_on("none"), workers=1, strategy="bogus")
+    with pytest.raises(tfyarn.ConfigError, match="strategy='ps' needs at least one parameter"):
+        tfyarn.run(spark, _fail_on("none"), workers=1, strategy="ps")
+    with pytest.raises(tfyarn.ConfigError, match="needs data= as a Spark DataFrame"):
+        tfyarn.run(spark, _fail_on("none"), workers=1, data=object(), input_mode="spark")
+
+
+def test_ctrl_c_on_the_driver_cancels_the_job_and_cleans_up(spark: Any) -> None:
+    def interrupt_when_running() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and len(_role_processes()) < 3:
+            time.sleep(0.5)
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        tfyarn.run(spark, _fail_on("none"), workers=2, progress=False, timeout=300)
+    _assert_nothing_left([])
