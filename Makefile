@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py scripts/setup-system.sh $(NATIVE_SRC)
 setup: $(STAMP)
 
 demo: setup
-	$(PY) examples/digits_ps.py
+	$(VENV)/bin/tfyarn submit --profile local-cluster --workers 2 --ps 1 examples/digits_ps.py
 
 test: setup
 	$(PY) -m ruff check .

@@ -26,6 +26,7 @@ from tfyarn.cluster import partitioning, validate
 from tfyarn.cluster.plan import TF_NATIVE_STRATEGIES, data_roles, plan_roles
 from tfyarn.cluster.progress import ProgressDisplay, ProgressServer, RoleState
 from tfyarn.errors import ConfigError, RoleFailedError, TFYarnError
+from tfyarn.exchange import STRATEGY_NAMES as EXCHANGE_STRATEGIES
 from tfyarn.node.job import InputMode, JobSpec
 from tfyarn.transport.auth import new_job_secret
 
@@ -38,8 +39,6 @@ __all__ = ["RunResult", "run"]
 
 log = logging.getLogger("tfyarn")
 
-#: Exchange strategies (run by tfyarn's own exchange over its transports).
-EXCHANGE_STRATEGIES: tuple[str, ...] = ("allreduce", "downpour", "easgd", "model_averaging", "adag")
 TRANSPORTS: tuple[str, ...] = ("auto", "tcp", "grpc", "ucx", "rdma")
 
 
