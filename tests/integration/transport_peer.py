@@ -4,19 +4,23 @@ Usage::
 
     python transport_peer.py serve ADDRESS SECRET_HEX REGION_BYTES [key=value ...]
     python transport_peer.py dial ADDRESS SECRET_HEX [key=value ...]
+    python transport_peer.py check ADDRESS SECRET_HEX [key=value ...]
 
 ``serve`` listens, prints ``ADDRESS <url>`` on stdout, exposes a region ``"r"`` of
 REGION_BYTES bytes (filled with ``i % 251``) and echoes every message of every accepted
 comm back to its sender. ``dial`` connects to ADDRESS and echoes likewise. Both stop when
-their stdin is closed (so a test that dies takes its peer with it). ``key=value`` options
+their stdin is closed (so a test that dies takes its peer with it). ``check`` runs
+:func:`check` against a ``serve`` peer and prints ``CHECKED <json>``. ``key=value`` options
 are passed to the backend (values: ints, or strings; ``@file`` reads bytes from a file).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
+from collections.abc import Sequence
 
 from tfyarn.errors import TransportError
 from tfyarn.transport import Comm, connect, listen
@@ -91,8 +95,50 @@ def main(argv: list[str]) -> int:
         comm.close()
         t.join(5)
         return 0
+    if mode == "check":
+        print("CHECKED " + json.dumps(check(address, secret, _options(argv[3:]))), flush=True)
+        return 0
     print(f"unknown mode {mode!r}", file=sys.stderr)
     return 2
+
+
+def check(address: str, secret: bytes, options: dict[str, object]) -> dict[str, object]:
+    """Exercise a ``serve`` peer at ``address`` from here; return what was observed.
+
+    Used where the test process itself cannot reach the server (another network
+    namespace): echo of several sizes, tensor descriptors, put/get and the refusal of a
+    wrong secret, each reported as a fact the test asserts on.
+    """
+    import os
+
+    import numpy as np
+
+    from tfyarn.errors import AuthenticationError
+
+    facts: dict[str, object] = {}
+    with connect(address, secret=secret, timeout=20, **options) as comm:  # type: ignore[arg-type]
+        facts["transport"] = comm.transport
+        echoed = []
+        for n in (0, 1, 65536 + 3, 8 << 20):
+            payload = os.urandom(n)
+            comm.send(payload)
+            echoed.append(bytes(comm.recv()) == payload)
+        facts["echo_ok"] = echoed
+        comm.send(SEND_TENSOR)
+        out = np.empty((4, 5), np.float32)
+        comm.recv_into(out)
+        facts["tensor_ok"] = bool((out == tensor()).all())
+        data = os.urandom(300_000)
+        comm.put(data, "r", offset=1000)
+        back = bytearray(len(data))
+        comm.get(back, "r", offset=1000)
+        facts["put_get_ok"] = back == data
+    try:
+        connect(address, secret=b"x" * 32, timeout=20, **options)  # type: ignore[arg-type]
+        facts["wrong_secret"] = "accepted"
+    except AuthenticationError as exc:
+        facts["wrong_secret"] = f"refused: {exc}"
+    return facts
 
 
 if __name__ == "__main__":
@@ -105,7 +151,14 @@ if __name__ == "__main__":
 class Peer:
     """A running peer process; stop() closes its stdin and waits for it (bounded)."""
 
-    def __init__(self, argv: list[str], expect: str, timeout: float, env: dict | None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        expect: str,
+        timeout: float,
+        env: dict | None,
+        prefix: Sequence[str] = (),
+    ) -> None:
         import os
         import select
         import subprocess
@@ -113,7 +166,7 @@ class Peer:
         self.stderr_path = f"/tmp/tfyarn-peer-{os.getpid()}-{id(self)}.log"
         self._stderr = open(self.stderr_path, "w+b")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, *argv],
+            [*prefix, sys.executable, __file__, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -161,10 +214,16 @@ class Peer:
 
 
 def start_server(
-    address: str, secret: bytes, region_bytes: int, *opts: str, env: dict | None = None
+    address: str,
+    secret: bytes,
+    region_bytes: int,
+    *opts: str,
+    env: dict | None = None,
+    prefix: Sequence[str] = (),
 ) -> Peer:
-    """Start a ``serve`` peer and return it once it printed its address."""
-    return Peer(["serve", address, secret.hex(), str(region_bytes), *opts], "ADDRESS", 60, env)
+    """Start a ``serve`` peer (under ``prefix``, e.g. ``ip netns exec NS``); await its address."""
+    argv = ["serve", address, secret.hex(), str(region_bytes), *opts]
+    return Peer(argv, "ADDRESS", 60, env, prefix)
 
 
 def start_dialer(address: str, secret: bytes, *opts: str, env: dict | None = None) -> Peer:

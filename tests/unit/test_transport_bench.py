@@ -32,7 +32,9 @@ def test_row_measured_derives_throughput_and_latency() -> None:
 def test_reps_adapt_to_size_within_bounds() -> None:
     assert transport_bench.reps_for(4096, "one-way") == transport_bench.MAX_REPS
     assert transport_bench.reps_for(256 << 20, "one-way") == transport_bench.MIN_REPS
-    assert transport_bench.reps_for(16 << 20, "one-way") == 32
+    assert transport_bench.reps_for(16 << 20, "one-way") == 16
+    assert transport_bench.warm_for(4096, 2000) == 2000
+    assert transport_bench.warm_for(64 << 20, 3) == 2
 
 
 def test_target_ratios() -> None:

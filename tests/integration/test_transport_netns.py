@@ -1,0 +1,110 @@
+"""tcp and grpc between two network namespaces joined by a veth pair (a real two-host link).
+
+The test creates both namespaces itself (we run as root), puts one end of a veth pair in
+each, and runs the server peer in one and a checking client in the other: the traffic
+never touches the root namespace. Both namespaces are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from transport_peer import start_server
+
+from tfyarn.transport.auth import new_job_secret
+
+PEER = Path(__file__).with_name("transport_peer.py")
+SERVER_IP, CLIENT_IP = "10.213.7.1", "10.213.7.2"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def namespaces() -> Iterator[tuple[str, str]]:
+    """Two fresh namespaces ``(server_ns, client_ns)`` linked by a veth pair."""
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        pytest.fail("these tests create network namespaces: they need iproute2 and root")
+    tag = f"{os.getpid() % 100000}"
+    server_ns, client_ns = f"tfy-{tag}-srv", f"tfy-{tag}-cli"
+    created: list[str] = []
+    try:
+        for ns in (server_ns, client_ns):
+            _ip("netns", "add", ns)
+            created.append(ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        veth_s, veth_c = f"tfy{tag}s", f"tfy{tag}c"
+        _ip(
+            "link",
+            "add",
+            veth_s,
+            "netns",
+            server_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            veth_c,
+            "netns",
+            client_ns,
+        )
+        _ip("-n", server_ns, "addr", "add", f"{SERVER_IP}/30", "dev", veth_s)
+        _ip("-n", client_ns, "addr", "add", f"{CLIENT_IP}/30", "dev", veth_c)
+        _ip("-n", server_ns, "link", "set", veth_s, "up")
+        _ip("-n", client_ns, "link", "set", veth_c, "up")
+        yield server_ns, client_ns
+    finally:
+        for ns in created:  # deleting a namespace deletes its end of the veth pair
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def _check_from(client_ns: str, address: str, secret: bytes) -> dict[str, object]:
+    """Run the checking client inside ``client_ns``; return its observations."""
+    done = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            client_ns,
+            sys.executable,
+            str(PEER),
+            "check",
+            address,
+            secret.hex(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("CHECKED "):
+            return json.loads(line[len("CHECKED ") :])
+    raise AssertionError(f"client failed (exit {done.returncode}): {done.stderr[-3000:]}")
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "grpc"])
+def test_backend_across_namespaces(namespaces: tuple[str, str], scheme: str) -> None:
+    server_ns, client_ns = namespaces
+    secret = new_job_secret()
+    server = start_server(
+        f"{scheme}://{SERVER_IP}:0", secret, 1 << 20, prefix=("ip", "netns", "exec", server_ns)
+    )
+    try:
+        assert server.address.startswith(f"{scheme}://{SERVER_IP}:")
+        facts = _check_from(client_ns, server.address, secret)
+    finally:
+        log = server.stop()
+    assert facts["transport"] == scheme
+    assert facts["echo_ok"] == [True, True, True, True]
+    assert facts["tensor_ok"] is True
+    assert facts["put_get_ok"] is True
+    assert str(facts["wrong_secret"]).startswith("refused")
+    assert f"refused connection from {scheme}://{CLIENT_IP}:" in log  # logged with the peer
