@@ -41,6 +41,7 @@ int tfy_ucx_setup(PyObject *module) {
 #include <time.h>
 
 #define TFY_AM_ID 17
+#define STAGE_AFTER 0.002 /* seconds an unexpected rendezvous waits for a receive */
 #define SLICE_NS 100000000L /* condition waits wake this often to check deadlines/signals */
 
 enum { MSG_DATA = 1, MSG_BYE = 2, MSG_RKEY_REQ = 3, MSG_RKEY_REP = 4 };
@@ -99,10 +100,13 @@ ucp_context_h tfy_ucx_context(void) {
 enum { M_EAGER = 0, M_RNDV = 1, M_STAGED = 2 };
 enum { S_INFLIGHT = 0, S_DONE = 1, S_ERROR = 2 };
 
-/* A message that arrived before a receive asked for it. A rendezvous message is pulled
- * at once into a staging buffer (M_STAGED), because the sender's send cannot complete
- * until its data has been received; a message that cannot be staged (out of memory)
- * keeps its descriptor (M_RNDV) and is pulled by the next receive. */
+/* A message that arrived before a receive asked for it. A rendezvous message first keeps
+ * its descriptor (M_RNDV): a receive posted within STAGE_AFTER pulls it straight into
+ * the caller's buffer (the common case in a loop of sends and receives, where the next
+ * receive is posted a few microseconds late). After that grace period the progress
+ * thread pulls it into a staging buffer (M_STAGED) instead, because the sender's send
+ * cannot complete until its data has been received, and a sender that sends twice
+ * before the peer receives would otherwise wait forever. */
 typedef struct msg {
     struct msg *next;
     struct worker *w;
@@ -110,6 +114,8 @@ typedef struct msg {
     size_t len;
     int kind;
     int sstate;   /* M_STAGED: S_INFLIGHT until the pull completes */
+    int stage_failed; /* M_RNDV: staging was tried and failed (out of memory) */
+    double arrived;
     int orphaned; /* M_STAGED: nobody wants it any more; the completion frees it */
     ucs_status_t sstatus;
 } msg_t;
@@ -430,7 +436,7 @@ static ucs_status_t am_cb(void *arg, const void *header, size_t hlen, void *data
             m->data = data;
             m->len = len;
             m->kind = rndv ? M_RNDV : M_EAGER;
-            if (rndv && msg_stage(w, m, data) < 0) m->kind = M_RNDV;
+            m->arrived = mono_now();
             if (c->qt) c->qt->next = m;
             else c->qh = m;
             c->qt = m;
@@ -497,6 +503,29 @@ static void on_monitor(worker_t *w, conn_t *c) {
     pthread_cond_broadcast(&w->cond);
 }
 
+/* Stage the unexpected rendezvous messages whose grace period is over; return the
+ * milliseconds until the next one is due (1000 if none). Lock held. */
+static int stage_due(worker_t *w) {
+    double now = mono_now(), next = 1.0;
+    int started = 0;
+    for (conn_t *c = w->conns; c != NULL; c = c->next) {
+        if (c->closing) continue;
+        for (msg_t *m = c->qh; m != NULL; m = m->next) {
+            if (m->kind != M_RNDV || m->stage_failed) continue;
+            double wait = m->arrived + STAGE_AFTER - now;
+            if (wait <= 0) {
+                if (msg_stage(w, m, m->data) < 0) m->stage_failed = 1;
+                else started = 1;
+            } else if (wait < next) {
+                next = wait;
+            }
+        }
+    }
+    if (started) return 0;
+    int ms = (int)(next * 1000.0) + 1;
+    return ms > 1000 ? 1000 : ms;
+}
+
 static void *progress_main(void *arg) {
     worker_t *w = arg;
     struct pollfd pfd[MAX_POLL];
@@ -506,6 +535,8 @@ static void *progress_main(void *arg) {
         while (ucp_worker_progress(w->worker) != 0) {
         }
         if (flush_deferred(w) > 0) continue;
+        int timeout_ms = stage_due(w);
+        if (timeout_ms == 0) continue;
         ucs_status_t st = ucp_worker_arm(w->worker);
         if (st == UCS_ERR_BUSY) continue; /* events arrived meanwhile: progress again */
         nfds_t n = 0;
@@ -523,7 +554,7 @@ static void *progress_main(void *arg) {
         }
         pthread_mutex_unlock(&w->lock);
         /* The 1 s cap bounds the sleep even if a wake-up were lost. */
-        int ready = poll(pfd, n, 1000);
+        int ready = poll(pfd, n, timeout_ms);
         pthread_mutex_lock(&w->lock);
         for (nfds_t i = 1; ready > 0 && i < n; i++) {
             if (pfd[i].revents == 0) continue;
