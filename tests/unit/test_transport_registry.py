@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import tfyarn.transport as transport
@@ -62,3 +64,15 @@ def test_register_backend_validates_its_arguments() -> None:
         transport.register_backend("bad scheme", "x")
     with pytest.raises(ConfigError):
         transport.register_backend("ok", "")
+
+
+def test_ucx_library_settings_go_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("UCX_TLS", raising=False)
+    # tcp.listen has no UCX_TLS parameter: the registry must not pass it through.
+    with transport.listen("tcp://127.0.0.1:0", secret=b"s" * 32, UCX_TLS="posix,self") as lis:
+        assert lis.transport == "tcp"
+    assert os.environ["UCX_TLS"] == "posix,self"
+    # An operator's explicit setting wins over the selection's.
+    with transport.listen("tcp://127.0.0.1:0", secret=b"s" * 32, UCX_TLS="tcp"):
+        pass
+    assert os.environ["UCX_TLS"] == "posix,self"

@@ -71,3 +71,45 @@ def test_probe_reports_this_host() -> None:
     assert isinstance(devices, list) and isinstance(have_ucx, bool) and isinstance(note, str)
     sel = choose_transport("auto", **TWO_HOSTS)  # probed: never raises for auto
     assert sel.scheme in ("ucx", "tcp") and sel.reason.startswith("auto: ")
+
+
+_SELECT_AND_CONNECT = """
+import sys
+from tfyarn import transport
+from tfyarn.transport.select import choose_transport
+sel = choose_transport("auto", peer_hosts=["127.0.0.1"] * 3, local_host="127.0.0.1")
+secret = b"k" * 32
+with transport.listen(f"{sel.scheme}://127.0.0.1:0", secret=secret, **sel.options) as lis:
+    c = transport.connect(lis.address, secret=secret, **sel.options)
+    s = lis.accept(timeout=30)
+    c.send(b"ping")
+    assert bytes(s.recv()) == b"ping"
+    print(sel.transport, c.transport, sel.reason)
+    c.close()
+    s.close()
+"""
+
+
+def test_auto_selection_opens_a_working_listener() -> None:
+    """What the node layer does: choose, then listen/connect with the selection's options.
+
+    Runs in a child process, because the shared-memory selection configures UCX for the
+    whole process.
+    """
+    import subprocess
+    import sys
+
+    from tfyarn.transport.select import probe
+
+    done = subprocess.run(
+        [sys.executable, "-c", _SELECT_AND_CONNECT], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    picked, carried, reason = done.stdout.split(maxsplit=2)
+    _, have_ucx, _ = probe()
+    if have_ucx:  # one host, UCX built: shared memory, and UCX reports a shm transport
+        assert picked == "ucx/shm"
+        assert carried.startswith("ucx/") and any(t in carried for t in ("posix", "sysv", "cma"))
+    else:
+        assert (picked, carried) == ("tcp", "tcp")
+    assert reason.startswith("auto:")

@@ -8,11 +8,19 @@ so that importing :mod:`tfyarn.transport` stays cheap and a missing optional bac
 
 A backend module provides ``listen(address, *, secret, **options) -> Listener`` and
 ``connect(address, *, secret, timeout=30.0, **options) -> Comm``.
+
+Options whose name starts with ``UCX_`` (as :func:`~tfyarn.transport.select.choose_transport`
+returns them, e.g. ``UCX_TLS`` for the shared-memory path) are settings of the UCX library,
+which reads them from the environment when it first starts in the process: ``listen`` and
+``connect`` put them into ``os.environ`` (unless already set there, so an operator's
+explicit setting wins) instead of passing them to the backend.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import threading
 from types import ModuleType
 from typing import Any
@@ -32,6 +40,8 @@ __all__ = [
     "register_backend",
     "registered_schemes",
 ]
+
+log = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()
 _BACKENDS: dict[str, str] = {
@@ -125,6 +135,23 @@ def backend(scheme: str) -> ModuleType:
         ) from exc
 
 
+def _apply_library_env(options: dict[str, Any]) -> dict[str, Any]:
+    """Move ``UCX_*`` options into the environment; return the backend's own options."""
+    rest = {}
+    for key, value in options.items():
+        if key.startswith("UCX_"):
+            current = os.environ.get(key)
+            if current is None:
+                os.environ[key] = str(value)
+            elif current != str(value):
+                log.info(
+                    "keeping %s=%s from the environment (selection asked %s)", key, current, value
+                )
+        else:
+            rest[key] = value
+    return rest
+
+
 def listen(address: str, *, secret: Buffer, **options: Any) -> Listener:
     """Bind a listener at ``address`` (port 0: any free port) with the backend of its scheme.
 
@@ -135,7 +162,8 @@ def listen(address: str, *, secret: Buffer, **options: Any) -> Listener:
     secret : bytes-like
         The job secret every connecting peer must prove it holds.
     **options
-        Backend options (see the backend's ``listen``).
+        Backend options (see the backend's ``listen``); ``UCX_*`` ones go to the
+        environment (see the module docstring).
 
     Returns
     -------
@@ -143,7 +171,7 @@ def listen(address: str, *, secret: Buffer, **options: Any) -> Listener:
         Its ``address`` attribute is the URL peers connect to (with the real port).
     """
     scheme, _, _ = parse_address(address)
-    return backend(scheme).listen(address, secret=secret, **options)
+    return backend(scheme).listen(address, secret=secret, **_apply_library_env(options))
 
 
 def connect(address: str, *, secret: Buffer, timeout: float = 30.0, **options: Any) -> Comm:
@@ -158,7 +186,8 @@ def connect(address: str, *, secret: Buffer, timeout: float = 30.0, **options: A
     timeout : float
         Seconds to wait for the connection and the handshake.
     **options
-        Backend options (see the backend's ``connect``).
+        Backend options (see the backend's ``connect``); ``UCX_*`` ones go to the
+        environment.
 
     Raises
     ------
@@ -168,4 +197,6 @@ def connect(address: str, *, secret: Buffer, timeout: float = 30.0, **options: A
         The listener refused our secret, or does not hold it.
     """
     scheme, _, _ = parse_address(address)
-    return backend(scheme).connect(address, secret=secret, timeout=timeout, **options)
+    return backend(scheme).connect(
+        address, secret=secret, timeout=timeout, **_apply_library_env(options)
+    )

@@ -45,7 +45,9 @@ class Selection:
     reason : str
         What was picked and why, for logs and the job report.
     options : Mapping[str, str]
-        Backend options (for ucx: UCX environment settings such as ``UCX_TLS``).
+        Options for :func:`tfyarn.transport.listen`/``connect``. For ucx they are UCX
+        library settings such as ``UCX_TLS``, which those functions put into the
+        environment before UCX starts (an explicit setting already there wins).
     transport : str
         What carries the bytes: ``"ucx/rdma"``, ``"ucx/shm"``, ``"ucx"``, ``"tcp"``,
         ``"grpc"``.
