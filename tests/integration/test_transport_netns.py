@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from transport_peer import start_server
+from transport_peer import start_dialer, start_server
 
 from tfyarn.transport.auth import new_job_secret
 
 PEER = Path(__file__).with_name("transport_peer.py")
 SERVER_IP, CLIENT_IP = "10.213.7.1", "10.213.7.2"
+VETH_SERVER = "tfy{}s"
 
 
 def _ip(*args: str) -> None:
@@ -29,8 +30,8 @@ def _ip(*args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def namespaces() -> Iterator[tuple[str, str]]:
-    """Two fresh namespaces ``(server_ns, client_ns)`` linked by a veth pair."""
+def namespaces() -> Iterator[tuple[str, str, str]]:
+    """Two fresh namespaces ``(server_ns, client_ns, server_veth)`` linked by a veth pair."""
     if shutil.which("ip") is None or os.geteuid() != 0:
         pytest.fail("these tests create network namespaces: they need iproute2 and root")
     tag = f"{os.getpid() % 100000}"
@@ -41,7 +42,7 @@ def namespaces() -> Iterator[tuple[str, str]]:
             _ip("netns", "add", ns)
             created.append(ns)
             _ip("-n", ns, "link", "set", "lo", "up")
-        veth_s, veth_c = f"tfy{tag}s", f"tfy{tag}c"
+        veth_s, veth_c = VETH_SERVER.format(tag), f"tfy{tag}c"
         _ip(
             "link",
             "add",
@@ -60,7 +61,7 @@ def namespaces() -> Iterator[tuple[str, str]]:
         _ip("-n", client_ns, "addr", "add", f"{CLIENT_IP}/30", "dev", veth_c)
         _ip("-n", server_ns, "link", "set", veth_s, "up")
         _ip("-n", client_ns, "link", "set", veth_c, "up")
-        yield server_ns, client_ns
+        yield server_ns, client_ns, veth_s
     finally:
         for ns in created:  # deleting a namespace deletes its end of the veth pair
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
@@ -91,8 +92,8 @@ def _check_from(client_ns: str, address: str, secret: bytes) -> dict[str, object
 
 
 @pytest.mark.parametrize("scheme", ["tcp", "grpc"])
-def test_backend_across_namespaces(namespaces: tuple[str, str], scheme: str) -> None:
-    server_ns, client_ns = namespaces
+def test_backend_across_namespaces(namespaces: tuple[str, str, str], scheme: str) -> None:
+    server_ns, client_ns, _ = namespaces
     secret = new_job_secret()
     server = start_server(
         f"{scheme}://{SERVER_IP}:0", secret, 1 << 20, prefix=("ip", "netns", "exec", server_ns)
@@ -108,3 +109,30 @@ def test_backend_across_namespaces(namespaces: tuple[str, str], scheme: str) -> 
     assert facts["put_get_ok"] is True
     assert str(facts["wrong_secret"]).startswith("refused")
     assert f"refused connection from {scheme}://{CLIENT_IP}:" in log  # logged with the peer
+
+
+def test_tcp_keepalive_detects_a_vanished_host(namespaces: tuple[str, str, str]) -> None:
+    """Cut the link under a receiver blocked in recv: keepalive must end the wait.
+
+    Without keepalive, a host that vanishes (no FIN, no RST) leaves the receiver blocked
+    for hours. With (idle 1 s, interval 1 s, 2 probes) it must give up within seconds.
+    The link is restored afterwards for the other tests.
+    """
+    server_ns, client_ns, veth_s = namespaces
+    secret = new_job_secret()
+    prefix = ("ip", "netns", "exec")
+    server = start_server(f"tcp://{SERVER_IP}:0", secret, 1024, prefix=(*prefix, server_ns))
+    watcher = None
+    try:
+        watcher = start_dialer(
+            server.address, secret, "keepalive=1,1,2", prefix=(*prefix, client_ns), mode="watch"
+        )
+        _ip("-n", server_ns, "link", "set", veth_s, "down")
+        line = watcher.next_line(timeout=30)
+        assert line.startswith("LOST"), f"receiver still blocked 30 s after the cut: {line!r}"
+        assert float(line.split()[1]) < 20, line
+    finally:
+        _ip("-n", server_ns, "link", "set", veth_s, "up")
+        if watcher is not None:
+            watcher.stop()
+        server.stop()

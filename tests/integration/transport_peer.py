@@ -5,12 +5,15 @@ Usage::
     python transport_peer.py serve ADDRESS SECRET_HEX REGION_BYTES [key=value ...]
     python transport_peer.py dial ADDRESS SECRET_HEX [key=value ...]
     python transport_peer.py check ADDRESS SECRET_HEX [key=value ...]
+    python transport_peer.py watch ADDRESS SECRET_HEX [key=value ...]
 
 ``serve`` listens, prints ``ADDRESS <url>`` on stdout, exposes a region ``"r"`` of
 REGION_BYTES bytes (filled with ``i % 251``) and echoes every message of every accepted
 comm back to its sender. ``dial`` connects to ADDRESS and echoes likewise. Both stop when
 their stdin is closed (so a test that dies takes its peer with it). ``check`` runs
-:func:`check` against a ``serve`` peer and prints ``CHECKED <json>``. ``key=value`` options
+:func:`check` against a ``serve`` peer and prints ``CHECKED <json>``; ``watch`` connects,
+then waits in ``recv`` and prints ``LOST <seconds> <error>`` when the connection dies.
+Values ``1,2,3`` become tuples of ints. ``key=value`` options
 are passed to the backend (values: ints, or strings; ``@file`` reads bytes from a file).
 """
 
@@ -35,6 +38,8 @@ def _options(args: list[str]) -> dict[str, object]:
                 opts[key] = f.read()
         elif value.lstrip("-").isdigit():
             opts[key] = int(value)
+        elif value and all(v.isdigit() for v in value.split(",")):
+            opts[key] = tuple(int(v) for v in value.split(","))
         else:
             opts[key] = value
     return opts
@@ -94,6 +99,22 @@ def main(argv: list[str]) -> int:
         sys.stdin.read()
         comm.close()
         t.join(5)
+        return 0
+    if mode == "watch":
+        # Block in recv until the connection is declared lost; report how long it took.
+        import time
+
+        comm = connect(address, secret=secret, **_options(argv[3:]))  # type: ignore[arg-type]
+        comm.send(b"hello")
+        comm.recv()
+        print("CONNECTED", flush=True)
+        t0 = time.monotonic()
+        try:
+            comm.recv()
+            print("RECEIVED", flush=True)
+        except TransportError as exc:
+            print(f"LOST {time.monotonic() - t0:.1f} {exc}", flush=True)
+        comm.close()
         return 0
     if mode == "check":
         print("CHECKED " + json.dumps(check(address, secret, _options(argv[3:]))), flush=True)
@@ -181,6 +202,14 @@ class Peer:
             raise RuntimeError(f"peer did not start (got {line!r}): {self.log()}")
         self.address = line.split()[1] if expect == "ADDRESS" else ""
 
+    def next_line(self, timeout: float) -> str:
+        """The next line the peer prints on stdout, or '' after ``timeout`` seconds."""
+        import select
+
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return self.proc.stdout.readline().decode() if ready else ""
+
     def log(self) -> str:
         """What the peer wrote on stderr so far."""
         self._stderr.flush()
@@ -226,6 +255,13 @@ def start_server(
     return Peer(argv, "ADDRESS", 60, env, prefix)
 
 
-def start_dialer(address: str, secret: bytes, *opts: str, env: dict | None = None) -> Peer:
-    """Start a ``dial`` peer and return it once it is connected."""
-    return Peer(["dial", address, secret.hex(), *opts], "CONNECTED", 60, env)
+def start_dialer(
+    address: str,
+    secret: bytes,
+    *opts: str,
+    env: dict | None = None,
+    prefix: Sequence[str] = (),
+    mode: str = "dial",
+) -> Peer:
+    """Start a ``dial`` (or ``watch``) peer and return it once it is connected."""
+    return Peer([mode, address, secret.hex(), *opts], "CONNECTED", 60, env, prefix)

@@ -48,9 +48,36 @@ _DATA = b"data"
 _RMA = b"rma"
 
 
-def _tune(sock: socket.socket) -> None:
+#: TCP keepalive (idle s, interval s, probes): a peer whose host vanished (power, cable,
+#: kernel panic: no FIN, no RST) is detected after about idle + interval * probes seconds
+#: instead of blocking a receiver for hours.
+DEFAULT_KEEPALIVE = (30, 10, 3)
+
+
+def _tune(sock: socket.socket, keepalive: tuple[int, int, int] | None) -> None:
     # Small frames (headers, acks) must not wait for Nagle's algorithm.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if keepalive is not None:
+        idle, interval, probes = keepalive
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
+
+
+def _check_keepalive(keepalive: object) -> tuple[int, int, int] | None:
+    if keepalive is None:
+        return None
+    if (
+        not isinstance(keepalive, tuple | list)
+        or len(keepalive) != 3
+        or not all(isinstance(v, int) and v > 0 for v in keepalive)
+    ):
+        raise ConfigError(
+            f"keepalive must be (idle_s, interval_s, probes) of positive ints or None, "
+            f"got {keepalive!r}"
+        )
+    return (keepalive[0], keepalive[1], keepalive[2])
 
 
 class TcpComm(StreamComm):
@@ -66,8 +93,9 @@ class TcpComm(StreamComm):
         peer_address: str,
         limits: Limits,
         rma_dial: Callable[[], socket.socket] | None = None,
+        keepalive: tuple[int, int, int] | None = DEFAULT_KEEPALIVE,
     ) -> None:
-        _tune(sock)
+        _tune(sock, keepalive)
         super().__init__(
             sock, transport="tcp", peer_address=peer_address, limits=limits, rma_dial=rma_dial
         )
@@ -94,7 +122,9 @@ class TcpListener(Listener):
         reuse_port: bool,
         backlog: int,
         max_pending: int,
+        keepalive: tuple[int, int, int] | None,
     ) -> None:
+        self._keepalive = keepalive
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             self._sock = socket.create_server(
@@ -162,7 +192,9 @@ class TcpListener(Listener):
             finally:
                 self._pending.release()
             if bytes(channel) == _DATA:
-                comm = TcpComm(conn, peer_address=peer, limits=self._limits)
+                comm = TcpComm(
+                    conn, peer_address=peer, limits=self._limits, keepalive=self._keepalive
+                )
                 with self._lock:
                     if self._closed:
                         raise TransportError("listener closed")
@@ -174,7 +206,7 @@ class TcpListener(Listener):
                 handed_over = True
             elif bytes(channel) == _RMA:
                 conn.settimeout(None)
-                _tune(conn)
+                _tune(conn, self._keepalive)
                 serve_rma(conn, self._regions, self._limits, lambda: self._closed)
             else:
                 raise FrameError(f"unknown channel {bytes(channel)!r}")
@@ -242,6 +274,7 @@ def listen(
     reuse_port: bool = False,
     backlog: int = 128,
     max_pending: int = 64,
+    keepalive: tuple[int, int, int] | None = DEFAULT_KEEPALIVE,
 ) -> TcpListener:
     """Listen for tcp peers at ``address`` (``tcp://host:port``, port 0 for any).
 
@@ -262,6 +295,9 @@ def listen(
         ``listen()`` backlog.
     max_pending : int
         Most connections authenticating at once; more are closed and logged.
+    keepalive : (int, int, int) or None
+        TCP keepalive ``(idle_s, interval_s, probes)`` on every connection, so that a
+        vanished peer host is detected; None turns it off.
     """
     from tfyarn.transport import parse_address
 
@@ -277,10 +313,18 @@ def listen(
         reuse_port=reuse_port,
         backlog=backlog,
         max_pending=max_pending,
+        keepalive=_check_keepalive(keepalive),
     )
 
 
-def _dial(host: str, port: int, secret: bytes, channel: bytes, timeout: float) -> socket.socket:
+def _dial(
+    host: str,
+    port: int,
+    secret: bytes,
+    channel: bytes,
+    timeout: float,
+    keepalive: tuple[int, int, int] | None,
+) -> socket.socket:
     """Open, authenticate and announce one connection."""
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -293,7 +337,7 @@ def _dial(host: str, port: int, secret: bytes, channel: bytes, timeout: float) -
         close_stream(sock)
         raise
     sock.settimeout(None)
-    _tune(sock)
+    _tune(sock, keepalive)
     return sock
 
 
@@ -303,6 +347,7 @@ def connect(
     secret: Buffer,
     timeout: float = 30.0,
     limits: Limits | None = None,
+    keepalive: tuple[int, int, int] | None = DEFAULT_KEEPALIVE,
 ) -> TcpComm:
     """Connect to a tcp listener, authenticate, and return the data comm.
 
@@ -316,6 +361,9 @@ def connect(
         Seconds for the TCP connection and the handshake.
     limits : Limits, optional
         Bounds on received frames.
+    keepalive : (int, int, int) or None
+        TCP keepalive ``(idle_s, interval_s, probes)`` on every connection, so that a
+        vanished peer host is detected; None turns it off.
 
     Raises
     ------
@@ -330,10 +378,12 @@ def connect(
     if scheme != "tcp":
         raise ConfigError(f"tcp.connect needs a tcp:// address, got {address!r}")
     key = auth.check_secret(secret)
-    sock = _dial(host, port, key, _DATA, timeout)
+    ka = _check_keepalive(keepalive)
+    sock = _dial(host, port, key, _DATA, timeout, ka)
     return TcpComm(
         sock,
         peer_address=format_address("tcp", host, port),
         limits=limits or frames.DEFAULT_LIMITS,
-        rma_dial=lambda: _dial(host, port, key, _RMA, timeout),
+        rma_dial=lambda: _dial(host, port, key, _RMA, timeout, ka),
+        keepalive=ka,
     )
