@@ -39,6 +39,7 @@ int tfy_ucx_setup(PyObject *module) {
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #define TFY_AM_ID 17
 #define STAGE_AFTER 0.002 /* seconds an unexpected rendezvous waits for a receive */
@@ -136,7 +137,7 @@ typedef struct conn {
     uint64_t id, peer_id;
     ucp_ep_h ep;
     ucs_status_t ep_status; /* set by the error handler or the monitor when the peer fails */
-    int monitor_fd;         /* bootstrap TCP socket kept open: EOF = peer gone (-1: none) */
+    int monitor_fd;         /* our dup of the bootstrap TCP socket: EOF = peer gone (-1: none) */
     int peer_mode;          /* UCX itself detects peer failure (UCP_ERR_HANDLING_MODE_PEER) */
     int peer_closed;        /* peer sent BYE */
     int closing;            /* close_conn started */
@@ -498,7 +499,8 @@ static void on_monitor(worker_t *w, conn_t *c) {
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
     while (ucp_worker_progress(w->worker) != 0) {
     }
-    c->monitor_fd = -1; /* stop polling it; Python owns and closes the socket */
+    close(c->monitor_fd); /* our dup; the peer learns nothing new from it */
+    c->monitor_fd = -1;
     if (!c->peer_closed && c->ep_status == UCS_OK) c->ep_status = UCS_ERR_CONNECTION_RESET;
     pthread_cond_broadcast(&w->cond);
 }
@@ -566,10 +568,27 @@ static void *progress_main(void *arg) {
     return NULL;
 }
 
+/* Drop queued replies to an endpoint about to be closed (lock held). */
+static void purge_deferred(worker_t *w, ucp_ep_h ep) {
+    deferred_t **pp = &w->dq_head;
+    w->dq_tail = NULL;
+    while (*pp != NULL) {
+        deferred_t *d = *pp;
+        if (d->ep == ep) {
+            *pp = d->next;
+            free(d);
+        } else {
+            w->dq_tail = d;
+            pp = &d->next;
+        }
+    }
+}
+
 /* Close the endpoint by force (lock held): UCX completes its outstanding requests with
  * an error, so no caller's buffer stays in UCX's hands. */
 static void conn_force_close(worker_t *w, conn_t *c, ucs_status_t why) {
     if (c->ep == NULL) return;
+    purge_deferred(w, c->ep);
     ucp_request_param_t p;
     memset(&p, 0, sizeof p);
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
@@ -762,6 +781,7 @@ static void conn_close_locked(worker_t *w, conn_t *c, double timeout, PyThreadSt
         p.user_data = &op;
         ucp_ep_h ep = c->ep;
         c->ep = NULL;
+        purge_deferred(w, ep);
         (void)wait_op(w, NULL, ucp_ep_close_nbx(ep, &p), &op, deadline_of(timeout), ts, &intr);
     }
     double until = mono_now() + timeout;
@@ -772,6 +792,7 @@ static void conn_close_locked(worker_t *w, conn_t *c, double timeout, PyThreadSt
     while (*pp != NULL && *pp != c) pp = &(*pp)->next;
     if (*pp == c) *pp = c->next;
     conn_free_resources(w, c);
+    if (c->monitor_fd >= 0) close(c->monitor_fd);
     free(c);
 }
 
@@ -915,12 +936,16 @@ static PyObject *worker_monitor(worker_t *w, PyObject *args) {
     pthread_mutex_lock(&w->lock);
     conn_t *c = find_conn(w, id);
     if (c != NULL && !c->closing) {
-        c->monitor_fd = fd;
-        found = 1;
+        /* A dup of our own, so Python may close (or garbage-collect) its socket object
+         * without the progress thread polling a closed, possibly reused, descriptor. */
+        if (c->monitor_fd >= 0) close(c->monitor_fd);
+        c->monitor_fd = dup(fd);
+        found = c->monitor_fd >= 0 ? 1 : -1;
         ucp_worker_signal(w->worker); /* re-poll with the new descriptor */
     }
     pthread_mutex_unlock(&w->lock);
     Py_END_ALLOW_THREADS
+    if (found < 0) return PyErr_SetFromErrno(PyExc_OSError);
     if (!found) return conn_gone_error(id);
     Py_RETURN_NONE;
 }
