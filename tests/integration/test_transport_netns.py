@@ -111,21 +111,26 @@ def test_backend_across_namespaces(namespaces: tuple[str, str, str], scheme: str
     assert f"refused connection from {scheme}://{CLIENT_IP}:" in log  # logged with the peer
 
 
-def test_tcp_keepalive_detects_a_vanished_host(namespaces: tuple[str, str, str]) -> None:
+@pytest.mark.parametrize(
+    ("scheme", "option"), [("tcp", "keepalive=1,1,2"), ("grpc", "keepalive_s=1")]
+)
+def test_keepalive_detects_a_vanished_host(
+    namespaces: tuple[str, str, str], scheme: str, option: str
+) -> None:
     """Cut the link under a receiver blocked in recv: keepalive must end the wait.
 
     Without keepalive, a host that vanishes (no FIN, no RST) leaves the receiver blocked
-    for hours. With (idle 1 s, interval 1 s, 2 probes) it must give up within seconds.
-    The link is restored afterwards for the other tests.
+    for hours. With TCP keepalive probes (tcp) or HTTP/2 pings (grpc) every second it
+    must give up within seconds. The link is restored afterwards for the other tests.
     """
     server_ns, client_ns, veth_s = namespaces
     secret = new_job_secret()
     prefix = ("ip", "netns", "exec")
-    server = start_server(f"tcp://{SERVER_IP}:0", secret, 1024, prefix=(*prefix, server_ns))
+    server = start_server(f"{scheme}://{SERVER_IP}:0", secret, 1024, prefix=(*prefix, server_ns))
     watcher = None
     try:
         watcher = start_dialer(
-            server.address, secret, "keepalive=1,1,2", prefix=(*prefix, client_ns), mode="watch"
+            server.address, secret, option, prefix=(*prefix, client_ns), mode="watch"
         )
         _ip("-n", server_ns, "link", "set", veth_s, "down")
         line = watcher.next_line(timeout=30)

@@ -54,6 +54,17 @@ _SEND_DEPTH = 4
 _FLUSH_TIMEOUT = 5.0
 _EOF = object()
 #: Lift gRPC's 4 MiB receive limit (chunks may be configured larger).
+#: Clients ping idle connections (see ``keepalive_s``); the server must accept those
+#: pings, even without calls in flight, instead of closing with "too many pings".
+_SERVER_PING_POLICY: list[tuple[str, Any]] = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+#: Default interval of client keepalive pings; a vanished server is declared lost after
+#: one more interval without an answer.
+DEFAULT_KEEPALIVE_S = 30.0
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
@@ -257,7 +268,11 @@ class GrpcListener(Listener):
         self._closed = False
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix="tfyarn-grpc"),
-            options=[*_CHANNEL_OPTIONS, ("grpc.so_reuseport", int(reuse_port))],
+            options=[
+                *_CHANNEL_OPTIONS,
+                *_SERVER_PING_POLICY,
+                ("grpc.so_reuseport", int(reuse_port)),
+            ],
             maximum_concurrent_rpcs=max_streams,
         )
         handlers = {
@@ -476,6 +491,7 @@ def connect(
     chunk_bytes: int = DEFAULT_CHUNK,
     tls_root_certs: bytes | str | None = None,
     tls_server_name: str | None = None,
+    keepalive_s: float | None = DEFAULT_KEEPALIVE_S,
 ) -> StreamComm:
     """Connect to a grpc listener, authenticate, and return the data comm.
 
@@ -496,6 +512,10 @@ def connect(
         connect over TLS.
     tls_server_name : str, optional
         Name to check the server certificate against, if not the address's host.
+    keepalive_s : float or None
+        Ping the server after this many idle seconds and declare it lost when a ping is
+        not answered within as many seconds (>= 1), so that a receiver blocked on a
+        vanished host gets a TransportError; None turns pings off.
 
     Raises
     ------
@@ -513,6 +533,16 @@ def connect(
     roots = _read_pem(tls_root_certs, "tls_root_certs")
     target = _target(host, port)
     options = list(_CHANNEL_OPTIONS)
+    if keepalive_s is not None:
+        if keepalive_s < 1:
+            raise ConfigError(f"keepalive_s must be >= 1 second or None, got {keepalive_s}")
+        ms = int(keepalive_s * 1000)
+        options += [
+            ("grpc.keepalive_time_ms", ms),
+            ("grpc.keepalive_timeout_ms", ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
     if roots is not None:
         if tls_server_name:
             options.append(("grpc.ssl_target_name_override", tls_server_name))
