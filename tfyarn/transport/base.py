@@ -14,9 +14,17 @@ Semantics every backend honours
 * ``recv_into(buf)`` writes the next message into ``buf`` (any writable buffer, ideally
   one from :mod:`tfyarn.native`'s pool so that no copy is needed) and returns its length;
   a message larger than ``buf`` raises :class:`~tfyarn.errors.FrameError` for this peer.
+  When both the sent object and ``buf`` are arrays (``.dtype``/``.shape``), a dtype or
+  shape mismatch is a FrameError too. Either way the message is discarded and the comm
+  stays usable; a malformed frame (bad magic, version, absurd length) closes the comm,
+  never the listener.
 * ``put``/``get`` are one-sided: they write/read a region the peer exposed with
-  :meth:`Listener.register` (or :meth:`Comm.register`), by name. Backends without native
-  RMA emulate them with a request served by the peer's progress thread.
+  :meth:`Listener.register`, by name, from a comm returned by ``connect``. Backends
+  without native RMA (tcp, grpc) emulate them with requests on a second connection that
+  a listener thread serves straight into/out of the region, so RMA never competes with
+  the message stream; on their comms from ``accept`` put/get raise
+  :class:`~tfyarn.errors.TransportError`. The ucx backend also offers ``Comm.register``
+  and put/get in both directions.
 * Every connection starts with an HMAC challenge on the job secret; a peer without the
   secret is refused (and logged) while the listener keeps serving.
 * Methods are thread-safe for one sender thread and one receiver thread at a time, so
