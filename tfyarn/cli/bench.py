@@ -25,6 +25,7 @@ __all__ = ["BENCHMARKS", "register", "register_benchmark"]
 #: Benchmark name -> module providing ``add_arguments(parser)`` and ``run(args) -> int``.
 BENCHMARKS: dict[str, str] = {
     "transport": "benchmarks.transport_bench",
+    "exchange": "benchmarks.exchange_bench",
 }
 
 
