@@ -47,6 +47,31 @@ def _emit(**record: object) -> None:
     print(json.dumps(record), flush=True)
 
 
+DUPLEX_MESSAGES = 6
+DUPLEX_BYTES = 4 << 20
+
+
+def _duplex(comm, side: int) -> bool:
+    """Send on one thread while receiving on another (what a ring all-reduce does)."""
+    import threading
+
+    received: list[bool] = []
+
+    def rx() -> None:
+        buf = bytearray(DUPLEX_BYTES)
+        for i in range(DUPLEX_MESSAGES):
+            n = comm.recv_into(buf)
+            want = pattern(DUPLEX_BYTES, 1000 + 100 * (1 - side) + i)
+            received.append(n == DUPLEX_BYTES and bytes(buf) == want.tobytes())
+
+    t = threading.Thread(target=rx)
+    t.start()
+    for i in range(DUPLEX_MESSAGES):
+        comm.send(pattern(DUPLEX_BYTES, 1000 + 100 * side + i))
+    t.join(CHILD_TIMEOUT / 2)
+    return not t.is_alive() and received == [True] * DUPLEX_MESSAGES
+
+
 def server_main() -> None:
     """Listen, expose a region, then serve one good client (a bad one comes first)."""
     from tfyarn import native, transport
@@ -74,6 +99,7 @@ def server_main() -> None:
         except Exception as exc:
             _emit(too_big=type(exc).__name__)
         comm.send(b"still here")
+        _emit(server_duplex=_duplex(comm, 0))
         # put/get phase: wait for the client's "done", check what it wrote.
         done = comm.recv()
         arr = region.as_array(np.uint8)
@@ -123,6 +149,7 @@ def client_main(address: str, secret_hex: str, crash: bool) -> None:
         del echo
     comm.send(b"x" * 100)  # larger than the server's 10-byte buffer
     _emit(after_too_big=bytes(comm.recv()).decode())
+    _emit(client_duplex=_duplex(comm, 1))
     # One-sided: write into the server's pool region, read its original content back.
     comm.put(pattern(4096, 7), "weights", 0)
     pool = native.BufferPool(slab_bytes=16 << 20)
@@ -232,6 +259,7 @@ def _check_session(
     srv = {k: v for r in server_out for k, v in r.items() if k != "size"}
     assert srv["too_big"] == "FrameError"
     assert rec["after_too_big"] == "still here"
+    assert rec["client_duplex"] and srv["server_duplex"]
     assert rec["get_bytes"] == 2 << 20 and rec["get_tail"] and rec["get_head"]
     assert rec["unknown_region"] == "TransportError"
     assert rec["out_of_bounds"] == "ValueError"
