@@ -152,3 +152,7 @@ CHECKS += [check_python, check_java, check_spark, check_tensorflow]
 from tfyarn.transport.rdma import check_rdma  # noqa: E402  (RDMA devices, UCX transports)
 
 CHECKS.append(check_rdma)
+
+from tfyarn.exchange.checks import check_exchange  # noqa: E402  (kernels, Open MPI)
+
+CHECKS.append(check_exchange)
