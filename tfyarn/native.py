@@ -166,7 +166,18 @@ class BufferPool(_native.BufferPool):
         self._set_buffer_type(Buffer)
 
     def alloc(self, nbytes: int) -> Buffer:
-        """Return a buffer of ``nbytes`` bytes (contents undefined: slabs are reused)."""
+        """Return a buffer of ``nbytes`` bytes (contents undefined: slabs are reused).
+
+        Parameters
+        ----------
+        nbytes : int
+            Size in bytes (0 allowed); the buffer starts on an ``alignment`` boundary.
+
+        Returns
+        -------
+        Buffer
+            Carved from a slab, or from a dedicated slab when larger than ``slab_bytes``.
+        """
         return super().alloc(nbytes)
 
     def __enter__(self) -> BufferPool:
@@ -274,7 +285,17 @@ def _f32_operands(name: str, **arrays: Any) -> list[tuple[int, int, np.dtype, An
 
 
 def sgd_(param: Any, grad: Any, lr: float) -> None:
-    """Plain SGD in place: ``param -= lr * grad`` (float32)."""
+    """Plain SGD in place: ``param -= lr * grad`` (float32).
+
+    Parameters
+    ----------
+    param : numpy.ndarray or Buffer
+        Parameters, updated in place.
+    grad : numpy.ndarray or Buffer
+        Gradient, same element count.
+    lr : float
+        Learning rate.
+    """
     p, g = _f32_operands("sgd_", param=param, grad=grad)
     _native.sgd(p[0], g[0], p[1], float(lr))
 
@@ -286,6 +307,17 @@ def momentum_(
 
     ``velocity = momentum * velocity - lr * grad``; then ``param += velocity``, or with
     ``nesterov`` ``param += momentum * velocity - lr * grad``.
+
+    Parameters
+    ----------
+    param, velocity : numpy.ndarray or Buffer
+        Parameters and their velocity slot, updated in place.
+    grad : numpy.ndarray or Buffer
+        Gradient, same element count.
+    lr, momentum : float
+        Learning rate and momentum factor.
+    nesterov : bool
+        Use Nesterov momentum.
     """
     p, g, v = _f32_operands("momentum_", param=param, grad=grad, velocity=velocity)
     _native.momentum(p[0], g[0], v[0], p[1], float(lr), float(momentum), bool(nesterov))
@@ -307,6 +339,17 @@ def adam_(
     ``step`` counts updates from 1 (Keras' ``iterations + 1``): the bias-corrected rate is
     ``lr * sqrt(1 - beta2**step) / (1 - beta1**step)``; ``m`` and ``v`` are the first and
     second moment slots, updated in place.
+
+    Parameters
+    ----------
+    param, m, v : numpy.ndarray or Buffer
+        Parameters and moment slots, updated in place.
+    grad : numpy.ndarray or Buffer
+        Gradient, same element count.
+    lr, beta1, beta2, eps : float
+        Keras' ``learning_rate``, ``beta_1``, ``beta_2``, ``epsilon``.
+    step : int
+        Number of this update, from 1.
     """
     if int(step) < 1:
         raise ConfigError(f"adam_: step counts updates from 1, got {step}")
@@ -329,6 +372,16 @@ def adagrad_(param: Any, grad: Any, accum: Any, lr: float, eps: float) -> None:
     """Adagrad in place, as ``keras.optimizers.Adagrad`` (float32).
 
     ``accum += grad**2``; ``param -= lr * grad / sqrt(accum + eps)``.
+
+    Parameters
+    ----------
+    param, accum : numpy.ndarray or Buffer
+        Parameters and the accumulator slot (Keras initialises it to
+        ``initial_accumulator_value``), updated in place.
+    grad : numpy.ndarray or Buffer
+        Gradient, same element count.
+    lr, eps : float
+        Learning rate and epsilon.
     """
     p, g, a = _f32_operands("adagrad_", param=param, grad=grad, accum=accum)
     _native.adagrad(p[0], g[0], a[0], p[1], float(lr), float(eps))
