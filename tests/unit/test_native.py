@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import mmap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,9 +48,18 @@ def test_hugepage_pool_is_2mib_aligned():
         b = p.alloc(1 << 20)
         assert b.address % (2 << 20) == 0
         assert p.hugepages
-        # hugetlbfs pages or THP were obtained, or the kernel refused both (then 0).
-        assert p.huge_slabs in (0, 1)
+        thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+        if thp.exists() and "[never]" not in thp.read_text():
+            assert p.huge_slabs == 1  # hugetlbfs pages, or THP advised
         b.release()
+
+
+def test_trim_unmaps_empty_slabs(pool):
+    b = pool.alloc(10)
+    assert pool.trim() == 0  # the slab is in use
+    b.release()
+    assert pool.trim() == 1
+    assert pool.nslabs == 0 and pool.mapped_bytes == 0
 
 
 def test_numpy_view_shares_memory_without_copy(pool):
