@@ -24,7 +24,11 @@ import tfyarn
 pytestmark = pytest.mark.integration
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+import cloudpickle  # noqa: E402
 import digits_ps  # noqa: E402
+
+# The example is imported from a path the executors do not have: ship it by value.
+cloudpickle.register_pickle_by_value(digits_ps)
 
 
 def _role_processes() -> list[int]:

@@ -29,6 +29,7 @@ from tfyarn.errors import ConfigError, RoleFailedError, TFYarnError
 from tfyarn.exchange import STRATEGY_NAMES as EXCHANGE_STRATEGIES
 from tfyarn.node.job import InputMode, JobSpec
 from tfyarn.transport.auth import new_job_secret
+from tfyarn.transport.select import CHOICES as TRANSPORTS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -39,7 +40,6 @@ __all__ = ["RunResult", "run"]
 
 log = logging.getLogger("tfyarn")
 
-TRANSPORTS: tuple[str, ...] = ("auto", "tcp", "grpc", "ucx", "rdma")
 
 
 @dataclass
@@ -210,9 +210,10 @@ def run(
     strategy_options : dict, optional
         Options of the strategy (see :mod:`tfyarn.exchange`).
     transport : str, optional
-        tfyarn transport for the exchange: ``"auto"``, ``"tcp"``, ``"grpc"``, ``"ucx"`` or
-        ``"rdma"``; default ``spark.tfyarn.transport``, else ``"auto"`` for exchange
-        strategies and none otherwise.
+        tfyarn transport for the exchange: ``"auto"``, ``"tcp"``, ``"grpc"``, ``"ucx"``,
+        ``"shm"`` or ``"rdma"`` (never replaced silently by another); default
+        ``spark.tfyarn.transport``, else ``"auto"`` for exchange strategies and none
+        otherwise.
     interface : str, optional
         Network interface or address the roles bind to; default: Spark's executor address.
     model_dir : str, optional

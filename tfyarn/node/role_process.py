@@ -61,7 +61,8 @@ def _open_listener(job: JobSpec, host: str, peer_hosts: list[str]) -> tuple[Any,
     listener = transport.listen(
         f"{choice.scheme}://{host}:0", secret=job.secret, **getattr(choice, "options", {})
     )
-    return listener, f"{listener.transport} ({choice.reason})"
+    print(f"tfyarn {job.job_id}: transport {choice.transport}: {choice.reason}", file=sys.stderr)
+    return listener, choice.transport
 
 
 def _serve_tf(ctx: NodeContext, finished: threading.Event) -> None:

@@ -35,7 +35,13 @@ from tfyarn.node.control import ControlPipe
 from tfyarn.node.job import InputMode, JobSpec
 from tfyarn.node.ports import reserve_port
 
-__all__ = ["RESULT_SCHEMA", "run_barrier_task", "sweep_stale_workspaces", "workspace_root"]
+__all__ = [
+    "RESULT_SCHEMA",
+    "gpu_env",
+    "run_barrier_task",
+    "sweep_stale_workspaces",
+    "workspace_root",
+]
 
 #: One row per task comes back to the driver.
 RESULT_SCHEMA = pa.schema(
@@ -87,13 +93,28 @@ def sweep_stale_workspaces(parent: Path) -> list[Path]:
     return removed
 
 
+def gpu_env(resources: dict[str, Any]) -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES from the GPUs Spark assigned to the task (never from probing).
+
+    Parameters
+    ----------
+    resources : dict
+        ``BarrierTaskContext.resources()``: name -> ResourceInformation.
+    """
+    gpu = resources.get("gpu")
+    if gpu is None:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(a) for a in gpu.addresses)}
+
+
 class _RoleProcess:
     """The child process running one role, with its control pipe and output tail."""
 
-    def __init__(self, job: JobSpec, workdir: Path, tf_fd: int) -> None:
+    def __init__(self, job: JobSpec, workdir: Path, tf_fd: int, extra_env: dict[str, str]) -> None:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         env = dict(os.environ)
+        env.update(extra_env)
         env["TFYARN_JOB"] = job.job_id
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
         self.proc = subprocess.Popen(
@@ -211,7 +232,7 @@ def run_barrier_task(job: JobSpec, batches: Iterator[pa.RecordBatch]) -> Iterato
     tf_port = reserve_port(host)
     try:
         job.save(workdir / "job.pkl")
-        proc = _RoleProcess(job, workdir, tf_port.fileno())
+        proc = _RoleProcess(job, workdir, tf_port.fileno(), gpu_env(bctx.resources()))
         (workdir / "owner.pid").write_text(f"{os.getpid()} {proc.proc.pid}\n")
 
         data_path, rows, spec = None, 0, None

@@ -1,0 +1,87 @@
+"""The driver's heartbeat server: authentication, role state, silent-role warnings."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tfyarn.cluster.progress import ProgressServer
+from tfyarn.errors import AuthenticationError
+from tfyarn.node.heartbeat import HeartbeatClient
+from tfyarn.node.task import gpu_env
+from tfyarn.transport.auth import client_handshake, new_job_secret
+
+
+def _wait(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_heartbeats_update_role_state_and_errors_surface() -> None:
+    secret = new_job_secret()
+    server = ProgressServer("127.0.0.1", secret, ["chief:0", "worker:0"])
+    try:
+        chief = HeartbeatClient(server.address, secret, "chief:0", interval=0.1)
+        chief.send("ready", host="127.0.0.1", tf_port=1234)
+        chief.report(step=10, loss=0.5, samples=320)
+        chief.report(step=20, loss=0.25, samples=320)
+        assert _wait(lambda: server.snapshot()[0].step == 20)
+        state = server.snapshot()[0]
+        assert state.state == "running" and state.loss == 0.25
+        assert state.samples_per_s is not None and state.samples_per_s > 0
+        assert server.failed_role() is None
+        worker = HeartbeatClient(server.address, secret, "worker:0", interval=0.1)
+        worker.send("error", error="ValueError: boom", traceback="Traceback ...\nValueError: boom")
+        assert _wait(lambda: server.failed_role() is not None)
+        failed = server.failed_role()
+        assert failed is not None and failed.task_id == "worker:0"
+        assert "ValueError: boom" in (failed.traceback or "")
+        chief.close()
+        worker.close()
+    finally:
+        server.close()
+
+
+def test_a_silent_role_is_named_once() -> None:
+    secret = new_job_secret()
+    server = ProgressServer("127.0.0.1", secret, ["worker:0", "worker:1"])
+    try:
+        beating = HeartbeatClient(server.address, secret, "worker:0", interval=0.05)
+        time.sleep(0.6)
+        silent = server.silent_roles(after=0.5)
+        assert [s.task_id for s in silent] == ["worker:1"]
+        assert server.silent_roles(after=0.5) == []  # named once, not on every refresh
+        beating.close()
+    finally:
+        server.close()
+
+
+def test_a_peer_without_the_secret_is_refused_and_the_server_keeps_serving() -> None:
+    secret = new_job_secret()
+    server = ProgressServer("127.0.0.1", secret, ["worker:0"])
+    try:
+        with (
+            socket.create_connection(server.address, timeout=5) as intruder,
+            pytest.raises(AuthenticationError),
+        ):
+            client_handshake(intruder, new_job_secret(), timeout=5)
+        good = HeartbeatClient(server.address, secret, "worker:0", interval=10)
+        good.report(step=1)
+        assert _wait(lambda: server.snapshot()[0].step == 1)
+        good.close()
+    finally:
+        server.close()
+
+
+def test_gpus_come_from_the_task_resources_only() -> None:
+    class Info:
+        addresses = ["2", "3"]
+
+    assert gpu_env({"gpu": Info()}) == {"CUDA_VISIBLE_DEVICES": "2,3"}
+    assert gpu_env({}) == {}
