@@ -74,7 +74,14 @@ def _extension() -> Extension:
         define_macros=ucx.get("define_macros", []),
         # -O3 vectorises the kernels; no -march here (the wheel must run on any x86-64):
         # kernels.c compiles an AVX2/F16C variant itself and picks it at run time.
-        extra_compile_args=["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall"],
+        # -fno-math-errno lets sqrtf vectorise (nothing here reads errno after math calls).
+        extra_compile_args=[
+            "-O3",
+            "-fno-math-errno",
+            "-std=gnu11",
+            "-fno-strict-aliasing",
+            "-Wall",
+        ],
     )
 
 
