@@ -50,9 +50,9 @@ enum { R_IDLE = 0, R_POSTED, R_INFLIGHT, R_DONE, R_TOOBIG, R_ERROR };
 
 typedef struct {
     uint32_t type;
-    uint32_t status;
-    uint64_t dst; /* receiver's connection id */
-    uint64_t src; /* sender's connection id */
+    uint32_t status; /* MSG_DATA: sequence number; MSG_RKEY_REP: 0 found, 1 no such region */
+    uint64_t dst;    /* receiver's connection id */
+    uint64_t src;    /* sender's connection id */
 } am_hdr;
 
 static PyObject *TransportError, *FrameError, *TransportUnavailableError;
@@ -117,6 +117,7 @@ typedef struct msg {
     int sstate;   /* M_STAGED: S_INFLIGHT until the pull completes */
     int stage_failed; /* M_RNDV: staging was tried and failed (out of memory) */
     double arrived;
+    uint32_t seq;
     int orphaned; /* M_STAGED: nobody wants it any more; the completion frees it */
     ucs_status_t sstatus;
 } msg_t;
@@ -143,6 +144,11 @@ typedef struct conn {
     int closing;            /* close_conn started */
     int users;              /* Python calls currently using this conn */
     msg_t *qh, *qt;         /* messages that arrived before a recv asked for them */
+    /* Messages are numbered by the sender and delivered in that order. UCP does not
+     * document an ordering guarantee for active messages across protocols and lanes
+     * (multi-rail), so one that arrives early waits in `early` (sorted) for its turn. */
+    uint32_t tx_seq, rx_seq;
+    msg_t *early;
     /* the one posted receive (one receiver thread per connection) */
     int rstate;
     void *rbuf;
@@ -408,26 +414,10 @@ static ucs_status_t am_cb(void *arg, const void *header, size_t hlen, void *data
     if (c == NULL || c->closing) return UCS_OK; /* connection gone: drop */
     int rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
     switch (h.type) {
-    case MSG_DATA:
-        if (c->rstate == R_POSTED && c->qh == NULL) {
-            if (len > c->rcap) {
-                c->rstate = R_TOOBIG;
-                c->rlen = len;
-                pthread_cond_broadcast(&w->cond);
-                return UCS_OK; /* dropped (a rendezvous sender is told it was not received) */
-            }
-            if (rndv) {
-                conn_start_rndv(w, c, data, len);
-                pthread_cond_broadcast(&w->cond);
-                return UCS_INPROGRESS;
-            }
-            memcpy(c->rbuf, data, len);
-            c->rlen = len;
-            c->rstate = R_DONE;
-            pthread_cond_broadcast(&w->cond);
-            return UCS_OK;
-        } else {
-            msg_t *m = calloc(1, sizeof *m);
+    case MSG_DATA: {
+        msg_t *m = NULL;
+        if (h.status != c->rx_seq || c->rstate != R_POSTED || c->qh != NULL) {
+            m = calloc(1, sizeof *m);
             if (m == NULL) {
                 c->ep_status = UCS_ERR_NO_MEMORY;
                 pthread_cond_broadcast(&w->cond);
@@ -438,14 +428,52 @@ static ucs_status_t am_cb(void *arg, const void *header, size_t hlen, void *data
             m->len = len;
             m->kind = rndv ? M_RNDV : M_EAGER;
             m->arrived = mono_now();
+            m->seq = h.status;
+        }
+        if (h.status != c->rx_seq) {
+            /* Early: park it, sorted by distance from the next expected number. */
+            msg_t **pp = &c->early;
+            while (*pp != NULL && (uint32_t)((*pp)->seq - c->rx_seq) < (uint32_t)(h.status - c->rx_seq))
+                pp = &(*pp)->next;
+            m->next = *pp;
+            *pp = m;
+            return UCS_INPROGRESS;
+        }
+        c->rx_seq++;
+        ucs_status_t ret = UCS_INPROGRESS;
+        if (m == NULL) {
+            /* In order, and a receive is waiting with nothing queued ahead: deliver now. */
+            if (len > c->rcap) {
+                c->rstate = R_TOOBIG;
+                c->rlen = len;
+                ret = UCS_OK; /* dropped (a rendezvous sender is told it was not received) */
+            } else if (rndv) {
+                conn_start_rndv(w, c, data, len);
+            } else {
+                memcpy(c->rbuf, data, len);
+                c->rlen = len;
+                c->rstate = R_DONE;
+                ret = UCS_OK;
+            }
+        } else {
+            /* Keep the eager payload (persistent data) or the rendezvous descriptor. */
             if (c->qt) c->qt->next = m;
             else c->qh = m;
             c->qt = m;
-            pthread_cond_broadcast(&w->cond);
-            /* Keep the eager payload (persistent data) or the rendezvous descriptor (which
-             * ucp_am_recv_data_nbx may already have taken over). */
-            return UCS_INPROGRESS;
         }
+        /* Messages parked earlier may now be in turn. */
+        while (c->early != NULL && c->early->seq == c->rx_seq) {
+            msg_t *e = c->early;
+            c->early = e->next;
+            e->next = NULL;
+            if (c->qt) c->qt->next = e;
+            else c->qh = e;
+            c->qt = e;
+            c->rx_seq++;
+        }
+        pthread_cond_broadcast(&w->cond);
+        return ret;
+    }
     case MSG_BYE:
         c->peer_closed = 1;
         pthread_cond_broadcast(&w->cond);
@@ -512,7 +540,9 @@ static int stage_due(worker_t *w) {
     int started = 0;
     for (conn_t *c = w->conns; c != NULL; c = c->next) {
         if (c->closing) continue;
-        for (msg_t *m = c->qh; m != NULL; m = m->next) {
+        msg_t *lists[2] = {c->qh, c->early};
+        for (int l = 0; l < 2; l++)
+        for (msg_t *m = lists[l]; m != NULL; m = m->next) {
             if (m->kind != M_RNDV || m->stage_failed) continue;
             double wait = m->arrived + STAGE_AFTER - now;
             if (wait <= 0) {
@@ -728,6 +758,12 @@ static void conn_free_resources(worker_t *w, conn_t *c) {
         m = n;
     }
     c->qh = c->qt = NULL;
+    for (msg_t *m = c->early; m != NULL;) {
+        msg_t *n = m->next;
+        msg_discard(w, m);
+        m = n;
+    }
+    c->early = NULL;
     for (rkey_ent *r = c->rkeys; r != NULL;) {
         rkey_ent *n = r->next;
         ucp_rkey_destroy(r->rkey);
@@ -988,7 +1024,7 @@ static PyObject *worker_send(worker_t *w, PyObject *args) {
     } else if (conn_broken(c)) {
         st = c->ep_status != UCS_OK ? c->ep_status : UCS_ERR_NOT_CONNECTED;
     } else {
-        am_hdr h = {MSG_DATA, 0, c->peer_id, c->id};
+        am_hdr h = {MSG_DATA, c->tx_seq++, c->peer_id, c->id};
         op_t op = {w, 0, UCS_OK, 0};
         ucp_request_param_t p;
         memset(&p, 0, sizeof p);
@@ -1014,6 +1050,32 @@ static PyObject *worker_send(worker_t *w, PyObject *args) {
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* Give the queue's head to the posted receive (lock held); returns the message when it
+ * is being staged (the caller copies it out once the pull completes), else NULL. */
+static msg_t *take_queued(worker_t *w, conn_t *c) {
+    msg_t *m = c->qh;
+    c->qh = m->next;
+    if (c->qh == NULL) c->qt = NULL;
+    if (m->len > c->rcap) {
+        c->rstate = R_TOOBIG;
+        c->rlen = m->len;
+        msg_discard(w, m);
+    } else if (m->kind == M_EAGER) {
+        memcpy(c->rbuf, m->data, m->len);
+        c->rlen = m->len;
+        c->rstate = R_DONE;
+        msg_discard(w, m);
+    } else if (m->kind == M_STAGED) {
+        c->rstate = R_INFLIGHT;
+        return m;
+    } else {
+        conn_start_rndv(w, c, m->data, m->len);
+        ucp_worker_signal(w->worker);
+        free(m);
+    }
+    return NULL;
 }
 
 /* recv_into(conn, buf, timeout) -> nbytes */
@@ -1045,32 +1107,11 @@ static PyObject *worker_recv_into(worker_t *w, PyObject *args) {
         c->rmemh = memh;
         c->rlen = 0;
         msg_t *staged = NULL;
-        if (c->qh != NULL) {
-            msg_t *m = c->qh;
-            c->qh = m->next;
-            if (c->qh == NULL) c->qt = NULL;
-            if (m->len > c->rcap) {
-                c->rstate = R_TOOBIG;
-                c->rlen = m->len;
-                msg_discard(w, m);
-            } else if (m->kind == M_EAGER) {
-                memcpy(c->rbuf, m->data, m->len);
-                c->rlen = m->len;
-                c->rstate = R_DONE;
-                msg_discard(w, m);
-            } else if (m->kind == M_STAGED) {
-                staged = m; /* copied out below, once the pull is complete */
-                c->rstate = R_INFLIGHT;
-            } else {
-                conn_start_rndv(w, c, m->data, m->len);
-                ucp_worker_signal(w->worker);
-                free(m);
-            }
-        } else {
-            c->rstate = R_POSTED;
-        }
+        c->rstate = R_POSTED;
         int expired = 0;
         for (;;) {
+            /* Posted, and a message is (or became) queued: take it. */
+            if (c->rstate == R_POSTED && c->qh != NULL) staged = take_queued(w, c);
             if (staged != NULL && staged->sstate != S_INFLIGHT) {
                 if (staged->sstate == S_DONE) {
                     memcpy(c->rbuf, staged->data, staged->len);
