@@ -16,11 +16,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tfyarn.cluster import profiles
 from tfyarn.errors import ConfigError
+from tfyarn.transport.select import CHOICES as TRANSPORT_CHOICES
+from tfyarn.yarn import submit_support as yarn_submit
 
 __all__ = ["TAKES_SCRIPT", "build_plan", "register", "split_argv"]
 
@@ -61,7 +64,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--evaluator", action="store_true", help="add an evaluator role")
     parser.add_argument(
         "--transport",
-        choices=("auto", "tcp", "grpc", "ucx", "rdma"),
+        choices=TRANSPORT_CHOICES,
         help="tfyarn transport for the exchange",
     )
     parser.add_argument("--interface", help="network interface or address roles bind to")
@@ -120,7 +123,9 @@ def build_plan(
     return profiles.SubmitPlan(argv=argv, env=run_env, properties=props)
 
 
-def _run(plan: profiles.SubmitPlan) -> tuple[int, str]:
+def _run(
+    plan: profiles.SubmitPlan, on_line: Callable[[str], None] | None = None
+) -> tuple[int, str]:
     """Run spark-submit, echoing its output; return its exit status and output tail."""
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     with subprocess.Popen(
@@ -137,6 +142,8 @@ def _run(plan: profiles.SubmitPlan) -> tuple[int, str]:
             for line in proc.stdout:
                 sys.stdout.write(line)
                 tail.append(line)
+                if on_line is not None:
+                    on_line(line)
         except KeyboardInterrupt:
             proc.terminate()  # spark-submit's shutdown hook cancels the job
             proc.wait(timeout=60)
@@ -167,11 +174,15 @@ def _report(path: str, code: int, tail: str, wall: float, plan: profiles.SubmitP
 
 def _main(args: argparse.Namespace) -> int:
     plan = build_plan(args, args.passthrough, args.script, args.script_args, dict(os.environ))
+    plan = yarn_submit.prepare_plan(plan)  # YARN: env archive, GPUs, dev-YARN settings
     if args.dry_run:
         print(" ".join(plan.argv))
         return 0
     started = time.monotonic()
-    code, tail = _run(plan)
+    watcher = yarn_submit.YarnAppWatcher(plan) if yarn_submit.is_yarn(plan.properties) else None
+    code, tail = _run(plan, watcher.feed if watcher else None)
+    if watcher is not None:
+        code = watcher.finish(code)  # final YARN state; a cluster-mode driver's traceback
     if args.output_json:
         _report(args.output_json, code, tail, time.monotonic() - started, plan)
     return code

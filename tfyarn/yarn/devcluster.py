@@ -280,9 +280,10 @@ class DevYarn:
             hadoop_version=maven.hadoop_version(),
         )
         started = time.monotonic()
+        procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
             for name, cls in (("resourcemanager", _RM_CLASS), ("nodemanager", _NM_CLASS)):
-                with open(s.log_dir / f"{name}.log", "ab") as log:
+                with open(s.log_dir / f"{name}.log", "wb") as log:
                     proc = subprocess.Popen(
                         self._daemon_cmd(java, jars, cls, name),
                         stdout=log,
@@ -293,9 +294,10 @@ class DevYarn:
                         # Own session: a Ctrl-C in the shell that ran `up` must not kill it.
                         start_new_session=True,
                     )
+                procs[name] = proc
                 state.pids[name] = proc.pid
                 self._save_state(state)
-            self._wait_running(state, started + timeout_s)
+            self._wait_running(procs, started + timeout_s)
         except BaseException:
             self._stop_daemons(state)
             raise
@@ -303,10 +305,10 @@ class DevYarn:
         self._save_state(state)
         return state
 
-    def _wait_running(self, state: DevYarnState, deadline: float) -> None:
+    def _wait_running(self, procs: dict[str, subprocess.Popen[bytes]], deadline: float) -> None:
         rm = ResourceManagerClient(self.settings.rm_web_url, timeout_s=3.0)
         while time.monotonic() < deadline:
-            dead = [n for n, ok in state.alive().items() if not ok]
+            dead = [n for n, p in procs.items() if p.poll() is not None]
             if dead:
                 raise YarnError(
                     f"the dev YARN's {', '.join(dead)} exited at start-up\n" + self.log_tails()

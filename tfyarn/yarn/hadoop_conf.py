@@ -18,6 +18,7 @@ from tfyarn.errors import ConfigError
 
 __all__ = [
     "PORT_NAMES",
+    "VIEWFS_MOUNT_TABLE",
     "DevYarnSettings",
     "core_site",
     "render_site_xml",
@@ -37,6 +38,9 @@ PORT_NAMES: tuple[str, ...] = (
     "nm_webapp",
     "nm_collector",
 )
+
+#: Authority of the viewfs:// alias of the local file system (see :func:`core_site`).
+VIEWFS_MOUNT_TABLE = "tfyarn"
 
 #: Ports used when none are given: Hadoop's own defaults, so the usual URLs work.
 DEFAULT_PORTS: dict[str, int] = {
@@ -192,6 +196,16 @@ def core_site(settings: DevYarnSettings) -> dict[str, str]:
         "hadoop.tmp.dir": str(settings.base_dir / "tmp"),
         # Simple auth as the submitting user; no Kerberos on a dev cluster.
         "hadoop.security.authentication": "simple",
+        # Large buffers: the NodeManager localizes the ~2 GB Python environment archive
+        # through this (the default is 4 KiB).
+        "io.file.buffer.size": "1048576",
+        # viewfs://tfyarn/<path> is the local file system under another name. Spark copies
+        # every file:// resource into the staging dir, so YARN sees a new path per
+        # application and localizes the environment archive again each time (minutes:
+        # without Hadoop's native library the NM forks one chmod per unpacked file).
+        # Staging dir and archive both on viewfs:// are used in place, and the NM's
+        # cache keeps the unpacked archive across applications.
+        f"fs.viewfs.mounttable.{VIEWFS_MOUNT_TABLE}.linkFallback": "file:///",
     }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from tfyarn.errors import YarnError
 
-__all__ = ["FINAL_STATES", "AppReport", "ResourceManagerClient"]
+__all__ = ["FINAL_STATES", "AppReport", "ResourceManagerClient", "check_app_id"]
 
 #: YARN application states after which nothing changes any more.
 FINAL_STATES: frozenset[str] = frozenset({"FINISHED", "FAILED", "KILLED"})
@@ -153,7 +153,7 @@ class ResourceManagerClient:
 
     def app(self, app_id: str) -> AppReport:
         """The report of one application."""
-        _check_app_id(app_id)
+        check_app_id(app_id)
         return AppReport.from_json(self._call("GET", f"/apps/{app_id}").get("app", {}))
 
     def apps(self, states: Iterable[str] = ()) -> list[AppReport]:
@@ -166,7 +166,7 @@ class ResourceManagerClient:
     # -- actions ------------------------------------------------------------------------
     def kill(self, app_id: str) -> None:
         """Ask the RM to kill ``app_id`` (``PUT /apps/{id}/state {"state": "KILLED"}``)."""
-        _check_app_id(app_id)
+        check_app_id(app_id)
         self._call("PUT", f"/apps/{app_id}/state", {"state": "KILLED"})
 
     def wait_for_state(
@@ -208,7 +208,8 @@ class ResourceManagerClient:
         return report
 
 
-def _check_app_id(app_id: str) -> None:
+def check_app_id(app_id: str) -> None:
+    """Raise :class:`YarnError` unless ``app_id`` looks like ``application_<n>_<n>``."""
     parts = app_id.split("_")
     if len(parts) != 3 or parts[0] != "application" or not all(p.isdigit() for p in parts[1:]):
         raise YarnError(

@@ -1,0 +1,106 @@
+"""``tfyarn yarn-dev up|down|status``: a real Hadoop YARN on 127.0.0.1 for development.
+
+``up`` starts a ResourceManager and a NodeManager (separate ``java`` processes, Hadoop jars
+fetched once from Maven Central and cached), waits until the NodeManager is RUNNING and
+prints the ``HADOOP_CONF_DIR`` to export. ``down`` stops what ``up`` started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from tfyarn.errors import ConfigError
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``yarn-dev`` subcommand."""
+    parser = subparsers.add_parser(
+        "yarn-dev",
+        help="start/stop/inspect a pseudo-distributed Hadoop YARN on 127.0.0.1",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("action", choices=("up", "down", "status"))
+    parser.add_argument(
+        "--dir",
+        help="cluster folder: conf, logs, NM dirs (default: ~/.cache/tfyarn/yarn-dev, "
+        "or $TFYARN_CACHE_DIR/yarn-dev)",
+    )
+    parser.add_argument(
+        "--memory-mb", type=int, default=10240, help="memory the NodeManager offers (10240)"
+    )
+    parser.add_argument("--vcores", type=int, default=8, help="vcores the NodeManager offers (8)")
+    parser.add_argument(
+        "--gpus", type=int, default=0, help="yarn.io/gpu the NodeManager advertises (0: none)"
+    )
+    parser.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="use free ephemeral ports instead of Hadoop's defaults (8088, 8032, ...)",
+    )
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait (180)")
+    parser.add_argument("--json", action="store_true", help="status as JSON")
+    parser.set_defaults(func=_main)
+
+
+def _cluster(args: argparse.Namespace) -> Any:
+    from tfyarn.yarn.devcluster import DevYarn, default_base_dir, free_ports
+    from tfyarn.yarn.hadoop_conf import PORT_NAMES, DevYarnSettings
+
+    base = Path(args.dir).expanduser().resolve() if args.dir else default_base_dir()
+    ports: dict[str, int] = {}
+    if args.action == "up" and args.free_ports:
+        ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+    elif args.action != "up":
+        # down/status: the ports of the running cluster are in its state file.
+        state = DevYarn(DevYarnSettings(base_dir=base)).load_state()
+        ports = dict(state.ports) if state else {}
+    if args.memory_mb < 1024:
+        raise ConfigError(f"--memory-mb {args.memory_mb} is too small: give at least 1024")
+    settings = DevYarnSettings(
+        base_dir=base,
+        ports=ports,
+        nm_memory_mb=args.memory_mb,
+        nm_vcores=args.vcores,
+        nm_gpus=args.gpus,
+    )
+    return DevYarn(settings)
+
+
+def _main(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    if args.action == "up":
+        state = cluster.up(timeout_s=args.timeout)
+        print(
+            f"dev YARN up in {state.startup_s:.1f} s (Hadoop {state.hadoop_version}): "
+            f"ResourceManager pid {state.pids['resourcemanager']}, "
+            f"NodeManager pid {state.pids['nodemanager']}"
+        )
+        print(f"ResourceManager UI/REST: {state.rm_web_url}")
+        print("export for spark-submit / tfyarn submit --profile yarn-client|yarn-cluster:")
+        print(f"export HADOOP_CONF_DIR={state.conf_dir}")
+        return 0
+    if args.action == "down":
+        stopped = cluster.down()
+        print("dev YARN stopped" if stopped else f"no dev YARN running from {cluster.base_dir}")
+        return 0
+    status = cluster.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+    elif not status["running"]:
+        print(f"dev YARN: not running ({status['base_dir']})")
+    else:
+        print(f"dev YARN: running (Hadoop {status['hadoop_version']}), {status['rm_web_url']}")
+        print(f"HADOOP_CONF_DIR={status['hadoop_conf_dir']}")
+        for node in status.get("nodes", []):
+            print(
+                f"node {node['id']}: {node['state']}, {node['memory_mb']} MB, "
+                f"{node['vcores']} vcores"
+            )
+        print(f"running applications: {', '.join(status.get('running_apps', [])) or 'none'}")
+    return 0 if status["running"] else 3
