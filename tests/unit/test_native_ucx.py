@@ -131,3 +131,63 @@ def test_doctor_runs_the_rdma_check():
     assert rdma.check_rdma in CHECKS
     names = [c.name for c in run_checks([rdma.check_rdma])]
     assert names == ["RDMA devices", "UCX transports"]
+
+
+@pytest.fixture
+def pair():
+    """A listener and a connected comm pair inside this process (UCX's default transports)."""
+    lst = ucx.listen("ucx://127.0.0.1:0", secret=SECRET, op_timeout=30)
+    client = ucx.connect(lst.address, secret=SECRET, timeout=10, op_timeout=30)
+    server = lst.accept(timeout=10)
+    yield lst, client, server
+    client.close()
+    lst.close()
+
+
+def test_receive_timeout_leaves_the_connection_usable(pair):
+    _, client, server = pair
+    assert server.op_timeout == 30
+    server.op_timeout = 0.3
+    with pytest.raises(TransportError, match="no message within"):
+        server.recv_into(bytearray(10))
+    server.op_timeout = None
+    client.send(b"after the timeout")
+    assert bytes(server.recv()) == b"after the timeout"
+
+
+def test_close_unblocks_a_waiting_receive(pair):
+    import threading
+
+    _, client, _ = pair
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            client.recv_into(bytearray(10))
+        except BaseException as exc:  # recorded for the assertion
+            errors.append(exc)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    t.join(0.3)
+    assert t.is_alive()  # really blocked
+    client.close()
+    t.join(10)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], TransportError)
+
+
+def test_peer_close_is_reported_to_the_receiver(pair):
+    _, client, server = pair
+    client.send(b"last words")
+    client.close()
+    assert bytes(server.recv()) == b"last words"  # sent before the goodbye: still delivered
+    with pytest.raises(TransportError, match="peer closed"):
+        server.recv()
+
+
+def test_check_without_ucx_says_how_to_fix(monkeypatch):
+    monkeypatch.setattr(native, "HAVE_UCX", False)
+    ucx_check = list(rdma.check_rdma())[1]
+    assert not ucx_check.ok and not ucx_check.required
+    assert "libucx-dev" in ucx_check.fix

@@ -227,6 +227,17 @@ class UcxComm(Comm):
             "hardware" if re.search(r"\b(put|get)\[\d+\]:", self.transport_detail) else "emulated"
         )
 
+    @property
+    def op_timeout(self) -> float | None:
+        """Seconds any one send/recv/put/get may block (None: as long as the peer lives)."""
+        return None if self._timeout < 0 else self._timeout
+
+    @op_timeout.setter
+    def op_timeout(self, value: float | None) -> None:
+        if value is not None and value <= 0:
+            raise ConfigError(f"ucx: op_timeout must be positive or None, got {value}")
+        self._timeout = _timeout(value)
+
     def _check(self) -> None:
         if self._closed:
             raise TransportError(f"ucx: the connection to {self.peer_address} is closed")
