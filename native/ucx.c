@@ -57,6 +57,11 @@ typedef struct {
 
 static PyObject *TransportError, *FrameError, *TransportUnavailableError;
 
+/* Fault injection for the tests (TFYARN_UCX_TEST_SWAP_SEQ=1): the sender numbers its data
+ * messages 1, 0, 3, 2, ... so that the receiver sees them out of order and must put them
+ * back in order (which then delivers each pair swapped). Never set in production. */
+static int g_swap_seq;
+
 /* ------------------------------------------------------------------ context */
 
 static ucp_context_h g_ctx;
@@ -1024,7 +1029,8 @@ static PyObject *worker_send(worker_t *w, PyObject *args) {
     } else if (conn_broken(c)) {
         st = c->ep_status != UCS_OK ? c->ep_status : UCS_ERR_NOT_CONNECTED;
     } else {
-        am_hdr h = {MSG_DATA, c->tx_seq++, c->peer_id, c->id};
+        uint32_t seq = c->tx_seq++;
+        am_hdr h = {MSG_DATA, g_swap_seq ? seq ^ 1u : seq, c->peer_id, c->id};
         op_t op = {w, 0, UCS_OK, 0};
         ucp_request_param_t p;
         memset(&p, 0, sizeof p);
@@ -1560,6 +1566,8 @@ int tfy_ucx_setup(PyObject *module) {
     Py_DECREF(errors);
     if (TransportError == NULL || FrameError == NULL || TransportUnavailableError == NULL)
         return -1;
+    const char *swap = getenv("TFYARN_UCX_TEST_SWAP_SEQ");
+    g_swap_seq = swap != NULL && strcmp(swap, "1") == 0;
     if (PyType_Ready(&worker_type) < 0) return -1;
     Py_INCREF(&worker_type);
     if (PyModule_AddObject(module, "UcxWorker", (PyObject *)&worker_type) < 0) return -1;

@@ -187,6 +187,36 @@ def client_main(address: str, secret_hex: str, crash: bool) -> None:
     comm.close()
 
 
+ORDER_SIZES = [100, 200, 1 << 20, 2 << 20, 300, 3 << 20]  # eager and rendezvous
+
+
+def order_server_main() -> None:
+    """Receive ORDER_SIZES messages; report the index each one carries, in arrival order."""
+    from tfyarn import transport
+
+    with transport.listen("ucx://127.0.0.1:0", secret=bytes.fromhex(SECRET_HEX)) as lst:
+        _emit(address=lst.address)
+        comm = lst.accept(timeout=60)
+        order = []
+        for _ in ORDER_SIZES:
+            msg = comm.recv()
+            index = msg[0]
+            intact = bytes(msg) == bytes([index]) * ORDER_SIZES[index]
+            order.append(index if intact else -1)
+            del msg
+        _emit(order=order)
+        comm.close()
+
+
+def order_client_main(address: str) -> None:
+    from tfyarn import transport
+
+    comm = transport.connect(address, secret=bytes.fromhex(SECRET_HEX), timeout=20)
+    for i, size in enumerate(ORDER_SIZES):
+        comm.send(bytes([i]) * size)
+    comm.close()
+
+
 # ------------------------------------------------------------------ the tests
 
 
@@ -217,16 +247,21 @@ def _shm_entries() -> set[str]:
     return {p.name for p in shm.iterdir() if "ucx" in p.name.lower()} if shm.exists() else set()
 
 
+def _address_of(server: subprocess.Popen[str]) -> str:
+    """The listener address a server child prints first (bounded wait)."""
+    ready, _, _ = select.select([server.stdout], [], [], CHILD_TIMEOUT)
+    first = server.stdout.readline() if ready else ""
+    if not first.startswith("{"):
+        server.kill()
+        pytest.fail(f"server did not start: {first}{server.stderr.read()}")
+    return json.loads(first)["address"]
+
+
 def _run_session(env: dict[str, str]) -> tuple[list[dict], list[dict], str, list[dict]]:
     """Server, intruder and client in three processes; returns their reports."""
     server = _spawn(env, "server")
     try:
-        ready, _, _ = select.select([server.stdout], [], [], CHILD_TIMEOUT)
-        first = server.stdout.readline() if ready else ""
-        if not first.startswith("{"):
-            server.kill()
-            pytest.fail(f"server did not start: {first}{server.stderr.read()}")
-        address = json.loads(first)["address"]
+        address = _address_of(server)
         intruder_out, _ = _finish(_spawn(env, "client", address, "00" * 32, "0"))
         client = _spawn(env, "client", address, SECRET_HEX, "1")
         client_out, client_err = _finish(client)
@@ -285,6 +320,26 @@ def test_ucx_between_processes(config):
     assert _shm_entries() <= shm_before  # no shared-memory segment left behind
 
 
+def test_messages_are_put_back_in_sender_order():
+    """The sender, with fault injection, numbers its messages 1, 0, 3, 2, 5, 4: the
+    receiver parks each early one (eager or rendezvous) until its turn, so the pairs come
+    out swapped, complete and intact, and nothing deadlocks."""
+    env = {"UCX_TLS": "tcp,self"}
+    server = _spawn(env, "order-server")
+    try:
+        address = _address_of(server)
+        client = _spawn(dict(env, TFYARN_UCX_TEST_SWAP_SEQ="1"), "order-client", address)
+        _, client_err = _finish(client)
+        server_out, server_err = _finish(server)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert client.returncode == 0, client_err
+    assert server.returncode == 0, server_err
+    assert server_out[-1]["order"] == [1, 0, 3, 2, 5, 4]
+
+
 @pytest.mark.infiniband
 def test_ucx_over_infiniband():
     from tfyarn.transport import rdma
@@ -304,5 +359,9 @@ if __name__ == "__main__":
     role = sys.argv[1]
     if role == "server":
         server_main()
+    elif role == "order-server":
+        order_server_main()
+    elif role == "order-client":
+        order_client_main(sys.argv[2])
     else:
         client_main(sys.argv[2], sys.argv[3], sys.argv[4] == "1")
