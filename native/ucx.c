@@ -267,12 +267,17 @@ static void op_send_cb(void *req, ucs_status_t st, void *ud) {
     pthread_cond_broadcast(&op->w->cond);
 }
 
-static void op_recv_cb(void *req, ucs_status_t st, size_t length, void *ud) {
-    op_t *op = ud;
-    op->status = st;
-    op->length = length;
-    op->done = 1;
-    pthread_cond_broadcast(&op->w->cond);
+/* Request parameters whose completion marks `op` done; `memh` (may be NULL) is the
+ * registration of the local buffer, so UCX does not look it up or register it again. */
+static void op_param(ucp_request_param_t *p, op_t *op, ucp_mem_h memh) {
+    memset(p, 0, sizeof *p);
+    p->op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p->cb.send = op_send_cb;
+    p->user_data = op;
+    if (memh != NULL) {
+        p->op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
+        p->memh = memh;
+    }
 }
 
 static void conn_recv_cb(void *req, ucs_status_t st, size_t length, void *ud) {
@@ -793,20 +798,14 @@ static void conn_close_locked(worker_t *w, conn_t *c, double timeout, PyThreadSt
         am_hdr h = {MSG_BYE, 0, c->peer_id, c->id};
         op_t op = {w, 0, UCS_OK, 0};
         ucp_request_param_t p;
-        memset(&p, 0, sizeof p);
-        p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-        p.cb.send = op_send_cb;
-        p.user_data = &op;
+        op_param(&p, &op, NULL);
         (void)wait_op(w, c, ucp_am_send_nbx(c->ep, TFY_AM_ID, &h, sizeof h, NULL, 0, &p), &op,
                       deadline_of(timeout), ts, &intr);
     }
     if (c->ep != NULL && !conn_broken(c)) {
         op_t op = {w, 0, UCS_OK, 0};
         ucp_request_param_t p;
-        memset(&p, 0, sizeof p);
-        p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-        p.cb.send = op_send_cb;
-        p.user_data = &op;
+        op_param(&p, &op, NULL);
         (void)wait_op(w, c, ucp_ep_flush_nbx(c->ep, &p), &op, deadline_of(timeout), ts, &intr);
     }
     /* Queued rendezvous descriptors reference the endpoint: release them before closing. */
@@ -1033,14 +1032,7 @@ static PyObject *worker_send(worker_t *w, PyObject *args) {
         am_hdr h = {MSG_DATA, g_swap_seq ? seq ^ 1u : seq, c->peer_id, c->id};
         op_t op = {w, 0, UCS_OK, 0};
         ucp_request_param_t p;
-        memset(&p, 0, sizeof p);
-        p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-        p.cb.send = op_send_cb;
-        p.user_data = &op;
-        if (memh != NULL) {
-            p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-            p.memh = memh;
-        }
+        op_param(&p, &op, memh);
         ucs_status_ptr_t req =
             ucp_am_send_nbx(c->ep, TFY_AM_ID, &h, sizeof h, view.buf, (size_t)view.len, &p);
         st = wait_op(w, c, req, &op, deadline_of(timeout), &ts, &intr);
@@ -1245,10 +1237,7 @@ static rkey_ent *conn_rkey(worker_t *w, conn_t *c, const char *name, double dead
     am_hdr h = {MSG_RKEY_REQ, 0, c->peer_id, c->id};
     op_t op = {w, 0, UCS_OK, 0};
     ucp_request_param_t p;
-    memset(&p, 0, sizeof p);
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.cb.send = op_send_cb;
-    p.user_data = &op;
+    op_param(&p, &op, NULL);
     c->rk_state = 1;
     *st = wait_op(w, c, ucp_am_send_nbx(c->ep, TFY_AM_ID, &h, sizeof h, name, strlen(name), &p),
                   &op, deadline, ts, intr);
@@ -1339,14 +1328,7 @@ static PyObject *worker_rma(worker_t *w, PyObject *args) {
             } else if (view.len > 0) {
                 op_t op = {w, 0, UCS_OK, 0};
                 ucp_request_param_t p;
-                memset(&p, 0, sizeof p);
-                p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-                p.cb.send = op_send_cb;
-                p.user_data = &op;
-                if (memh != NULL) {
-                    p.op_attr_mask |= UCP_OP_ATTR_FIELD_MEMH;
-                    p.memh = memh;
-                }
+                op_param(&p, &op, memh);
                 ucs_status_ptr_t req =
                     is_put ? ucp_put_nbx(c->ep, view.buf, (size_t)view.len, rk->raddr + offset,
                                          rk->rkey, &p)
@@ -1358,10 +1340,7 @@ static PyObject *worker_rma(worker_t *w, PyObject *args) {
                      * (remote completion), not just the local send. */
                     op_t fop = {w, 0, UCS_OK, 0};
                     ucp_request_param_t fp;
-                    memset(&fp, 0, sizeof fp);
-                    fp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-                    fp.cb.send = op_send_cb;
-                    fp.user_data = &fop;
+                    op_param(&fp, &fop, NULL);
                     st = wait_op(w, c, ucp_ep_flush_nbx(c->ep, &fp), &fop, deadline, &ts, &intr);
                 }
                 if (st != UCS_OK) err = is_put ? "put" : "get";

@@ -12,6 +12,7 @@ emulated with active messages served by the peer's progress thread); ``posix,sel
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import select
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -247,29 +249,30 @@ def _shm_entries() -> set[str]:
     return {p.name for p in shm.iterdir() if "ucx" in p.name.lower()} if shm.exists() else set()
 
 
-def _address_of(server: subprocess.Popen[str]) -> str:
-    """The listener address a server child prints first (bounded wait)."""
-    ready, _, _ = select.select([server.stdout], [], [], CHILD_TIMEOUT)
-    first = server.stdout.readline() if ready else ""
-    if not first.startswith("{"):
-        server.kill()
-        pytest.fail(f"server did not start: {first}{server.stderr.read()}")
-    return json.loads(first)["address"]
-
-
-def _run_session(env: dict[str, str]) -> tuple[list[dict], list[dict], str, list[dict]]:
-    """Server, intruder and client in three processes; returns their reports."""
-    server = _spawn(env, "server")
+@contextlib.contextmanager
+def _server(env: dict[str, str], role: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start a server child; yield it with the address it prints first; never leak it."""
+    server = _spawn(env, role)
     try:
-        address = _address_of(server)
-        intruder_out, _ = _finish(_spawn(env, "client", address, "00" * 32, "0"))
-        client = _spawn(env, "client", address, SECRET_HEX, "1")
-        client_out, client_err = _finish(client)
-        server_out, server_err = _finish(server)
+        ready, _, _ = select.select([server.stdout], [], [], CHILD_TIMEOUT)
+        first = server.stdout.readline() if ready else ""
+        if not first.startswith("{"):
+            server.kill()
+            pytest.fail(f"server did not start: {first}{server.stderr.read()}")
+        yield server, json.loads(first)["address"]
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def _run_session(env: dict[str, str]) -> tuple[list[dict], list[dict], str, list[dict]]:
+    """Server, intruder and client in three processes; returns their reports."""
+    with _server(env, "server") as (server, address):
+        intruder_out, _ = _finish(_spawn(env, "client", address, "00" * 32, "0"))
+        client = _spawn(env, "client", address, SECRET_HEX, "1")
+        client_out, client_err = _finish(client)
+        server_out, server_err = _finish(server)
     assert client.returncode == 0, client_err
     assert server.returncode == 0, server_err
     return client_out, server_out, server_err, intruder_out
@@ -325,16 +328,10 @@ def test_messages_are_put_back_in_sender_order():
     receiver parks each early one (eager or rendezvous) until its turn, so the pairs come
     out swapped, complete and intact, and nothing deadlocks."""
     env = {"UCX_TLS": "tcp,self"}
-    server = _spawn(env, "order-server")
-    try:
-        address = _address_of(server)
+    with _server(env, "order-server") as (server, address):
         client = _spawn(dict(env, TFYARN_UCX_TEST_SWAP_SEQ="1"), "order-client", address)
         _, client_err = _finish(client)
         server_out, server_err = _finish(server)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
     assert client.returncode == 0, client_err
     assert server.returncode == 0, server_err
     assert server_out[-1]["order"] == [1, 0, 3, 2, 5, 4]
