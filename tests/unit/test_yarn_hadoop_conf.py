@@ -1,0 +1,101 @@
+"""Rendering of the dev YARN's Hadoop configuration (pure functions)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tfyarn.errors import ConfigError
+from tfyarn.yarn import hadoop_conf
+from tfyarn.yarn.hadoop_conf import DEFAULT_PORTS, PORT_NAMES, DevYarnSettings
+
+
+def _parse(xml: str) -> dict[str, str]:
+    root = ET.fromstring(xml)
+    return {p.findtext("name"): p.findtext("value") for p in root.iter("property")}
+
+
+def test_site_xml_round_trips_and_escapes() -> None:
+    props = {"b.key": "x<y&z", "a.key": "1"}
+    xml = hadoop_conf.render_site_xml(props)
+    assert _parse(xml) == props
+    assert xml.index("a.key") < xml.index("b.key")  # sorted: stable output
+
+
+def test_yarn_site_binds_everything_to_the_host_and_ports(tmp_path: Path) -> None:
+    ports = {name: 20000 + i for i, name in enumerate(PORT_NAMES)}
+    s = DevYarnSettings(base_dir=tmp_path, ports=ports)
+    site = hadoop_conf.yarn_site(s)
+    assert site["yarn.resourcemanager.address"] == f"127.0.0.1:{ports['rm']}"
+    assert site["yarn.resourcemanager.webapp.address"] == f"127.0.0.1:{ports['rm_webapp']}"
+    assert site["yarn.resourcemanager.scheduler.address"] == f"127.0.0.1:{ports['rm_scheduler']}"
+    assert (
+        site["yarn.resourcemanager.resource-tracker.address"] == f"127.0.0.1:{ports['rm_tracker']}"
+    )
+    assert site["yarn.nodemanager.address"] == f"127.0.0.1:{ports['nm']}"
+    assert site["yarn.nodemanager.bind-host"] == "127.0.0.1"
+    assert site["yarn.nodemanager.local-dirs"] == str(tmp_path / "nm-local")
+    assert site["yarn.nodemanager.remote-app-log-dir"] == str(tmp_path / "app-logs")
+    assert site["yarn.log-aggregation-enable"] == "true"
+
+
+def test_defaults_fit_the_reference_machine_and_a_four_role_job(tmp_path: Path) -> None:
+    s = DevYarnSettings(base_dir=tmp_path)
+    site = hadoop_conf.yarn_site(s)
+    memory = int(site["yarn.nodemanager.resource.memory-mb"])
+    # 4 executors of 512m heap + 1536m overhead, plus a 1g + 1g cluster-mode driver
+    assert memory >= 4 * (512 + 1536) + (1024 + 1024)
+    assert memory <= 12 * 1024  # a 24 GiB box shared with the rest of the test suite
+    assert int(site["yarn.nodemanager.resource.cpu-vcores"]) >= 5  # 4 roles + the AM
+    assert site["yarn.nodemanager.vmem-check-enabled"] == "false"
+    assert site["yarn.nodemanager.pmem-check-enabled"] == "true"
+    assert int(site["yarn.scheduler.minimum-allocation-mb"]) <= 256
+    assert s.port("rm_webapp") == DEFAULT_PORTS["rm_webapp"] == 8088
+
+
+def test_core_site_is_the_local_file_system_with_a_viewfs_alias(tmp_path: Path) -> None:
+    core = hadoop_conf.core_site(DevYarnSettings(base_dir=tmp_path))
+    assert core["fs.defaultFS"] == "file:///"
+    table = hadoop_conf.VIEWFS_MOUNT_TABLE
+    assert core[f"fs.viewfs.mounttable.{table}.linkFallback"] == "file:///"
+
+
+def test_gpus_declare_the_yarn_resource_type_only_when_offered(tmp_path: Path) -> None:
+    none = DevYarnSettings(base_dir=tmp_path)
+    assert "resource-types.xml" not in hadoop_conf.conf_files(none)
+    assert "yarn.nodemanager.resource-type.yarn.io/gpu" not in hadoop_conf.yarn_site(none)
+    two = DevYarnSettings(base_dir=tmp_path, nm_gpus=2)
+    files = hadoop_conf.conf_files(two)
+    assert _parse(files["resource-types.xml"]) == {"yarn.resource-types": "yarn.io/gpu"}
+    site = _parse(files["yarn-site.xml"])
+    assert site["yarn.nodemanager.resource-type.yarn.io/gpu"] == "2"
+    # Memory-only scheduling would ignore GPU requests.
+    assert (
+        "DominantResourceCalculator"
+        in _parse(files["capacity-scheduler.xml"])["yarn.scheduler.capacity.resource-calculator"]
+    )
+
+
+def test_extra_properties_win(tmp_path: Path) -> None:
+    s = DevYarnSettings(base_dir=tmp_path, extra={"yarn.nodemanager.pmem-check-enabled": "false"})
+    assert hadoop_conf.yarn_site(s)["yarn.nodemanager.pmem-check-enabled"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ports": {"rm": 0}}, "not in 1..65535"),
+        ({"ports": {"bogus": 1234}}, "unknown dev YARN port"),
+        ({"nm_memory_mb": 64}, "no container could ever start"),
+        ({"min_allocation_mb": 8192}, "no container could ever start|must not exceed"),
+        ({"nm_vcores": 0}, "at least 1"),
+        ({"nm_gpus": -1}, ">= 0"),
+    ],
+)
+def test_bad_settings_are_rejected_with_the_reason(
+    tmp_path: Path, kwargs: dict, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DevYarnSettings(base_dir=tmp_path, **kwargs)

@@ -1,0 +1,1 @@
+"""Tests on the real dev YARN (one per session, see conftest.py)."""

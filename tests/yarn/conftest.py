@@ -1,0 +1,100 @@
+"""The real dev YARN shared by every test in tests/yarn: started once per test session.
+
+A ResourceManager and a NodeManager (separate ``java`` processes, Hadoop jars from Maven
+Central, cached under ``~/.cache/tfyarn``) on free ports of 127.0.0.1, in a temp folder
+that is removed at the end, together with everything the cluster started. The Python
+environment archive is packed (or taken from the cache) once as well.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tfyarn.yarn.devcluster import DevYarn, DevYarnState, free_ports
+from tfyarn.yarn.envpack import PackedEnv, ensure_env_archive
+from tfyarn.yarn.hadoop_conf import PORT_NAMES, DevYarnSettings
+from tfyarn.yarn.rest import AppReport, ResourceManagerClient
+
+REPO = Path(__file__).resolve().parents[2]
+APPS = Path(__file__).parent / "apps"
+TFYARN = str(Path(sys.executable).parent / "tfyarn")
+
+
+@dataclass
+class YarnRun:
+    """One ``tfyarn submit`` / ``spark-submit`` run against the dev YARN."""
+
+    returncode: int
+    output: str
+    app_id: str | None
+    seconds: float
+
+
+@dataclass
+class DevYarnFixture:
+    """What tests get: the cluster, a REST client and the environment to submit with."""
+
+    cluster: DevYarn
+    state: DevYarnState
+    rm: ResourceManagerClient
+    env: dict[str, str]
+    packed: PackedEnv
+
+    def submit(self, args: list[str], timeout: float = 600.0) -> YarnRun:
+        """Run ``tfyarn submit ARGS`` and return its output and the application id."""
+        from tfyarn.yarn.submit_support import APP_ID_RE
+
+        started = time.monotonic()
+        proc = subprocess.run(
+            [TFYARN, "submit", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=REPO,
+            timeout=timeout,
+        )
+        output = proc.stdout + proc.stderr
+        match = APP_ID_RE.search(output)
+        return YarnRun(
+            proc.returncode, output, match.group(0) if match else None, time.monotonic() - started
+        )
+
+    def final(self, app_id: str) -> AppReport:
+        """The application's report once it reached a final state."""
+        return self.rm.wait_for_state(app_id, timeout_s=120.0)
+
+
+@pytest.fixture(scope="session")
+def dev_yarn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevYarnFixture]:
+    """Start the dev YARN once for the session; stop it and remove its folder at the end."""
+    base = tmp_path_factory.mktemp("dev-yarn")
+    ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+    cluster = DevYarn(DevYarnSettings(base_dir=base, ports=ports))
+    # Pack before starting the daemons: both are heavy, one at a time is faster on 2 cores.
+    packed = ensure_env_archive()
+    state = cluster.up(timeout_s=300.0)
+    env = dict(os.environ)
+    env.update(
+        {
+            "HADOOP_CONF_DIR": str(state.conf_dir),
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            "PYSPARK_PYTHON": sys.executable,
+            "PYSPARK_DRIVER_PYTHON": sys.executable,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
+    env.pop("SPARK_HOME", None)
+    try:
+        yield DevYarnFixture(cluster, state, ResourceManagerClient(state.rm_web_url), env, packed)
+    finally:
+        cluster.down(timeout_s=30.0)
+        shutil.rmtree(base, ignore_errors=True)

@@ -1,0 +1,135 @@
+"""The dev YARN itself: real RM and NM processes, a plain spark-submit, the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tfyarn.yarn.devcluster import DevYarnState
+from tfyarn.yarn.hadoop_conf import DevYarnSettings
+
+from .conftest import APPS, TFYARN, DevYarnFixture
+
+pytestmark = pytest.mark.yarn
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_rm_and_nm_are_separate_java_processes_and_the_node_is_running(
+    dev_yarn: DevYarnFixture,
+) -> None:
+    pids = dev_yarn.state.pids
+    assert pids["resourcemanager"] != pids["nodemanager"]
+    assert "yarn.server.resourcemanager.ResourceManager" in _cmdline(pids["resourcemanager"])
+    assert "yarn.server.nodemanager.NodeManager" in _cmdline(pids["nodemanager"])
+    assert "java" in _cmdline(pids["nodemanager"]).split()[0]
+    info = dev_yarn.rm.cluster_info()
+    assert info["state"] == "STARTED"
+    assert info["hadoopVersion"].startswith("3.5")
+    nodes = dev_yarn.rm.running_nodes()
+    assert len(nodes) == 1
+    node = nodes[0]
+    settings = DevYarnSettings(base_dir=Path(dev_yarn.state.base_dir))
+    total_mb = node["availMemoryMB"] + node["usedMemoryMB"]
+    assert total_mb == settings.nm_memory_mb
+    assert node["availableVirtualCores"] + node["usedVirtualCores"] == settings.nm_vcores
+    # The client, scheduler, tracker and web ports answer on loopback.
+    for name in ("rm", "rm_scheduler", "rm_tracker", "rm_webapp", "nm", "nm_webapp"):
+        with socket.create_connection(("127.0.0.1", dev_yarn.state.ports[name]), timeout=5):
+            pass
+
+
+def test_plain_spark_submit_runs_on_the_dev_yarn(dev_yarn: DevYarnFixture) -> None:
+    import pyspark
+
+    spark_home = Path(pyspark.__file__).parent
+    staging = Path(dev_yarn.state.base_dir) / "staging"
+    proc = subprocess.run(
+        [
+            str(spark_home / "bin" / "spark-submit"),
+            "--master",
+            "yarn",
+            "--deploy-mode",
+            "client",
+            "--num-executors",
+            "2",
+            "--executor-memory",
+            "512m",
+            "--conf",
+            f"spark.yarn.jars=local:{spark_home}/jars/*",
+            "--conf",
+            f"spark.yarn.stagingDir=file://{staging}",
+            "--conf",
+            "spark.executorEnv.SPARK_LOCAL_IP=127.0.0.1",
+            "--conf",
+            "spark.yarn.am.extraJavaOptions=-XX:TieredStopAtLevel=1",
+            "--conf",
+            "spark.executor.extraJavaOptions=-XX:TieredStopAtLevel=1",
+            str(APPS / "plain_app.py"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dev_yarn.env,
+        timeout=600,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert "plain-app sums=[(0, 2450), (1, 2500)]" in output
+    match = re.search(r"plain-app driver_pid=(\d+) executor_pids=\[([\d, ]+)\]", output)
+    assert match, output[-3000:]
+    executor_pids = {int(p) for p in match.group(2).split(",")}
+    assert int(match.group(1)) not in executor_pids
+    app_id = re.search(r"application_\d+_\d+", output)
+    assert app_id, output[-3000:]
+    report = dev_yarn.final(app_id.group(0))
+    assert (report.state, report.final_status) == ("FINISHED", "SUCCEEDED")
+    assert report.name == "tfyarn-yarn-plain"
+
+
+def test_yarn_dev_cli_up_status_down(dev_yarn: DevYarnFixture, tmp_path: Path) -> None:
+    """A second, small cluster through the CLI; stopping it leaves the session's alone."""
+    base = tmp_path / "cli-yarn"
+
+    def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [TFYARN, "yarn-dev", *args, "--dir", str(base)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    up = cli("up", "--free-ports", "--memory-mb", "2048", "--vcores", "2")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"export HADOOP_CONF_DIR={base / 'conf'}" in up.stdout
+        assert (base / "conf" / "yarn-site.xml").is_file()
+        state = DevYarnState(**json.loads((base / "state.json").read_text()))
+        assert state.alive() == {"resourcemanager": True, "nodemanager": True}
+
+        status = cli("status", "--json")
+        assert status.returncode == 0, status.stderr
+        info = json.loads(status.stdout)
+        assert info["running"] is True
+        assert [(n["state"], n["memory_mb"], n["vcores"]) for n in info["nodes"]] == [
+            ("RUNNING", 2048, 2)
+        ]
+
+        again = cli("up", "--free-ports")
+        assert again.returncode == 1
+        assert "already running" in again.stderr
+    finally:
+        down = cli("down")
+    assert down.returncode == 0, down.stderr
+    assert "stopped" in down.stdout
+    assert state.alive() == {"resourcemanager": False, "nodemanager": False}
+    assert cli("status").returncode == 3
+    # The session's cluster is untouched.
+    assert dev_yarn.state.alive() == {"resourcemanager": True, "nodemanager": True}
+    assert dev_yarn.rm.running_nodes()

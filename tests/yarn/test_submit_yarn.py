@@ -1,0 +1,223 @@
+"""``tfyarn submit`` on the real dev YARN: the digits example in both deploy modes (with
+the packed environment), a failing role, a killed application, ``tfyarn logs``."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tfyarn.yarn.envpack import ENV_ALIAS
+
+from .conftest import APPS, REPO, TFYARN, DevYarnFixture
+
+pytestmark = pytest.mark.yarn
+
+EXAMPLE = REPO / "examples" / "digits_ps.py"
+ENV_PYTHON = f"/{ENV_ALIAS}/bin/python"
+
+
+def _accuracy(text: str) -> float:
+    match = re.search(r"test accuracy: ([0-9.]+)", text)
+    assert match, text[-4000:]
+    return float(match.group(1))
+
+
+def _logs(dev_yarn: DevYarnFixture, app_id: str, *extra: str) -> str:
+    proc = subprocess.run(
+        [TFYARN, "logs", app_id, *extra],
+        capture_output=True,
+        text=True,
+        env=dev_yarn.env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_yarn_client_runs_the_digits_example(dev_yarn: DevYarnFixture, tmp_path: Path) -> None:
+    env_tmp = {"TMPDIR": str(tmp_path)}  # the chief saves the model under the driver's tmp
+    dev_yarn.env.update(env_tmp)
+    try:
+        run = dev_yarn.submit(
+            [
+                "--profile",
+                "yarn-client",
+                "--workers",
+                "2",
+                "--ps",
+                "1",
+                str(EXAMPLE),
+                "--epochs",
+                "3",
+            ]
+        )
+    finally:
+        dev_yarn.env.pop("TMPDIR")
+    assert run.returncode == 0, run.output[-6000:]
+    assert run.app_id is not None
+    assert f"tfyarn: YARN application {run.app_id}" in run.output
+    assert re.search(r"tfyarn: tracking URL: http://127\.0\.0\.1:\d+/", run.output)
+    assert f"tfyarn: {run.app_id} FINISHED/SUCCEEDED" in run.output
+    assert _accuracy(run.output) >= 0.8
+    report = dev_yarn.final(run.app_id)
+    assert (report.state, report.final_status) == ("FINISHED", "SUCCEEDED")
+    assert report.raw["applicationType"] == "SPARK"
+    print(f"yarn-client submit -> finish: {run.seconds:.1f} s")
+
+
+def test_yarn_cluster_runs_the_example_in_the_shipped_environment(
+    dev_yarn: DevYarnFixture, tmp_path: Path
+) -> None:
+    run = dev_yarn.submit(
+        [
+            "--profile",
+            "yarn-cluster",
+            "--workers",
+            "2",
+            "--ps",
+            "1",
+            "--conf",
+            f"spark.yarn.appMasterEnv.TMPDIR={tmp_path}",
+            "--py-files",
+            str(EXAMPLE),
+            str(APPS / "digits_in_env.py"),
+            "--epochs",
+            "3",
+        ]
+    )
+    assert run.returncode == 0, run.output[-6000:]
+    assert run.app_id is not None
+    assert f"tfyarn: YARN application {run.app_id}" in run.output
+    assert "tracking URL: http://" in run.output
+    # The archive is used in place (viewfs://), not copied into each application's staging.
+    assert f"Not copying viewfs://tfyarn{dev_yarn.packed.path}#{ENV_ALIAS}" in run.output
+    assert ".tar" not in _uploads(run.output)
+    report = dev_yarn.final(run.app_id)
+    assert (report.state, report.final_status) == ("FINISHED", "SUCCEEDED")
+    driver = _logs(dev_yarn, run.app_id, "--am", "--log-files", "stdout")
+    assert _accuracy(driver) >= 0.8
+    drivers = re.findall(r"env-probe driver=(\S+)", driver)
+    executors = re.findall(r"env-probe executor=(\S+)", driver)
+    assert len(drivers) == 1 and drivers[0].endswith(ENV_PYTHON), driver[-3000:]
+    assert executors and all(p.endswith(ENV_PYTHON) for p in executors), executors
+    # Executors are other containers than the driver's.
+    assert {Path(p).parents[2].name for p in executors}.isdisjoint(
+        {Path(drivers[0]).parents[2].name}
+    )
+    print(f"yarn-cluster submit -> finish: {run.seconds:.1f} s")
+
+
+def _uploads(output: str) -> str:
+    return "\n".join(line for line in output.splitlines() if "Uploading resource" in line)
+
+
+def test_failing_role_fails_the_application_with_its_traceback(dev_yarn: DevYarnFixture) -> None:
+    run = dev_yarn.submit(
+        ["--profile", "yarn-cluster", "--workers", "1", str(APPS / "failing_role.py")]
+    )
+    assert run.returncode != 0
+    assert run.app_id is not None, run.output[-4000:]
+    report = dev_yarn.final(run.app_id)
+    assert report.final_status == "FAILED", report
+    assert report.state == "FAILED"
+    mark = "tfyarn-yarn-test deliberate failure in worker:0"
+    # tfyarn submit shows the cluster-mode driver's output, with the role's traceback.
+    assert mark in run.output, run.output[-6000:]
+    assert "RoleFailedError" in run.output
+    assert "worker:0" in run.output
+    logs = _logs(dev_yarn, run.app_id)
+    assert mark in logs
+    assert "Traceback (most recent call last)" in logs
+
+
+def _role_pids(app_dir: Path) -> list[int]:
+    """Processes whose working dir is inside the application's containers."""
+    root = str(app_dir)
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(root):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _has_tensorflow(pid: int) -> bool:
+    try:
+        return "libtensorflow" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def test_killing_the_application_stops_every_role_within_30_s(dev_yarn: DevYarnFixture) -> None:
+    proc = subprocess.Popen(
+        [
+            TFYARN,
+            "submit",
+            "--profile",
+            "yarn-client",
+            "--workers",
+            "1",
+            str(APPS / "long_roles.py"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dev_yarn.env,
+        cwd=REPO,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        app_id = None
+        app_dir = None
+        tf_roles: list[int] = []
+        deadline = time.monotonic() + 480
+        assert proc.stdout is not None
+        # Wait until both roles run TensorFlow inside their containers.
+        for line in proc.stdout:
+            lines.append(line)
+            if app_id is None and (m := re.search(r"tfyarn: YARN application (\S+)", line)):
+                app_id = m.group(1)
+                app_dir = (
+                    next(Path(dev_yarn.state.base_dir).glob("nm-local/usercache/*/appcache"))
+                    / app_id
+                )
+            if app_dir is not None and "tfyarn progress:" in line and "running" in line:
+                tf_roles = [p for p in _role_pids(app_dir) if _has_tensorflow(p)]
+                if len(tf_roles) >= 2:
+                    break
+            if time.monotonic() > deadline:
+                break
+        assert app_id is not None and len(tf_roles) >= 2, "".join(lines)[-5000:]
+
+        killed_at = time.monotonic()
+        dev_yarn.rm.kill(app_id)
+        remaining = _role_pids(app_dir)
+        while remaining and time.monotonic() - killed_at < 30:
+            time.sleep(0.5)
+            remaining = _role_pids(app_dir)
+        elapsed = time.monotonic() - killed_at
+        assert not remaining, f"still running {elapsed:.0f} s after the kill: {remaining}"
+        report = dev_yarn.final(app_id)
+        assert report.state == "KILLED"
+        # The client-mode driver notices and exits with an error.
+        proc.wait(timeout=120)
+        assert proc.returncode != 0
+        print(f"kill -> every role gone: {elapsed:.1f} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
