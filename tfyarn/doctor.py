@@ -156,3 +156,7 @@ CHECKS.append(check_rdma)
 from tfyarn.exchange.checks import check_exchange  # noqa: E402  (kernels, Open MPI)
 
 CHECKS.append(check_exchange)
+
+from tfyarn.yarn.checks import check_yarn  # noqa: E402  (Hadoop jars, HADOOP_CONF_DIR, RM)
+
+CHECKS.append(check_yarn)
