@@ -183,12 +183,15 @@ def _build_wheel(dest: Path) -> Path:
     return wheel
 
 
-def _site_view(dest: Path) -> Path:
-    """A directory of symlinks to this interpreter's site-packages, less tfyarn and pip."""
-    view = dest / "site-view"
+def _site_view(dest: Path, name: str = "site-view", drop: re.Pattern[str] | None = None) -> Path:
+    """A directory of symlinks to this interpreter's site-packages, less tfyarn and pip.
+
+    ``drop`` leaves out more entries (to make a node that lacks a dependency).
+    """
+    view = dest / name
     view.mkdir()
     for entry in Path(sysconfig.get_path("purelib")).iterdir():
-        if not _NOT_SHARED.match(entry.name):
+        if not _NOT_SHARED.match(entry.name) and not (drop and drop.match(entry.name)):
             (view / entry.name).symlink_to(entry)
     return view
 
@@ -332,6 +335,7 @@ def test_tfyarn_installed_from_the_wheel(deployed: tuple[Path, Run, Run], deploy
             "import importlib.metadata as m, tfyarn\nprint(tfyarn.__file__, m.version('tfyarn'))",
         ],
         env={**deploy.env, "PYTHONPATH": str(deploy.site_view)},
+        cwd=deploy.root,  # not the checkout, whose tfyarn/ would be imported instead
         capture_output=True,
         text=True,
         timeout=120,
@@ -355,36 +359,38 @@ def test_archive_published_where_yarn_localises_it(deployed: tuple[Path, Run, Ru
     assert any(init.fullmatch(n) for n in names)
 
 
-def test_spark_profiles_point_at_the_archive(deployed: tuple[Path, Run, Run]) -> None:
+def test_profiles_load_and_ship_the_archive(deployed: tuple[Path, Run, Run]) -> None:
+    from tfyarn.cluster import profiles
+
     prefix, _, _ = deployed
-    profiles = prefix / "etc/tfyarn/profiles"
-    assert sorted(p.name for p in profiles.iterdir()) == [
+    conf = prefix / "etc/tfyarn"
+    assert sorted(p.name for p in conf.glob("*.conf")) == [
         "rdma.conf",
         "yarn-client.conf",
         "yarn-cluster.conf",
     ]
+    env = {"TFYARN_EXECUTORS": "3"}
 
-    def props(name: str) -> dict[str, str]:
-        pairs = (
-            line.split(None, 1)
-            for line in (profiles / name).read_text().splitlines()
-            if line.strip() and not line.startswith("#")
+    def load(name: str) -> dict[str, str]:
+        # The way `tfyarn submit --profile NAME` with TFYARN_CONF_DIR finds and reads it.
+        found = profiles.find_profile(
+            name, profiles.profile_dirs(None, {"TFYARN_CONF_DIR": str(conf)})
         )
-        return {k: v.strip() for k, v in pairs}
+        assert found == conf / f"{name}.conf"
+        return profiles.load_profile(found, env)
 
-    client, cluster = props("yarn-client.conf"), props("yarn-cluster.conf")
-    rdma = props("rdma.conf")
-    archive = f"file://{prefix}/yarn-archives/tfyarn-env.tar.gz#tfyarn_env"
+    client, cluster, rdma = load("yarn-client"), load("yarn-cluster"), load("rdma")
+    archive = f"file://{prefix}/yarn-archives/tfyarn-env.tar.gz"
     for p in (client, cluster, rdma):
         assert p["spark.master"] == "yarn"
-        assert p["spark.yarn.dist.archives"] == archive
-        assert p["spark.pyspark.python"] == "./tfyarn_env/bin/python"
+        assert p["spark.tfyarn.yarn.envArchive"] == archive
+        assert p["spark.executor.instances"] == "3"
         assert p["spark.dynamicAllocation.enabled"] == "false"
-        assert p["spark.executor.cores"] == p["spark.task.cpus"]
+        assert p["spark.executor.cores"] == p["spark.task.cpus"] == "1"
     assert client["spark.submit.deployMode"] == "client"
-    assert client["spark.pyspark.driver.python"] == f"{prefix}/opt/tfyarn/venv/bin/python"
     assert cluster["spark.submit.deployMode"] == "cluster"
-    assert rdma["spark.executorEnv.UCX_TLS"] == "rc,sm,self"
+    assert rdma["spark.tfyarn.transport"] == "rdma"
+    assert "spark.tfyarn.transport" not in client
     assert "spark.executor.resource.gpu.amount" not in client
 
 
@@ -398,7 +404,15 @@ def test_doctor_ran_and_passed(deployed: tuple[Path, Run, Run]) -> None:
 
 def test_rdma_required_fails_without_devices(deploy: Deploy) -> None:
     prefix = deploy.root / "prefix-rdma-required"
-    run = deploy.play(prefix, "--tags", "rdma", rdma_required=True, rdma_interface="")
+    run = deploy.play(
+        prefix,
+        "--tags",
+        "rdma",
+        "--skip-tags",
+        "rdma_packages",
+        rdma_required=True,
+        rdma_interface="",
+    )
     if _rdma_devices():
         assert run.rc == 0, run.out[-4000:]
     else:
@@ -460,11 +474,25 @@ def test_ansible_lint_production_profile(deploy: Deploy) -> None:
 def test_doctor_fails_the_play_with_its_findings(
     deployed: tuple[Path, Run, Run], deploy: Deploy
 ) -> None:
-    # The same installed tfyarn, run without the shared site that holds TensorFlow and
-    # PySpark: a node whose Python environment lacks them.
+    # The same installed tfyarn on a node whose Python environment lacks TensorFlow: the
+    # shared site without it. The doctor reports the failed required check and its fix.
     prefix, _, _ = deployed
-    run = deploy.play(prefix, "--tags", "doctor", tfyarn_environment={})
+    no_tf = _site_view(deploy.root, "site-view-no-tf", drop=re.compile(r"^(tensorflow|keras)"))
+    run = deploy.play(prefix, "--tags", "doctor", doctor_environment={"PYTHONPATH": str(no_tf)})
     assert run.rc != 0
     m = re.search(r"tfyarn doctor found (\d+) required check\(s\) failing on localhost", run.out)
     assert m and int(m.group(1)) >= 1, run.out[-4000:]
     assert re.search(r"- tensorflow: .*-- fix: ", run.out), run.out[-4000:]
+
+
+def test_doctor_that_cannot_run_fails_the_play(
+    deployed: tuple[Path, Run, Run], deploy: Deploy
+) -> None:
+    # Without any of its dependencies tfyarn cannot even start: the play fails and shows why.
+    prefix, _, _ = deployed
+    run = deploy.play(prefix, "--tags", "doctor", doctor_environment={})
+    assert run.rc != 0
+    assert re.search(r"tfyarn doctor --json` did not run \(rc 1\): Traceback", run.out), run.out[
+        -4000:
+    ]
+    assert "ModuleNotFoundError" in run.out
