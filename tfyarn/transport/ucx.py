@@ -31,6 +31,11 @@ so that it returns once the data is in the peer's memory. When a transport lacks
 hardware RMA (e.g. ``UCX_TCP_PUT_ENABLE=n``) UCX emulates it in software, served by the
 peer's progress thread.
 
+Completions are driven by one progress thread per worker that sleeps on the worker's
+event fd. ``TFYARN_UCX_SPIN_US=N`` makes a waiting caller drive the worker itself for
+N microseconds first (lower latency for small messages on dedicated cores; off by
+default because it hurts on oversubscribed ones).
+
 Which UCX transports are used is decided by UCX when the process first uses it
 (``UCX_TLS``, ``UCX_NET_DEVICES``...); :attr:`UcxComm.transport` reports what the
 connection actually runs on, e.g. ``"ucx/tcp"`` or ``"ucx/posix+cma"``.
