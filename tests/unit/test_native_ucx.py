@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -191,3 +192,27 @@ def test_check_without_ucx_says_how_to_fix(monkeypatch):
     ucx_check = list(rdma.check_rdma())[1]
     assert not ucx_check.ok and not ucx_check.required
     assert "libucx-dev" in ucx_check.fix
+
+
+def test_silent_peers_cannot_exhaust_the_listener():
+    """Handshakes in flight are bounded; a silent peer is dropped after the handshake
+    timeout, and the listener then serves a real peer."""
+    with ucx.listen(
+        "ucx://127.0.0.1:0", secret=SECRET, max_pending=1, handshake_timeout=1.0
+    ) as lst:
+        host, port = lst.address.removeprefix("ucx://").rsplit(":", 1)
+        silent = socket.create_connection((host, int(port)), timeout=5)
+        time.sleep(0.2)  # let the listener start the silent peer's handshake
+        extra = socket.create_connection((host, int(port)), timeout=5)
+        extra.settimeout(5)
+        assert extra.recv(64) == b""  # refused at once: the one handshake slot is taken
+        extra.close()
+        silent.settimeout(5)
+        silent.recv(64)  # the challenge
+        assert silent.recv(64) == b""  # dropped after the 1 s handshake timeout
+        silent.close()
+        comm = ucx.connect(lst.address, secret=SECRET, timeout=10)
+        peer = lst.accept(timeout=10)
+        comm.send(b"served")
+        assert bytes(peer.recv()) == b"served"
+        comm.close()

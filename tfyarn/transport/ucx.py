@@ -333,6 +333,7 @@ class UcxListener(Listener):
         handshake_timeout: float,
         reuse_port: bool,
         backlog: int,
+        max_pending: int,
         op_timeout: float | None,
     ) -> None:
         _native = _require_ucx()
@@ -359,6 +360,7 @@ class UcxListener(Listener):
         self._comms: list[UcxComm] = []
         self._threads: set[threading.Thread] = set()
         self._handshaking: set[socket.socket] = set()
+        self._pending = threading.BoundedSemaphore(max_pending)
         self._closed = False
         self._acceptor = threading.Thread(
             target=self._accept_loop, name=f"tfyarn-ucx-accept-{self.address}", daemon=True
@@ -371,11 +373,16 @@ class UcxListener(Listener):
                 conn, addr = self._sock.accept()
             except OSError:
                 return  # listening socket closed
+            if not self._pending.acquire(blocking=False):
+                log.warning("ucx: refused connection from %s: too many pending handshakes", addr)
+                conn.close()
+                continue
             t = threading.Thread(
                 target=self._serve, args=(conn, addr), daemon=True, name=f"tfyarn-ucx-{addr}"
             )
             with self._lock:
                 if self._closed:
+                    self._pending.release()
                     conn.close()
                     return
                 self._threads.add(t)
@@ -419,6 +426,7 @@ class UcxListener(Listener):
             if not self._closed:
                 log.warning("ucx: dropped connection from %s: %s", peer, exc)
         finally:
+            self._pending.release()
             with self._lock:
                 self._threads.discard(threading.current_thread())
                 self._handshaking.discard(conn)
@@ -494,6 +502,7 @@ def listen(
     handshake_timeout: float = 10.0,
     reuse_port: bool = False,
     backlog: int = 128,
+    max_pending: int = 64,
     op_timeout: float | None = None,
 ) -> UcxListener:
     """Listen for UCX peers at ``address`` (``ucx://host:port``, port 0 for any).
@@ -510,6 +519,8 @@ def listen(
         Bind with ``SO_REUSEPORT`` (to take over a port the node layer reserved).
     backlog : int
         ``listen()`` backlog of the bootstrap socket.
+    max_pending : int
+        Most peers authenticating at once; more are closed and logged.
     op_timeout : float or None
         Limit, in seconds, on each blocking operation of accepted comms.
 
@@ -527,6 +538,7 @@ def listen(
         handshake_timeout=handshake_timeout,
         reuse_port=reuse_port,
         backlog=backlog,
+        max_pending=max_pending,
         op_timeout=op_timeout,
     )
 
