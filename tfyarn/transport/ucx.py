@@ -43,6 +43,7 @@ connection actually runs on, e.g. ``"ucx/tcp"`` or ``"ucx/posix+cma"``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -51,6 +52,7 @@ import re
 import socket
 import struct
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -77,6 +79,18 @@ _MAX_WORKER_ADDRESS = 1 << 20
 #: UCX transports that share memory between processes on one host; with only these, UCX
 #: 1.13 cannot detect a failed peer, so endpoints skip UCX's peer-failure mode.
 _SHM_TLS = {"self", "sm", "shm", "posix", "sysv", "cma", "knem", "xpmem"}
+
+
+#: Comms and listeners not closed yet: closed at interpreter exit, so that no progress
+#: thread is still inside UCX while the process tears the library down.
+_OPEN: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for obj in list(_OPEN):
+        with contextlib.suppress(Exception):
+            obj.close()
 
 
 def _require_ucx() -> Any:
@@ -231,6 +245,7 @@ class UcxComm(Comm):
         self.rma = (
             "hardware" if re.search(r"\b(put|get)\[\d+\]:", self.transport_detail) else "emulated"
         )
+        _OPEN.add(self)
 
     @property
     def op_timeout(self) -> float | None:
@@ -366,6 +381,7 @@ class UcxListener(Listener):
             target=self._accept_loop, name=f"tfyarn-ucx-accept-{self.address}", daemon=True
         )
         self._acceptor.start()
+        _OPEN.add(self)
 
     def _accept_loop(self) -> None:
         while not self._closed:
