@@ -93,6 +93,8 @@ class GrpcByteStream:
         self._closed = False
         self._on_close: Callable[[], Any] | None = None
         self._reader: threading.Thread | None = None
+        self._consuming = False
+        self._ended = False
 
     def start(self, incoming: Iterator[bytes], on_close: Callable[[], Any] | None = None) -> None:
         """Begin pumping ``incoming``; ``on_close`` runs once when the stream is closed."""
@@ -118,6 +120,7 @@ class GrpcByteStream:
 
     def outgoing(self) -> Iterator[bytes]:
         """The messages to hand to gRPC, until the stream is closed."""
+        self._consuming = True
         try:
             while True:
                 item = self._out.get()
@@ -131,9 +134,9 @@ class GrpcByteStream:
     # -- socket-like API used by auth and StreamComm ---------------------------------
     def _put(self, msg: bytes) -> None:
         while not self._credits.acquire(timeout=0.5):
-            if self._closed:
+            if self._closed or self._ended:
                 break
-        if self._closed:
+        if self._closed or self._ended:
             raise BrokenPipeError(errno.EPIPE, "gRPC stream is closed")
         self._out.put(msg)
 
@@ -192,6 +195,17 @@ class GrpcByteStream:
         """The timeout set by :meth:`settimeout`."""
         return self._timeout
 
+    def rpc_ended(self, *_: object) -> None:
+        """gRPC callback: the RPC is over; wake every waiter (nothing more will flow).
+
+        It runs on a gRPC thread, so it must not call back into gRPC (cancelling the call
+        or closing the channel from there can deadlock): that is left to :meth:`close`.
+        """
+        self._ended = True
+        self._flushed.set()
+        self._in.put(_EOF)
+        self._out.put(_EOF)
+
     def shutdown(self, how: int, /) -> None:
         """End the stream (both directions), as :meth:`close`."""
         self.close()
@@ -203,7 +217,7 @@ class GrpcByteStream:
         self._closed = True
         self._out.put(_EOF)
         self._in.put(_EOF)
-        if self._reader is not None:  # the gRPC side is consuming outgoing()
+        if self._consuming:  # let gRPC take what is queued before the RPC is torn down
             self._flushed.wait(_FLUSH_TIMEOUT)
         if self._on_close is not None:
             self._on_close()
@@ -307,7 +321,7 @@ class GrpcListener(Listener):
         stream.start(request_iterator)
         # A client that cancels (or a server stop) ends the RPC: close our side too, so
         # that the outgoing() generator and any reader wake up.
-        context.add_callback(stream.close)
+        context.add_callback(stream.rpc_ended)
         t = threading.Thread(
             target=self._admit,
             args=(stream, _peer_url(context), channel),
@@ -473,6 +487,7 @@ def _open_stream(
             on_close()
 
     stream.start(call, on_close=finish)
+    call.add_done_callback(stream.rpc_ended)
     try:
         auth.client_handshake(stream, secret, timeout=timeout)
     except BaseException:
