@@ -89,6 +89,8 @@ def dev_yarn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevYarnFixtur
             "SPARK_LOCAL_IP": "127.0.0.1",
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
+            # Every submit ships this archive, even if tfyarn's files change meanwhile.
+            "TFYARN_ENV_ARCHIVE": str(packed.path),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         }
     )

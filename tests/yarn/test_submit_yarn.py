@@ -65,6 +65,8 @@ def test_yarn_client_runs_the_digits_example(dev_yarn: DevYarnFixture, tmp_path:
     assert re.search(r"tfyarn: tracking URL: http://127\.0\.0\.1:\d+/", run.output)
     assert f"tfyarn: {run.app_id} FINISHED/SUCCEEDED" in run.output
     assert _accuracy(run.output) >= 0.8
+    saved = re.search(r"model saved to: (\S+)", run.output)
+    assert saved and Path(saved.group(1)).is_file() and str(tmp_path) in saved.group(1)
     report = dev_yarn.final(run.app_id)
     assert (report.state, report.final_status) == ("FINISHED", "SUCCEEDED")
     assert report.raw["applicationType"] == "SPARK"
@@ -82,11 +84,11 @@ def test_yarn_cluster_runs_the_example_in_the_shipped_environment(
             "2",
             "--ps",
             "1",
-            "--conf",
-            f"spark.yarn.appMasterEnv.TMPDIR={tmp_path}",
             "--py-files",
             str(EXAMPLE),
             str(APPS / "digits_in_env.py"),
+            "--model-tmp",
+            str(tmp_path),
             "--epochs",
             "3",
         ]
@@ -102,6 +104,8 @@ def test_yarn_cluster_runs_the_example_in_the_shipped_environment(
     assert (report.state, report.final_status) == ("FINISHED", "SUCCEEDED")
     driver = _logs(dev_yarn, run.app_id, "--am", "--log-files", "stdout")
     assert _accuracy(driver) >= 0.8
+    saved = re.search(r"model saved to: (\S+)", driver)
+    assert saved and Path(saved.group(1)).is_file() and str(tmp_path) in saved.group(1)
     drivers = re.findall(r"env-probe driver=(\S+)", driver)
     executors = re.findall(r"env-probe executor=(\S+)", driver)
     assert len(drivers) == 1 and drivers[0].endswith(ENV_PYTHON), driver[-3000:]

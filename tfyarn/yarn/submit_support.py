@@ -1,7 +1,8 @@
 """What ``tfyarn submit`` adds when the master is YARN.
 
 - the Python environment archive (``spark.tfyarn.yarn.envArchive``): packed and shipped
-  with ``spark.yarn.dist.archives``; executors, and the driver in cluster mode, run the
+  with ``spark.yarn.dist.archives`` (``$TFYARN_ENV_ARCHIVE``, when set, replaces ``auto``
+  with a prebuilt archive); executors, and the driver in cluster mode, run the
   Python inside it;
 - GPU discovery for ``spark.executor.resource.gpu.amount`` (Spark turns that amount into
   YARN's ``yarn.io/gpu`` request);
@@ -203,6 +204,9 @@ def prepare_plan(plan: SubmitPlan) -> SubmitPlan:
         env["SPARK_LOCAL_IP"] = "127.0.0.1"
     setting = props.pop("spark.tfyarn.yarn.envArchive", "auto").strip()
     if setting.lower() != "none":
+        if setting.lower() == "auto" and env.get("TFYARN_ENV_ARCHIVE"):
+            # A prebuilt archive pinned for this run (CI, or a test session that packed once).
+            setting = env["TFYARN_ENV_ARCHIVE"]
         if setting.lower() == "auto":
             packed = ensure_env_archive()
             archive_arg = packed.archives_arg
