@@ -106,10 +106,15 @@ class Algorithm:
         """Gradient hook of the distributed optimizer (for ``gradient_mode`` algorithms)."""
         raise NotImplementedError(f"{self.name} does not exchange gradients")
 
-    def close(self) -> None:
-        """Say goodbye to the parameter servers."""
+    def _goodbye(self) -> None:
+        """End this training run on the parameter servers (a later run reconnects)."""
         if self.client is not None:
             self.client.close()
+            self.client = None
+
+    def close(self) -> None:
+        """Say goodbye to the parameter servers."""
+        self._goodbye()
 
 
 class AllReduce(Algorithm):
@@ -169,6 +174,7 @@ class _PSGradients(Algorithm):
         """Every trainer ends with the servers' latest weights."""
         if self.client is not None:
             tensors.assign(trainable, self.client.pull())
+        self._goodbye()
 
 
 class SyncPS(_PSGradients):
@@ -211,6 +217,7 @@ class EASGD(Algorithm):
     def end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
         """The final model is the center variable."""
         tensors.assign(trainable, self._client(trainable).pull())
+        self._goodbye()
 
 
 class ModelAveraging(Algorithm):
@@ -279,6 +286,7 @@ class ADAG(Algorithm):
     def end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
         """The final model is the center."""
         tensors.assign(trainable, self._client(trainable).pull())
+        self._goodbye()
 
 
 #: Algorithm classes by strategy name, in documentation order.

@@ -130,7 +130,20 @@ class Mesh:
         key, comm = self._take(lambda k: k[1] == channel, timeout, f"any peer on {channel!r}")
         return key[0], comm
 
-    def _take(self, match: Any, timeout: float | None, what: str) -> tuple[tuple[str, str], Comm]:
+    def poll_any(self, channel: str, timeout: float) -> tuple[str, Comm] | None:
+        """Like :meth:`accept_any`, but return None when nobody connected within ``timeout``.
+
+        Raises
+        ------
+        TransportError
+            The listener failed or the mesh was closed.
+        """
+        got = self._take(lambda k: k[1] == channel, timeout, "", expire_quietly=True)
+        return None if got is None else (got[0][0], got[1])
+
+    def _take(
+        self, match: Any, timeout: float | None, what: str, expire_quietly: bool = False
+    ) -> Any:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         with self._cond:
             while True:
@@ -144,6 +157,8 @@ class Mesh:
                 if self._closed:
                     raise TransportError(f"{self.task_id}: mesh closed while waiting for {what}")
                 left = deadline - time.monotonic()
+                if left <= 0 and expire_quietly:
+                    return None
                 if left <= 0:
                     raise TransportError(
                         f"{self.task_id}: no connection from {what} within "

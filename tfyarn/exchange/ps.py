@@ -31,6 +31,7 @@ import contextlib
 import json
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -170,6 +171,9 @@ class PSServer:
         self._cond = threading.Condition()
         self._broken: str | None = None
         self._comms: list[Any] = []
+        self._seen: set[str] = set()
+        self._byes: set[str] = set()
+        self._active = 0
 
     def _fail(self, reason: str) -> None:
         with self._cond:
@@ -189,22 +193,42 @@ class PSServer:
             raise TransportError(f"parameter server {self.mesh.task_id} is broken: {self._broken}")
 
     def serve(self) -> None:
-        """Block until every trainer said BYE; raise if one vanished without it."""
-        threads = []
-        for _ in self.trainers:
+        """Block until every trainer said BYE; raise if one vanished without it.
+
+        Trainers may connect more than once (one connection per training run); the
+        server ends when each trainer has said BYE and no connection is open.
+        """
+        threads: list[threading.Thread] = []
+        started = time.monotonic()
+        while True:
+            with self._cond:
+                if self._broken is not None:
+                    break
+                if self._byes >= set(self.trainers) and self._active == 0:
+                    break
+                never = sorted(set(self.trainers) - self._seen)
+            if never and time.monotonic() - started > self.mesh.timeout:
+                self._fail(f"trainer(s) {', '.join(never)} never connected")
+                break
             try:
-                peer, comm = self.mesh.accept_any(_CHANNEL)
+                got = self.mesh.poll_any(_CHANNEL, timeout=0.5)
             except TFYarnError as exc:
                 self._fail(str(exc))
                 break
-            self._comms.append(comm)
+            if got is None:
+                continue
+            peer, comm = got
+            with self._cond:
+                self._seen.add(peer)
+                self._active += 1
+                self._comms.append(comm)
             t = threading.Thread(
                 target=self._serve_one, args=(peer, comm), name=f"tfyarn-ps-{peer}", daemon=True
             )
             t.start()
             threads.append(t)
         for t in threads:
-            t.join()
+            t.join(timeout=10)
         if self._broken is not None:
             raise TransportError(f"parameter server {self.mesh.task_id}: {self._broken}")
 
@@ -226,6 +250,8 @@ class PSServer:
                 op, b, n, param = _HEADER.unpack(head)
                 self._check()
                 if op == BYE:
+                    with self._cond:
+                        self._byes.add(peer)
                     comm.send(_ACK)  # so that the trainer closes only after we know
                     return
                 if op == INIT:
@@ -261,6 +287,9 @@ class PSServer:
         finally:
             with contextlib.suppress(Exception):
                 comm.close()
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
 
     def _update(self, op: int, shard: _Shard, buf: np.ndarray, param: float) -> np.ndarray:
         with shard.lock:
