@@ -4,6 +4,7 @@
 set -euo pipefail
 pkgs=(libucx-dev ucx-utils python3-pyverbs rdma-core ibverbs-providers iproute2 openjdk-17-jre-headless maven
       openmpi-bin python3-mpi4py python3-numpy)  # the last three: Open MPI baseline of `tfyarn bench exchange`
+pkgs+=(libopenblas0-pthread)  # native BLAS for Spark MLlib (baseline of `tfyarn bench reproduce`)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -26,6 +26,7 @@ __all__ = ["BENCHMARKS", "register", "register_benchmark"]
 BENCHMARKS: dict[str, str] = {
     "transport": "benchmarks.transport_bench",
     "exchange": "benchmarks.exchange_bench",
+    "reproduce": "benchmarks.reproductions",
 }
 
 
