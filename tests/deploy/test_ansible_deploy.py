@@ -49,7 +49,11 @@ EXISTING_YARN_SITE = """<?xml version="1.0"?>
 <configuration>
   <property>
     <name>yarn.resourcemanager.hostname</name>
-    <value>rm.example.com</value>
+    <value>127.0.0.1</value>
+  </property>
+  <property>
+    <name>yarn.resourcemanager.webapp.address</name>
+    <value>127.0.0.1:9</value>
   </property>
   <!-- keep this comment -->
   <property>
@@ -276,7 +280,7 @@ def test_yarn_site_is_merged_not_clobbered(deployed: tuple[Path, Run, Run]) -> N
     names = [n for n, _ in props]
     values = dict(props)
     # The operator's settings and comments survive.
-    assert values["yarn.resourcemanager.hostname"] == "rm.example.com"
+    assert values["yarn.resourcemanager.hostname"] == "127.0.0.1"
     assert values["my.custom.setting"] == "42"
     text = site.read_text()
     assert "<!-- keep this comment -->" in text and "configuration.xsl" in text
@@ -400,6 +404,9 @@ def test_doctor_ran_and_passed(deployed: tuple[Path, Run, Run]) -> None:
     m = re.search(verdict, first.out)
     assert m, first.out[-4000:]
     assert int(m.group(2)) > 0
+    # The doctor read the yarn-site.xml the yarn role merged (HADOOP_CONF_DIR), and the
+    # ResourceManager it names (nothing listens on 127.0.0.1:9) is an optional finding.
+    assert re.search(r"yarn: ResourceManager http://127\.0\.0\.1:9\b", first.out), first.out[-4000:]
 
 
 def test_rdma_required_fails_without_devices(deploy: Deploy) -> None:
