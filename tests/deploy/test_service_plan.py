@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,9 +73,16 @@ SCENARIOS: dict[str, tuple[dict[str, object], str, str, list[dict[str, object]],
 
 
 @pytest.fixture(scope="module")
-def plans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
+def plans(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict[str, object]]]:
     """Every scenario's plan, rendered by Ansible in one playbook run."""
     root = tmp_path_factory.mktemp("service-plan")
+    try:
+        yield _render_plans(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _render_plans(root: Path) -> dict[str, dict[str, object]]:
     tasks = [
         {
             "name": name,
