@@ -113,3 +113,18 @@ def test_auto_selection_opens_a_working_listener() -> None:
     else:
         assert (picked, carried) == ("tcp", "tcp")
     assert reason.startswith("auto:")
+
+
+def test_devices_without_an_active_port_are_not_rdma() -> None:
+    from tfyarn.transport.rdma import RdmaDevice, RdmaPort
+
+    down = RdmaDevice("mlx5_0", [RdmaPort(1, "PORT_DOWN", "InfiniBand")])
+    broken = RdmaDevice("mlx5_1", [], error="cannot open device")
+    up = RdmaDevice("mlx5_2", [RdmaPort(1, "PORT_ACTIVE", "Ethernet")])
+    sel = choose_transport("auto", **TWO_HOSTS, rdma_devices=[down, broken], have_ucx=True)
+    assert sel.scheme == "tcp"
+    assert "mlx5_0: no active port" in sel.reason and "cannot open device" in sel.reason
+    with pytest.raises(TransportUnavailableError, match="no RDMA devices"):
+        choose_transport("rdma", **TWO_HOSTS, rdma_devices=[down], have_ucx=True)
+    sel = choose_transport("auto", **TWO_HOSTS, rdma_devices=[down, up], have_ucx=True)
+    assert sel.transport == "ucx/rdma" and "mlx5_2" in sel.reason

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from tfyarn.errors import ConfigError, TransportUnavailableError
 
-__all__ = ["CHOICES", "SHM_UCX_TLS", "Selection", "choose_transport", "probe"]
+__all__ = ["CHOICES", "SHM_UCX_TLS", "Selection", "choose_transport", "probe", "usable_devices"]
 
 #: What a job may ask for.
 CHOICES = ("auto", "rdma", "shm", "ucx", "tcp", "grpc")
@@ -75,8 +75,29 @@ def _device_names(devices: Sequence[object]) -> str:
     return ", ".join(str(getattr(d, "name", d)) for d in devices)
 
 
+def usable_devices(devices: Sequence[object]) -> tuple[list[object], list[str]]:
+    """Split devices into usable ones and notes on the others.
+
+    A device that could not be queried, or whose ports are all down, cannot carry a
+    job. Objects without ``ports``/``error`` (plain names) count as usable.
+    """
+    usable: list[object] = []
+    notes: list[str] = []
+    for d in devices:
+        name = str(getattr(d, "name", d))
+        error = getattr(d, "error", "")
+        ports = getattr(d, "ports", None)
+        if error:
+            notes.append(f"{name}: {error}")
+        elif ports is not None and not any(getattr(p, "active", True) for p in ports):
+            notes.append(f"{name}: no active port")
+        else:
+            usable.append(d)
+    return usable, notes
+
+
 def probe() -> tuple[list[object], bool, str]:
-    """Look at this host: (RDMA devices, native UCX built, a note on what was missing)."""
+    """Look at this host: (usable RDMA devices, native UCX built, a note on what is missing)."""
     notes: list[str] = []
     try:
         from tfyarn import native
@@ -90,8 +111,10 @@ def probe() -> tuple[list[object], bool, str]:
     try:
         from tfyarn.transport import rdma
 
-        devices = list(rdma.list_devices())
-    except ImportError as exc:
+        devices, unusable = usable_devices(rdma.list_devices())
+        notes += unusable
+    except (ImportError, TransportUnavailableError) as exc:
+        # auto must still pick something: no discovery means no RDMA, said in the reason
         devices = []
         notes.append(f"RDMA discovery unavailable ({exc})")
     return devices, have_ucx, "; ".join(notes)
@@ -142,11 +165,13 @@ def choose_transport(
         have_ucx = probed_ucx if have_ucx is None else have_ucx
     hosts = sorted({_host_key(h) for h in peer_hosts} | {_host_key(local_host)})
     one_host = len(hosts) == 1
-    devices = list(rdma_devices)
-    ucx_why = (
-        "native UCX built" if have_ucx else f"native UCX not built{': ' + note if note else ''}"
-    )
+    devices, unusable = usable_devices(rdma_devices)
+    if unusable:
+        note = "; ".join([note, *unusable]) if note else "; ".join(unusable)
+    ucx_why = "native UCX built" if have_ucx else "native UCX not built"
     dev_why = f"RDMA devices: {_device_names(devices)}" if devices else "no RDMA devices"
+    if note:  # what probing found missing or broken, so the reason explains itself
+        dev_why = f"{dev_why}; {note}"
     host_why = f"all peers on host {hosts[0]}" if one_host else f"peers on {len(hosts)} hosts"
 
     if choice in ("tcp", "grpc"):
