@@ -160,3 +160,7 @@ CHECKS.append(check_exchange)
 from tfyarn.yarn.checks import check_yarn  # noqa: E402  (Hadoop jars, HADOOP_CONF_DIR, RM)
 
 CHECKS.append(check_yarn)
+
+from tfyarn.transport.selftest import check_transports  # noqa: E402  (tcp/grpc loopback, auto)
+
+CHECKS.append(check_transports)
