@@ -30,6 +30,7 @@ import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tfyarn.errors import FrameError
 from tfyarn.transport.base import Buffer
@@ -117,6 +118,9 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+# Plain dict lookups: calling an Enum class is slow, and this runs once per message.
+_KIND_OF = {int(k): k for k in Kind}
+_EXT_OF = {int(e): e for e in ExtType}
 
 
 @dataclass(frozen=True)
@@ -141,9 +145,8 @@ class RmaDesc:
     nbytes: int
 
 
-@dataclass(frozen=True)
-class Header:
-    """The fixed part of a frame, as parsed."""
+class Header(NamedTuple):
+    """The fixed part of a frame, as parsed (a tuple: parsed once per message)."""
 
     kind: Kind
     ext_type: ExtType
@@ -185,7 +188,10 @@ def tensor_desc_of(obj: object) -> TensorDesc | None:
     Duck-typed so that the transport does not import NumPy: anything with ``.dtype.str``
     and ``.shape`` (NumPy arrays, pool buffers viewed as arrays) gets a descriptor.
     """
-    dtype = getattr(getattr(obj, "dtype", None), "str", None)
+    dtype = getattr(obj, "dtype", None)
+    if dtype is None:  # bytes, bytearray, memoryview: the common case, kept cheap
+        return None
+    dtype = getattr(dtype, "str", None)
     shape = getattr(obj, "shape", None)
     if not isinstance(dtype, str) or not isinstance(shape, tuple):
         return None
@@ -228,6 +234,8 @@ def pack_frame_header(kind: Kind, length: int, ext: TensorDesc | RmaDesc | None 
     bytes
         ``HEADER_SIZE + ext_len`` bytes to send before the payload.
     """
+    if ext is None and length >= 0:
+        return _HEADER.pack(MAGIC, VERSION, kind, 0, length, 0)
     if length < 0:
         raise FrameError(f"frame length must be >= 0, got {length}")
     if isinstance(ext, TensorDesc) and ext.nbytes != length:
@@ -252,7 +260,9 @@ def parse_header(data: Buffer, limits: Limits = DEFAULT_LIMITS) -> Header:
     view = memoryview(data)
     if view.nbytes < HEADER_SIZE:
         raise FrameError(f"truncated frame header: {view.nbytes} of {HEADER_SIZE} bytes")
-    magic, version, kind, ext_type, length, ext_len = _HEADER.unpack_from(view.cast("B"))
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    magic, version, kind, ext_type, length, ext_len = _HEADER.unpack_from(view)
     if magic != MAGIC:
         raise FrameError(
             f"bad frame magic {bytes(magic)!r} (expected {MAGIC!r}): not a tfyarn peer"
@@ -262,11 +272,10 @@ def parse_header(data: Buffer, limits: Limits = DEFAULT_LIMITS) -> Header:
             f"frame version {version} not supported (this tfyarn speaks {VERSION}); "
             "run the same tfyarn version on every node"
         )
-    try:
-        kind_e = Kind(kind)
-        ext_e = ExtType(ext_type)
-    except ValueError:
-        raise FrameError(f"unknown frame kind {kind} or extension type {ext_type}") from None
+    kind_e = _KIND_OF.get(kind)
+    ext_e = _EXT_OF.get(ext_type)
+    if kind_e is None or ext_e is None:
+        raise FrameError(f"unknown frame kind {kind} or extension type {ext_type}")
     if length > limits.max_payload:
         raise FrameError(f"frame payload of {length} bytes exceeds the limit {limits.max_payload}")
     if ext_len > limits.max_ext:
@@ -287,6 +296,8 @@ def parse_extension(
         Truncated or inconsistent extension, unsupported dtype, too many dimensions, a
         tensor whose size does not match the payload length, or an invalid region name.
     """
+    if header.ext_type is ExtType.NONE and header.ext_len == 0:
+        return None
     view = memoryview(data).cast("B")
     if view.nbytes != header.ext_len:
         raise FrameError(f"extension has {view.nbytes} bytes, header says {header.ext_len}")

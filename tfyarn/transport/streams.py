@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from tfyarn.errors import FrameError, TransportError
+from tfyarn.errors import FrameError, TFYarnError, TransportError
 from tfyarn.transport import frames
 from tfyarn.transport.base import Buffer, Comm
 from tfyarn.transport.frames import HEADER_SIZE, Kind, Limits, RmaDesc, TensorDesc
@@ -81,8 +81,12 @@ def sendmsg_all(sock: ByteStream, parts: Sequence[memoryview | bytes]) -> None:
 
 def recv_exact(sock: ByteStream, view: memoryview) -> None:
     """Fill ``view`` from the socket; EOF before the end is a TransportError."""
-    got = 0
     total = view.nbytes
+    got = sock.recv_into(view, total) if total else 0  # usually all there at once
+    if got == total:
+        return
+    if not got:
+        raise TransportError(f"peer closed the connection (0 of {total} bytes received)")
     while got < total:
         n = sock.recv_into(view[got:], total - got)
         if not n:
@@ -105,9 +109,10 @@ def read_frame_header(
     """Read one header and its extension; FrameError if the peer's bytes are invalid."""
     recv_exact(sock, hdr)
     header = frames.parse_header(hdr, limits)
+    if not header.ext_len:
+        return header, None
     ext_buf = memoryview(bytearray(header.ext_len))
-    if header.ext_len:
-        recv_exact(sock, ext_buf)
+    recv_exact(sock, ext_buf)
     return header, frames.parse_extension(header, ext_buf, limits)
 
 
@@ -166,10 +171,20 @@ class StreamComm(Comm):
         view = readable_bytes(data)
         header = frames.pack_frame_header(Kind.MSG, view.nbytes, frames.tensor_desc_of(data))
         with self._send_lock:
-            self._io(lambda: sendmsg_all(self._sock, (header, view)))
+            if self._closed:
+                raise TransportError(f"connection to {self.peer_address} is closed")
+            try:
+                sendmsg_all(self._sock, (header, view))
+            except (OSError, TransportError) as exc:
+                raise self._broken(exc) from exc
 
     def _next_message(self) -> tuple[frames.Header, TensorDesc | None]:
-        header, ext = self._io(lambda: read_frame_header(self._sock, self._hdr, self._limits))
+        if self._closed:
+            raise TransportError(f"connection to {self.peer_address} is closed")
+        try:
+            header, ext = read_frame_header(self._sock, self._hdr, self._limits)
+        except (OSError, TransportError) as exc:
+            raise self._broken(exc) from exc
         if header.kind is not Kind.MSG or isinstance(ext, RmaDesc):
             self._fail(f"peer sent a {header.kind.name} frame on the data stream")
         return header, ext  # type: ignore[return-value]
@@ -202,7 +217,12 @@ class StreamComm(Comm):
                 frames.check_tensor_matches(desc, dtype, shape)
             except FrameError as exc:
                 self._refuse(header.length, str(exc))
-            self._io(lambda: recv_exact(self._sock, dest[: header.length]))
+            try:
+                recv_exact(
+                    self._sock, dest[: header.length] if header.length != dest.nbytes else dest
+                )
+            except (OSError, TransportError) as exc:
+                raise self._broken(exc) from exc
             return header.length
 
     def recv(self) -> memoryview:
@@ -271,6 +291,19 @@ class StreamComm(Comm):
             return dest.nbytes
 
     # -- plumbing ------------------------------------------------------------------
+    def _broken(self, exc: BaseException) -> TFYarnError:
+        """Close this comm after ``exc`` on its socket; return the error to raise.
+
+        A malformed frame (FrameError) or a lost connection leaves the byte stream at an
+        unknown position, so the comm cannot be used again.
+        """
+        self.close()
+        if isinstance(exc, FrameError):
+            return FrameError(f"{exc} (from {self.peer_address}; connection closed)")
+        if isinstance(exc, TransportError):
+            return exc
+        return TransportError(f"connection to {self.peer_address} failed: {exc}")
+
     def _io(self, fn: Callable[[], Any]) -> Any:
         """Run socket work; a lost connection or a malformed frame closes this comm."""
         if self._closed:
