@@ -180,3 +180,27 @@ def test_reuse_port_lets_a_reserved_port_be_taken_over() -> None:
             assert lis.address == f"tcp://127.0.0.1:{port}"
     finally:
         reserve.close()
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "grpc"])
+def test_close_wakes_a_thread_waiting_in_accept(scheme: str) -> None:
+    from tfyarn import transport
+
+    lis = transport.listen(f"{scheme}://127.0.0.1:0", secret=SECRET)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            lis.accept()  # no timeout: only close() can end this
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wait) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    lis.close()
+    for t in threads:
+        t.join(5)
+        assert not t.is_alive()
+    assert len(errors) == 2 and all("closed" in str(e) for e in errors)

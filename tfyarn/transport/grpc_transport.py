@@ -37,7 +37,13 @@ from tfyarn.transport import auth, frames
 from tfyarn.transport.base import Buffer, Listener
 from tfyarn.transport.frames import Limits
 from tfyarn.transport.memory import RegionTable
-from tfyarn.transport.streams import StreamComm, close_stream, format_address, serve_rma
+from tfyarn.transport.streams import (
+    AcceptQueue,
+    StreamComm,
+    close_stream,
+    format_address,
+    serve_rma,
+)
 
 __all__ = ["GrpcByteStream", "GrpcListener", "connect", "listen"]
 
@@ -275,7 +281,6 @@ class GrpcListener(Listener):
         self._tls = tls_cert_chain is not None
         self.transport = "grpc+tls" if self._tls else "grpc"
         self._regions = RegionTable()
-        self._queue: queue.Queue[StreamComm] = queue.Queue()
         self._lock = threading.Lock()
         self._streams: set[GrpcByteStream] = set()
         self._threads: set[threading.Thread] = set()
@@ -311,6 +316,7 @@ class GrpcListener(Listener):
             self._server.stop(None)
             raise TransportError(f"cannot listen on grpc://{bind}: {error or 'bind failed'}")
         self.address = format_address("grpc", host, bound)
+        self._accepted = AcceptQueue(self.address)
         self._server.start()
 
     # -- gRPC handlers (run on the server's pool) -------------------------------------
@@ -357,7 +363,7 @@ class GrpcListener(Listener):
                 comm = StreamComm(
                     stream, transport=self.transport, peer_address=peer, limits=self._limits
                 )
-                self._queue.put(comm)
+                self._accepted.put(comm)
                 handed_over = True
             else:
                 serve_rma(stream, self._regions, self._limits, lambda: self._closed)
@@ -381,16 +387,10 @@ class GrpcListener(Listener):
         Raises
         ------
         TransportError
-            No peer connected within ``timeout`` seconds, or the listener is closed.
+            No peer connected within ``timeout`` seconds, or the listener is (or gets)
+            closed.
         """
-        if self._closed:
-            raise TransportError(f"listener {self.address} is closed")
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            raise TransportError(
-                f"no peer connected to {self.address} within {timeout} s"
-            ) from None
+        return self._accepted.get(timeout)  # type: ignore[return-value]
 
     def register(self, region: str, buf: Buffer) -> None:
         """Expose writable ``buf`` as ``region`` to peers' put/get."""
@@ -407,6 +407,8 @@ class GrpcListener(Listener):
                 return
             self._closed = True
             streams, threads = list(self._streams), list(self._threads)
+        for comm in self._accepted.close():
+            comm.close()
         for stream in streams:
             close_stream(stream)
         self._server.stop(grace=1.0).wait(5)

@@ -12,6 +12,7 @@ the messages another thread is receiving.
 from __future__ import annotations
 
 import contextlib
+import queue
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from tfyarn.transport.memory import RegionTable, alloc_buffer, readable_bytes, w
 
 __all__ = [
     "MAX_ERROR",
+    "AcceptQueue",
     "ByteStream",
     "StreamComm",
     "close_stream",
@@ -399,3 +401,50 @@ def send_error(conn: ByteStream, message: str) -> None:
     """Answer a request with an ERROR frame carrying ``message``."""
     text = message.encode("utf-8")[:MAX_ERROR]
     conn.sendall(frames.pack_frame_header(Kind.ERROR, len(text)) + text)
+
+
+_CLOSED = object()
+
+
+class AcceptQueue:
+    """Authenticated comms waiting for ``Listener.accept``; closing wakes every waiter."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+        self._queue: queue.Queue[Any] = queue.Queue()
+
+    def put(self, comm: Comm) -> None:
+        """Hand an authenticated comm to the next ``get``."""
+        self._queue.put(comm)
+
+    def get(self, timeout: float | None) -> Comm:
+        """Return the next comm.
+
+        Raises
+        ------
+        TransportError
+            None arrived within ``timeout`` seconds, or the listener was closed.
+        """
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise TransportError(
+                f"no peer connected to {self._address} within {timeout} s"
+            ) from None
+        if item is _CLOSED:
+            self._queue.put(_CLOSED)  # for the next waiter
+            raise TransportError(f"listener {self._address} is closed")
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> list[Comm]:
+        """Wake every waiter with an error; return the comms nobody accepted."""
+        left = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _CLOSED:
+                left.append(item)
+        self._queue.put(_CLOSED)
+        return left

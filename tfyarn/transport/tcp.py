@@ -20,7 +20,6 @@ straight into the region and a GET answered straight from it.
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import threading
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from tfyarn.transport.base import Buffer, Listener
 from tfyarn.transport.frames import HEADER_SIZE, Kind, Limits
 from tfyarn.transport.memory import RegionTable
 from tfyarn.transport.streams import (
+    AcceptQueue,
     StreamComm,
     close_stream,
     format_address,
@@ -134,12 +134,12 @@ class TcpListener(Listener):
             raise TransportError(f"cannot listen on {host}:{port}: {exc}") from exc
         self._host = host
         self.address = format_address("tcp", host, self._sock.getsockname()[1])
+        self._accepted = AcceptQueue(self.address)
         self._secret = secret
         self._limits = limits
         self._handshake_timeout = handshake_timeout
         self._pending = threading.BoundedSemaphore(max_pending)
         self._regions = RegionTable()
-        self._queue: queue.Queue[TcpComm] = queue.Queue()
         self._lock = threading.Lock()
         self._comms: list[TcpComm] = []
         self._conns: set[socket.socket] = set()
@@ -202,7 +202,7 @@ class TcpListener(Listener):
                     self._comms = [c for c in self._comms if not c._closed]
                     self._comms.append(comm)
                     self._conns.discard(conn)  # the comm owns the socket now
-                self._queue.put(comm)
+                self._accepted.put(comm)
                 handed_over = True
             elif bytes(channel) == _RMA:
                 conn.settimeout(None)
@@ -228,16 +228,10 @@ class TcpListener(Listener):
         Raises
         ------
         TransportError
-            No peer connected within ``timeout`` seconds, or the listener is closed.
+            No peer connected within ``timeout`` seconds, or the listener is (or gets)
+            closed.
         """
-        if self._closed:
-            raise TransportError(f"listener {self.address} is closed")
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            raise TransportError(
-                f"no peer connected to {self.address} within {timeout} s"
-            ) from None
+        return self._accepted.get(timeout)  # type: ignore[return-value]
 
     def register(self, region: str, buf: Buffer) -> None:
         """Expose writable ``buf`` as ``region`` to peers' put/get."""
@@ -255,6 +249,7 @@ class TcpListener(Listener):
             self._closed = True
             comms, conns, threads = list(self._comms), list(self._conns), list(self._threads)
         close_stream(self._sock)
+        self._accepted.close()
         for comm in comms:
             comm.close()
         for conn in conns:
