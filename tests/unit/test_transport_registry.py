@@ -76,3 +76,16 @@ def test_ucx_library_settings_go_to_the_environment(monkeypatch: pytest.MonkeyPa
     with transport.listen("tcp://127.0.0.1:0", secret=b"s" * 32, UCX_TLS="tcp"):
         pass
     assert os.environ["UCX_TLS"] == "posix,self"
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "grpc"])
+def test_ipv6_loopback(scheme: str) -> None:
+    secret = b"s" * 32
+    with transport.listen(f"{scheme}://[::1]:0", secret=secret) as lis:
+        assert lis.address.startswith(f"{scheme}://[::1]:")
+        assert transport.parse_address(lis.address)[1] == "::1"
+        with transport.connect(lis.address, secret=secret, timeout=10) as c:
+            srv = lis.accept(timeout=10)
+            c.send(b"over v6")
+            assert bytes(srv.recv()) == b"over v6"
+            srv.close()
