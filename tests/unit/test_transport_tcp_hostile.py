@@ -139,6 +139,7 @@ def test_close_wakes_a_blocked_receiver(listener: tcp.TcpListener) -> None:
     c.close()
     t.join(5)
     assert not t.is_alive() and isinstance(errors[0], TransportError)
+    assert "closed locally" in str(errors[0])
     with pytest.raises(TransportError):
         srv.recv()  # the other end sees the close too
     c.close()  # idempotent

@@ -299,6 +299,8 @@ class StreamComm(Comm):
         A malformed frame (FrameError) or a lost connection leaves the byte stream at an
         unknown position, so the comm cannot be used again.
         """
+        if self._closed:  # close() from another thread woke us: say so, not "peer closed"
+            return TransportError(f"connection to {self.peer_address} was closed locally")
         self.close()
         if isinstance(exc, FrameError):
             return FrameError(f"{exc} (from {self.peer_address}; connection closed)")
