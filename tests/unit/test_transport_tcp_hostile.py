@@ -205,3 +205,18 @@ def test_close_wakes_a_thread_waiting_in_accept(scheme: str) -> None:
         t.join(5)
         assert not t.is_alive()
     assert len(errors) == 2 and all("closed" in str(e) for e in errors)
+
+
+def test_recv_allocates_no_more_than_max_alloc() -> None:
+    limits = frames.Limits(max_alloc=1000)
+    with (
+        tcp.listen("tcp://127.0.0.1:0", secret=SECRET, limits=limits) as lis,
+        tcp.connect(lis.address, secret=SECRET, timeout=5) as c,
+    ):
+        srv = lis.accept(timeout=5)
+        c.send(b"x" * 1001)
+        with pytest.raises(FrameError, match="max_alloc"):
+            srv.recv()
+        c.send(b"y" * 1001)  # the refused message was drained: the stream is in step
+        assert srv.recv_into(bytearray(2000)) == 1001
+        srv.close()

@@ -97,7 +97,12 @@ class Limits:
     Parameters
     ----------
     max_payload : int
-        Largest payload accepted, in bytes (bounds what ``recv()`` may allocate).
+        Largest payload accepted, in bytes. ``recv_into`` needs no tighter bound: the
+        caller's buffer is the bound.
+    max_alloc : int
+        Largest message ``recv()`` allocates a buffer for; a larger one is discarded with
+        a FrameError (receive it with ``recv_into`` into a buffer of your own, or raise
+        this limit), so that a peer cannot make us allocate more than we chose to.
     max_ext : int
         Largest extension accepted, in bytes.
     max_ndim : int
@@ -107,12 +112,13 @@ class Limits:
     """
 
     max_payload: int = 1 << 36  # 64 GiB: beyond any single tensor a role exchanges
+    max_alloc: int = 1 << 31  # 2 GiB
     max_ext: int = 4096
     max_ndim: int = 32
     max_name: int = 256
 
     def __post_init__(self) -> None:
-        for field in ("max_payload", "max_ext", "max_ndim", "max_name"):
+        for field in ("max_payload", "max_alloc", "max_ext", "max_ndim", "max_name"):
             if getattr(self, field) < 0:
                 raise ValueError(f"Limits.{field} must be >= 0, got {getattr(self, field)}")
 

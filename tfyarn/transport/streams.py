@@ -231,6 +231,12 @@ class StreamComm(Comm):
         """Receive the next message into a new (pool) buffer and return a view of it."""
         with self._recv_lock:
             header, _ = self._next_message()
+            if header.length > self._limits.max_alloc:
+                self._refuse(
+                    header.length,
+                    f"message of {header.length} bytes exceeds Limits.max_alloc "
+                    f"({self._limits.max_alloc}); receive it with recv_into",
+                )
             view = memoryview(alloc_buffer(header.length)).cast("B")[: header.length]
             self._io(lambda: recv_exact(self._sock, view))
             return view
