@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import common, transport_bench
+from tfyarn.cli.bench import _benchmarks_module
 from tfyarn.cli.main import main as cli_main
+
+# benchmarks/ is not an installed package: import it the way `tfyarn bench` does.
+common = _benchmarks_module("benchmarks.common")
+transport_bench = _benchmarks_module("benchmarks.transport_bench")
 
 
 def test_parse_and_format_sizes() -> None:
