@@ -220,3 +220,49 @@ def test_recv_allocates_no_more_than_max_alloc() -> None:
         c.send(b"y" * 1001)  # the refused message was drained: the stream is in step
         assert srv.recv_into(bytearray(2000)) == 1001
         srv.close()
+
+
+_EMFILE_SCRIPT = """
+import resource, socket, sys
+from tfyarn.transport import tcp
+secret = b"k" * 32
+lis = tcp.listen("tcp://127.0.0.1:0", secret=secret)
+port = int(lis.address.rsplit(":", 1)[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+hog = []
+try:
+    while True:  # use up every descriptor (bounded by the limit of 128)
+        hog.append(socket.socket())
+except OSError:
+    pass
+hog.pop().close()  # one left: the next connect() takes it, the listener's accept() cannot
+try:
+    c = socket.create_connection(("127.0.0.1", port), timeout=5)
+    hog.append(c)
+except OSError:
+    pass
+import time; time.sleep(0.5)  # the acceptor hits EMFILE meanwhile
+for s in hog:
+    s.close()
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+with tcp.connect(lis.address, secret=secret, timeout=10) as c:
+    srv = lis.accept(timeout=10)
+    c.send(b"alive")
+    print(bytes(srv.recv()).decode())
+    srv.close()
+lis.close()
+"""
+
+
+def test_listener_survives_running_out_of_descriptors() -> None:
+    """EMFILE on accept() must not end the accept loop (a deaf listener is a hang)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _EMFILE_SCRIPT], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Too many open files; retrying" in done.stderr  # the EMFILE path really ran
+    assert done.stdout.strip() == "alive"

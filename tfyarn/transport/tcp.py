@@ -19,9 +19,11 @@ straight into the region and a GET answered straight from it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -154,8 +156,13 @@ class TcpListener(Listener):
         while not self._closed:
             try:
                 conn, addr = self._sock.accept()
-            except OSError:
-                return  # listening socket closed
+            except OSError as exc:
+                if self._closed or exc.errno in (errno.EBADF, errno.EINVAL):
+                    return  # the listening socket was closed
+                # e.g. EMFILE: keep serving once descriptors free up, instead of going deaf
+                log.error("accept on %s failed: %s; retrying", self.address, exc)
+                time.sleep(0.1)
+                continue
             if not self._pending.acquire(blocking=False):
                 log.warning("refused connection from %s: too many pending handshakes", addr)
                 close_stream(conn)
