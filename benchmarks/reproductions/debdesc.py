@@ -26,6 +26,7 @@ __all__ = [
     "is_test",
     "label_index",
     "read_records",
+    "split_counts",
 ]
 
 #: Where the data set lives relative to the repository root.

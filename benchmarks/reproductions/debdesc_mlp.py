@@ -32,9 +32,9 @@ WORKERS = 2
 #: Non-zeros kept per document for the TF input (99.9 % of documents have fewer; longer
 #: ones keep their highest TF-IDF weights).
 MAX_TERMS = 256
-BATCH = 128
-EPOCHS = 4
-LEARNING_RATE = 1e-3
+BATCH = 256
+EPOCHS = 3
+LEARNING_RATE = 2e-3
 ACTIVATION = "relu"
 STRATEGY = "allreduce"
 STRATEGY_OPTIONS: dict[str, Any] = {}

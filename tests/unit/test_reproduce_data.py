@@ -21,7 +21,8 @@ def test_split_rule_is_sha1_of_the_package_mod_5() -> None:
     # a fixed pair, so that a change of the hash input (e.g. adding a newline) is caught
     picks = [p for p in (f"pkg{i}" for i in range(40)) if debdesc.is_test(p)]
     assert picks == [
-        p for p in (f"pkg{i}" for i in range(40))
+        p
+        for p in (f"pkg{i}" for i in range(40))
         if int(hashlib.sha1(p.encode()).hexdigest(), 16) % 5 == 0
     ]
     assert 0 < len(picks) < 40
@@ -36,7 +37,9 @@ def test_the_shared_data_set_splits_into_9998_test_records() -> None:
 
 def test_records_from_a_small_file_and_clear_errors(tmp_path: Path) -> None:
     good = tmp_path / "d.jsonl.gz"
-    lines = [{"package": f"p{i}", "label": "libs" if i % 2 else "doc", "text": "t"} for i in range(10)]
+    lines = [
+        {"package": f"p{i}", "label": "libs" if i % 2 else "doc", "text": "t"} for i in range(10)
+    ]
     with gzip.open(good, "wt") as f:
         f.write("\n".join(json.dumps(x) for x in lines) + "\n\n")
     records = debdesc.read_records(good)
@@ -76,14 +79,14 @@ def test_mlp_forward_follows_mllib_weight_layout() -> None:
 
 
 def test_iris_split_is_stratified_and_scaled() -> None:
-    xtr, ytr, xte, yte = lstm_iris.iris_split()
+    xtr, _, xte, yte = lstm_iris.iris_split()
     assert xtr.shape == (120, 4) and xte.shape == (30, 4)
     assert np.bincount(yte).tolist() == [10, 10, 10]
     assert xtr.min() == 0.0 and xtr.max() == 1.0
 
 
 def test_part3_data_has_the_published_size() -> None:
-    xtr, ytr, xte, yte = easgd_adagrad.make_data(instances=2_000, held_out=200)
+    xtr, ytr, xte, _ = easgd_adagrad.make_data(instances=2_000, held_out=200)
     assert xtr.shape == (2_000, easgd_adagrad.FEATURES) and xte.shape == (200, 30)
     assert set(np.unique(ytr)) == {0, 1}
     np.testing.assert_allclose(xtr.mean(axis=0), 0, atol=1e-5)
