@@ -228,6 +228,8 @@ def deploy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deploy]:
         ANSIBLE_REMOTE_TEMP=str(root / "ansible-tmp"),
         ANSIBLE_NOCOLOR="1",
         ANSIBLE_DEPRECATION_WARNINGS="0",
+        # One line per message (the yaml format of ansible.cfg wraps long ones).
+        ANSIBLE_CALLBACK_RESULT_FORMAT="json",
         XDG_CACHE_HOME=str(root / "cache"),
     )
     yield Deploy(root, env, inventory, _build_wheel(root), _site_view(root))
