@@ -181,14 +181,24 @@ def write_png(path: Path, title: str, rows: Sequence[Row]) -> Path | None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     modes = sorted({r.mode for r in rows})
+    # One colour per backend in every panel, so that lines can be compared across modes.
+    colour = {b: f"C{i % 10}" for i, b in enumerate(sorted({r.backend for r in rows}))}
+    sizes = sorted({r.size for r in rows})
     fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 4.8), squeeze=False)
     for ax, mode in zip(axes[0], modes, strict=True):
         for backend in sorted({r.backend for r in rows if r.mode == mode}):
             pts = sorted((r.size, r.gbps) for r in rows if r.mode == mode and r.backend == backend)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=backend)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o",
+                label=backend,
+                color=colour[backend],
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("message size (bytes)")
+        ax.set_xticks(sizes, [format_size(n).replace(" ", "") for n in sizes])
+        ax.set_xlabel("message size")
         ax.set_ylabel("GB/s")
         ax.set_title(f"{title}: {mode}")
         ax.grid(True, which="both", alpha=0.3)
