@@ -67,7 +67,9 @@ def namespaces() -> Iterator[tuple[str, str, str]]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
-def _check_from(client_ns: str, address: str, secret: bytes) -> dict[str, object]:
+def _check_from(
+    client_ns: str, address: str, secret: bytes, env: dict[str, str] | None = None
+) -> dict[str, object]:
     """Run the checking client inside ``client_ns``; return its observations."""
     done = subprocess.run(
         [
@@ -84,6 +86,7 @@ def _check_from(client_ns: str, address: str, secret: bytes) -> dict[str, object
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
     for line in done.stdout.splitlines():
         if line.startswith("CHECKED "):
@@ -91,19 +94,36 @@ def _check_from(client_ns: str, address: str, secret: bytes) -> dict[str, object
     raise AssertionError(f"client failed (exit {done.returncode}): {done.stderr[-3000:]}")
 
 
-@pytest.mark.parametrize("scheme", ["tcp", "grpc"])
+def _ucx_env() -> dict[str, str]:
+    """UCX over TCP only: the veth link is all there is between the namespaces."""
+    return {**os.environ, "UCX_TLS": "tcp,self"}
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "grpc", "ucx"])
 def test_backend_across_namespaces(namespaces: tuple[str, str, str], scheme: str) -> None:
     server_ns, client_ns, _ = namespaces
+    env = None
+    if scheme == "ucx":
+        from tfyarn.transport.select import probe
+
+        if not probe()[1]:
+            pytest.fail("tfyarn.native was built without UCX; run make setup (libucx-dev)")
+        env = _ucx_env()
     secret = new_job_secret()
     server = start_server(
-        f"{scheme}://{SERVER_IP}:0", secret, 1 << 20, prefix=("ip", "netns", "exec", server_ns)
+        f"{scheme}://{SERVER_IP}:0",
+        secret,
+        1 << 20,
+        env=env,
+        prefix=("ip", "netns", "exec", server_ns),
     )
     try:
         assert server.address.startswith(f"{scheme}://{SERVER_IP}:")
-        facts = _check_from(client_ns, server.address, secret)
+        facts = _check_from(client_ns, server.address, secret, env)
     finally:
         log = server.stop()
-    assert facts["transport"] == scheme
+    # ucx reports what UCX actually used; over the veth link that must be its tcp transport
+    assert facts["transport"] == ("ucx/tcp" if scheme == "ucx" else scheme)
     assert facts["echo_ok"] == [True, True, True, True]
     assert facts["tensor_ok"] is True
     assert facts["put_get_ok"] is True
