@@ -266,3 +266,17 @@ def test_listener_survives_running_out_of_descriptors() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Too many open files; retrying" in done.stderr  # the EMFILE path really ran
     assert done.stdout.strip() == "alive"
+
+
+def test_put_get_argument_errors(listener: tcp.TcpListener) -> None:
+    listener.register("r", bytearray(8))
+    with tcp.connect(listener.address, secret=SECRET, timeout=5) as c:
+        for region, offset in (("r", -1), ("", 0), (7, 0), ("x" * 300, 0)):
+            with pytest.raises(ConfigError):
+                c.put(b"a", region, offset)  # type: ignore[arg-type]
+            with pytest.raises(ConfigError):
+                c.get(bytearray(1), region, offset)  # type: ignore[arg-type]
+        c.put(b"ok", "r", 6)  # nothing was sent for the refused calls: the channel is fine
+        got = bytearray(2)
+        c.get(got, "r", 6)
+        assert got == b"ok"

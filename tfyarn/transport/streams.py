@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from tfyarn.errors import FrameError, TFYarnError, TransportError
+from tfyarn.errors import ConfigError, FrameError, TFYarnError, TransportError
 from tfyarn.transport import frames
 from tfyarn.transport.base import Buffer, Comm
 from tfyarn.transport.frames import HEADER_SIZE, Kind, Limits, RmaDesc, TensorDesc
@@ -267,12 +267,20 @@ class StreamComm(Comm):
             raise FrameError(f"expected {expect.name}, got {header.kind.name}")
         return header, None
 
+    @staticmethod
+    def _check_target(region: str, offset: int) -> None:
+        if not isinstance(region, str) or not region or len(region.encode("utf-8")) > 256:
+            raise ConfigError(f"region must be a non-empty name of <= 256 bytes, got {region!r}")
+        if not isinstance(offset, int) or offset < 0:
+            raise ConfigError(f"offset must be an int >= 0, got {offset!r}")
+
     def _served_error(self, request: str, error: str | None) -> None:
         if error is not None:
             raise TransportError(f"{request} refused by {self.peer_address}: {error}")
 
     def put(self, data: Buffer, region: str, offset: int = 0) -> None:
         """Write ``data`` into the listener's ``region`` at ``offset``; returns once it is there."""
+        self._check_target(region, offset)
         view = readable_bytes(data)
         header = frames.pack_frame_header(
             Kind.PUT, view.nbytes, RmaDesc(region, offset, view.nbytes)
@@ -285,6 +293,7 @@ class StreamComm(Comm):
 
     def get(self, buf: Buffer, region: str, offset: int = 0) -> int:
         """Read ``len(buf)`` bytes of the listener's ``region`` at ``offset`` into ``buf``."""
+        self._check_target(region, offset)
         dest = writable_bytes(buf, "get buffer")
         header = frames.pack_frame_header(Kind.GET, 0, RmaDesc(region, offset, dest.nbytes))
         with self._rma_lock:
