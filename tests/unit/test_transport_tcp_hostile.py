@@ -280,3 +280,21 @@ def test_put_get_argument_errors(listener: tcp.TcpListener) -> None:
         got = bytearray(2)
         c.get(got, "r", 6)
         assert got == b"ok"
+
+
+def test_bfloat16_tensors_round_trip_and_are_checked(listener: tcp.TcpListener) -> None:
+    import ml_dtypes  # comes with TensorFlow
+
+    arr = (np.arange(12, dtype=np.float32) / 3).astype(ml_dtypes.bfloat16).reshape(3, 4)
+    with tcp.connect(listener.address, secret=SECRET, timeout=5) as c:
+        srv = listener.accept(timeout=5)
+        c.send(arr)
+        out = np.empty((3, 4), ml_dtypes.bfloat16)
+        assert srv.recv_into(out) == arr.nbytes
+        assert (out == arr).all()
+        c.send(arr)
+        with pytest.raises(FrameError, match="mismatch"):
+            srv.recv_into(np.empty((3, 4), np.float16))  # same size, different meaning
+        with pytest.raises(ConfigError, match="Python objects"):
+            c.send(np.array([object(), object()]))
+        srv.close()

@@ -14,7 +14,8 @@ then ``length`` payload bytes::
     16     4    ext_len    bytes of extension that follow the header
     20     4    reserved   0
 
-Tensor extension: ``dtype_len`` (u8), dtype string (NumPy ``dtype.str``, e.g. ``"<f4"``),
+Tensor extension: ``dtype_len`` (u8), dtype string (NumPy ``dtype.str``, e.g. ``"<f4"``,
+or the name of an extension float type such as ``"bfloat16"``),
 ``ndim`` (u8), then ``ndim`` u64 dimensions. RMA extension: ``offset`` (u64), ``nbytes``
 (u64), ``name_len`` (u16), region name (UTF-8).
 
@@ -175,8 +176,25 @@ _KINDS = frozenset("biufc")
 _MAX_ITEMSIZE = 32
 
 
+#: Extension dtypes (ml_dtypes, as TensorFlow uses them) named by ``dtype.name``: their
+#: ``dtype.str`` is an ambiguous ``'<V2'``.
+_NAMED_DTYPES = {"bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
+def _dtype_token(dtype: object) -> str | None:
+    """What a descriptor records for a NumPy dtype: ``dtype.str``, or the name of an
+    extension float type; None for anything that is not a plain number type."""
+    text = getattr(dtype, "str", None)
+    if isinstance(text, str) and text[1:2] in _KINDS:
+        return text
+    name = getattr(dtype, "name", None)
+    return name if name in _NAMED_DTYPES else None
+
+
 def _itemsize(dtype: str) -> int:
-    """Item size of a NumPy ``dtype.str`` like ``'<f4'``; FrameError if not a plain number."""
+    """Item size of a descriptor dtype (``'<f4'`` or ``'bfloat16'``); FrameError otherwise."""
+    if dtype in _NAMED_DTYPES:
+        return _NAMED_DTYPES[dtype]
     if len(dtype) < 3 or dtype[0] not in "<>|=" or dtype[1] not in _KINDS:
         raise FrameError(f"unsupported tensor dtype {dtype!r} (expected e.g. '<f4', '|u1')")
     digits = dtype[2:]
@@ -197,13 +215,11 @@ def tensor_desc_of(obj: object) -> TensorDesc | None:
     dtype = getattr(obj, "dtype", None)
     if dtype is None:  # bytes, bytearray, memoryview: the common case, kept cheap
         return None
-    dtype = getattr(dtype, "str", None)
+    token = _dtype_token(dtype)
     shape = getattr(obj, "shape", None)
-    if not isinstance(dtype, str) or not isinstance(shape, tuple):
+    if token is None or not isinstance(shape, tuple):
         return None
-    if dtype[1:2] not in _KINDS:
-        return None
-    return TensorDesc(dtype, tuple(int(d) for d in shape))
+    return TensorDesc(token, tuple(int(d) for d in shape))
 
 
 def _pack_ext(ext: TensorDesc | RmaDesc | None) -> tuple[ExtType, bytes]:

@@ -31,13 +31,12 @@ def alloc_buffer(nbytes: int) -> Buffer:
     return native.default_pool().alloc(nbytes)
 
 
-def writable_bytes(buf: Buffer, what: str = "buffer") -> memoryview:
-    """Return a flat, writable byte view of ``buf``.
+def _byte_view(buf: Buffer, what: str) -> memoryview:
+    """A memoryview of ``buf``'s bytes, without copying.
 
-    Raises
-    ------
-    ConfigError
-        ``buf`` is read-only or not contiguous.
+    NumPy arrays of extension dtypes (bfloat16, float8 from ml_dtypes) refuse the buffer
+    protocol; their bytes are taken through ``buf.view("u1")`` instead. Arrays of Python
+    objects are refused: their bytes are pointers, meaningless in another process.
     """
     try:
         view = memoryview(buf)
@@ -45,34 +44,46 @@ def writable_bytes(buf: Buffer, what: str = "buffer") -> memoryview:
         raise ConfigError(
             f"{what} must support the buffer protocol, got {type(buf).__name__}"
         ) from None
-    if view.readonly:
-        raise ConfigError(f"{what} is read-only; pass a bytearray, NumPy array or pool buffer")
+    except ValueError as exc:  # e.g. "cannot include dtype 'E' in a buffer"
+        as_bytes = getattr(buf, "view", None)
+        if as_bytes is None or getattr(getattr(buf, "dtype", None), "hasobject", True):
+            raise ConfigError(f"{what} cannot be sent as bytes: {exc}") from None
+        try:
+            view = memoryview(as_bytes("u1"))
+        except (TypeError, ValueError) as exc2:
+            raise ConfigError(f"{what} cannot be sent as bytes: {exc2}") from None
+    if "O" in view.format:
+        raise ConfigError(f"{what} holds Python objects, which cannot be sent as bytes")
     if not view.c_contiguous:
         raise ConfigError(
             f"{what} is not C-contiguous; pass a contiguous array (np.ascontiguousarray)"
         )
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def writable_bytes(buf: Buffer, what: str = "buffer") -> memoryview:
+    """Return a flat, writable byte view of ``buf`` (no copy).
+
+    Raises
+    ------
+    ConfigError
+        ``buf`` is read-only, not contiguous, or not bytes-like.
+    """
+    view = _byte_view(buf, what)
+    if view.readonly:
+        raise ConfigError(f"{what} is read-only; pass a bytearray, NumPy array or pool buffer")
+    return view
 
 
 def readable_bytes(buf: Buffer, what: str = "data") -> memoryview:
-    """Return a flat byte view of ``buf`` (read-only allowed).
+    """Return a flat byte view of ``buf`` (read-only allowed, no copy).
 
     Raises
     ------
     ConfigError
-        ``buf`` does not support the buffer protocol or is not contiguous.
+        ``buf`` is not contiguous or not bytes-like.
     """
-    try:
-        view = memoryview(buf)
-    except TypeError:
-        raise ConfigError(
-            f"{what} must support the buffer protocol, got {type(buf).__name__}"
-        ) from None
-    if not view.c_contiguous:
-        raise ConfigError(
-            f"{what} is not C-contiguous; pass a contiguous array (np.ascontiguousarray)"
-        )
-    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    return _byte_view(buf, what)
 
 
 class RegionTable:
