@@ -125,3 +125,22 @@ def test_silent_stream_times_out_and_listener_keeps_serving(
             c.send(b"still serving")
             assert bytes(srv.recv()) == b"still serving"
             srv.close()
+
+
+def test_listener_close_leaves_no_threads() -> None:
+    before = {t.ident for t in threading.enumerate()}
+    secret = auth.new_job_secret()
+    lis = gt.listen("grpc://127.0.0.1:0", secret=secret)
+    lis.register("r", bytearray(16))
+    with gt.connect(lis.address, secret=secret, timeout=10) as c:
+        srv = lis.accept(timeout=10)
+        c.send(b"x")
+        assert bytes(srv.recv()) == b"x"
+        c.put(b"y", "r")
+    lis.close()
+    deadline = time.monotonic() + 10
+    left = [t for t in threading.enumerate() if t.ident not in before]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert not [t.name for t in left if t.name.startswith("tfyarn")]

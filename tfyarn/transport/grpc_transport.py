@@ -193,6 +193,11 @@ class GrpcByteStream:
         self._cur = self._cur[take:]
         return take
 
+    @property
+    def closed(self) -> bool:
+        """Whether this side was closed or the RPC ended."""
+        return self._closed or self._ended
+
     def settimeout(self, timeout: float | None, /) -> None:
         """Timeout of later :meth:`recv_into` calls (None: wait forever)."""
         self._timeout = timeout
@@ -285,8 +290,9 @@ class GrpcListener(Listener):
         self._streams: set[GrpcByteStream] = set()
         self._threads: set[threading.Thread] = set()
         self._closed = False
+        self._pool = ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix="tfyarn-grpc")
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix="tfyarn-grpc"),
+            self._pool,
             options=[
                 *_CHANNEL_OPTIONS,
                 *_SERVER_PING_POLICY,
@@ -314,6 +320,7 @@ class GrpcListener(Listener):
             error = None
         if not bound:
             self._server.stop(None)
+            self._pool.shutdown(wait=False)
             raise TransportError(f"cannot listen on grpc://{bind}: {error or 'bind failed'}")
         self.address = format_address("grpc", host, bound)
         self._accepted = AcceptQueue(self.address)
@@ -338,6 +345,8 @@ class GrpcListener(Listener):
             if self._closed:
                 stream.close()
                 return iter(())
+            # Forget streams closed since, so a long-lived listener does not grow.
+            self._streams = {s for s in self._streams if not s.closed}
             self._streams.add(stream)
             self._threads.add(t)
         t.start()
@@ -412,6 +421,7 @@ class GrpcListener(Listener):
         for stream in streams:
             close_stream(stream)
         self._server.stop(grace=1.0).wait(5)
+        self._pool.shutdown(wait=False)  # gRPC does not own the pool we gave it
         for t in threads:
             t.join(5)
         self._regions.clear()
