@@ -27,40 +27,54 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import cloudpickle  # noqa: E402
 import digits_ps  # noqa: E402
 
-# The example is imported from a path the executors do not have: ship it by value.
+# The example and this module are imported from paths the executors do not have: ship
+# the functions they define by value.
 cloudpickle.register_pickle_by_value(digits_ps)
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def _role_processes() -> list[int]:
-    """PIDs of live tfyarn role processes (they carry TFYARN_JOB in their environment)."""
-    found = []
+def _role_processes(job_id: str = "") -> dict[int, str]:
+    """Live tfyarn role processes (of job ``job_id``, or of any job): pid -> job id."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if b"TFYARN_JOB=" in (entry / "environ").read_bytes() and b"role_process" in (
-                entry / "cmdline"
-            ).read_bytes():
-                found.append(int(entry.name))
+            if b"role_process" not in (entry / "cmdline").read_bytes():
+                continue
+            env = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
+        for item in env:
+            if item.startswith(b"TFYARN_JOB="):
+                job = item.split(b"=", 1)[1].decode()
+                if not job_id or job == job_id:
+                    found[int(entry.name)] = job
     return found
 
 
-def _workspaces() -> list[Path]:
-    return list(Path(tempfile.gettempdir()).glob("tfyarn-2*"))
+def _workspaces(job_id: str) -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f"tfyarn-{job_id}"))
 
 
-def _assert_nothing_left(ports: list[int], within: float = 30.0) -> None:
-    """Role processes, workspaces and ports are all gone within ``within`` seconds."""
+def _assert_nothing_left(job_id: str, ports: list[int], within: float = 30.0) -> None:
+    """The job's role processes, workspaces and ports are gone within ``within`` seconds.
+
+    Scoped to one job: other tfyarn jobs may run on the same host at the same time.
+    """
+    assert job_id
     deadline = time.monotonic() + within
-    while time.monotonic() < deadline and (_role_processes() or _workspaces()):
+    while time.monotonic() < deadline and (_role_processes(job_id) or _workspaces(job_id)):
         time.sleep(0.5)
-    assert _role_processes() == []
-    assert _workspaces() == []
+    assert _role_processes(job_id) == {}
+    assert _workspaces(job_id) == []
     for port in ports:
         with socket.socket() as s:
-            s.bind(("127.0.0.1", port))  # EADDRINUSE would mean a leaked reservation
+            # SO_REUSEADDR tolerates TIME_WAIT leftovers of closed connections (as every
+            # server does) but still fails on a socket that is bound or listening.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+            s.listen()
 
 
 def _digits_df(spark: Any, rows: int | None = None, partitions: list[int] | None = None) -> Any:
@@ -68,8 +82,10 @@ def _digits_df(spark: Any, rows: int | None = None, partitions: list[int] | None
     if rows is not None:
         x_train, y_train = x_train[:rows], y_train[:rows]
     table = pa.table(
-        {"x": pa.FixedSizeListArray.from_arrays(pa.array(x_train.reshape(-1)), 64),
-         "y": pa.array(y_train)}
+        {
+            "x": pa.FixedSizeListArray.from_arrays(pa.array(x_train.reshape(-1)), 64),
+            "y": pa.array(y_train),
+        }
     )
     df = spark.createDataFrame(table)
     if partitions is None:
@@ -102,7 +118,7 @@ def test_parameter_server_strategy_trains_digits(spark: Any, tmp_path: Path) -> 
     assert result.roles["worker:0"]["rows"] + result.roles["worker:1"]["rows"] == 1437
     assert result.roles["chief:0"]["rows"] == 0 and result.roles["ps:0"]["rows"] == 0
     assert result.startup_time is not None and result.startup_time > 0
-    _assert_nothing_left([r["tf_port"] for r in result.roles.values()])
+    _assert_nothing_left(result.job_id, [r["tf_port"] for r in result.roles.values()])
 
 
 def _mwms_train(ctx: tfyarn.NodeContext) -> dict[str, Any]:
@@ -144,8 +160,9 @@ def _mwms_train(ctx: tfyarn.NodeContext) -> dict[str, Any]:
 def test_multi_worker_mirrored_with_uneven_partitions_runs_equal_steps(spark: Any) -> None:
     # 301 rows from input partitions of 280, 20 and 1 rows: 151/150 rows per worker.
     df = _digits_df(spark, rows=301, partitions=[280, 20, 1])
-    result = tfyarn.run(spark, _mwms_train, workers=2, chief=False, strategy="mwms", data=df,
-                        progress=False)
+    result = tfyarn.run(
+        spark, _mwms_train, workers=2, chief=False, strategy="mwms", data=df, progress=False
+    )
     rows = [result.roles[f"worker:{i}"]["rows"] for i in range(2)]
     assert sum(rows) == 301 and abs(rows[0] - rows[1]) <= 3  # balanced, nothing dropped
     steps = [result.metrics[f"worker:{i}"]["steps"] for i in range(2)]
@@ -155,7 +172,7 @@ def test_multi_worker_mirrored_with_uneven_partitions_runs_equal_steps(spark: An
         result.metrics["worker:1"]["checksum"], rel=1e-6
     )
     assert result.value["losses"][-1] < result.value["losses"][0]
-    _assert_nothing_left([r["tf_port"] for r in result.roles.values()])
+    _assert_nothing_left(result.job_id, [r["tf_port"] for r in result.roles.values()])
 
 
 def _fail_on(task: str, delay: float = 0.0) -> Any:
@@ -172,8 +189,7 @@ def _fail_on(task: str, delay: float = 0.0) -> Any:
 def test_a_failing_role_fails_the_job_fast_and_leaves_nothing(spark: Any, task: str) -> None:
     started = time.monotonic()
     with pytest.raises(tfyarn.RoleFailedError) as failure:
-        tfyarn.run(spark, _fail_on(task, delay=2.0), workers=2, ps=1, progress=False,
-                   timeout=300)
+        tfyarn.run(spark, _fail_on(task, delay=2.0), workers=2, ps=1, progress=False, timeout=300)
     elapsed = time.monotonic() - started
     error = failure.value
     assert error.role == task
@@ -181,14 +197,13 @@ def test_a_failing_role_fails_the_job_fast_and_leaves_nothing(spark: Any, task: 
     assert f"ValueError: deliberate failure in {task}" in error.remote_traceback
     assert "Traceback" in error.remote_traceback
     assert elapsed < 120, f"the failure took {elapsed:.0f} s to surface"
-    _assert_nothing_left(error.ports)
+    _assert_nothing_left(error.job_id, error.ports)
 
 
 def test_too_few_executors_is_a_clear_error(spark: Any) -> None:
     started = time.monotonic()
     with pytest.raises(tfyarn.AllocationError, match=r"needs 7 executors .* only 4 registered"):
-        tfyarn.run(spark, _fail_on("none"), workers=4, ps=2, allocation_timeout=3,
-                   progress=False)
+        tfyarn.run(spark, _fail_on("none"), workers=4, ps=2, allocation_timeout=3, progress=False)
     assert time.monotonic() - started < 30
 
 
@@ -202,9 +217,16 @@ def test_bad_arguments_fail_before_anything_starts(spark: Any) -> None:
 
 
 def test_ctrl_c_on_the_driver_cancels_the_job_and_cleans_up(spark: Any) -> None:
+    before = set(_role_processes().values())
+    jobs: list[str] = []
+
     def interrupt_when_running() -> None:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and len(_role_processes()) < 3:
+        while time.monotonic() < deadline:
+            mine = [j for j in _role_processes().values() if j not in before]
+            if len(mine) >= 3:  # chief and both workers are up
+                jobs.append(mine[0])
+                break
             time.sleep(0.5)
         time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGINT)
@@ -212,4 +234,5 @@ def test_ctrl_c_on_the_driver_cancels_the_job_and_cleans_up(spark: Any) -> None:
     threading.Thread(target=interrupt_when_running, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         tfyarn.run(spark, _fail_on("none"), workers=2, progress=False, timeout=300)
-    _assert_nothing_left([])
+    assert jobs, "the roles never came up"
+    _assert_nothing_left(jobs[0], [])

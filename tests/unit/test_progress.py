@@ -48,6 +48,28 @@ def test_heartbeats_update_role_state_and_errors_surface() -> None:
         server.close()
 
 
+def test_the_driver_tells_serving_roles_to_finish() -> None:
+    import threading
+
+    secret = new_job_secret()
+    server = ProgressServer("127.0.0.1", secret, ["chief:0", "ps:0"])
+    finished = threading.Event()
+    try:
+        chief = HeartbeatClient(server.address, secret, "chief:0", interval=10)
+        ps = HeartbeatClient(server.address, secret, "ps:0", interval=10, on_finish=finished.set)
+        ps.send("ready")
+        assert _wait(lambda: server.snapshot()[1].state == "running")
+        assert not server.all_done(["chief:0"])
+        chief.send("done")
+        assert _wait(lambda: server.all_done(["chief:0"]))
+        assert server.tell(["ps:0", "nobody:0"], {"kind": "finish"}) == ["nobody:0"]
+        assert finished.wait(10)
+        chief.close()
+        ps.close()
+    finally:
+        server.close()
+
+
 def test_a_silent_role_is_named_once() -> None:
     secret = new_job_secret()
     server = ProgressServer("127.0.0.1", secret, ["worker:0", "worker:1"])

@@ -41,7 +41,6 @@ __all__ = ["RunResult", "run"]
 log = logging.getLogger("tfyarn")
 
 
-
 @dataclass
 class RunResult:
     """The outcome of :func:`run`.
@@ -403,6 +402,9 @@ def _run_stage(
         except BaseException as exc:
             box["error"] = exc
 
+    trainers = [r.task_id for r in job.plan if job.finishes_by_itself(r)]
+    serving = [r.task_id for r in job.plan if not job.finishes_by_itself(r)]
+    finish_sent: float | None = None
     thread = threading.Thread(target=collect, name="tfyarn-stage", daemon=True)
     stage_started = time.monotonic()
     thread.start()
@@ -413,6 +415,21 @@ def _run_stage(
             failed = server.failed_role()
             if failed is not None:
                 raise _role_error(failed, job, server)
+            if serving and finish_sent is None and server.all_done(trainers):
+                server.tell(serving, {"kind": "finish"})
+                finish_sent = time.monotonic()
+            if finish_sent is not None and time.monotonic() - finish_sent > job.shutdown_grace:
+                stuck = [
+                    s.task_id
+                    for s in server.snapshot()
+                    if s.task_id in serving and s.state != "done"
+                ]
+                raise TFYarnError(
+                    f"training finished but {', '.join(stuck) or 'the serving roles'} did not "
+                    f"stop within {job.shutdown_grace:.0f} s of being told to; the job was "
+                    "cancelled. A ps/evaluator train_fn must return once "
+                    "ctx.wait_training_finished() does"
+                )
             if timeout is not None and time.monotonic() - begun > timeout:
                 raise TFYarnError(
                     f"the job did not finish within timeout={timeout:.0f} s and was cancelled; "

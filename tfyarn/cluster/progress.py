@@ -3,7 +3,8 @@
 Roles connect once (HMAC handshake on the job secret) and send newline-delimited JSON
 (:mod:`tfyarn.node.heartbeat`). The server keeps one :class:`RoleState` per role; the
 launcher polls it for errors (a failed role is reported here seconds before Spark's own
-task failure reaches the driver) and the display renders it.
+task failure reaches the driver) and the display renders it. The same connections carry
+the driver's ``finish`` to the serving roles when training is over (:meth:`tell`).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class ProgressServer:
         self.address = (host, self._sock.getsockname()[1])
         self._closed = threading.Event()
         self._conns: list[socket.socket] = []
+        self._by_task: dict[str, socket.socket] = {}
         self._thread = threading.Thread(target=self._accept, name="tfyarn-progress", daemon=True)
         self._thread.start()
 
@@ -144,9 +146,9 @@ class ProgressServer:
                     return
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    self._handle(line)
+                    self._handle(line, conn)
 
-    def _handle(self, line: bytes) -> None:
+    def _handle(self, line: bytes, conn: socket.socket) -> None:
         try:
             message = json.loads(line)
         except ValueError:
@@ -155,6 +157,27 @@ class ProgressServer:
         with self._lock:
             if task in self.roles:
                 self.roles[task].update(message)
+                self._by_task[task] = conn
+
+    def tell(self, tasks: Iterable[str], message: dict[str, Any]) -> list[str]:
+        """Send ``message`` to the roles ``tasks``; return those that could not be reached."""
+        data = (json.dumps(message) + "\n").encode()
+        missed = []
+        for task in tasks:
+            with self._lock:
+                conn = self._by_task.get(task)
+            try:
+                if conn is None:
+                    raise OSError("not connected")
+                conn.sendall(data)
+            except OSError:
+                missed.append(task)
+        return missed
+
+    def all_done(self, tasks: Iterable[str]) -> bool:
+        """Whether every role of ``tasks`` reported ``done``."""
+        with self._lock:
+            return all(self.roles[t].state == "done" for t in tasks)
 
     def failed_role(self) -> RoleState | None:
         """The first role that reported an error, if any."""

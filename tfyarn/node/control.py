@@ -1,7 +1,7 @@
 """The control channel between a barrier task and its role process: JSON lines on pipes.
 
-Messages, task -> role: ``{"type": "cluster", "members": [...]}`` once the cluster is
-wired, ``{"type": "finish"}`` when training is over (for ps and evaluator roles).
+Messages, task -> role: ``{"type": "setup", ...}`` with the role's partition, address and
+data, then ``{"type": "cluster", "members": [...]}`` once the cluster is wired.
 Role -> task: ``{"type": "hello", "exchange_address": ..., "transport": ...}`` once the
 role's transport listener (if any) is bound.
 """

@@ -1,9 +1,11 @@
 """Heartbeats from a role to the driver: liveness, progress metrics, readiness, errors.
 
 One authenticated TCP connection per role (the transport's HMAC handshake on the job
-secret), carrying newline-delimited JSON objects. The channel is for progress and fast
-failure reports only: if it breaks, training goes on and Spark's own task failure still
-ends the job.
+secret), carrying newline-delimited JSON objects both ways: the role sends heartbeats,
+metrics, ``ready``, ``done`` and ``error``; the driver sends ``finish`` to the serving roles
+(ps, evaluator) once every trainer is done. If the channel breaks, training goes on and
+Spark's own task failure still ends the job; a serving role that never hears ``finish``
+is stopped by the driver cancelling the job after the shutdown grace period.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tfyarn.transport.auth import client_handshake
@@ -39,9 +42,15 @@ class HeartbeatClient:
     """
 
     def __init__(
-        self, address: tuple[str, int], secret: bytes, task_id: str, interval: float = 2.0
+        self,
+        address: tuple[str, int],
+        secret: bytes,
+        task_id: str,
+        interval: float = 2.0,
+        on_finish: Callable[[], None] | None = None,
     ) -> None:
         self.task_id = task_id
+        self._on_finish = on_finish
         self._interval = interval
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -50,12 +59,34 @@ class HeartbeatClient:
         try:
             sock = socket.create_connection(address, timeout=10)
             client_handshake(sock, secret, timeout=10)
-            sock.settimeout(10)
+            sock.settimeout(None)  # sends are small; the reader thread blocks on recv
             self._sock = sock
         except Exception as exc:  # progress is best effort; training must not depend on it
             log.warning("tfyarn: cannot reach the driver's progress server %s: %s", address, exc)
         self._thread = threading.Thread(target=self._beat, name="tfyarn-heartbeat", daemon=True)
         self._thread.start()
+        if self._sock is not None:
+            threading.Thread(
+                target=self._listen, args=(self._sock,), name="tfyarn-driver-orders", daemon=True
+            ).start()
+
+    def _listen(self, sock: socket.socket) -> None:
+        """Follow the driver's messages: ``finish`` tells a serving role training is over."""
+        buffer = b""
+        while True:
+            try:
+                sock.settimeout(None)
+                chunk = sock.recv(4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    if json.loads(line).get("kind") == "finish" and self._on_finish is not None:
+                        self._on_finish()
 
     def send(self, kind: str, **fields: Any) -> None:
         """Send one message of ``kind`` (``ready``, ``metrics``, ``error``, ``done``, ...)."""

@@ -106,6 +106,17 @@ class JobSpec:
         """Whether ``role`` trains on data."""
         return role in self.trainers
 
+    def finishes_by_itself(self, role: RoleSpec) -> bool:
+        """Whether ``role`` ends on its own (trainers), or serves until told (ps, evaluator).
+
+        Under ParameterServerStrategy only the chief trains; its workers serve.
+        """
+        if role.name == "chief":
+            return True
+        if role.name == "worker":
+            return self.strategy != "ps"
+        return False
+
     def runs_user_code(self, role: RoleSpec) -> bool:
         """Whether ``role`` runs ``train_fn`` (as opposed to only serving, like a ps)."""
         if role.name == "ps":

@@ -47,6 +47,8 @@ def _watch_parent(workdir: Path, interval: float = 0.25) -> None:
             time.sleep(interval)
             if os.getppid() != parent:
                 shutil.rmtree(workdir, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    workdir.parent.rmdir()  # the job's directory, once its last role is gone
                 os._exit(EXIT_ORPHANED)
 
     threading.Thread(target=watch, name="tfyarn-parent-watchdog", daemon=True).start()
@@ -130,19 +132,13 @@ def main(argv: list[str]) -> int:
         return EXIT_FAILED
     members = [Member(**m) for m in wiring["members"]]
 
-    finished = threading.Event()
-
-    def follow_control() -> None:
-        with contextlib.suppress(Exception):
-            while True:
-                message = control.receive(timeout=None)
-                if message is None or message.get("type") == "finish":
-                    finished.set()
-                    return
-
-    threading.Thread(target=follow_control, name="tfyarn-control", daemon=True).start()
+    finished = threading.Event()  # set when the driver says training is over
     heartbeat = HeartbeatClient(
-        tuple(job.driver_address), job.secret, me.task_id, job.heartbeat_interval
+        tuple(job.driver_address),
+        job.secret,
+        me.task_id,
+        job.heartbeat_interval,
+        on_finish=finished.set,
     )
     ctx = NodeContext(
         job,

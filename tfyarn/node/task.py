@@ -181,30 +181,6 @@ def _role_failure(role: RoleSpec, host: str, workdir: Path, proc: _RoleProcess) 
     )
 
 
-def _call_in_thread(fn: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    """Run a blocking Spark barrier call in a daemon thread, so the role can be watched."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="tfyarn-barrier", daemon=True)
-    thread.start()
-    return thread, box
-
-
-def _finishes_by_itself(job: JobSpec, role: RoleSpec) -> bool:
-    """Whether the role ends on its own (trainers), or serves until told (ps, evaluator)."""
-    if role.name == "chief":
-        return True
-    if role.name == "worker":
-        return job.strategy != "ps"
-    return False
-
-
 def run_barrier_task(job: JobSpec, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """The body of the barrier stage's ``mapInArrow`` function.
 
@@ -299,30 +275,13 @@ def run_barrier_task(job: JobSpec, batches: Iterator[pa.RecordBatch]) -> Iterato
         tf_port.release()  # the role process holds its own copy until TensorFlow binds
         wired = time.time()
 
-        if _finishes_by_itself(job, role):
-            proc.proc.wait()
-            if proc.proc.returncode != 0:
-                raise _role_failure(role, host, workdir, proc)
-            thread, box = _call_in_thread(bctx.barrier)
-            thread.join()
-        else:
-            thread, box = _call_in_thread(bctx.barrier)
-            while thread.is_alive():
-                thread.join(timeout=0.5)
-                code = proc.proc.poll()
-                if code not in (None, 0):
-                    raise _role_failure(role, host, workdir, proc)
-            with contextlib.suppress(OSError):
-                proc.control.send({"type": "finish"})
-            try:
-                proc.proc.wait(timeout=job.shutdown_grace)
-            except subprocess.TimeoutExpired:
-                proc.stop(grace=5)
-            code = proc.proc.returncode
-            if code not in (0, -signal.SIGTERM, -signal.SIGKILL):
-                raise _role_failure(role, host, workdir, proc)
-        if "error" in box:
-            raise box["error"]
+        # No Spark barrier() while the role runs: killing a task blocked in barrier() makes
+        # Spark's Python barrier server thread die with TaskKilledException, which takes the
+        # whole executor JVM down. Serving roles (ps, evaluator) are told to finish by the
+        # driver over the heartbeat channel instead, once every trainer reported done.
+        proc.proc.wait()
+        if proc.proc.returncode != 0:
+            raise _role_failure(role, host, workdir, proc)
         result_file = workdir / "result.pkl"
         result = result_file.read_bytes() if result_file.exists() else b""
         info_json = json.dumps(
