@@ -19,6 +19,7 @@ with 2^18 features -> ``IDF`` fitted on the training records):
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -346,18 +347,22 @@ def run_part(out_dir: str, mlp_iterations: int | None = None, epochs: int = EPOC
         print("part 2: TF-IDF features in Spark", flush=True)
         train, test, labels, feature_seconds = _features(spark)
         print("part 2: MLlib naive Bayes", flush=True)
-        nb = run_naive_bayes(train, test)
+        load = os.getloadavg()[0]
+        nb = {**run_naive_bayes(train, test), "load": load}
         print(f"part 2: TF MLP through tfyarn ({WORKERS} workers, {epochs} epochs)", flush=True)
-        tfy = run_tfyarn(spark, train, test, epochs)
+        load = os.getloadavg()[0]
+        tfy = {**run_tfyarn(spark, train, test, epochs), "load": load}
         print(f"part 2: MLlib MLP ({iterations} L-BFGS iterations)", flush=True)
+        load = os.getloadavg()[0]
         try:
-            mlp: dict[str, Any] = run_mllib_mlp(train, test, iterations)
+            mlp: dict[str, Any] = {**run_mllib_mlp(train, test, iterations), "load": load}
         except Exception as exc:  # e.g. out of memory: report it with the rest
             mlp = {
                 "accuracy": float("nan"),
                 "seconds": float("nan"),
                 "iterations": 0,
                 "error": f"{type(exc).__name__}: {str(exc)[:300]}",
+                "load": load,
             }
     rows = [
         _row("MLlib NaiveBayes (multinomial)", nb, "-"),
@@ -378,7 +383,14 @@ def run_part(out_dir: str, mlp_iterations: int | None = None, epochs: int = EPOC
             "MLlib naive Bayes ~84 % in seconds."
         ),
         published=PUBLISHED,
-        columns=["model", "accuracy", "train time (s)", "iterations / epochs", "s per iteration"],
+        columns=[
+            "model",
+            "accuracy",
+            "train time (s)",
+            "iterations / epochs",
+            "s per iteration",
+            "load avg",
+        ],
         rows=rows,
         targets=[
             Target("MLlib MLP time / tfyarn time", speedup, TARGET_SPEEDUP, unit="x"),
@@ -407,6 +419,7 @@ def _row(model: str, res: dict[str, Any], unit: str) -> dict[str, Any]:
         "train time (s)": res["seconds"],
         "iterations / epochs": "-" if n is None else f"{n} {unit}",
         "s per iteration": None if not n else res["seconds"] / n,
+        "load avg": res.get("load"),
     }
 
 

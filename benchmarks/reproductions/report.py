@@ -14,7 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PartResult", "Target", "format_cell", "render_markdown", "write_report"]
+__all__ = [
+    "PartResult",
+    "Target",
+    "format_cell",
+    "merge_parts",
+    "read_parts",
+    "render_markdown",
+    "write_report",
+]
 
 
 @dataclass(frozen=True)
@@ -185,3 +193,28 @@ def write_report(
     js = out / "reproduce.json"
     js.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return {"markdown": md, "json": js}
+
+
+def read_parts(out_dir: str | Path) -> list[PartResult]:
+    """The parts of an earlier ``reproduce.json`` under ``out_dir`` (none if absent)."""
+    path = Path(out_dir) / "reproduce.json"
+    if not path.is_file():
+        return []
+    try:
+        payload = json.loads(path.read_text())
+        parts = []
+        for p in payload.get("parts", []):
+            targets = [
+                Target(**{k: v for k, v in t.items() if k != "met"}) for t in p.get("targets", [])
+            ]
+            parts.append(PartResult(**{**p, "targets": targets}))
+        return parts
+    except (ValueError, TypeError, KeyError):
+        return []  # an unreadable old report is replaced, not merged
+
+
+def merge_parts(previous: Sequence[PartResult], new: Sequence[PartResult]) -> list[PartResult]:
+    """``previous`` parts not rerun, plus ``new`` ones, in part order (pure)."""
+    rerun = {p.part for p in new}
+    kept = [p for p in previous if p.part not in rerun]
+    return sorted([*kept, *new], key=lambda p: p.part)

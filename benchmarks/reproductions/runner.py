@@ -75,12 +75,17 @@ def _failed(part: int, exc: BaseException, seconds: float) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the parts one after the other; a failed part is reported, the others still run."""
-    from benchmarks.reproductions.report import write_report
+    """Run the parts one after the other; a failed part is reported, the others still run.
+
+    Parts already in ``--out/reproduce.json`` and not rerun stay in the report.
+    """
+    from benchmarks.reproductions.report import merge_parts, read_parts, write_report
     from benchmarks.reproductions.sparkenv import versions
 
     environment = versions()
-    results = []
+    # a part rerun alone replaces its own section of an earlier report in --out
+    earlier = read_parts(args.out)
+    results: list[Any] = []
     status = 0
     for part, fn in _parts(args):
         begun = time.monotonic()
@@ -95,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             extra = ["--mlp-iterations", str(args.mlp_iterations)]
         result.command = command_line(str(part), args.out, extra)
         results.append(result)
-        paths = write_report(args.out, results, environment)
+        paths = write_report(args.out, merge_parts(earlier, results), environment)
         print(
             f"part {part} done in {time.monotonic() - begun:.0f} s; report: {paths['markdown']}",
             flush=True,

@@ -92,3 +92,15 @@ def test_rerun_command_and_part_selection() -> None:
     assert [n for n, _ in runner._parts(ns)] == [1, 2, 3]
     ns.part = "3"
     assert [n for n, _ in runner._parts(ns)] == [3]
+
+
+def test_a_part_rerun_alone_replaces_only_its_own_section(tmp_path: Path) -> None:
+    report.write_report(tmp_path, [_part(1), _part(2, title="old two")], {"machine": "m"})
+    earlier = report.read_parts(tmp_path)
+    assert [p.part for p in earlier] == [1, 2]
+    assert earlier[0].targets[0].met and earlier[0].rows == _part(1).rows
+    merged = report.merge_parts(earlier, [_part(2, title="new two"), _part(3)])
+    assert [(p.part, p.title) for p in merged] == [(1, "title 1"), (2, "new two"), (3, "title 3")]
+    (tmp_path / "reproduce.json").write_text("not json")
+    assert report.read_parts(tmp_path) == []
+    assert report.read_parts(tmp_path / "absent") == []
