@@ -560,6 +560,25 @@ def target_ratios(rows: Sequence[Row], size: int) -> list[tuple[str, str, float 
     ]
 
 
+def best_rows(rows: Sequence[Row]) -> list[Row]:
+    """Keep the fastest row per (backend, mode, size); record every round's GB/s.
+
+    Rounds measure each backend at different moments, so that a burst of load on the
+    shared machine does not decide a ratio on its own.
+    """
+    best: dict[tuple[str, str, int], Row] = {}
+    seen: dict[tuple[str, str, int], list[float]] = {}
+    for r in rows:
+        key = (r.backend, r.mode, r.size)
+        seen.setdefault(key, []).append(round(r.gbps, 4))
+        if key not in best or r.gbps > best[key].gbps:
+            best[key] = r
+    for key, r in best.items():
+        if len(seen[key]) > 1:
+            r.extra = {**r.extra, "rounds_gbps": seen[key]}
+    return list(best.values())
+
+
 def _notes(rows: Sequence[Row], sizes: Sequence[int], skipped: dict[str, str]) -> str:
     size = 64 << 20 if (64 << 20) in sizes else max(sizes)
     lines = [f"Targets at {format_size(size)}, one-way throughput, same run:", ""]
@@ -595,6 +614,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="multiply the bytes moved per measurement (0.25 for a quick run)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per backend")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every backend this many times, interleaved, and keep the best "
+        "(steadier ratios on a busy machine)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -612,25 +638,36 @@ def run(args: argparse.Namespace) -> int:
             f"bad arguments: unknown backends {unknown} (known: {', '.join(BACKENDS)}), "
             f"sizes {args.sizes!r}, scale {args.scale}"
         )
-    rows: list[Row] = []
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds must be >= 1, got {args.rounds}")
+    measured: list[Row] = []
     skipped: dict[str, str] = {}
-    for kind in BACKENDS:
-        if kind not in backends:
-            continue
-        t0 = time.perf_counter()
-        got, why = measure_backend(kind, sizes, args.scale, args.timeout)
-        rows += got
-        if why:
-            skipped[kind] = why
-        status = f"{len(got)} rows" + (f", {why.splitlines()[0][:120]}" if why else "")
-        print(f"{kind:>13}: {status} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    for round_no in range(1, args.rounds + 1):
+        for kind in BACKENDS:
+            if kind not in backends or kind in skipped:
+                continue
+            t0 = time.perf_counter()
+            got, why = measure_backend(kind, sizes, args.scale, args.timeout)
+            measured += got
+            if why:
+                skipped[kind] = why
+            status = f"{len(got)} rows" + (f", {why.splitlines()[0][:120]}" if why else "")
+            elapsed = time.perf_counter() - t0
+            print(f"[{round_no}/{args.rounds}] {kind:>13}: {status} ({elapsed:.1f} s)", flush=True)
+    rows = best_rows(measured)
     notes = _notes(rows, sizes, skipped)
     paths = write_report(
         args.out,
         "transport",
         "tfyarn transport benchmark",
         rows,
-        {"sizes": sizes, "backends": backends, "scale": args.scale, "skipped": skipped},
+        {
+            "sizes": sizes,
+            "backends": backends,
+            "scale": args.scale,
+            "rounds": args.rounds,
+            "skipped": skipped,
+        },
         notes,
     )
     print(notes)

@@ -88,11 +88,16 @@ def test_cli_runs_a_tiny_real_benchmark(tmp_path: Path, capsys: pytest.CaptureFi
         "memcpy,raw-socket,tcp",
         "--scale",
         "0.002",
+        "--rounds",
+        "2",
         "--out",
         str(tmp_path),
     ]
     assert cli_main(argv) == 0
     data = json.loads((tmp_path / "transport.json").read_text())
+    assert data["meta"]["rounds"] == 2
+    assert len(data["rows"]) == 2 * 5  # memcpy one-way + 2 backends x 2 modes, per size
+    assert all(len(r["extra"]["rounds_gbps"]) == 2 for r in data["rows"])
     got = {(r["backend"], r["mode"], r["size"]) for r in data["rows"]}
     for backend in ("raw-socket", "tcp"):
         for mode in ("one-way", "round-trip"):
@@ -104,3 +109,13 @@ def test_cli_runs_a_tiny_real_benchmark(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_cli_rejects_unknown_backend(tmp_path: Path) -> None:
     assert cli_main(["bench", "transport", "--backends", "pigeon", "--out", str(tmp_path)]) == 1
+
+
+def test_best_rows_keeps_the_fastest_round() -> None:
+    slow = common.Row.measured("tcp", "one-way", 4096, 10, 2.0)
+    fast = common.Row.measured("tcp", "one-way", 4096, 10, 1.0)
+    other = common.Row.measured("tcp", "round-trip", 4096, 10, 1.0)
+    best = transport_bench.best_rows([slow, fast, other])
+    assert len(best) == 2
+    kept = next(r for r in best if r.mode == "one-way")
+    assert kept.seconds == 1.0 and len(kept.extra["rounds_gbps"]) == 2
