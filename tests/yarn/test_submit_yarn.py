@@ -3,10 +3,12 @@ the packed environment), a failing role, a killed application, ``tfyarn logs``."
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -190,27 +192,28 @@ def test_killing_the_application_stops_every_role_within_30_s(dev_yarn: DevYarnF
         start_new_session=True,
     )
     lines: list[str] = []
+    # Drain the output all along: a full pipe would block spark-submit before it can exit.
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    user = getpass.getuser()
     try:
         app_id = None
-        app_dir = None
+        app_dir = Path()
         tf_roles: list[int] = []
         deadline = time.monotonic() + 480
-        assert proc.stdout is not None
-        # Wait until both roles run TensorFlow inside their containers.
-        for line in proc.stdout:
-            lines.append(line)
-            if app_id is None and (m := re.search(r"tfyarn: YARN application (\S+)", line)):
+        # Wait until both roles (chief, worker) run TensorFlow inside their containers.
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1.0)
+            text = "".join(lines)
+            if app_id is None and (m := re.search(r"tfyarn: YARN application (\S+)", text)):
                 app_id = m.group(1)
-                app_dir = (
-                    next(Path(dev_yarn.state.base_dir).glob("nm-local/usercache/*/appcache"))
-                    / app_id
+                app_dir = Path(
+                    dev_yarn.state.base_dir, "nm-local/usercache", user, "appcache", app_id
                 )
-            if app_dir is not None and "tfyarn progress:" in line and "running" in line:
+            if app_id is not None:
                 tf_roles = [p for p in _role_pids(app_dir) if _has_tensorflow(p)]
                 if len(tf_roles) >= 2:
                     break
-            if time.monotonic() > deadline:
-                break
         assert app_id is not None and len(tf_roles) >= 2, "".join(lines)[-5000:]
 
         killed_at = time.monotonic()
@@ -221,6 +224,7 @@ def test_killing_the_application_stops_every_role_within_30_s(dev_yarn: DevYarnF
             remaining = _role_pids(app_dir)
         elapsed = time.monotonic() - killed_at
         assert not remaining, f"still running {elapsed:.0f} s after the kill: {remaining}"
+        assert not any(_exists(p) for p in tf_roles)
         report = dev_yarn.final(app_id)
         assert report.state == "KILLED"
         # The client-mode driver notices and exits with an error.
@@ -231,5 +235,14 @@ def test_killing_the_application_stops_every_role_within_30_s(dev_yarn: DevYarnF
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+        reader.join(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
