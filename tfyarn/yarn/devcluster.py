@@ -392,7 +392,11 @@ class DevYarn:
             _terminate_group(pid, timeout_s)
 
     def _kill_leftover_containers(self) -> None:
-        """Kill processes whose working dir is inside this cluster's NM local dirs."""
+        """Kill processes of this cluster's containers still running after the NM stopped.
+
+        A container process works inside the NM local dirs or runs a program from there
+        (tfyarn's role processes run the container's Python from their own temp dir).
+        """
         root = str(self.settings.nm_local_dir.resolve())
         for _ in range(3):
             victims = []
@@ -401,9 +405,10 @@ class DevYarn:
                     continue
                 try:
                     cwd = os.readlink(entry / "cwd")
+                    cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
                 except OSError:
                     continue
-                if cwd == root or cwd.startswith(root + os.sep):
+                if cwd == root or cwd.startswith(root + os.sep) or root + os.sep in cmdline:
                     victims.append(int(entry.name))
             if not victims:
                 return

@@ -45,7 +45,6 @@ from tfyarn.yarn import maven
 __all__ = [
     "ENV_ALIAS",
     "PackedEnv",
-    "archive_python",
     "ensure_env_archive",
     "env_fingerprint",
 ]
@@ -82,12 +81,6 @@ class PackedEnv:
     def archives_arg(self) -> str:
         """Value for ``--archives`` / ``spark.yarn.dist.archives``."""
         return f"{self.path}#{ENV_ALIAS}"
-
-
-def archive_python(prefix: Path | None = None) -> str:
-    """Path of the interpreter inside the unpacked archive, relative to a container's cwd."""
-    prefix = prefix or Path(sys.prefix)
-    return f"./{ENV_ALIAS}/bin/python"
 
 
 def _site_packages(prefix: Path) -> Path:

@@ -25,6 +25,7 @@ __all__ = [
     "ensure_hadoop_jars",
     "hadoop_classpath",
     "hadoop_version",
+    "jar_dir",
     "pom_path",
 ]
 
