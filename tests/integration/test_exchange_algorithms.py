@@ -19,12 +19,15 @@ pytestmark = pytest.mark.integration
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
 #: Held-out accuracy every algorithm must reach (logistic regression gets ~0.96).
 TARGET_ACCURACY = 0.90
-#: Per-algorithm options (small communication periods: these runs are short).
-OPTIONS: dict[str, dict[str, Any]] = {
-    "easgd": {"tau": 4},
-    "model_averaging": {"every": 8},
-    "adag": {"window": 4},
-}
+#: Every algorithm, with options (small communication periods: these runs are short);
+#: model averaging both every k steps and per epoch.
+CASES: list[tuple[str, dict[str, Any]]] = [
+    (
+        name,
+        {"easgd": {"tau": 4}, "model_averaging": {"every": 8}, "adag": {"window": 4}}.get(name, {}),
+    )
+    for name in STRATEGY_NAMES
+] + [("model_averaging", {"every": "epoch"})]
 PS_ALGORITHMS = {"sync_ps", "downpour", "easgd", "adag"}
 
 
@@ -63,17 +66,22 @@ def _digits_job(ctx: Any) -> dict[str, float]:
     return {"accuracy": float(acc)}
 
 
-@pytest.mark.parametrize("algorithm", STRATEGY_NAMES)
-def test_algorithm_converges_on_digits(algorithm: str) -> None:
+@pytest.mark.parametrize(
+    ("algorithm", "options"),
+    CASES,
+    ids=["-".join([a, *(f"{k}={v}" for k, v in o.items())]) for a, o in CASES],
+)
+def test_algorithm_converges_on_digits(algorithm: str, options: dict[str, Any]) -> None:
     res = run_local(
         _digits_job,
         workers=2,
         ps=1 if algorithm in PS_ALGORITHMS else 0,
         strategy=algorithm,
-        strategy_options=OPTIONS.get(algorithm, {}),
+        strategy_options=options,
         env=ENV,
         timeout=300,
     )
     accs = {t: r["accuracy"] for t, r in res.items()}
+    print(f"{algorithm} {options}: held-out accuracy {accs}")
     assert set(accs) == {"worker:0", "worker:1"}
     assert min(accs.values()) >= TARGET_ACCURACY, accs
