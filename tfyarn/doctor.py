@@ -57,10 +57,13 @@ def run_checks(checks: Iterable[CheckFn] | None = None) -> list[Check]:
 
 
 def _version_of(argv: list[str]) -> tuple[bool, str]:
+    import os
     import subprocess
 
+    # A cold first TensorFlow import on a busy node can take longer than 30 s.
+    timeout = float(os.environ.get("TFYARN_DOCTOR_TIMEOUT", "30"))
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, str(exc)
     text = (out.stdout + out.stderr).strip().splitlines()
