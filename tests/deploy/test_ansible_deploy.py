@@ -13,7 +13,7 @@ What runs for real and what does not:
 - tfyarn: a real venv is created and tfyarn is installed into it from a wheel built from
   this checkout. Its dependencies (TensorFlow, PySpark, ...) are not downloaded again: the
   test's own site-packages, less tfyarn and pip, is put on PYTHONPATH through the role's
-  ``tfyarn_environment`` and pip runs with ``--no-index``. venv-pack packs the venv for real.
+  ``tfyarn_environment`` and pip runs with ``PIP_NO_INDEX``. venv-pack packs the venv for real.
 - yarn: merges into a yarn-site.xml the test wrote first.
 - doctor: the installed ``tfyarn doctor --json`` runs for real.
 - service: no YARN ResourceManager runs here, so the service play is exercised in check
@@ -114,8 +114,8 @@ class Deploy:
             "tfyarn_conf_dir": str(conf / "tfyarn"),
             "tfyarn_python": sys.executable,
             "tfyarn_wheel": str(self.wheel),
-            "tfyarn_pip_extra_args": "--no-index",
-            "tfyarn_environment": {"PYTHONPATH": str(self.site_view)},
+            # Offline: tfyarn from the wheel, its dependencies from the shared site.
+            "tfyarn_environment": {"PYTHONPATH": str(self.site_view), "PIP_NO_INDEX": "1"},
             "tfyarn_archive_uri": f"file://{prefix}/yarn-archives/tfyarn-env.tar.gz",
             "service_spec_dir": str(conf / "tfyarn/service"),
             "service_rm_url": "http://127.0.0.1:8088",
@@ -273,6 +273,16 @@ def test_second_run_changes_nothing(deployed: tuple[Path, Run, Run]) -> None:
     recap = second.recap()
     assert recap["changed"] == 0, f"not idempotent: {recap}\n{second.out[-6000:]}"
     assert recap["ok"] > 20
+
+
+def test_check_mode_after_deploy_predicts_no_change(
+    deployed: tuple[Path, Run, Run], deploy: Deploy
+) -> None:
+    # On a deployed host, --check must agree with the real second run: nothing to change.
+    prefix, _, _ = deployed
+    run = deploy.play(prefix, "--check", "--skip-tags", "service,doctor")
+    assert run.rc == 0, run.out[-6000:]
+    assert run.recap()["changed"] == 0, run.out[-6000:]
 
 
 def test_yarn_site_is_merged_not_clobbered(deployed: tuple[Path, Run, Run]) -> None:
