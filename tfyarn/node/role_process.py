@@ -9,7 +9,7 @@ removes the role's workspace and exits at once.
 
 Usage (by :mod:`tfyarn.node.task` only)::
 
-    python -m tfyarn.node.role_process WORKDIR CONTROL_IN CONTROL_OUT TF_PORT_FD
+    python -m tfyarn.node.role_process WORKDIR CONTROL_IN CONTROL_OUT TF_PORT_FD PARENT_PID
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -38,18 +39,26 @@ EXIT_ORPHANED = 3
 EXIT_FAILED = 1
 
 
-def _watch_parent(workdir: Path, interval: float = 0.25) -> None:
-    """End this process as soon as its parent is gone (re-parented to another pid)."""
-    parent = os.getppid()
+def _orphaned_exit(workdir: Path) -> None:
+    """The task that started us is gone: remove the workspace and end at once."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        workdir.parent.rmdir()  # the job's directory, once its last role is gone
+    os._exit(EXIT_ORPHANED)
+
+
+def _watch_parent(workdir: Path, parent: int, interval: float = 0.25) -> None:
+    """End this process as soon as ``parent`` (its barrier task) is gone.
+
+    ``parent`` comes from the command line rather than ``os.getppid()`` at start-up: the
+    task may already have been killed while this process was still importing.
+    """
 
     def watch() -> None:
         while True:
-            time.sleep(interval)
             if os.getppid() != parent:
-                shutil.rmtree(workdir, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    workdir.parent.rmdir()  # the job's directory, once its last role is gone
-                os._exit(EXIT_ORPHANED)
+                _orphaned_exit(workdir)
+            time.sleep(interval)
 
     threading.Thread(target=watch, name="tfyarn-parent-watchdog", daemon=True).start()
 
@@ -107,11 +116,16 @@ def main(argv: list[str]) -> int:
     workdir = Path(argv[1])
     control = ControlPipe(int(argv[2]), int(argv[3]))
     tf_port = ReservedPort.from_fd(int(argv[4]))
+    # Spark's Python daemon sends SIGHUP to its whole process group when the executor
+    # stops; the watchdog below cleans up and exits instead of dying mid-way.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _watch_parent(workdir, int(argv[5]))
     os.chdir(workdir)  # relative paths (ps_data.SHARD_DIR) resolve per role
-    _watch_parent(workdir)
     job = JobSpec.load(workdir / "job.pkl")
     setup = control.receive(timeout=job.startup_timeout)
-    if setup is None or setup.get("type") != "setup":
+    if setup is None:  # the task closed the pipe: it is gone
+        _orphaned_exit(workdir)
+    if setup.get("type") != "setup":
         return EXIT_FAILED
     me = job.role(int(setup["partition"]))
     host = setup["host"]
@@ -128,7 +142,9 @@ def main(argv: list[str]) -> int:
         }
     )
     wiring = control.receive(timeout=job.startup_timeout)
-    if wiring is None or wiring.get("type") != "cluster":
+    if wiring is None:
+        _orphaned_exit(workdir)
+    if wiring.get("type") != "cluster":
         return EXIT_FAILED
     members = [Member(**m) for m in wiring["members"]]
 

@@ -60,8 +60,18 @@ _TAIL_LINES = 60
 
 
 def workspace_root(job: JobSpec) -> Path:
-    """Parent of this job's role workspaces on this host."""
-    return Path(job.tmp_root or tempfile.gettempdir()) / f"tfyarn-{job.job_id}"
+    """Parent of this job's role workspaces on this host.
+
+    ``job.tmp_root`` if set; in a YARN container its working directory (YARN deletes it
+    with the container, even when the container is killed outright); else the temp dir.
+    """
+    if job.tmp_root:
+        parent = Path(job.tmp_root)
+    elif os.environ.get("CONTAINER_ID"):
+        parent = Path.cwd()
+    else:
+        parent = Path(tempfile.gettempdir())
+    return parent / f"tfyarn-{job.job_id}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -126,6 +136,7 @@ class _RoleProcess:
                 str(to_child_r),
                 str(from_child_w),
                 str(tf_fd),
+                str(os.getpid()),
             ],
             pass_fds=(to_child_r, from_child_w, tf_fd),
             stdin=subprocess.DEVNULL,
