@@ -52,3 +52,21 @@ def test_keras_settings_a_ps_cannot_run_are_refused() -> None:
         optimizer_config("rmsprop")
     with pytest.raises(ConfigError, match="momentum"):
         optimizer_config("sgd", momentum=0.9)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam", "adagrad"])
+def test_float64_buckets_follow_the_same_formulas(name: str) -> None:
+    """float64 buckets run NumPy formulas; they must agree with the native float32 ones."""
+    cfg = optimizer_config(name)
+    rng = np.random.default_rng(1)
+    start = rng.standard_normal(257)
+    s32 = _Shard(start.astype(np.float32), cfg)
+    s64 = _Shard(start.copy(), cfg)
+    for _ in range(4):
+        g = rng.standard_normal(257)
+        s32.apply(g.astype(np.float32))
+        s64.apply(g)
+    np.testing.assert_allclose(s64.values, s32.values, rtol=1e-4, atol=1e-5)
+    kernels.add_(s64.values, np.ones(257))
+    kernels.scale_(s64.values, 0.5)
+    np.testing.assert_allclose(s64.values, (s32.values.astype(np.float64) + 1) * 0.5, rtol=1e-4)
