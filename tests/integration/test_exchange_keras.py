@@ -77,17 +77,18 @@ def _equivalence_job(ctx: Any) -> dict[str, Any]:
             value = loss(yb, tape_model(xb, training=True))
         grads = tape.gradient(value, tape_model.trainable_variables)
         tape_opt.apply_gradients(zip(grads, tape_model.trainable_variables, strict=True))
-        return value
+        return strategy.allreduce_tensors([value])[0]  # the loss averaged over workers
 
+    mean_losses = []
     for _epoch in range(2):
         for i in range(4):
             sl = idx[i * half : (i + 1) * half]
-            step(tf.constant(x[sl]), tf.constant(y[sl]))
+            mean_losses.append(float(step(tf.constant(x[sl]), tf.constant(y[sl]))))
             strategy.step_end(tape_model)
     strategy.end(tape_model)
     tape_weights = tape_model.get_weights()
 
-    out: dict[str, Any] = {"fit": fit_weights, "tape": tape_weights}
+    out: dict[str, Any] = {"fit": fit_weights, "tape": tape_weights, "mean_losses": mean_losses}
     if r == 0:  # the reference: one process, combined 16-sample batches, rank 0's init
         for name, start in (("ref_fit", init), ("ref_tape", tape_init)):
             ref = _mlp(seed=0)
@@ -101,6 +102,8 @@ def _equivalence_job(ctx: Any) -> dict[str, Any]:
 def test_allreduce_two_workers_equal_one_worker_on_the_combined_batch() -> None:
     res = run_local(_equivalence_job, workers=2, strategy="allreduce", env=ENV, timeout=300)
     w0, w1 = res["worker:0"], res["worker:1"]
+    # the in-graph all-reduce gave both workers the same mean loss at every step
+    assert w0["mean_losses"] == w1["mean_losses"]
     for kind in ("fit", "tape"):
         for a, b, ref in zip(w0[kind], w1[kind], w0[f"ref_{kind}"], strict=True):
             np.testing.assert_array_equal(a, b)  # identical steps on both ranks

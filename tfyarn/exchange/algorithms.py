@@ -59,6 +59,7 @@ class Algorithm:
         self.steps = 0
         self.client: PSClient | None = None
         self.optimizer_config: dict[str, Any] | None = None
+        self._plans: dict[tuple[Any, ...], tuple[Bucket, ...]] = {}
 
     # -- helpers -----------------------------------------------------------------------
     def _average(self, variables: Sequence[Any]) -> None:
@@ -106,6 +107,26 @@ class Algorithm:
         """Gradient hook of the distributed optimizer (for ``gradient_mode`` algorithms)."""
         raise NotImplementedError(f"{self.name} does not exchange gradients")
 
+    def fused_allreduce(self, arrays: Sequence[np.ndarray], average: bool) -> list[np.ndarray]:
+        """Sum or average ``arrays`` over all trainers through the ring, fused per dtype.
+
+        Returns new arrays (views of one fresh flat buffer per dtype, so that nothing a
+        caller still holds is overwritten by a later call).
+        """
+        key = tuple((a.shape, a.dtype.str) for a in arrays)
+        plan = self._plans.get(key)
+        if plan is None:
+            specs = [TensorSpec(f"t{i}", a.shape, a.dtype.name) for i, a in enumerate(arrays)]
+            plan = self._plans[key] = plan_buckets(specs, 1 << 62)
+        out: list[np.ndarray] = [None] * len(arrays)  # type: ignore[list-item]
+        for b in plan:
+            flat = pack(b, arrays, np.empty(b.size, arrays[b.slots[0].tensor].dtype))
+            self.s.ring.allreduce_(flat, average=average)
+            for s in b.slots:
+                a = arrays[s.tensor]
+                out[s.tensor] = flat[s.bucket_offset : s.bucket_offset + s.size].reshape(a.shape)
+        return out
+
     def _goodbye(self) -> None:
         """End this training run on the parameter servers (a later run reconnects)."""
         if self.client is not None:
@@ -123,27 +144,9 @@ class AllReduce(Algorithm):
     name = "allreduce"
     gradient_mode = "reduce"
 
-    def __init__(self, strategy: ExchangeStrategy, options: Mapping[str, Any]) -> None:
-        super().__init__(strategy, options)
-        self._plans: dict[tuple[Any, ...], tuple[Bucket, ...]] = {}
-
     def exchange_gradients(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Average ``grads`` over all trainers; fused into one flat buffer per dtype."""
-        key = tuple((g.shape, g.dtype.str) for g in grads)
-        plan = self._plans.get(key)
-        if plan is None:
-            specs = [TensorSpec(f"g{i}", g.shape, g.dtype.name) for i, g in enumerate(grads)]
-            plan = self._plans[key] = plan_buckets(specs, 1 << 62)
-        out: list[np.ndarray] = [None] * len(grads)  # type: ignore[list-item]
-        for b in plan:
-            # one fresh flat buffer per step: the returned views become the reduced
-            # gradient tensors without another copy, and no later step overwrites them
-            flat = pack(b, grads, np.empty(b.size, grads[b.slots[0].tensor].dtype))
-            self.s.ring.allreduce_(flat, average=True)
-            for s in b.slots:
-                g = grads[s.tensor]
-                out[s.tensor] = flat[s.bucket_offset : s.bucket_offset + s.size].reshape(g.shape)
-        return out
+        return self.fused_allreduce(grads, average=True)
 
 
 class _PSGradients(Algorithm):

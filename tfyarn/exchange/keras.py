@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ExchangeCallback",
     "MetricAverageCallback",
+    "allreduce_tensors",
     "callbacks",
     "distributed_optimizer",
     "keras_optimizer_config",
@@ -96,6 +97,27 @@ def _numpy_call(fn: Any, inputs: list[tf.Tensor], name: str) -> list[tf.Tensor]:
     for o, t in zip(out, inputs, strict=True):
         o.set_shape(t.shape)
     return out
+
+
+def allreduce_tensors(
+    strategy: ExchangeStrategy, tensors: list[Any], average: bool = True
+) -> list[tf.Tensor]:
+    """All-reduce float tensors as TensorFlow ops (usable inside ``tf.function``).
+
+    All tensors go through one fused ring all-reduce per dtype.
+    """
+    inputs = [tf.convert_to_tensor(t) for t in tensors]
+    if strategy.size == 1 or not inputs:
+        return inputs
+    for t in inputs:
+        if not t.dtype.is_floating:
+            raise ConfigError(f"allreduce_tensors takes float tensors, got {t.dtype.name}")
+
+    def reduce(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        out = strategy.algorithm.fused_allreduce(arrays, average=average)
+        return [np.asarray(a) for a in out]
+
+    return _numpy_call(reduce, inputs, "tfyarn_allreduce_tensors")
 
 
 def distributed_optimizer(strategy: ExchangeStrategy, optimizer: Any) -> Any:

@@ -101,6 +101,15 @@ class ExchangeStrategy:
         self.ring.broadcast_(flat, root)
         return flat.reshape(a.shape)
 
+    def allreduce_tensors(self, tensors: Sequence[Any], average: bool = True) -> list[Any]:
+        """All-reduce float TensorFlow tensors as graph ops (works inside ``tf.function``).
+
+        See :func:`tfyarn.exchange.keras.allreduce_tensors`.
+        """
+        from tfyarn.exchange.keras import allreduce_tensors
+
+        return allreduce_tensors(self, list(tensors), average=average)
+
     def barrier(self) -> None:
         """Wait until every trainer got here."""
         self.ring.barrier()
