@@ -84,6 +84,8 @@ def dev_yarn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevYarnFixtur
     # Pack before starting the daemons: both are heavy, one at a time is faster on 2 cores.
     packed = ensure_env_archive()
     state = cluster.up(timeout_s=300.0)
+    how = f"packed in {packed.pack_s:.1f} s" if packed.pack_s else "cached"
+    print(f"\ndev YARN up in {state.startup_s:.1f} s; env archive {packed.path.name} ({how})")
     env = dict(os.environ)
     env.update(
         {
@@ -100,5 +102,11 @@ def dev_yarn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevYarnFixtur
     try:
         yield DevYarnFixture(cluster, state, ResourceManagerClient(state.rm_web_url), env, packed)
     finally:
+        stopping = time.monotonic()
         cluster.down(timeout_s=30.0)
+        stopped = time.monotonic()
         shutil.rmtree(base, ignore_errors=True)
+        print(
+            f"\ndev YARN down in {stopped - stopping:.1f} s, "
+            f"folder removed in {time.monotonic() - stopped:.1f} s"
+        )
