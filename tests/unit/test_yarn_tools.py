@@ -151,3 +151,20 @@ def test_env_fingerprint_is_stable_and_rejects_non_venvs(tmp_path: Path) -> None
         envpack.env_fingerprint(tmp_path)
     with pytest.raises(ConfigError, match="not a virtualenv"):
         envpack.ensure_env_archive(tmp_path)
+
+
+def test_cached_jars_are_used_offline_without_maven(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TFYARN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no mvn reachable
+    with pytest.raises(YarnError, match=r"Maven \(mvn\) is needed"):
+        maven.ensure_hadoop_jars("3.5.0")
+    lib = maven.jar_dir("3.5.0")
+    lib.mkdir(parents=True)
+    (lib / ".tfyarn-complete").write_text(maven._pom_digest("3.5.0") + "\n")
+    assert maven.ensure_hadoop_jars("3.5.0") == lib
+    # A changed pom (another digest) means the cache is stale: fetch again.
+    (lib / ".tfyarn-complete").write_text("0" * 16 + "\n")
+    with pytest.raises(YarnError, match=r"Maven \(mvn\) is needed"):
+        maven.ensure_hadoop_jars("3.5.0")
