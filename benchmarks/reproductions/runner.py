@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="part 2: L-BFGS iterations of the MLlib MLP (default: its time budget's)",
     )
+    parser.add_argument(
+        "--mlp-rows",
+        type=int,
+        default=None,
+        help="part 2: training records of the MLlib MLP (default 1500; 0: all, needs ~84 GB)",
+    )
 
 
 def command_line(part: str, out: str, extra: Sequence[str] = ()) -> str:
@@ -48,7 +54,7 @@ def _parts(args: argparse.Namespace) -> list[tuple[int, Callable[[], Any]]]:
     def part2() -> Any:
         from benchmarks.reproductions import debdesc_mlp
 
-        return debdesc_mlp.run_part(out, mlp_iterations=args.mlp_iterations)
+        return debdesc_mlp.run_part(out, mlp_iterations=args.mlp_iterations, mlp_rows=args.mlp_rows)
 
     def part3() -> Any:
         from benchmarks.reproductions import easgd_adagrad
@@ -95,9 +101,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"part {part} failed: {exc}", file=sys.stderr, flush=True)
             result = _failed(part, exc, time.monotonic() - begun)
             status = 1
-        extra = []
-        if part == 2 and args.mlp_iterations is not None:
-            extra = ["--mlp-iterations", str(args.mlp_iterations)]
+        extra: list[str] = []
+        if part == 2:
+            for flag, value in (
+                ("--mlp-iterations", args.mlp_iterations),
+                ("--mlp-rows", args.mlp_rows),
+            ):
+                if value is not None:
+                    extra += [flag, str(value)]
         result.command = command_line(str(part), args.out, extra)
         results.append(result)
         paths = write_report(args.out, merge_parts(earlier, results), environment)

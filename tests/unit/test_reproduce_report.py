@@ -88,7 +88,7 @@ def test_rerun_command_and_part_selection() -> None:
     assert runner.command_line("2", "my out", ["--mlp-iterations", "3"]) == (
         "tfyarn bench reproduce --part 2 --out 'my out' --mlp-iterations 3"
     )
-    ns = argparse.Namespace(part="all", out="o", mlp_iterations=None)
+    ns = argparse.Namespace(part="all", out="o", mlp_iterations=None, mlp_rows=None)
     assert [n for n, _ in runner._parts(ns)] == [1, 2, 3]
     ns.part = "3"
     assert [n for n, _ in runner._parts(ns)] == [3]
