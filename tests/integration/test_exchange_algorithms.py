@@ -17,6 +17,7 @@ from tfyarn.exchange.local import run_local
 pytestmark = pytest.mark.integration
 
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+EPOCHS = 8
 #: Held-out accuracy every algorithm must reach (logistic regression gets ~0.96).
 TARGET_ACCURACY = 0.90
 #: Every algorithm, with options (small communication periods: these runs are short);
@@ -59,11 +60,14 @@ def _digits_job(ctx: Any) -> dict[str, float]:
         optimizer=strategy.distributed_optimizer(keras.optimizers.Adam(0.01)),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        # several steps per callback call: the schedules must still count every step
+        steps_per_execution=3 if ctx.strategy_options.get("every") == 8 else 1,
     )
-    model.fit(xtr[shard], ytr[shard], batch_size=32, epochs=8, verbose=0,
-              callbacks=strategy.callbacks())  # fmt: skip
+    model.fit(xtr[shard], ytr[shard], batch_size=32, epochs=EPOCHS, verbose=0,
+              callbacks=strategy.callbacks())  # fmt: skip  # fmt: skip
     _, acc = model.evaluate(xte, yte, verbose=0)
-    return {"accuracy": float(acc)}
+    steps = EPOCHS * -(-per // 32)
+    return {"accuracy": float(acc), "steps": strategy.algorithm.steps, "expected_steps": steps}
 
 
 @pytest.mark.parametrize(
@@ -85,3 +89,5 @@ def test_algorithm_converges_on_digits(algorithm: str, options: dict[str, Any]) 
     print(f"{algorithm} {options}: held-out accuracy {accs}")
     assert set(accs) == {"worker:0", "worker:1"}
     assert min(accs.values()) >= TARGET_ACCURACY, accs
+    for r in res.values():  # the schedules saw every step, steps_per_execution or not
+        assert r["steps"] == r["expected_steps"]

@@ -8,7 +8,7 @@ import pytest
 
 from tfyarn.errors import ConfigError
 from tfyarn.exchange import STRATEGY_NAMES
-from tfyarn.exchange.algorithms import make_algorithm
+from tfyarn.exchange.algorithms import make_algorithm, period_crossed
 from tfyarn.exchange.mesh import ps_tasks, training_tasks
 
 
@@ -39,3 +39,11 @@ def test_rank_order_is_chief_then_workers_by_index() -> None:
     peers = {t: "tcp://127.0.0.1:1" for t in ["worker:10", "ps:1", "worker:2", "chief:0", "ps:0"]}
     assert training_tasks(peers) == ["chief:0", "worker:2", "worker:10"]
     assert ps_tasks(peers) == ["ps:0", "ps:1"]
+
+
+def test_period_crossed_counts_steps_reported_in_groups() -> None:
+    # one step at a time: every 4th step
+    assert [t for t in range(1, 13) if period_crossed(t, 1, 4)] == [4, 8, 12]
+    # three steps per report (steps_per_execution=3): reports at 3, 6, 9, 12
+    assert [t for t in (3, 6, 9, 12) if period_crossed(t, 3, 4)] == [6, 9, 12]
+    assert not period_crossed(5, 1, 4)

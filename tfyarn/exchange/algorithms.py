@@ -36,10 +36,19 @@ from tfyarn.exchange.ps import PSClient
 if TYPE_CHECKING:
     from tfyarn.exchange.strategy import ExchangeStrategy
 
-__all__ = ["ALGORITHMS", "Algorithm", "make_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "make_algorithm", "period_crossed"]
 
 #: Options every strategy accepts (see :func:`make_algorithm`).
 COMMON_OPTIONS: dict[str, Any] = {"timeout": 180.0, "chunk_bytes": 1 << 20, "bucket_bytes": 4 << 20}
+
+
+def period_crossed(total: int, last: int, period: int) -> bool:
+    """Whether going from ``total - last`` to ``total`` steps crossed a multiple of ``period``.
+
+    With ``last == 1`` this is ``total % period == 0``; with Keras'
+    ``steps_per_execution > 1`` the callbacks see several steps at once.
+    """
+    return total // period > (total - last) // period
 
 
 class Algorithm:
@@ -57,6 +66,7 @@ class Algorithm:
         self.s = strategy
         self.options = dict(options)
         self.steps = 0
+        self._last_steps = 0
         self.client: PSClient | None = None
         self.optimizer_config: dict[str, Any] | None = None
         self._plans: dict[tuple[Any, ...], tuple[Bucket, ...]] = {}
@@ -93,9 +103,14 @@ class Algorithm:
         """Before the first step: make every trainer start from rank 0's state."""
         self.s.broadcast_variables([*weights, *extra])
 
-    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
-        """After every optimizer step."""
-        self.steps += 1
+    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any], steps: int = 1) -> None:
+        """After every optimizer step (or every ``steps`` steps, for ``steps_per_execution``)."""
+        self.steps += steps
+        self._last_steps = steps
+
+    def _due(self, period: int) -> bool:
+        """Whether the last :meth:`step_end` crossed a multiple of ``period`` steps."""
+        return period_crossed(self.steps, self._last_steps, period)
 
     def epoch_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
         """After every epoch (``model.fit`` only, or when a loop calls it)."""
@@ -208,10 +223,10 @@ class EASGD(Algorithm):
         """Everyone starts from the center (rank 0's weights)."""
         self._init_center(trainable)
 
-    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any], steps: int = 1) -> None:
         """The elastic move every ``tau`` steps."""
-        super().step_end(weights, trainable)
-        if self.steps % int(self.options["tau"]) == 0:
+        super().step_end(weights, trainable, steps)
+        if self._due(int(self.options["tau"])):
             alpha = self.options["alpha"] or 0.9 / self.s.size
             x = tensors.read(trainable)
             d = self._client(trainable).elastic(x, alpha)
@@ -238,11 +253,11 @@ class ModelAveraging(Algorithm):
             )
         self._since = 0
 
-    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any], steps: int = 1) -> None:
         """Average every ``every`` steps."""
-        super().step_end(weights, trainable)
-        self._since += 1
-        if self.options["every"] != "epoch" and self.steps % self.options["every"] == 0:
+        super().step_end(weights, trainable, steps)
+        self._since += steps
+        if self.options["every"] != "epoch" and self._due(self.options["every"]):
             self._average(weights)
             self._since = 0
 
@@ -274,14 +289,17 @@ class ADAG(Algorithm):
         """Everyone starts from the center (rank 0's weights)."""
         self._init_center(trainable)
         self._anchor = tensors.read(trainable)
+        self._local = 0
 
-    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any], steps: int = 1) -> None:
         """Commit the normalised accumulated update every ``window`` steps."""
-        super().step_end(weights, trainable)
-        window = int(self.options["window"])
-        if self.steps % window == 0:
+        super().step_end(weights, trainable, steps)
+        self._local += steps
+        if self._due(int(self.options["window"])):
+            # normalised by the local steps actually taken since the last commit
             x = tensors.read(trainable)
-            delta = [(a - b) / window for a, b in zip(x, self._anchor, strict=True)]
+            delta = [(a - b) / self._local for a, b in zip(x, self._anchor, strict=True)]
+            self._local = 0
             center = self._client(trainable).add(delta)
             tensors.assign(trainable, center)
             self._anchor = center

@@ -203,10 +203,22 @@ class ExchangeCallback(keras.callbacks.Callback):
                 "compile: use model.compile(..., jit_compile=False)"
             )
         self.strategy.begin(self.model)
+        self._seen = self._iterations()
+
+    def _iterations(self) -> int:
+        return int(np.asarray(self.model.optimizer.iterations))
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        """Step schedule."""
-        self.strategy.step_end(self.model)
+        """Step schedule, counted in optimizer steps.
+
+        With ``steps_per_execution > 1`` Keras calls this once per execution, and its
+        batch index overshoots on a short last execution; the optimizer's iteration
+        counter says how many steps really ran.
+        """
+        now = self._iterations()
+        steps, self._seen = now - self._seen, now
+        if steps > 0:
+            self.strategy.step_end(self.model, steps)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         """Epoch schedule."""

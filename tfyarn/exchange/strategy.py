@@ -147,9 +147,9 @@ class ExchangeStrategy:
         extra = list(opt.variables) if opt is not None and getattr(opt, "built", False) else []
         self.algorithm.begin(list(model.weights), list(model.trainable_weights), extra)
 
-    def step_end(self, model: Any) -> None:
-        """After each optimizer step of a custom loop."""
-        self.algorithm.step_end(list(model.weights), list(model.trainable_weights))
+    def step_end(self, model: Any, steps: int = 1) -> None:
+        """After each optimizer step of a custom loop (or after ``steps`` of them)."""
+        self.algorithm.step_end(list(model.weights), list(model.trainable_weights), steps)
 
     def epoch_end(self, model: Any) -> None:
         """After each epoch of a custom loop."""
