@@ -45,8 +45,8 @@ STRATEGY_OPTIONS: dict[str, Any] = {"every": "epoch"}
 MLP_ITERATIONS = 20
 #: Training records the MLlib MLP gets by default. Its trainer densifies and caches the
 #: input: 39,946 x 262,144 doubles are 84 GB, which no executor here can hold (it ran out
-#: of 2, 3 and 4 GB heaps); 1,500 records are 3.1 GB. 0 means every training record.
-MLP_ROWS = 1_500
+#: of 2, 3 and 4 GB heaps); 1,000 records are 2.1 GB. 0 means every training record.
+MLP_ROWS = 1_000
 TRAIN_RECORDS = 39_946
 #: Rows MLlib stacks into one dense block. The default, 128, makes 268 MB blocks and ran
 #: out of a 3 GB executor heap here; L-BFGS sums the gradient over every row whatever the

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mlp-rows",
         type=int,
         default=None,
-        help="part 2: training records of the MLlib MLP (default 1500; 0: all, needs ~84 GB)",
+        help="part 2: training records of the MLlib MLP (default 1000; 0: all, needs ~84 GB)",
     )
 
 
