@@ -254,7 +254,8 @@ parameter-server role; the final model is the center. Transport tcp on loopback.
 "Waiting on sync" is the time inside the synchronisation call (gradient all-reduce each
 step, or the elastic exchange with the ps), which is transfer plus waiting for the
 peer/ps; the loss probe's own time is excluded from the clock, and no per-epoch metric
-averaging runs (it would be a barrier between the asynchronous EASGD workers). The data are a synthetic
+averaging runs (it would be a barrier between the asynchronous EASGD workers). The data
+are a synthetic
 stand-in of ATLAS Higgs' shape (the real set cannot be downloaded here); the held-out
 {HELD_OUT:,} instances give the test figures. Spark application start: {spark_start:.1f} s.
 "load avg" is the 1-minute load average of this 2-core machine when each run started
