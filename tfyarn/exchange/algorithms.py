@@ -59,6 +59,8 @@ class Algorithm:
     #: go to the ps and the variables take the values it returns; None: local optimizer.
     gradient_mode: ClassVar[str | None] = None
     uses_ps: ClassVar[bool] = False
+    #: Whether :meth:`step_end` does more than count (EASGD, ADAG, averaging every k).
+    has_step_schedule: bool = False
     #: Options with defaults; ``None`` defaults are filled in by :meth:`__init__`.
     OPTIONS: ClassVar[dict[str, Any]] = {}
 
@@ -217,6 +219,7 @@ class EASGD(Algorithm):
 
     name = "easgd"
     uses_ps = True
+    has_step_schedule = True
     OPTIONS: ClassVar[dict[str, Any]] = {"tau": 4, "alpha": None}
 
     def begin(self, weights: Sequence[Any], trainable: Sequence[Any], extra: Sequence[Any]) -> None:
@@ -252,6 +255,7 @@ class ModelAveraging(Algorithm):
                 f"model_averaging: every must be a positive int or 'epoch', not {every!r}"
             )
         self._since = 0
+        self.has_step_schedule = every != "epoch"
 
     def step_end(self, weights: Sequence[Any], trainable: Sequence[Any], steps: int = 1) -> None:
         """Average every ``every`` steps."""
@@ -283,6 +287,7 @@ class ADAG(Algorithm):
 
     name = "adag"
     uses_ps = True
+    has_step_schedule = True
     OPTIONS: ClassVar[dict[str, Any]] = {"window": 8}
 
     def begin(self, weights: Sequence[Any], trainable: Sequence[Any], extra: Sequence[Any]) -> None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ExchangeCallback",
     "MetricAverageCallback",
+    "ScheduledExchangeCallback",
     "allreduce_tensors",
     "callbacks",
     "distributed_optimizer",
@@ -186,9 +187,9 @@ class ExchangeCallback(keras.callbacks.Callback):
     """Runs the strategy's hooks around ``model.fit``.
 
     ``on_train_begin``: every trainer starts from rank 0's weights and optimizer state
-    (or from the ps center); after each batch: the algorithm's schedule (EASGD, model
-    averaging every k steps, ADAG); at each epoch end: per-epoch averaging; at the end:
-    the final model (averaged, or the ps center) is left in every trainer's model.
+    (or from the ps center); at each epoch end: per-epoch averaging; at the end: the
+    final model (averaged, or the ps center) is left in every trainer's model. The
+    per-step schedules are in :class:`ScheduledExchangeCallback`.
     """
 
     def __init__(self, strategy: ExchangeStrategy) -> None:
@@ -208,12 +209,12 @@ class ExchangeCallback(keras.callbacks.Callback):
     def _iterations(self) -> int:
         return int(np.asarray(self.model.optimizer.iterations))
 
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        """Step schedule, counted in optimizer steps.
+    def _catch_up(self) -> None:
+        """Tell the algorithm how many optimizer steps ran since the last call.
 
-        With ``steps_per_execution > 1`` Keras calls this once per execution, and its
-        batch index overshoots on a short last execution; the optimizer's iteration
-        counter says how many steps really ran.
+        Counted with the optimizer's iteration counter: with ``steps_per_execution > 1``
+        Keras reports batches in groups, and its batch index overshoots on a short last
+        group.
         """
         now = self._iterations()
         steps, self._seen = now - self._seen, now
@@ -222,11 +223,25 @@ class ExchangeCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         """Epoch schedule."""
+        self._catch_up()
         self.strategy.epoch_end(self.model)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         """Final model."""
+        self._catch_up()
         self.strategy.end(self.model)
+
+
+class ScheduledExchangeCallback(ExchangeCallback):
+    """:class:`ExchangeCallback` plus the per-step schedule (EASGD, ADAG, averaging every k).
+
+    Only algorithms with a step schedule get it: a batch hook makes Keras wait for every
+    step's logs before dispatching the next step, a cost the others need not pay.
+    """
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Step schedule."""
+        self._catch_up()
 
 
 class MetricAverageCallback(keras.callbacks.Callback):
@@ -249,7 +264,8 @@ class MetricAverageCallback(keras.callbacks.Callback):
 
 def callbacks(strategy: ExchangeStrategy, average_metrics: bool = True) -> list[Any]:
     """The callbacks ``model.fit`` needs under ``strategy`` (pass them all)."""
-    out: list[Any] = [ExchangeCallback(strategy)]
+    scheduled = strategy.algorithm.has_step_schedule
+    out: list[Any] = [(ScheduledExchangeCallback if scheduled else ExchangeCallback)(strategy)]
     if average_metrics:
         out.append(MetricAverageCallback(strategy))
     return out
