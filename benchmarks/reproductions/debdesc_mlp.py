@@ -44,13 +44,13 @@ STRATEGY_OPTIONS: dict[str, Any] = {"every": "epoch"}
 #: MLlib MLP iterations by default: its time on this 2-core machine (see the report).
 MLP_ITERATIONS = 20
 #: Training records the MLlib MLP gets by default. Its trainer densifies and caches the
-#: input: 39,946 x 262,144 doubles are 84 GB, which no executor here can hold (it ran out
-#: of 2, 3 and 4 GB heaps); 1,000 records are 2.1 GB. 0 means every training record.
+#: input: 39,946 x 262,144 doubles are 84 GB, more than this machine's memory and free
+#: disk; 1,000 records are 2.1 GB. 0 means every training record.
 MLP_ROWS = 1_000
 TRAIN_RECORDS = 39_946
-#: Rows MLlib stacks into one dense block. The default, 128, makes 268 MB blocks and ran
-#: out of a 3 GB executor heap here; L-BFGS sums the gradient over every row whatever the
-#: blocking, so a smaller block changes memory and speed only, not the result.
+#: Rows MLlib stacks into one dense block. The default, 128, makes 268 MB blocks; L-BFGS
+#: sums the gradient over every row whatever the blocking, so a smaller block changes
+#: memory and speed only, not the result.
 MLP_BLOCK = 32
 PUBLISHED = [
     {
@@ -497,8 +497,8 @@ average of this 2-core machine when each model started (other work shares it).
 MLlib MLP: **it cannot train on the full training set on this machine.** Its trainer
 stacks the input rows into dense (block x 262144) matrices and caches them: 39,946 rows
 are 84 GB of doubles (the published run had 11,314 20 Newsgroups documents, 24 GB, on a
-30 GB driver). With 2, 3 and 4 GB executor heaps it failed with `OutOfMemoryError` in
-`DataStacker.stack` (block sizes 128 and 32). So it trains on {mlp["rows"]:,} training
+30 GB driver); on all records it failed here with `OutOfMemoryError` in
+`DataStacker.stack`. So it trains on {mlp["rows"]:,} training
 records drawn at random (seed 1), L-BFGS, block size {MLP_BLOCK}, seed 1, for
 **{iterations} iterations** (the published run went to convergence, up to MLlib's default
 100); `--mlp-rows 0 --mlp-iterations N` tries the full set. Its test accuracy (all

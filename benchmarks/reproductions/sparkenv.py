@@ -75,6 +75,8 @@ def local_cluster(
         .appName(f"tfyarn-reproduce-{name}")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.memory", driver_memory)
+        # local-cluster's third number is the worker's memory; the executor heap is this
+        .config("spark.executor.memory", f"{executor_memory_mb}m")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", str(executors))
         .config("spark.task.maxFailures", "1")
