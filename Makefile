@@ -27,7 +27,7 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+	$(PY) -m ruff format --check tfyarn tests benchmarks examples
 
 bench: setup
 	$(VENV)/bin/tfyarn bench all

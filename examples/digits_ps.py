@@ -81,8 +81,9 @@ def make_train_fn(epochs: int, batch_size: int, learning_rate: float):
             losses = [coordinator.schedule(train_step, args=(iterator,)) for _ in range(steps)]
             coordinator.join()
             loss = float(np.mean([remote.fetch() for remote in losses]))
-            ctx.report(epoch=epoch + 1, step=(epoch + 1) * steps, loss=loss,
-                       samples=steps * batch_size)
+            ctx.report(
+                epoch=epoch + 1, step=(epoch + 1) * steps, loss=loss, samples=steps * batch_size
+            )
 
         _, x_test, _, y_test = load_split()
         # Copy the trained weights (held by the parameter servers) into a local model.
@@ -122,8 +123,10 @@ def main() -> None:
     )
     print(f"test accuracy: {result.value['test_accuracy']:.4f}")
     print(f"model saved to: {result.value['model_path']}")
-    print(f"wall time: {result.wall_time:.1f} s; stage start -> all roles ready: "
-          f"{result.startup_time:.1f} s")
+    print(
+        f"wall time: {result.wall_time:.1f} s; stage start -> all roles ready: "
+        f"{result.startup_time:.1f} s"
+    )
     spark.stop()
 
 

@@ -78,6 +78,7 @@ def test_tf_config_matches_tensorflow_layout_and_keeps_evaluator_out() -> None:
 
 def test_tf_config_is_accepted_by_tensorflows_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
     import tensorflow as tf
+
     plan = plan_roles(workers=2, ps=1)
     config = tf_config(_addresses(plan), plan[1])
     monkeypatch.setenv("TF_CONFIG", config)

@@ -205,7 +205,8 @@ def run(
     strategy : str, optional
         ``"ps"`` (ParameterServerStrategy + ClusterCoordinator on the chief), ``"mwms"``
         (MultiWorkerMirroredStrategy), an exchange strategy (``"allreduce"``,
-        ``"downpour"``, ``"easgd"``, ``"model_averaging"``, ``"adag"``), or None.
+        ``"sync_ps"``, ``"downpour"``, ``"easgd"``, ``"model_averaging"``, ``"adag"``: see
+        :mod:`tfyarn.exchange`), or None.
     strategy_options : dict, optional
         Options of the strategy (see :mod:`tfyarn.exchange`).
     transport : str, optional

@@ -304,6 +304,13 @@ class NodeContext:
             self._strategy = exchange.for_context(self)
         return self._strategy
 
+    def close(self) -> None:
+        """Release what the strategy holds (exchange connections); idempotent."""
+        strategy, self._strategy = self._strategy, None
+        close = getattr(strategy, "close", None)
+        if callable(close) and self._job.strategy not in ("ps", "mwms"):
+            close()
+
 
 def _pick(d: dict[str, Any], features: Any, label: str | None) -> Any:
     """Select model inputs from a dict element inside a tf.data map function."""

@@ -190,6 +190,8 @@ def main(argv: list[str]) -> int:
         heartbeat.send("error", error=f"{type(exc).__name__}: {exc}", traceback=text)
         print(text, file=sys.stderr, flush=True)
     finally:
+        with contextlib.suppress(Exception):
+            ctx.close()
         heartbeat.close()
         tf_port.release()
         if listener is not None:
