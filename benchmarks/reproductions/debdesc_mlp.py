@@ -42,7 +42,7 @@ ACTIVATION = "relu"
 STRATEGY = "model_averaging"
 STRATEGY_OPTIONS: dict[str, Any] = {"every": "epoch"}
 #: MLlib MLP iterations by default: its time on this 2-core machine (see the report).
-MLP_ITERATIONS = 20
+MLP_ITERATIONS = 10
 #: Training records the MLlib MLP gets by default. Its trainer densifies and caches the
 #: input: 39,946 x 262,144 doubles are 84 GB, more than this machine's memory and free
 #: disk; 1,000 records are 2.1 GB. 0 means every training record.
@@ -366,7 +366,7 @@ def run_part(
     iterations = mlp_iterations or MLP_ITERATIONS
     mlp_rows = MLP_ROWS if mlp_rows is None else mlp_rows
     begun = time.monotonic()
-    with local_cluster("debdesc-mlp", WORKERS, executor_memory_mb=4096, driver_memory="5g") as (
+    with local_cluster("debdesc-mlp", WORKERS, executor_memory_mb=3072, driver_memory="9g") as (
         spark,
         spark_start,
     ):
@@ -497,11 +497,13 @@ average of this 2-core machine when each model started (other work shares it).
 MLlib MLP: **it cannot train on the full training set on this machine.** Its trainer
 stacks the input rows into dense (block x 262144) matrices and caches them: 39,946 rows
 are 84 GB of doubles (the published run had 11,314 20 Newsgroups documents, 24 GB, on a
-30 GB driver); on all records it failed here with `OutOfMemoryError` in
-`DataStacker.stack`. So it trains on {mlp["rows"]:,} training
+30 GB driver); on all records, with 1 GB executors, it failed here with
+`OutOfMemoryError` in `DataStacker.stack`. So it trains on {mlp["rows"]:,} training
 records drawn at random (seed 1), L-BFGS, block size {MLP_BLOCK}, seed 1, for
 **{iterations} iterations** (the published run went to convergence, up to MLlib's default
-100); `--mlp-rows 0 --mlp-iterations N` tries the full set. Its test accuracy (all
+100), with a 9 GB driver (L-BFGS keeps up to 10 correction pairs of 26 M doubles,
+4.2 GB; 5 GB ran out) and 3 GB executors; `--mlp-rows 0 --mlp-iterations N` tries the
+full set. Its test accuracy (all
 9,998 test records) is computed from its trained weights (sigmoid hidden layers,
 softmax output, as MLlib defines them) with SciPy sparse products, because MLlib's
 row-by-row `transform` densifies every row; on 40 test rows it agreed with MLlib's own
