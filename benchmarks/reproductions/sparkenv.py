@@ -138,7 +138,8 @@ def versions() -> dict[str, Any]:
         "pyspark": pyspark.__version__,
         "numpy": np.__version__,
         "tfyarn": tfyarn.__version__,
-        "load_average": os.getloadavg(),
+        # of the latest invocation; each table's "load avg" column is per measurement
+        "load average at start (1, 5, 15 min)": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
     from importlib import metadata
 
