@@ -84,23 +84,53 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale_workspaces(parent: Path) -> list[Path]:
+#: An empty job directory younger than this may belong to a job whose roles are still
+#: creating their workspaces on this host; the sweep leaves it alone.
+_EMPTY_JOB_DIR_GRACE = 120.0
+
+
+def sweep_stale_workspaces(parent: Path, *, keep: Path | None = None) -> list[Path]:
     """Remove role workspaces whose owning processes are all gone; return what was removed.
 
     A role process removes its workspace itself when its task dies, but a host crash or a
     SIGKILL of both can still leave one behind; the next job on the host cleans it up.
+    Empty job directories go too, once they are old enough that no role of theirs can
+    still be starting; ``keep`` (the current job's directory) is never touched.
     """
     removed = []
     for owner in parent.glob("tfyarn-*/*/owner.pid"):
+        if keep is not None and owner.parent.parent == keep:
+            continue
         with contextlib.suppress(OSError, ValueError):
             pids = [int(p) for p in owner.read_text().split()]
             if not any(_pid_alive(p) for p in pids):
                 shutil.rmtree(owner.parent, ignore_errors=True)
                 removed.append(owner.parent)
+    now = time.time()
     for job_dir in parent.glob("tfyarn-*"):
+        if job_dir == keep:
+            continue
         with contextlib.suppress(OSError):
-            job_dir.rmdir()  # only succeeds when empty
+            if now - job_dir.stat().st_mtime > _EMPTY_JOB_DIR_GRACE:
+                job_dir.rmdir()  # only succeeds when empty
     return removed
+
+
+def _make_workspace(workdir: Path, attempts: int = 5) -> None:
+    """Create the role's workspace; retry if its job directory vanishes meanwhile.
+
+    Another role of the same job on this host may remove the (then empty) job directory
+    as it exits (:mod:`tfyarn.node.role_process`), between our creating it and our
+    subdirectory.
+    """
+    for attempt in range(attempts):
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
 
 
 def gpu_env(resources: dict[str, Any]) -> dict[str, str]:
@@ -212,9 +242,9 @@ def run_barrier_task(job: JobSpec, batches: Iterator[pa.RecordBatch]) -> Iterato
     executor = infos[partition].address
     host = resolve_address(job.interface, executor.rsplit(":", 1)[0])
     root = workspace_root(job)
-    sweep_stale_workspaces(root.parent)
+    sweep_stale_workspaces(root.parent, keep=root)
     workdir = root / role.task_id.replace(":", "-")
-    workdir.mkdir(parents=True, exist_ok=True)
+    _make_workspace(workdir)
     proc: _RoleProcess | None = None
     tf_port = reserve_port(host)
     try:
