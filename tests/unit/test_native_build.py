@@ -1,4 +1,5 @@
-"""The extension also builds, and works, without UCX (TFYARN_NO_UCX=1, as if no libucx-dev)."""
+"""The extension also builds, and works, without UCX (TFYARN_NO_UCX=1, as if no libucx-dev);
+the ucx transport and the doctor then say what to install."""
 
 from __future__ import annotations
 
@@ -21,6 +22,26 @@ b = p.alloc(100)
 assert b.address % m.PAGE_SIZE == 0
 b.release()
 p.close()
+
+# tfyarn on top of this build: the ucx transport and the doctor say what to install.
+sys.modules["tfyarn._native"] = m
+import tfyarn
+tfyarn._native = m
+from tfyarn import native
+assert native.HAVE_UCX is False
+from tfyarn.errors import TransportUnavailableError
+from tfyarn.transport import rdma, ucx
+secret = b"s" * 32
+for call, address in ((ucx.listen, "ucx://127.0.0.1:0"), (ucx.connect, "ucx://127.0.0.1:1")):
+    try:
+        call(address, secret=secret)
+    except TransportUnavailableError as exc:
+        assert "libucx-dev" in str(exc) and "reinstall" in str(exc), exc
+    else:
+        raise AssertionError(f"{call.__name__} worked without UCX")
+ucx_check = list(rdma.check_rdma())[1]
+assert not ucx_check.ok and not ucx_check.required, ucx_check
+assert "libucx-dev" in ucx_check.fix, ucx_check
 print("ok")
 """
 
