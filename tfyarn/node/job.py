@@ -117,12 +117,6 @@ class JobSpec:
             return self.strategy != "ps"
         return False
 
-    def runs_user_code(self, role: RoleSpec) -> bool:
-        """Whether ``role`` runs ``train_fn`` (as opposed to only serving, like a ps)."""
-        if role.name == "ps":
-            return self.strategy is None
-        return True
-
     def save(self, path: Path) -> None:
         """Write the spec for the role process."""
         path.write_bytes(pickle.dumps(self))
