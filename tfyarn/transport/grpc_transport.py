@@ -34,12 +34,11 @@ import grpc
 
 from tfyarn.errors import AuthenticationError, ConfigError, FrameError, TransportError
 from tfyarn.transport import auth, frames
-from tfyarn.transport.base import Buffer, Listener
+from tfyarn.transport.base import Buffer
 from tfyarn.transport.frames import Limits
-from tfyarn.transport.memory import RegionTable
 from tfyarn.transport.streams import (
-    AcceptQueue,
     StreamComm,
+    StreamListener,
     close_stream,
     format_address,
     serve_rma,
@@ -260,7 +259,7 @@ def _peer_url(context: grpc.ServicerContext) -> str:
     return peer
 
 
-class GrpcListener(Listener):
+class GrpcListener(StreamListener):
     """A gRPC server with the generic Data/Rma stream handlers; built by :func:`listen`."""
 
     def __init__(
@@ -285,7 +284,6 @@ class GrpcListener(Listener):
         self._chunk = chunk_bytes
         self._tls = tls_cert_chain is not None
         self.transport = "grpc+tls" if self._tls else "grpc"
-        self._regions = RegionTable()
         self._lock = threading.Lock()
         self._streams: set[GrpcByteStream] = set()
         self._threads: set[threading.Thread] = set()
@@ -323,7 +321,7 @@ class GrpcListener(Listener):
             self._pool.shutdown(wait=False)
             raise TransportError(f"cannot listen on grpc://{bind}: {error or 'bind failed'}")
         self.address = format_address("grpc", host, bound)
-        self._accepted = AcceptQueue(self.address)
+        self._init_stream_listener()
         self._server.start()
 
     # -- gRPC handlers (run on the server's pool) -------------------------------------
@@ -390,25 +388,6 @@ class GrpcListener(Listener):
                     self._streams.discard(stream)
 
     # -- Listener API -----------------------------------------------------------------
-    def accept(self, timeout: float | None = None) -> StreamComm:
-        """Return the next authenticated peer's comm.
-
-        Raises
-        ------
-        TransportError
-            No peer connected within ``timeout`` seconds, or the listener is (or gets)
-            closed.
-        """
-        return self._accepted.get(timeout)  # type: ignore[return-value]
-
-    def register(self, region: str, buf: Buffer) -> None:
-        """Expose writable ``buf`` as ``region`` to peers' put/get."""
-        self._regions.register(region, buf)
-
-    def unregister(self, region: str) -> None:
-        """Stop exposing ``region``."""
-        self._regions.unregister(region)
-
     def close(self) -> None:
         """Stop the server, end every stream, join the service threads; idempotent."""
         with self._lock:

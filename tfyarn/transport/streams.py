@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from tfyarn.errors import ConfigError, FrameError, TFYarnError, TransportError
 from tfyarn.transport import frames
-from tfyarn.transport.base import Buffer, Comm
+from tfyarn.transport.base import Buffer, Comm, Listener
 from tfyarn.transport.frames import HEADER_SIZE, Kind, Limits, RmaDesc, TensorDesc
 from tfyarn.transport.memory import RegionTable, alloc_buffer, readable_bytes, writable_bytes
 
@@ -29,6 +29,7 @@ __all__ = [
     "AcceptQueue",
     "ByteStream",
     "StreamComm",
+    "StreamListener",
     "close_stream",
     "drain",
     "format_address",
@@ -465,3 +466,38 @@ class AcceptQueue:
                 left.append(item)
         self._queue.put(_CLOSED)
         return left
+
+
+class StreamListener(Listener):
+    """What the stream listeners (tcp, grpc) share: the queue of authenticated peers and
+    the table of regions served to peers' put/get.
+
+    Subclasses set ``address``, then call :meth:`_init_stream_listener` before they start
+    accepting.
+    """
+
+    _accepted: AcceptQueue
+    _regions: RegionTable
+
+    def _init_stream_listener(self) -> None:
+        self._accepted = AcceptQueue(self.address)
+        self._regions = RegionTable()
+
+    def accept(self, timeout: float | None = None) -> Comm:
+        """Return the next authenticated peer's comm.
+
+        Raises
+        ------
+        TransportError
+            No peer connected within ``timeout`` seconds, or the listener is (or gets)
+            closed.
+        """
+        return self._accepted.get(timeout)
+
+    def register(self, region: str, buf: Buffer) -> None:
+        """Expose writable ``buf`` as ``region`` to peers' put/get."""
+        self._regions.register(region, buf)
+
+    def unregister(self, region: str) -> None:
+        """Stop exposing ``region``."""
+        self._regions.unregister(region)

@@ -29,12 +29,11 @@ from typing import Any
 
 from tfyarn.errors import AuthenticationError, ConfigError, FrameError, TransportError
 from tfyarn.transport import auth, frames
-from tfyarn.transport.base import Buffer, Listener
+from tfyarn.transport.base import Buffer
 from tfyarn.transport.frames import HEADER_SIZE, Kind, Limits
-from tfyarn.transport.memory import RegionTable
 from tfyarn.transport.streams import (
-    AcceptQueue,
     StreamComm,
+    StreamListener,
     close_stream,
     format_address,
     read_frame_header,
@@ -103,7 +102,7 @@ class TcpComm(StreamComm):
         )
 
 
-class TcpListener(Listener):
+class TcpListener(StreamListener):
     """Accepts authenticated peers; serves put/get on its registered regions.
 
     Built by :func:`listen`. Each incoming connection is authenticated on its own thread
@@ -136,12 +135,11 @@ class TcpListener(Listener):
             raise TransportError(f"cannot listen on {host}:{port}: {exc}") from exc
         self._host = host
         self.address = format_address("tcp", host, self._sock.getsockname()[1])
-        self._accepted = AcceptQueue(self.address)
+        self._init_stream_listener()
         self._secret = secret
         self._limits = limits
         self._handshake_timeout = handshake_timeout
         self._pending = threading.BoundedSemaphore(max_pending)
-        self._regions = RegionTable()
         self._lock = threading.Lock()
         self._comms: list[TcpComm] = []
         self._conns: set[socket.socket] = set()
@@ -228,25 +226,6 @@ class TcpListener(Listener):
                 self._conns.discard(conn)
             if not handed_over:
                 close_stream(conn)
-
-    def accept(self, timeout: float | None = None) -> TcpComm:
-        """Return the next authenticated peer's comm.
-
-        Raises
-        ------
-        TransportError
-            No peer connected within ``timeout`` seconds, or the listener is (or gets)
-            closed.
-        """
-        return self._accepted.get(timeout)  # type: ignore[return-value]
-
-    def register(self, region: str, buf: Buffer) -> None:
-        """Expose writable ``buf`` as ``region`` to peers' put/get."""
-        self._regions.register(region, buf)
-
-    def unregister(self, region: str) -> None:
-        """Stop exposing ``region``."""
-        self._regions.unregister(region)
 
     def close(self) -> None:
         """Stop accepting, close every connection, join the service threads; idempotent."""
