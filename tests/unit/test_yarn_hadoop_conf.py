@@ -99,3 +99,22 @@ def test_bad_settings_are_rejected_with_the_reason(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         DevYarnSettings(base_dir=tmp_path, **kwargs)
+
+
+def test_services_add_the_api_the_registry_zookeeper_and_placement(tmp_path: Path) -> None:
+    plain = DevYarnSettings(base_dir=tmp_path)
+    assert "zookeeper" not in plain.port_names
+    assert "yarn.webapp.api-service.enable" not in hadoop_conf.yarn_site(plain)
+    assert "zoo.cfg" not in hadoop_conf.conf_files(plain)
+    s = DevYarnSettings(base_dir=tmp_path, services=True, ports={"zookeeper": 21810})
+    assert s.port_names == PORT_NAMES
+    site = hadoop_conf.yarn_site(s)
+    assert site["yarn.webapp.api-service.enable"] == "true"
+    assert site["yarn.service.base.path"] == str(tmp_path / "services")
+    assert site["hadoop.registry.zk.quorum"] == "127.0.0.1:21810"
+    # The default placement handler refuses the ps component's anti-affinity constraint.
+    assert site["yarn.resourcemanager.placement-constraints.handler"] == "scheduler"
+    zoo = hadoop_conf.conf_files(s)["zoo.cfg"]
+    assert "clientPort=21810" in zoo and "clientPortAddress=127.0.0.1" in zoo
+    assert "admin.enableServer=false" in zoo  # else a web server on 0.0.0.0:8080
+    assert f"dataDir={tmp_path / 'zookeeper'}" in zoo

@@ -162,9 +162,38 @@ def test_cached_jars_are_used_offline_without_maven(
         maven.ensure_hadoop_jars("3.5.0")
     lib = maven.jar_dir("3.5.0")
     lib.mkdir(parents=True)
-    (lib / ".tfyarn-complete").write_text(maven._pom_digest("3.5.0") + "\n")
+    (lib / ".tfyarn-complete").write_text(maven._pom_digest("3.5.0", services=False) + "\n")
     assert maven.ensure_hadoop_jars("3.5.0") == lib
     # A changed pom (another digest) means the cache is stale: fetch again.
     (lib / ".tfyarn-complete").write_text("0" * 16 + "\n")
     with pytest.raises(YarnError, match=r"Maven \(mvn\) is needed"):
         maven.ensure_hadoop_jars("3.5.0")
+
+
+def test_services_jars_have_their_own_cache_and_version(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TFYARN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TFYARN_HADOOP_VERSION", raising=False)
+    assert maven.hadoop_version() == "3.5.0"
+    assert maven.hadoop_version(services=True) == maven.SERVICES_HADOOP_VERSION == "3.4.2"
+    assert maven.jar_dir(services=True) == tmp_path / "hadoop-3.4.2-services" / "lib"
+    assert maven._pom_digest("3.4.2", services=True) != maven._pom_digest("3.4.2")
+
+
+def test_rm_web_url_comes_from_the_environment_or_yarn_site(tmp_path: Path) -> None:
+    from tfyarn.service.client import rm_web_url
+
+    assert rm_web_url({"TFYARN_RM_URL": "http://rm:8088/"}) == "http://rm:8088"
+    (tmp_path / "yarn-site.xml").write_text(
+        "<configuration><property><name>yarn.resourcemanager.webapp.address</name>"
+        "<value>10.0.0.5:18088</value></property></configuration>"
+    )
+    assert rm_web_url({"HADOOP_CONF_DIR": str(tmp_path)}) == "http://10.0.0.5:18088"
+    (tmp_path / "yarn-site.xml").write_text(
+        "<configuration><property><name>yarn.resourcemanager.hostname</name>"
+        "<value>rm1</value></property></configuration>"
+    )
+    assert rm_web_url({"HADOOP_CONF_DIR": str(tmp_path)}) == "http://rm1:8088"
+    with pytest.raises(ConfigError, match="set HADOOP_CONF_DIR"):
+        rm_web_url({})

@@ -79,8 +79,9 @@ def dev_yarn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevYarnFixtur
     base = tmp_path_factory.mktemp("dev-yarn")
     ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     # Two yarn.io/gpu (a countable resource: no GPU plugin, no devices) so that GPU
-    # requests can be scheduled and accounted for by the real RM without GPUs.
-    cluster = DevYarn(DevYarnSettings(base_dir=base, ports=ports, nm_gpus=2))
+    # requests can be scheduled and accounted for by the real RM without GPUs. With the
+    # YARN Services API (Hadoop 3.4.2), so that one YARN serves jobs and services alike.
+    cluster = DevYarn(DevYarnSettings(base_dir=base, ports=ports, nm_gpus=2, services=True))
     # Pack before starting the daemons: both are heavy, one at a time is faster on 2 cores.
     packed = ensure_env_archive()
     state = cluster.up(timeout_s=300.0)

@@ -32,7 +32,9 @@ def test_rm_and_nm_are_separate_java_processes_and_the_node_is_running(
     assert "java" in _cmdline(pids["nodemanager"]).split()[0]
     info = dev_yarn.rm.cluster_info()
     assert info["state"] == "STARTED"
-    assert info["hadoopVersion"].startswith("3.5")
+    # The session's YARN runs the Services API, whose jars exist up to Hadoop 3.4.2.
+    assert info["hadoopVersion"] == dev_yarn.state.hadoop_version == "3.4.2"
+    assert "ZooKeeperServerMain" in _cmdline(pids["zookeeper"])  # the registry's
     nodes = dev_yarn.rm.running_nodes()
     assert len(nodes) == 1
     node = nodes[0]
@@ -131,5 +133,9 @@ def test_yarn_dev_cli_up_status_down(dev_yarn: DevYarnFixture, tmp_path: Path) -
     assert state.alive() == {"resourcemanager": False, "nodemanager": False}
     assert cli("status").returncode == 3
     # The session's cluster is untouched.
-    assert dev_yarn.state.alive() == {"resourcemanager": True, "nodemanager": True}
+    assert dev_yarn.state.alive() == {
+        "zookeeper": True,
+        "resourcemanager": True,
+        "nodemanager": True,
+    }
     assert dev_yarn.rm.running_nodes()

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import getpass
 import re
+import urllib.request
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -35,8 +38,23 @@ def test_executor_gpu_amount_is_allocated_as_yarn_io_gpu(
     report = dev_yarn.final(run.app_id)
     assert (report.state, report.final_status) == ("FINISHED", "SUCCEEDED")
     # YARN accounted GPU-seconds to the application: the containers held yarn.io/gpu.
-    entries = (report.raw.get("resourceSecondsMap") or {}).get("entry") or []
-    entries = [entries] if isinstance(entries, dict) else entries
-    seconds = {e["key"]: int(e["value"]) for e in entries}
-    assert seconds.get("yarn.io/gpu", 0) > 0, report.raw.get("resourceSecondsMap")
+    seconds = _resource_seconds(dev_yarn.state.rm_web_url, run.app_id)
+    assert seconds.get("yarn.io/gpu", 0) > 0, seconds
     assert re.search(r"tfyarn: YARN application application_\d+_\d+", run.output)
+
+
+def _resource_seconds(rm_url: str, app_id: str) -> dict[str, int]:
+    """The application's resourceSecondsMap, read as XML.
+
+    Hadoop 3.4's JSON (Jersey 1) writes the map as an object with a repeated "entry" key,
+    which JSON parsers collapse to the last entry; the XML lists every entry.
+    """
+    req = urllib.request.Request(
+        f"{rm_url}/ws/v1/cluster/apps/{app_id}?user.name={getpass.getuser()}",
+        headers={"Accept": "application/xml"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        root = ElementTree.fromstring(resp.read())
+    found = root.find("resourceSecondsMap")
+    entries = found.findall("entry") if found is not None else []
+    return {e.findtext("key", ""): int(e.findtext("value", "0")) for e in entries}

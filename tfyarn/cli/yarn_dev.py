@@ -39,6 +39,12 @@ def register(subparsers: Any) -> None:
         "--gpus", type=int, default=0, help="yarn.io/gpu the NodeManager advertises (0: none)"
     )
     parser.add_argument(
+        "--services",
+        action="store_true",
+        help="with the YARN Services API (/app/v1/services) and the registry's ZooKeeper, "
+        "as `tfyarn service` needs (Hadoop 3.4.2: the newest with services jars)",
+    )
+    parser.add_argument(
         "--free-ports",
         action="store_true",
         help="use free ephemeral ports instead of Hadoop's defaults (8088, 8032, ...)",
@@ -60,6 +66,7 @@ def _cluster(args: argparse.Namespace) -> Any:
         # down/status: the ports of the running cluster are in its state file.
         state = DevYarn(DevYarnSettings(base_dir=base)).load_state()
         ports = dict(state.ports) if state else {}
+        args.services = bool(state and state.services)
     if args.memory_mb < 1024:
         raise ConfigError(f"--memory-mb {args.memory_mb} is too small: give at least 1024")
     settings = DevYarnSettings(
@@ -68,6 +75,7 @@ def _cluster(args: argparse.Namespace) -> Any:
         nm_memory_mb=args.memory_mb,
         nm_vcores=args.vcores,
         nm_gpus=args.gpus,
+        services=args.services,
     )
     return DevYarn(settings)
 
@@ -82,6 +90,8 @@ def _main(args: argparse.Namespace) -> int:
             f"NodeManager pid {state.pids['nodemanager']}"
         )
         print(f"ResourceManager UI/REST: {state.rm_web_url}")
+        if state.services:
+            print(f"YARN Services API: {state.rm_web_url}/app/v1/services")
         print("export for spark-submit / tfyarn submit --profile yarn-client|yarn-cluster:")
         print(f"export HADOOP_CONF_DIR={state.conf_dir}")
         return 0

@@ -27,7 +27,7 @@ from typing import Any
 
 from tfyarn.errors import YarnError
 from tfyarn.yarn import hadoop_conf, maven
-from tfyarn.yarn.hadoop_conf import PORT_NAMES, DevYarnSettings
+from tfyarn.yarn.hadoop_conf import DevYarnSettings
 from tfyarn.yarn.rest import ResourceManagerClient
 
 __all__ = ["DEV_MARKER", "DevYarn", "DevYarnState", "default_base_dir", "free_ports"]
@@ -37,6 +37,14 @@ DEV_MARKER = "tfyarn-dev-yarn.json"
 
 _RM_CLASS = "org.apache.hadoop.yarn.server.resourcemanager.ResourceManager"
 _NM_CLASS = "org.apache.hadoop.yarn.server.nodemanager.NodeManager"
+_ZK_CLASS = "org.apache.zookeeper.server.ZooKeeperServerMain"
+
+#: Main class of each daemon, in start order (ZooKeeper only on a cluster with services).
+_DAEMONS: dict[str, str] = {
+    "zookeeper": _ZK_CLASS,
+    "resourcemanager": _RM_CLASS,
+    "nodemanager": _NM_CLASS,
+}
 
 #: Hadoop on Java 17 needs these (the same list Hadoop's own launch scripts add).
 _JAVA17_OPENS: tuple[str, ...] = (
@@ -139,7 +147,7 @@ class DevYarnState:
     ports : dict
         Port of each name in :data:`~tfyarn.yarn.hadoop_conf.PORT_NAMES`.
     pids : dict
-        ``{"resourcemanager": pid, "nodemanager": pid}``.
+        ``{"resourcemanager": pid, "nodemanager": pid}``, and ``"zookeeper"`` with services.
     hadoop_version : str
         Version of the jars.
     startup_s : float
@@ -152,6 +160,7 @@ class DevYarnState:
     pids: dict[str, int] = field(default_factory=dict)
     hadoop_version: str = ""
     startup_s: float = 0.0
+    services: bool = False
 
     @property
     def conf_dir(self) -> Path:
@@ -165,9 +174,8 @@ class DevYarnState:
 
     def alive(self) -> dict[str, bool]:
         """Whether each started daemon is still the process we started."""
-        cls = {"resourcemanager": _RM_CLASS, "nodemanager": _NM_CLASS}
         return {
-            name: cls[name] in _cmdline(pid) and self.base_dir in _cmdline(pid)
+            name: _DAEMONS[name] in _cmdline(pid) and self.base_dir in _cmdline(pid)
             for name, pid in self.pids.items()
         }
 
@@ -219,6 +227,21 @@ class DevYarn:
 
     def _daemon_cmd(self, java: str, jars: Path, main_class: str, name: str) -> list[str]:
         s = self.settings
+        if name == "zookeeper":
+            return [
+                java,
+                "-Xmx128m",
+                "-XX:TieredStopAtLevel=1",
+                "-XX:+UseSerialGC",
+                f"-Dlog4j.configuration=file:{s.conf_dir / 'log4j.properties'}",
+                f"-Dtfyarn.devyarn={s.base_dir}",  # lets alive() tell it is ours
+                "-cp",
+                maven.hadoop_classpath(s.conf_dir, jars),
+                main_class,
+                str(s.conf_dir / "zoo.cfg"),
+            ]
+        # The Services API server ships the service AM's jars from this folder.
+        libdir = [f"-Dservice.libdir={jars}"] if name == "resourcemanager" and s.services else []
         return [
             java,
             _DAEMON_HEAP,
@@ -232,6 +255,7 @@ class DevYarn:
             f"-Dhadoop.log.file={name}.log",
             f"-Dhadoop.home.dir={s.base_dir}",
             f"-Dlog4j.configuration=file:{s.conf_dir / 'log4j.properties'}",
+            *libdir,
             "-cp",
             maven.hadoop_classpath(s.conf_dir, jars),
             main_class,
@@ -253,15 +277,18 @@ class DevYarn:
                 f"a dev YARN from {self.base_dir} is already running (pids {old.pids}); "
                 "`tfyarn yarn-dev down` first"
             )
-        taken = [f"{n}={s.port(n)}" for n in PORT_NAMES if _port_in_use(s.host, s.port(n))]
+        taken = [f"{n}={s.port(n)}" for n in s.port_names if _port_in_use(s.host, s.port(n))]
         if taken:
             raise YarnError(
                 f"port(s) {', '.join(taken)} on {s.host} are in use (another YARN?); stop it "
                 "or start with `tfyarn yarn-dev up --free-ports`"
             )
-        jars = maven.ensure_hadoop_jars()
+        jars = maven.ensure_hadoop_jars(services=s.services)
         java = _java()
-        for d in (s.log_dir, s.nm_local_dir, s.nm_log_dir, s.remote_log_dir, s.staging_dir):
+        dirs = [s.log_dir, s.nm_local_dir, s.nm_log_dir, s.remote_log_dir, s.staging_dir]
+        if s.services:
+            dirs += [s.zookeeper_dir, s.services_dir]
+        for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
         self.write_conf()
         env = dict(os.environ)
@@ -276,13 +303,16 @@ class DevYarn:
         state = DevYarnState(
             base_dir=str(s.base_dir),
             host=s.host,
-            ports={n: s.port(n) for n in PORT_NAMES},
-            hadoop_version=maven.hadoop_version(),
+            ports={n: s.port(n) for n in s.port_names},
+            hadoop_version=maven.hadoop_version(s.services),
+            services=s.services,
         )
         started = time.monotonic()
         procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
-            for name, cls in (("resourcemanager", _RM_CLASS), ("nodemanager", _NM_CLASS)):
+            names = [n for n in _DAEMONS if s.services or n != "zookeeper"]
+            for name in names:
+                cls = _DAEMONS[name]
                 with open(s.log_dir / f"{name}.log", "wb") as log:
                     proc = subprocess.Popen(
                         self._daemon_cmd(java, jars, cls, name),
@@ -322,8 +352,10 @@ class DevYarn:
     def log_tails(self, lines: int = 20) -> str:
         """The last lines of both daemons' logs (for error messages)."""
         out = []
-        for name in ("resourcemanager", "nodemanager"):
+        for name in _DAEMONS:
             path = self.settings.log_dir / f"{name}.log"
+            if name == "zookeeper" and not path.exists():
+                continue
             try:
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
             except OSError:
@@ -347,6 +379,7 @@ class DevYarn:
             "alive": alive,
             "startup_s": state.startup_s,
             "hadoop_version": state.hadoop_version,
+            "services": state.services,
         }
         if info["running"]:
             rm = ResourceManagerClient(state.rm_web_url, timeout_s=3.0)
@@ -385,7 +418,7 @@ class DevYarn:
 
     def _stop_daemons(self, state: DevYarnState, timeout_s: float = 30.0) -> None:
         # NM first: it stops its containers while the RM still answers it.
-        for name in ("nodemanager", "resourcemanager"):
+        for name in ("nodemanager", "resourcemanager", "zookeeper"):
             pid = state.pids.get(name)
             if pid is None or not state.alive().get(name):
                 continue

@@ -21,6 +21,7 @@ from tfyarn.errors import YarnError
 
 __all__ = [
     "DEFAULT_HADOOP_VERSION",
+    "SERVICES_HADOOP_VERSION",
     "cache_root",
     "ensure_hadoop_jars",
     "hadoop_classpath",
@@ -31,6 +32,9 @@ __all__ = [
 
 #: Matches hadoop-client-api/runtime shipped with pyspark 4.3 (its YARN client).
 DEFAULT_HADOOP_VERSION = "3.5.0"
+
+#: The newest Hadoop whose YARN Services jars (API server, service AM) are on Maven Central.
+SERVICES_HADOOP_VERSION = "3.4.2"
 
 #: Pinned so resolution does not depend on the local Maven's default plugin versions.
 _DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.6.1"
@@ -55,9 +59,14 @@ def cache_root() -> Path:
     return Path(xdg) / "tfyarn"
 
 
-def hadoop_version() -> str:
-    """The Hadoop version to run: ``$TFYARN_HADOOP_VERSION`` or :data:`DEFAULT_HADOOP_VERSION`."""
-    return os.environ.get("TFYARN_HADOOP_VERSION", DEFAULT_HADOOP_VERSION)
+def hadoop_version(services: bool = False) -> str:
+    """The Hadoop version to run: ``$TFYARN_HADOOP_VERSION`` or the default.
+
+    The default is :data:`DEFAULT_HADOOP_VERSION`, or :data:`SERVICES_HADOOP_VERSION` for a
+    cluster with the YARN Services API (``services=True``).
+    """
+    default = SERVICES_HADOOP_VERSION if services else DEFAULT_HADOOP_VERSION
+    return os.environ.get("TFYARN_HADOOP_VERSION", default)
 
 
 def pom_path() -> Path:
@@ -71,15 +80,17 @@ def pom_path() -> Path:
     return path
 
 
-def _pom_digest(version: str) -> str:
+def _pom_digest(version: str, services: bool = False) -> str:
     digest = hashlib.sha256(pom_path().read_bytes())
     digest.update(version.encode())
+    digest.update(b"+services" if services else b"")
     return digest.hexdigest()[:16]
 
 
-def jar_dir(version: str | None = None) -> Path:
-    """Where the jars of ``version`` are (or will be) cached."""
-    return cache_root() / f"hadoop-{version or hadoop_version()}" / "lib"
+def jar_dir(version: str | None = None, services: bool = False) -> Path:
+    """Where the jars of ``version`` (with the YARN Services jars or not) are cached."""
+    suffix = "-services" if services else ""
+    return cache_root() / f"hadoop-{version or hadoop_version(services)}{suffix}" / "lib"
 
 
 def _is_complete(folder: Path, digest: str) -> bool:
@@ -87,13 +98,17 @@ def _is_complete(folder: Path, digest: str) -> bool:
     return marker.is_file() and marker.read_text().strip() == digest
 
 
-def ensure_hadoop_jars(version: str | None = None, *, quiet: bool = True) -> Path:
+def ensure_hadoop_jars(
+    version: str | None = None, *, services: bool = False, quiet: bool = True
+) -> Path:
     """Return a folder with every jar of the dev YARN, downloading them on first use.
 
     Parameters
     ----------
     version : str, optional
         Hadoop version; default :func:`hadoop_version`.
+    services : bool
+        Add the YARN Services jars (the pom's ``services`` profile).
     quiet : bool
         Pass ``-q`` to Maven.
 
@@ -108,9 +123,9 @@ def ensure_hadoop_jars(version: str | None = None, *, quiet: bool = True) -> Pat
         Maven is missing, or it could not resolve the artifacts (offline before the first
         download, or the version does not exist on Maven Central).
     """
-    version = version or hadoop_version()
-    target = jar_dir(version)
-    digest = _pom_digest(version)
+    version = version or hadoop_version(services)
+    target = jar_dir(version, services)
+    digest = _pom_digest(version, services)
     if _is_complete(target, digest):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -119,12 +134,12 @@ def ensure_hadoop_jars(version: str | None = None, *, quiet: bool = True) -> Pat
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _is_complete(target, digest):
             return target
-        _download(version, target, quiet=quiet)
+        _download(version, target, services=services, quiet=quiet)
         (target / _COMPLETE).write_text(digest + "\n")
     return target
 
 
-def _download(version: str, target: Path, *, quiet: bool) -> None:
+def _download(version: str, target: Path, *, services: bool, quiet: bool) -> None:
     mvn = shutil.which("mvn")
     if mvn is None:
         raise YarnError(
@@ -141,6 +156,7 @@ def _download(version: str, target: Path, *, quiet: bool) -> None:
         str(pom_path()),
         f"{_DEPENDENCY_PLUGIN}:copy-dependencies",
         f"-Dhadoop.version={version}",
+        *(["-Pservices"] if services else []),
         f"-DoutputDirectory={staging}",
         "-DincludeScope=runtime",
         "-DexcludeClassifiers=tests",

@@ -20,7 +20,14 @@ from typing import Any
 
 from tfyarn.errors import YarnError
 
-__all__ = ["FINAL_STATES", "AppReport", "ResourceManagerClient", "check_app_id"]
+__all__ = [
+    "FINAL_STATES",
+    "AppReport",
+    "HTTPStatusError",
+    "ResourceManagerClient",
+    "check_app_id",
+    "http_json",
+]
 
 #: YARN application states after which nothing changes any more.
 FINAL_STATES: frozenset[str] = frozenset({"FINISHED", "FAILED", "KILLED"})
@@ -111,23 +118,15 @@ class ResourceManagerClient:
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self._url(path, params), data=data, method=method)
-        req.add_header("Accept", "application/json")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                text = resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
-            raise YarnError(f"RM REST {method} {path} -> HTTP {exc.code}: {detail}") from exc
-        except (urllib.error.URLError, OSError) as exc:
+            return dict(http_json(method, self._url(path, params), body, self.timeout_s))
+        except HTTPStatusError as exc:
+            raise YarnError(f"RM REST {method} {path} -> HTTP {exc.code}: {exc.detail}") from exc
+        except OSError as exc:
             raise YarnError(
                 f"cannot reach the ResourceManager at {self.base_url} ({exc}); is YARN up? "
                 "(`tfyarn yarn-dev status`)"
             ) from exc
-        return json.loads(text) if text.strip() else {}
 
     # -- queries ------------------------------------------------------------------------
     def reachable(self) -> bool:
@@ -206,6 +205,46 @@ class ResourceManagerClient:
             time.sleep(0.5)
             report = self.app(app_id)
         return report
+
+
+class HTTPStatusError(YarnError):
+    """An HTTP error answer of a YARN REST API, with its status code and body.
+
+    Parameters
+    ----------
+    code : int
+        HTTP status.
+    detail : str
+        The start of the answer's body (YARN puts its diagnostics there).
+    """
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"HTTP {code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def http_json(method: str, url: str, body: Any = None, timeout_s: float = 10.0) -> Any:
+    """One JSON request to a YARN REST API; the parsed answer ({} when empty).
+
+    Raises
+    ------
+    HTTPStatusError
+        The server answered with an error status.
+    OSError
+        It could not be reached (``urllib.error.URLError`` is one).
+    """
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Accept", "application/json")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            text = resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        raise HTTPStatusError(exc.code, exc.read().decode(errors="replace")[:500]) from exc
+    return json.loads(text) if text.strip() else {}
 
 
 def check_app_id(app_id: str) -> None:
