@@ -19,7 +19,7 @@ def test_strategy_names() -> None:
 
 
 def test_unknown_strategy_and_option_are_named() -> None:
-    host = SimpleNamespace(ps=["ps:0"], size=2)
+    host = SimpleNamespace(ps=["ps:0"], size=2, service=None)
     with pytest.raises(ConfigError, match="horovod"):
         make_algorithm("horovod", host, {})
     with pytest.raises(ConfigError, match="tau"):
@@ -32,7 +32,15 @@ def test_unknown_strategy_and_option_are_named() -> None:
 @pytest.mark.parametrize("name", ["sync_ps", "downpour", "easgd", "adag"])
 def test_ps_algorithms_need_a_ps(name: str) -> None:
     with pytest.raises(ConfigError, match="ps >= 1"):
-        make_algorithm(name, SimpleNamespace(ps=[], size=2), {})
+        make_algorithm(name, SimpleNamespace(ps=[], size=2, service=None), {})
+
+
+@pytest.mark.parametrize("name", ["sync_ps", "allreduce", "model_averaging"])
+def test_only_asynchronous_ps_strategies_attach_to_a_service(name: str) -> None:
+    host = SimpleNamespace(ps=["ps-0"], size=2, service=SimpleNamespace(name="svc"))
+    with pytest.raises(ConfigError, match="cannot use the parameter servers of service svc"):
+        make_algorithm(name, host, {})
+    assert make_algorithm("downpour", host, {}).name == "downpour"
 
 
 def test_rank_order_is_chief_then_workers_by_index() -> None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from tfyarn.node.context import NodeContext
+    from tfyarn.service.attach import ServiceAttachment
 
 __all__ = ["RunResult", "run"]
 
@@ -158,6 +159,29 @@ def _stage_input(
     return spark.range(0, n, 1, n), ()
 
 
+def _attach_service(
+    service: str | ServiceAttachment | None,
+    strategy: str | None,
+    ps: int,
+    options: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """``options`` with the service's attachment added (``run(service=...)``)."""
+    if service is None:
+        return dict(options or {})
+    from tfyarn.exchange.algorithms import SERVICE_STRATEGIES
+    from tfyarn.service.attach import attach
+
+    if ps:
+        raise ConfigError(f"service={service!r} brings its own parameter servers: pass ps=0")
+    if strategy not in SERVICE_STRATEGIES:
+        raise ConfigError(
+            f"strategy {strategy!r} cannot attach to a service; use one of "
+            f"{', '.join(SERVICE_STRATEGIES)}"
+        )
+    attachment = attach(service) if isinstance(service, str) else service
+    return {**(options or {}), "service": attachment}
+
+
 def run(
     spark: SparkSession,
     train_fn: Callable[[NodeContext], Any],
@@ -180,6 +204,7 @@ def run(
     silent_warning_after: float = 60.0,
     env: dict[str, str] | None = None,
     progress: bool = True,
+    service: str | ServiceAttachment | None = None,
 ) -> RunResult:
     """Run ``train_fn`` as a TensorFlow cluster, one role per Spark executor.
 
@@ -233,6 +258,13 @@ def run(
         Extra environment variables for the role processes.
     progress : bool
         Show the live progress display.
+    service : str or ServiceAttachment, optional
+        Attach to the parameter servers of a long-running tfyarn service (``tfyarn
+        service launch``) instead of starting ps roles: the service's name (found through
+        the ResourceManager of ``$HADOOP_CONF_DIR`` or ``$TFYARN_RM_URL``) or
+        :func:`tfyarn.service.attach.attach`'s result. Needs ``ps=0`` and an asynchronous
+        ps strategy (``"downpour"``, ``"easgd"``, ``"adag"``). The model continues from
+        what the service holds; trainers reconnect when YARN restarts a ps.
 
     Returns
     -------
@@ -273,6 +305,7 @@ def run(
             silent_warning_after=silent_warning_after,
             env=env,
             progress=progress,
+            service=service,
         )
     except BaseException as exc:
         if output_json:
@@ -319,6 +352,7 @@ def _launch(
     silent_warning_after: float,
     env: dict[str, str] | None,
     progress: bool,
+    service: str | ServiceAttachment | None = None,
 ) -> RunResult:
     """The body of :func:`run` (which adds the ``--output-json`` report)."""
     begun = time.monotonic()
@@ -331,6 +365,7 @@ def _launch(
     if transport is None and strategy in EXCHANGE_STRATEGIES:
         transport = "auto"
     _check_strategy(strategy, ps, transport)
+    strategy_options = _attach_service(service, strategy, ps, strategy_options)
     plan = plan_roles(workers=workers, ps=ps, chief=chief, evaluator=evaluator)
     trainers = data_roles(plan, strategy)
     mode, files = _input(data, input_mode)

@@ -31,12 +31,12 @@ import numpy as np
 from tfyarn.errors import ConfigError
 from tfyarn.exchange import tensors
 from tfyarn.exchange.buckets import Bucket, TensorSpec, pack, plan_buckets, unpack
-from tfyarn.exchange.ps import PSClient
+from tfyarn.exchange.ps import CHANNEL, PSClient
 
 if TYPE_CHECKING:
     from tfyarn.exchange.strategy import ExchangeStrategy
 
-__all__ = ["ALGORITHMS", "Algorithm", "make_algorithm", "period_crossed"]
+__all__ = ["ALGORITHMS", "SERVICE_STRATEGIES", "Algorithm", "make_algorithm", "period_crossed"]
 
 #: Options every strategy accepts (see :func:`make_algorithm`).
 COMMON_OPTIONS: dict[str, Any] = {"timeout": 180.0, "chunk_bytes": 1 << 20, "bucket_bytes": 4 << 20}
@@ -88,9 +88,17 @@ class Algorithm:
 
     def _client(self, trainable: Sequence[Any]) -> PSClient:
         if self.client is None:
-            self.client = PSClient(
-                self.s.mesh, self.s.ps, tensors.specs(trainable), self.s.options["bucket_bytes"]
-            )
+            specs, bucket_bytes = tensors.specs(trainable), self.s.options["bucket_bytes"]
+            if self.s.service is not None:  # a long-lived service's ps: reconnect after loss
+                from tfyarn.service.attach import ServiceConnector
+
+                conn = ServiceConnector(self.s.service, self.s.task_id)
+                self.client = PSClient(conn.connect, self.s.ps, specs, bucket_bytes, conn)
+            else:
+                mesh = self.s.mesh
+                self.client = PSClient(
+                    lambda ps: mesh.connect(ps, CHANNEL), self.s.ps, specs, bucket_bytes
+                )
         return self.client
 
     def _init_center(self, trainable: Sequence[Any]) -> None:
@@ -320,6 +328,12 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     a.name: a for a in (AllReduce, SyncPS, Downpour, EASGD, ModelAveraging, ADAG)
 }
 
+#: Strategies that can attach to a long-lived service's parameter servers: those that
+#: keep state on a ps and never wait for a fixed set of trainers (not sync_ps).
+SERVICE_STRATEGIES: tuple[str, ...] = tuple(
+    n for n, a in ALGORITHMS.items() if a.uses_ps and a is not SyncPS
+)
+
 
 def make_algorithm(name: str, strategy: ExchangeStrategy, options: Mapping[str, Any]) -> Algorithm:
     """Build the algorithm ``name`` with its own options (common ones removed).
@@ -342,5 +356,11 @@ def make_algorithm(name: str, strategy: ExchangeStrategy, options: Mapping[str, 
     if cls.uses_ps and not strategy.ps:
         raise ConfigError(
             f"strategy {name!r} keeps its state on parameter servers: run with ps >= 1"
+        )
+    if strategy.service is not None and name not in SERVICE_STRATEGIES:
+        raise ConfigError(
+            f"strategy {name!r} cannot use the parameter servers of service "
+            f"{strategy.service.name}: attach with an asynchronous ps strategy "
+            "(downpour, easgd or adag)"
         )
     return cls(strategy, {**cls.OPTIONS, **own})

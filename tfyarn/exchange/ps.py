@@ -23,6 +23,11 @@ mean gradient is applied once and everyone gets the same new values. In *asynchr
 mode (DOWNPOUR) each gradient is applied on arrival. A trainer that disconnects without
 BYE breaks the server: every waiting request fails and :func:`serve_ps` raises, so a
 dead worker never leaves the others hanging.
+
+INIT answers ``_ACK`` when it stored the values, ``_KEPT`` when a long-lived server
+(:class:`tfyarn.service.ps_server.ServicePSServer`) already held that bucket from an
+earlier job (the trainer then starts from the held values), or ``_REFUSED`` followed by
+a message frame when the held bucket has another size or dtype.
 """
 
 from __future__ import annotations
@@ -52,12 +57,14 @@ from tfyarn.exchange.buckets import (
 )
 from tfyarn.exchange.mesh import Mesh
 
-__all__ = ["OPTIMIZERS", "PSClient", "PSServer", "optimizer_config"]
+__all__ = ["CHANNEL", "OPTIMIZERS", "PSClient", "PSServer", "Reconnect", "optimizer_config"]
 
-_CHANNEL = "ps"
+CHANNEL = "ps"
 _HEADER = struct.Struct("<B3xIQd")  # op, bucket, elements, float parameter
 INIT, GET, GRAD, ELASTIC, ADD, BYE = range(1, 7)
 _ACK = b"\x01"
+_KEPT = b"\x02"
+_REFUSED = b"\x03"
 
 #: Optimizers a parameter server can run, with their options and defaults (Keras's).
 OPTIMIZERS: dict[str, dict[str, float | bool]] = {
@@ -116,6 +123,8 @@ class _Shard:
         self.config = config
         self.lock = threading.Condition()
         self.step = 0
+        #: Updates applied (GRAD, ELASTIC, ADD), kept across snapshots of a service ps.
+        self.updates = 0
         self.acc: np.ndarray | None = None
         self.arrived = 0
         self.round = 0
@@ -155,16 +164,31 @@ class PSServer:
 
     Parameters
     ----------
-    mesh : Mesh
-        This ps's mesh.
+    mesh : Mesh or None
+        This ps's mesh (None for a service's ps, which accepts on its own listener).
     trainers : sequence of str
         Task ids of every training role (each opens one connection).
     synchronous : bool
         Aggregate all trainers' gradients before each update (else DOWNPOUR).
+    name : str, optional
+        Name in messages; default the mesh's task id.
+    timeout : float, optional
+        Seconds a request may wait (for INIT by rank 0, for a synchronous round); default
+        the mesh's timeout.
     """
 
-    def __init__(self, mesh: Mesh, trainers: Sequence[str], synchronous: bool) -> None:
+    def __init__(
+        self,
+        mesh: Mesh | None,
+        trainers: Sequence[str],
+        synchronous: bool,
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
         self.mesh = mesh
+        self.name = name or (mesh.task_id if mesh is not None else "ps")
+        self.timeout = timeout or (mesh.timeout if mesh is not None else 180.0)
         self.trainers = list(trainers)
         self.synchronous = synchronous
         self._shards: dict[int, _Shard] = {}
@@ -190,7 +214,7 @@ class PSServer:
 
     def _check(self) -> None:
         if self._broken is not None:
-            raise TransportError(f"parameter server {self.mesh.task_id} is broken: {self._broken}")
+            raise TransportError(f"parameter server {self.name} is broken: {self._broken}")
 
     def serve(self) -> None:
         """Block until every trainer said BYE; raise if one vanished without it.
@@ -198,6 +222,8 @@ class PSServer:
         Trainers may connect more than once (one connection per training run); the
         server ends when each trainer has said BYE and no connection is open.
         """
+        if self.mesh is None:
+            raise ConfigError("PSServer.serve needs a mesh; a service ps serves its listener")
         threads: list[threading.Thread] = []
         started = time.monotonic()
         while True:
@@ -207,36 +233,52 @@ class PSServer:
                 if self._byes >= set(self.trainers) and self._active == 0:
                     break
                 never = sorted(set(self.trainers) - self._seen)
-            if never and time.monotonic() - started > self.mesh.timeout:
+            if never and time.monotonic() - started > self.timeout:
                 self._fail(f"trainer(s) {', '.join(never)} never connected")
                 break
             try:
-                got = self.mesh.poll_any(_CHANNEL, timeout=0.5)
+                got = self.mesh.poll_any(CHANNEL, timeout=0.5)
             except TFYarnError as exc:
                 self._fail(str(exc))
                 break
             if got is None:
                 continue
             peer, comm = got
-            with self._cond:
-                self._seen.add(peer)
-                self._active += 1
-                self._comms.append(comm)
-            t = threading.Thread(
-                target=self._serve_one, args=(peer, comm), name=f"tfyarn-ps-{peer}", daemon=True
-            )
-            t.start()
-            threads.append(t)
+            threads.append(self._spawn(peer, comm))
         for t in threads:
             t.join(timeout=10)
         if self._broken is not None:
-            raise TransportError(f"parameter server {self.mesh.task_id}: {self._broken}")
+            raise TransportError(f"parameter server {self.name}: {self._broken}")
+
+    def _spawn(self, peer: str, comm: Any) -> threading.Thread:
+        """Serve ``comm`` from ``peer`` in a thread of its own."""
+        with self._cond:
+            self._seen.add(peer)
+            self._active += 1
+            self._comms.append(comm)
+        t = threading.Thread(
+            target=self._serve_one, args=(peer, comm), name=f"tfyarn-ps-{peer}", daemon=True
+        )
+        t.start()
+        return t
+
+    def _lost(self, peer: str, exc: BaseException) -> None:
+        """A trainer's connection failed: in a job, that breaks the whole server."""
+        if self._broken is None:
+            self._fail(f"trainer {peer} failed or disconnected without goodbye ({exc})")
+
+    def _init(self, b: int, values: np.ndarray, optimizer: dict[str, Any]) -> bytes:
+        """Store bucket ``b`` (INIT); return the reply byte."""
+        with self._cond:
+            self._shards[b] = _Shard(values, optimizer)
+            self._cond.notify_all()
+        return _ACK
 
     def _shard(self, b: int) -> _Shard:
         with self._cond:
             while b not in self._shards:
                 self._check()
-                if not self._cond.wait(timeout=self.mesh.timeout):
+                if not self._cond.wait(timeout=self.timeout):
                     raise TransportError(f"bucket {b} was never initialised by rank 0")
             return self._shards[b]
 
@@ -258,10 +300,11 @@ class PSServer:
                     meta = json.loads(bytes(comm.recv()))
                     values = kernels.empty(n, _np_dtype(meta["dtype"]))
                     _recv_exact(comm, values, peer)
-                    with self._cond:
-                        self._shards[b] = _Shard(values, meta["optimizer"])
-                        self._cond.notify_all()
-                    comm.send(_ACK)
+                    try:
+                        comm.send(self._init(b, values, meta["optimizer"]))
+                    except ConfigError as exc:
+                        comm.send(_REFUSED)
+                        comm.send(str(exc).encode())
                     continue
                 shard = self._shard(b)
                 if n != shard.values.size:
@@ -282,17 +325,19 @@ class PSServer:
                 out = self._update(op, shard, buf, param)
                 comm.send(memoryview(out.view(np.uint8)))
         except BaseException as exc:
-            if self._broken is None:
-                self._fail(f"trainer {peer} failed or disconnected without goodbye ({exc})")
+            self._lost(peer, exc)
         finally:
             with contextlib.suppress(Exception):
                 comm.close()
             with self._cond:
                 self._active -= 1
+                with contextlib.suppress(ValueError):
+                    self._comms.remove(comm)
                 self._cond.notify_all()
 
     def _update(self, op: int, shard: _Shard, buf: np.ndarray, param: float) -> np.ndarray:
         with shard.lock:
+            shard.updates += 1
             if op == ELASTIC:  # EASGD: d = alpha (x - c); c += d; the worker does x -= d
                 np.subtract(buf, shard.values, out=buf)
                 kernels.scale_(buf, param)
@@ -320,7 +365,7 @@ class PSServer:
                 shard.lock.notify_all()
             while shard.round == mine:
                 self._check()
-                if not shard.lock.wait(timeout=self.mesh.timeout):
+                if not shard.lock.wait(timeout=self.timeout):
                     raise TransportError("a synchronous round never completed")
             return shard.values.copy()
 
@@ -337,27 +382,59 @@ class _Route:
     buckets: list[Bucket]
 
 
+#: How a client gets a connection to a parameter server, by its name.
+Connect = Callable[[str], Any]
+
+
+class Reconnect:
+    """How a client recovers from a lost parameter server (a service's ps restarted).
+
+    Subclasses wait for ``ps`` to come back and return a new connection with what the
+    server said about itself (``restored_seq``, ``restored_updates``: the snapshot it
+    loaded; ``updates``: its bucket counters); :class:`PSClient` then repeats the
+    failed request.
+    """
+
+    def __call__(self, ps: str, error: BaseException) -> tuple[Any, dict[str, Any]]:
+        """Return ``(comm, hello)`` for ``ps`` after ``error``; raise if it cannot."""
+        raise NotImplementedError
+
+
 class PSClient:
     """A trainer's view of the parameter servers: the tensors it pushes and pulls.
 
     Parameters
     ----------
-    mesh : Mesh
-        The trainer's mesh.
+    connect : callable
+        ``connect(ps_name) -> Comm``: a connection to one parameter server (a job's
+        mesh channel, or a service's ps address).
     ps : sequence of str
-        Task ids of the parameter servers, in index order.
+        Names of the parameter servers, in index order.
     specs : sequence of TensorSpec
         The tensors (trainable variables) held by the servers, in a fixed order.
     bucket_bytes : int
         Bucket size cap (also the unit of sharding).
+    reconnect : Reconnect, optional
+        Called when a request fails on a connection; returns a new one and the request is
+        repeated. None (in-job parameter servers): the failure is raised.
+
+    Attributes
+    ----------
+    acked : dict of int to int
+        Update requests (GRAD/ELASTIC/ADD) the servers acknowledged, per bucket.
+    reconnects : list of dict
+        One entry per recovered loss: ``ps``, ``acked_at_break`` (this trainer's
+        acknowledged updates per bucket of that ps when it was lost) and the server's
+        ``restored_seq`` and ``restored_updates`` (per bucket, all trainers).
     """
 
     def __init__(
         self,
-        mesh: Mesh,
+        connect: Connect,
         ps: Sequence[str],
         specs: Sequence[TensorSpec],
         bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        reconnect: Reconnect | None = None,
     ) -> None:
         if not ps:
             raise ConfigError(
@@ -369,7 +446,10 @@ class PSClient:
         self.routes = [
             _Route(p, [self.buckets[i] for i in s]) for p, s in zip(ps, shards, strict=True)
         ]
-        self.comms = {r.ps: mesh.connect(r.ps, _CHANNEL) for r in self.routes}
+        self.reconnect = reconnect
+        self.acked: dict[int, int] = {b.index: 0 for b in self.buckets}
+        self.reconnects: list[dict[str, Any]] = []
+        self.comms = {r.ps: connect(r.ps) for r in self.routes}
         self._pool = ThreadPoolExecutor(len(ps), thread_name_prefix="tfyarn-ps-client")
         self._closed = False
 
@@ -381,24 +461,63 @@ class PSClient:
         for f in [self._pool.submit(fn, r) for r in self.routes]:
             f.result()
 
+    def _each_bucket(self, route: _Route, fn: Callable[[Any, Bucket], None]) -> None:
+        """``fn(comm, bucket)`` for each bucket of ``route``, repeating one after a reconnect."""
+        for b in route.buckets:
+            while True:
+                comm = self.comms[route.ps]
+                try:
+                    fn(comm, b)
+                    break
+                except ConfigError:
+                    raise
+                except (OSError, TFYarnError) as exc:
+                    if self.reconnect is None or self._closed:
+                        raise
+                    with contextlib.suppress(Exception):
+                        comm.close()
+                    at_break = {o.index: self.acked[o.index] for o in route.buckets}
+                    self.comms[route.ps], hello = self.reconnect(route.ps, exc)
+                    self._recovered(route, at_break, hello)
+
+    def _recovered(self, route: _Route, at_break: dict[int, int], hello: dict[str, Any]) -> None:
+        """Record a reconnect; fail clearly if the server came back without our model."""
+        held = {int(b) for b in hello.get("updates", {})}
+        restored = {int(b): int(n) for b, n in (hello.get("restored_updates") or {}).items()}
+        self.reconnects.append(
+            {
+                "ps": route.ps,
+                "acked_at_break": at_break,
+                "restored_seq": hello.get("restored_seq"),
+                "restored_updates": restored,
+            }
+        )
+        missing = [b.index for b in route.buckets if b.index not in held]
+        if any(at_break.values()) and missing:
+            raise TransportError(
+                f"parameter server {route.ps} came back without bucket(s) {missing}: it "
+                "restarted before its first snapshot, so the model state is gone; rerun the "
+                "job (its rank 0 initialises the service again)"
+            )
+
     def _request(
         self, op: int, arrays: Sequence[np.ndarray] | None, param: float = 0.0
     ) -> list[np.ndarray]:
         """Send ``op`` for every bucket (with the packed ``arrays``), return unpacked replies."""
         out = [np.empty(s.shape, _np_dtype(s.dtype)) for s in self.specs]
 
-        def run(route: _Route) -> None:
-            comm = self.comms[route.ps]
-            for b in route.buckets:
-                comm.send(_HEADER.pack(op, b.index, b.size, param))
-                flat = np.empty(b.size, _np_dtype(b.dtype))  # transient: not from the pool
-                if arrays is not None:
-                    comm.send(memoryview(pack(b, arrays, flat).view(np.uint8)))
-                _recv_exact(comm, flat, route.ps)
-                unpack(b, flat, out)
+        def one(comm: Any, b: Bucket) -> None:
+            comm.send(_HEADER.pack(op, b.index, b.size, param))
+            flat = np.empty(b.size, _np_dtype(b.dtype))  # transient: not from the pool
+            if arrays is not None:
+                comm.send(memoryview(pack(b, arrays, flat).view(np.uint8)))
+            _recv_exact(comm, flat, "parameter server")
+            unpack(b, flat, out)
+            if op != GET:
+                self.acked[b.index] += 1
 
         try:
-            self._each_ps(run)
+            self._each_ps(lambda route: self._each_bucket(route, one))
         except TFYarnError:
             raise
         except Exception as exc:
@@ -406,21 +525,37 @@ class PSClient:
         return out
 
     # -- operations --------------------------------------------------------------------
-    def init(self, arrays: Sequence[np.ndarray], optimizer: dict[str, Any] | None = None) -> None:
-        """Rank 0 only: store the initial values (and the optimizer to run) on the servers."""
+    def init(self, arrays: Sequence[np.ndarray], optimizer: dict[str, Any] | None = None) -> bool:
+        """Rank 0 only: store the initial values (and the optimizer to run) on the servers.
+
+        Returns
+        -------
+        bool
+            True when every server stored them; False when a long-lived (service) server
+            kept the values an earlier job left, which the trainers then pull.
+
+        Raises
+        ------
+        ConfigError
+            A service's server holds a model of another shape.
+        """
         cfg = optimizer or optimizer_config("sgd")
+        kept: list[bool] = []
 
-        def run(route: _Route) -> None:
-            comm = self.comms[route.ps]
-            for b in route.buckets:
-                comm.send(_HEADER.pack(INIT, b.index, b.size, 0.0))
-                comm.send(json.dumps({"dtype": b.dtype, "optimizer": cfg}).encode())
-                flat = pack(b, arrays, kernels.empty(b.size, _np_dtype(b.dtype)))
-                comm.send(memoryview(flat.view(np.uint8)))
-                if bytes(comm.recv()) != _ACK:
-                    raise FrameError(f"{route.ps} did not acknowledge bucket {b.index}")
+        def one(comm: Any, b: Bucket) -> None:
+            comm.send(_HEADER.pack(INIT, b.index, b.size, 0.0))
+            comm.send(json.dumps({"dtype": b.dtype, "optimizer": cfg}).encode())
+            flat = pack(b, arrays, kernels.empty(b.size, _np_dtype(b.dtype)))
+            comm.send(memoryview(flat.view(np.uint8)))
+            reply = bytes(comm.recv())
+            if reply == _REFUSED:
+                raise ConfigError(bytes(comm.recv()).decode(errors="replace"))
+            if reply not in (_ACK, _KEPT):
+                raise FrameError(f"unexpected reply {reply!r} to INIT of bucket {b.index}")
+            kept.append(reply == _KEPT)
 
-        self._each_ps(run)
+        self._each_ps(lambda route: self._each_bucket(route, one))
+        return not any(kept)
 
     def pull(self) -> list[np.ndarray]:
         """Current values of every tensor (waits until rank 0 initialised them)."""

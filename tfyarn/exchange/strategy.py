@@ -67,7 +67,9 @@ class ExchangeStrategy:
             raise ConfigError(f"{self.task_id} is not a training role; only chief/workers train")
         self.rank = self.members.index(self.task_id)
         self.size = len(self.members)
-        self.ps = ps_tasks(ctx.peers)
+        #: A long-lived service's parameter servers (``tfyarn.run(service=...)``), if any.
+        self.service = opts.pop("service", None)
+        self.ps = self.service.ps if self.service is not None else ps_tasks(ctx.peers)
         self.options = {**COMMON_OPTIONS, **{k: v for k, v in opts.items() if k in COMMON_OPTIONS}}
         self.mesh = Mesh(ctx.task_id, ctx.listener, ctx.peers, ctx.secret, self.options["timeout"])
         self._ring: Ring | None = None
