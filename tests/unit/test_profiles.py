@@ -48,6 +48,7 @@ def _options(**over: object) -> argparse.Namespace:
         evaluator=False,
         transport=None,
         interface=None,
+        service=None,
         output_json=None,
     )
     base.update(over)
@@ -69,6 +70,10 @@ def test_local_cluster_submit_sizes_the_cluster_to_the_roles(tmp_path: Path) -> 
     assert argv[-5:] == ["--driver-memory", "2g", "train.py", "--epochs", "3"]
     assert plan.env["SPARK_LOCAL_IP"] == "127.0.0.1"
     assert plan.env["TFYARN_EXECUTORS"] == "4"
+    assert not any(a.startswith("spark.tfyarn.service=") for a in argv)
+    attached = build_plan(_options(ps=0, service="tfyarn-ps"), [], "train.py", [], {})
+    assert "spark.tfyarn.service=tfyarn-ps" in attached.argv  # tfyarn.run reads it
+    assert attached.env["TFYARN_EXECUTORS"] == "3"  # no ps roles: the service has them
 
 
 def test_standalone_profile_needs_the_master_variable() -> None:

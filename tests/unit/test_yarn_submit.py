@@ -28,6 +28,7 @@ def _options(profile: str, workers: int = 2, ps: int = 1) -> argparse.Namespace:
         evaluator=False,
         transport=None,
         interface=None,
+        service=None,
         output_json=None,
     )
 

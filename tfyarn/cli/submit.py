@@ -69,6 +69,11 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--interface", help="network interface or address roles bind to")
     parser.add_argument(
+        "--service",
+        help="attach to the parameter servers of this long-running service "
+        "(`tfyarn service launch`) instead of starting ps roles (with --ps 0)",
+    )
+    parser.add_argument(
         "--output-json",
         help="write the run's result (status, roles, metrics, wall time, transport) to this file",
     )
@@ -116,6 +121,8 @@ def build_plan(
         props["spark.tfyarn.transport"] = options.transport
     if options.interface:
         props["spark.tfyarn.interface"] = options.interface
+    if options.service:
+        props["spark.tfyarn.service"] = options.service
     if options.output_json:
         props["spark.tfyarn.outputJson"] = str(Path(options.output_json).resolve())
     run_env.update(profiles.local_ip_env(props, run_env))

@@ -260,7 +260,8 @@ def run(
         Show the live progress display.
     service : str or ServiceAttachment, optional
         Attach to the parameter servers of a long-running tfyarn service (``tfyarn
-        service launch``) instead of starting ps roles: the service's name (found through
+        service launch``) instead of starting ps roles: the service's name (default
+        ``spark.tfyarn.service``, which ``tfyarn submit --service`` sets; found through
         the ResourceManager of ``$HADOOP_CONF_DIR`` or ``$TFYARN_RM_URL``) or
         :func:`tfyarn.service.attach.attach`'s result. Needs ``ps=0`` and an asynchronous
         ps strategy (``"downpour"``, ``"easgd"``, ``"adag"``). The model continues from
@@ -365,6 +366,7 @@ def _launch(
     if transport is None and strategy in EXCHANGE_STRATEGIES:
         transport = "auto"
     _check_strategy(strategy, ps, transport)
+    service = _settle(service, spark, "service", str, None)
     strategy_options = _attach_service(service, strategy, ps, strategy_options)
     plan = plan_roles(workers=workers, ps=ps, chief=chief, evaluator=evaluator)
     trainers = data_roles(plan, strategy)
