@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ansible_support import ansible_env, play_recap
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "deploy" / "ansible"
@@ -85,9 +86,7 @@ class Run:
 
     def recap(self) -> dict[str, int]:
         """The PLAY RECAP counters of localhost (ok, changed, failed, ...)."""
-        m = re.search(r"^localhost\s*:\s*(.*)$", self.out, re.MULTILINE)
-        assert m, f"no PLAY RECAP in the output:\n{self.out[-3000:]}"
-        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+        return play_recap(self.out)
 
 
 @dataclass
@@ -219,17 +218,12 @@ def deploy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deploy]:
             }
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "PYTHON"))}
-    env.update(
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    # ansible_env: one line per message (the yaml format of ansible.cfg wraps long ones).
+    env = ansible_env(
+        root,
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
-        ANSIBLE_HOME=str(root / "ansible-home"),
-        ANSIBLE_LOCAL_TEMP=str(root / "ansible-tmp"),
         ANSIBLE_REMOTE_TEMP=str(root / "ansible-tmp"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_DEPRECATION_WARNINGS="0",
-        # One line per message (the yaml format of ansible.cfg wraps long ones).
-        ANSIBLE_CALLBACK_RESULT_FORMAT="json",
         XDG_CACHE_HOME=str(root / "cache"),
     )
     yield Deploy(root, env, inventory, _build_wheel(root), _site_view(root))

@@ -8,7 +8,6 @@ localhost, every scenario a task) for each kind of answer YARN gives.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ansible_support import ansible_env
 
 REPO = Path(__file__).resolve().parents[2]
 PLAN = REPO / "deploy/ansible/roles/service/templates/plan.json.j2"
@@ -116,16 +116,7 @@ def _render_plans(root: Path) -> dict[str, dict[str, object]]:
             ]
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env.update(
-        ANSIBLE_HOME=str(root / "ansible-home"),
-        ANSIBLE_LOCAL_TEMP=str(root / "tmp"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_STDOUT_CALLBACK="default",
-        ANSIBLE_CALLBACK_RESULT_FORMAT="json",
-        ANSIBLE_LOCALHOST_WARNING="0",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-    )
+    env = ansible_env(root, ANSIBLE_STDOUT_CALLBACK="default")
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)],
         env=env,
