@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tfyarn import transport
-from tfyarn.errors import ConfigError
+from tfyarn.errors import ConfigError, TransportError
 from tfyarn.exchange.buckets import TensorSpec
 from tfyarn.exchange.ps import PSClient, optimizer_config
 from tfyarn.service.attach import ServiceAttachment, ServiceConnector
@@ -161,7 +161,7 @@ def test_a_vanished_trainer_or_a_stranger_does_not_stop_the_service(
     job.comms["ps-0"].close()  # the job died: no goodbye
     stranger = transport.connect(att.address("ps-0"), secret=att.secret)
     stranger.send(b"GET / HTTP/1.0\r\n\r\n")  # authenticated, but not a trainer's hello
-    with pytest.raises(Exception):  # noqa: B017 - the server drops it (TransportError)
+    with pytest.raises(TransportError, match="closed"):  # the server dropped it
         stranger.recv()
     stranger.close()
     with socket.create_connection(("127.0.0.1", att.port)) as raw:  # no secret at all
