@@ -195,5 +195,5 @@ def test_rm_web_url_comes_from_the_environment_or_yarn_site(tmp_path: Path) -> N
         "<value>rm1</value></property></configuration>"
     )
     assert rm_web_url({"HADOOP_CONF_DIR": str(tmp_path)}) == "http://rm1:8088"
-    with pytest.raises(ConfigError, match="set HADOOP_CONF_DIR"):
+    with pytest.raises(ConfigError, match=r"HADOOP_CONF_DIR is not set.*TFYARN_RM_URL"):
         rm_web_url({})

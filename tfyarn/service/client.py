@@ -12,9 +12,7 @@ import json
 import time
 import urllib.parse
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
 from tfyarn.errors import ConfigError, YarnError
 from tfyarn.yarn.rest import HTTPStatusError, http_json
@@ -38,33 +36,18 @@ def rm_web_url(env: Mapping[str, str]) -> str:
     Raises
     ------
     ConfigError
-        Neither is set, or yarn-site.xml names no web address.
+        Neither is set, or the conf dir has no yarn-site.xml.
     """
+    from tfyarn.yarn.logs import hadoop_conf_dir
+    from tfyarn.yarn.logs import rm_web_url as from_yarn_site
+
     explicit = env.get("TFYARN_RM_URL")
     if explicit:
         return explicit.rstrip("/")
-    conf = env.get("HADOOP_CONF_DIR")
-    if not conf:
-        raise ConfigError(
-            "where is the ResourceManager? set HADOOP_CONF_DIR (its yarn-site.xml) or "
-            "TFYARN_RM_URL=http://<rm host>:8088, or pass --rm-url"
-        )
-    site = Path(conf) / "yarn-site.xml"
     try:
-        root = ElementTree.parse(site).getroot()
-    except (OSError, ElementTree.ParseError) as exc:
-        raise ConfigError(f"cannot read {site}: {exc}") from exc
-    props = {p.findtext("name"): p.findtext("value") for p in root.iter("property")}
-    address = props.get("yarn.resourcemanager.webapp.address")
-    if not address:
-        host = props.get("yarn.resourcemanager.hostname")
-        if not host:
-            raise ConfigError(
-                f"{site} names neither yarn.resourcemanager.webapp.address nor "
-                "yarn.resourcemanager.hostname; set TFYARN_RM_URL"
-            )
-        address = f"{host}:8088"
-    return f"http://{address}"
+        return from_yarn_site(hadoop_conf_dir(env))
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; or set TFYARN_RM_URL=http://<rm host>:8088") from None
 
 
 class ServicesClient:
