@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tfyarn.yarn.checks import check_yarn
 from tfyarn.yarn.devcluster import DevYarnState
 from tfyarn.yarn.hadoop_conf import DevYarnSettings
 
@@ -95,7 +96,9 @@ def test_plain_spark_submit_runs_on_the_dev_yarn(dev_yarn: DevYarnFixture) -> No
     assert report.name == "tfyarn-yarn-plain"
 
 
-def test_yarn_dev_cli_up_status_down(dev_yarn: DevYarnFixture, tmp_path: Path) -> None:
+def test_yarn_dev_cli_up_status_down(
+    dev_yarn: DevYarnFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A second, small cluster through the CLI; stopping it leaves the session's alone."""
     base = tmp_path / "cli-yarn"
 
@@ -123,6 +126,13 @@ def test_yarn_dev_cli_up_status_down(dev_yarn: DevYarnFixture, tmp_path: Path) -
             ("RUNNING", 2048, 2)
         ]
 
+        # tfyarn doctor: this plain cluster answers, but has no Services API.
+        monkeypatch.setenv("HADOOP_CONF_DIR", str(base / "conf"))
+        checks = {c.name: c for c in check_yarn()}
+        assert checks["yarn"].ok
+        assert not checks["yarn services api"].ok
+        assert "yarn-dev up --services" in checks["yarn services api"].fix
+
         again = cli("up", "--free-ports")
         assert again.returncode == 1
         assert "already running" in again.stderr
@@ -139,3 +149,13 @@ def test_yarn_dev_cli_up_status_down(dev_yarn: DevYarnFixture, tmp_path: Path) -
         "nodemanager": True,
     }
     assert dev_yarn.rm.running_nodes()
+
+
+def test_doctor_finds_the_services_api_of_the_session_yarn(
+    dev_yarn: DevYarnFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HADOOP_CONF_DIR", dev_yarn.env["HADOOP_CONF_DIR"])
+    checks = {c.name: c for c in check_yarn()}
+    assert checks["yarn"].ok, checks["yarn"].detail
+    services = checks["yarn services api"]
+    assert services.ok and "(Hadoop 3.4.2)" in services.detail, services.detail

@@ -88,6 +88,10 @@ class ServicesClient:
                 "with yarn.webapp.api-service.enable=true? (`tfyarn yarn-dev up --services`)"
             ) from exc
 
+    def api_version(self) -> str:
+        """The Hadoop version the Services API answers with (raises if it is off)."""
+        return str(self._call("GET", "/version").get("hadoop_version", "?")).split(" from ")[0]
+
     # -- actions ---------------------------------------------------------------------------
     def launch(self, yarnfile: Mapping[str, Any]) -> str:
         """Submit a service; return the API's diagnostics (with the application id)."""

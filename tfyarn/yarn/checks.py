@@ -77,3 +77,25 @@ def check_yarn() -> Iterable[Check]:
         "" if nodes else "no NodeManager is RUNNING: check the NodeManager logs",
         required=False,
     )
+    yield _check_services_api(url)
+
+
+def _check_services_api(url: str) -> Check:
+    """Whether the RM serves the YARN Services API (``tfyarn service`` needs it)."""
+    from tfyarn.doctor import Check
+    from tfyarn.errors import TFYarnError
+    from tfyarn.service.client import ServicesClient
+
+    try:
+        version = ServicesClient(url, timeout_s=3.0).api_version()
+    except TFYarnError as exc:
+        return Check(
+            "yarn services api",
+            False,
+            f"{url}/app/v1/services: {exc}",
+            "for `tfyarn service`: set yarn.webapp.api-service.enable=true and put the "
+            "hadoop-yarn-services jars on the RM classpath (the Ansible yarn role does; "
+            "`tfyarn yarn-dev up --services` for the dev YARN)",
+            required=False,
+        )
+    return Check("yarn services api", True, f"{url}/app/v1/services (Hadoop {version})")
