@@ -8,6 +8,7 @@ it against the real RM): here the ps always comes back on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -27,7 +28,7 @@ from tfyarn.errors import ConfigError, TransportError
 from tfyarn.exchange.buckets import TensorSpec
 from tfyarn.exchange.ps import PSClient, optimizer_config
 from tfyarn.service.attach import ServiceAttachment, ServiceConnector
-from tfyarn.service.ps_server import ServicePSServer
+from tfyarn.service.ps_server import HELLO, ServicePSServer
 from tfyarn.service.state import (
     BucketState,
     Snapshot,
@@ -164,6 +165,11 @@ def test_a_vanished_trainer_or_a_stranger_does_not_stop_the_service(
     with pytest.raises(TransportError, match="closed"):  # the server dropped it
         stranger.recv()
     stranger.close()
+    old = transport.connect(att.address("ps-0"), secret=att.secret)  # a future/old tfyarn
+    old.send(HELLO + json.dumps({"trainer": "old/chief:0", "protocol": 0}).encode())
+    refused = json.loads(bytes(old.recv()))
+    assert "speaks ps protocol 0" in refused["error"] and "upgrade" in refused["error"]
+    old.close()
     with socket.create_connection(("127.0.0.1", att.port)) as raw:  # no secret at all
         raw.sendall(b"\x00" * 64)
     later = _client(att, "job2/worker:0")

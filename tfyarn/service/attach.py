@@ -19,10 +19,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tfyarn import __version__
 from tfyarn.errors import ConfigError, TFYarnError, TransportError
 from tfyarn.exchange.ps import Reconnect
 from tfyarn.service.client import ServicesClient, configured_counts, rm_web_url
-from tfyarn.service.ps_server import HELLO
+from tfyarn.service.ps_server import HELLO, PROTOCOL
 from tfyarn.service.spec import PROPERTY_KEYS
 from tfyarn.service.state import read_secret
 
@@ -165,9 +166,12 @@ class ServiceConnector(Reconnect):
 
         a = self.attachment
         comm = transport.connect(a.address(ps, self.hosts.get(ps)), secret=a.secret, timeout=30.0)
+        mine = {"trainer": self.trainer, "protocol": PROTOCOL, "tfyarn": __version__}
         try:
-            comm.send(HELLO + json.dumps({"trainer": self.trainer}).encode())
+            comm.send(HELLO + json.dumps(mine).encode())
             hello = json.loads(bytes(comm.recv()))
+            if "error" in hello:  # the ps refused us, and said why
+                raise ConfigError(f"parameter server {ps} of service {a.name}: {hello['error']}")
         except BaseException:
             comm.close()
             raise
@@ -200,6 +204,8 @@ class ServiceConnector(Reconnect):
                 self.hosts[ps] = host
                 try:
                     comm = self.connect(ps)
+                except ConfigError:
+                    raise  # refused (another protocol): waiting would not help
                 except (OSError, TFYarnError) as exc:
                     last = exc
                 else:

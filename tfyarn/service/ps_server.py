@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tfyarn import __version__
 from tfyarn.errors import ConfigError, TFYarnError
 from tfyarn.exchange.ps import _ACK, _KEPT, PSServer, _Shard
 from tfyarn.service.state import (
@@ -56,6 +57,10 @@ log = logging.getLogger("tfyarn.service.ps")
 
 #: First frame of a trainer's connection to a service ps, before the JSON hello.
 HELLO = b"TFYSVC1"
+
+#: Version of the ps wire protocol (the exchange's ops and this hello). A service keeps
+#: running across tfyarn upgrades of the jobs' environments, so both sides check it.
+PROTOCOL = 1
 
 
 class ServicePSServer(PSServer):
@@ -200,11 +205,21 @@ class ServicePSServer(PSServer):
                 raise ConfigError("not a tfyarn service trainer (bad hello)")
             hello = json.loads(first[len(HELLO) :])
             peer = str(hello.get("trainer", "?"))
+            if hello.get("protocol") != PROTOCOL:
+                reason = (
+                    f"{peer} speaks ps protocol {hello.get('protocol')} (tfyarn "
+                    f"{hello.get('tfyarn', '?')}), this ps {PROTOCOL} (tfyarn {__version__}): "
+                    "upgrade the service (new environment archive) or the job's tfyarn"
+                )
+                comm.send(json.dumps({"error": reason}).encode())
+                raise ConfigError(reason)
             restored = self.restored
             comm.send(
                 json.dumps(
                     {
                         "ps": self.name,
+                        "protocol": PROTOCOL,
+                        "tfyarn": __version__,
                         "pid": os.getpid(),
                         "restored_seq": restored.seq if restored else None,
                         "restored_updates": restored.updates if restored else {},
