@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +133,24 @@ def test_unset_variables_and_bad_yaml_are_named(tmp_path: Path) -> None:
         load_spec(spec, {})
     with pytest.raises(ConfigError, match="cannot read service spec"):
         load_spec(tmp_path / "missing.yaml", {})
+
+
+def test_cli_prints_the_yarnfile_and_refuses_to_flex_ps(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tfyarn.cli.main import main
+
+    monkeypatch.setenv("TFYARN_ENV_ARCHIVE", "/opt/envs/env-1.tar")
+    assert main(["service", "launch", str(REPO / "conf/service.yaml"), "--print"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == yarnfile(load_spec(REPO / "conf/service.yaml", os.environ))
+    assert main(["service", "launch", str(REPO / "conf/service.yaml"), "--print",
+                 "--name", "other-ps"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["name"] == "other-ps"
+    # Refused before any YARN is asked: the ps count shards the held model.
+    monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)
+    assert main(["service", "flex", "tfyarn-ps", "ps", "3"]) == 1
+    assert "number of ps of a service is fixed" in capsys.readouterr().err
+    monkeypatch.delenv("TFYARN_ENV_ARCHIVE")
+    assert main(["service", "launch", str(REPO / "conf/service.yaml"), "--print"]) == 1
+    assert "TFYARN_ENV_ARCHIVE is not set" in capsys.readouterr().err

@@ -134,6 +134,12 @@ def _print_status(status: dict[str, Any]) -> None:
 def _main(args: argparse.Namespace) -> int:
     if args.action == "launch":
         return _launch(args)
+    if args.action == "flex" and args.component == "ps":
+        raise ConfigError(
+            "the number of ps of a service is fixed: it decides which ps holds which part "
+            "of the model (a new ps would start its part afresh). Launch another service "
+            "with more ps instead, or flex standby/tensorboard"
+        )
     client = _client(args)
     if args.action == "status":
         status = client.status(args.name)
@@ -143,12 +149,6 @@ def _main(args: argparse.Namespace) -> int:
             _print_status(status)
         return 0
     if args.action == "flex":
-        if args.component == "ps":
-            raise ConfigError(
-                "the number of ps of a service is fixed: it decides which ps holds which part "
-                "of the model (a new ps would start its part afresh). Launch another service "
-                "with more ps instead, or flex standby/tensorboard"
-            )
         print(client.flex(args.name, args.component, args.instances))
         if args.wait > 0:
             client.wait(
