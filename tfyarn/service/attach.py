@@ -114,6 +114,12 @@ def attach(
     env = os.environ if env is None else env
     client = ServicesClient(rm_url or rm_web_url(env), user=user)
     status = client.status(name)
+    # First: the status of a stopped service has no configuration to check.
+    if status.get("state") in ("STOPPED", "FAILED", "SUCCEEDED"):
+        raise ConfigError(
+            f"service {name} is {status['state']}: start it with `tfyarn service start {name}` "
+            "(its ps reload their snapshots) before attaching jobs"
+        )
     props = (status.get("configuration") or {}).get("properties") or {}
     missing = [k for k in ("state_dir", "ps_port", "transport") if PROPERTY_KEYS[k] not in props]
     if missing:
@@ -121,11 +127,6 @@ def attach(
             f"service {name} is not a tfyarn parameter-server service (its configuration "
             f"lacks {', '.join(PROPERTY_KEYS[k] for k in missing)}); launch one with "
             "`tfyarn service launch`"
-        )
-    if status.get("state") in ("STOPPED", "FAILED", "SUCCEEDED"):
-        raise ConfigError(
-            f"service {name} is {status['state']}: start it with `tfyarn service start {name}` "
-            "(its ps reload their snapshots) before attaching jobs"
         )
     # Other components may still be flexing: only the ps matter to a job.
     wanted = {"ps": configured_counts(status).get("ps", 1)}
