@@ -37,6 +37,9 @@ from typing import Any
 import pytest
 from ansible_support import ansible_env, play_recap
 
+from tfyarn.errors import ConfigError
+from tfyarn.service.attach import attach
+
 from .conftest import REPO, DevYarnFixture
 
 pytestmark = pytest.mark.yarn
@@ -258,6 +261,9 @@ def test_role_launches_is_idempotent_flexes_stops_starts_and_deletes(
     app_dir = usercache / role.variables["service_user"] / "appcache" / live["id"]
     unpacked = list(app_dir.glob("*/lib/hello.txt"))
     assert len(unpacked) == 1, f"{live['id']}: {unpacked}"
+    # Not a tfyarn ps service: a job cannot attach to it, and is told why.
+    with pytest.raises(ConfigError, match="not a tfyarn parameter-server service"):
+        attach(SERVICE, rm_url=role.dev_yarn.state.rm_web_url)
 
     # 2. The same variables again: only the GET, no change anywhere.
     run = role.play()
