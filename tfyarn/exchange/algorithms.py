@@ -23,6 +23,7 @@ adag               local            every ``window`` steps the normalised accumu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -92,7 +93,9 @@ class Algorithm:
             if self.s.service is not None:  # a long-lived service's ps: reconnect after loss
                 from tfyarn.service.attach import ServiceConnector
 
-                conn = ServiceConnector(self.s.service, self.s.task_id)
+                # Named by job and role in the ps's log (the role process has TFYARN_JOB).
+                trainer = f"{os.environ.get('TFYARN_JOB', 'local')}/{self.s.task_id}"
+                conn = ServiceConnector(self.s.service, trainer)
                 self.client = PSClient(conn.connect, self.s.ps, specs, bucket_bytes, conn)
             else:
                 mesh = self.s.mesh
