@@ -57,7 +57,15 @@ from tfyarn.exchange.buckets import (
 )
 from tfyarn.exchange.mesh import Mesh
 
-__all__ = ["CHANNEL", "OPTIMIZERS", "PSClient", "PSServer", "Reconnect", "optimizer_config"]
+__all__ = [
+    "CHANNEL",
+    "OPTIMIZERS",
+    "PSClient",
+    "PSServer",
+    "Reconnect",
+    "np_dtype",
+    "optimizer_config",
+]
 
 CHANNEL = "ps"
 _HEADER = struct.Struct("<B3xIQd")  # op, bucket, elements, float parameter
@@ -75,7 +83,8 @@ OPTIMIZERS: dict[str, dict[str, float | bool]] = {
 }
 
 
-def _np_dtype(name: str) -> np.dtype:
+def np_dtype(name: str) -> np.dtype:
+    """NumPy dtype of a bucket's dtype name (``bfloat16`` from ml_dtypes)."""
     if name == "bfloat16":
         import ml_dtypes
 
@@ -298,7 +307,7 @@ class PSServer:
                     return
                 if op == INIT:
                     meta = json.loads(bytes(comm.recv()))
-                    values = kernels.empty(n, _np_dtype(meta["dtype"]))
+                    values = kernels.empty(n, np_dtype(meta["dtype"]))
                     _recv_exact(comm, values, peer)
                     try:
                         comm.send(self._init(b, values, meta["optimizer"]))
@@ -461,13 +470,13 @@ class PSClient:
         for f in [self._pool.submit(fn, r) for r in self.routes]:
             f.result()
 
-    def _each_bucket(self, route: _Route, fn: Callable[[Any, Bucket], None]) -> None:
-        """``fn(comm, bucket)`` for each bucket of ``route``, repeating one after a reconnect."""
+    def _each_bucket(self, route: _Route, fn: Callable[[Any, Bucket, str], None]) -> None:
+        """``fn(comm, bucket, ps)`` for each bucket of ``route``; repeated after a reconnect."""
         for b in route.buckets:
             while True:
                 comm = self.comms[route.ps]
                 try:
-                    fn(comm, b)
+                    fn(comm, b, route.ps)
                     break
                 except ConfigError:
                     raise
@@ -504,14 +513,14 @@ class PSClient:
         self, op: int, arrays: Sequence[np.ndarray] | None, param: float = 0.0
     ) -> list[np.ndarray]:
         """Send ``op`` for every bucket (with the packed ``arrays``), return unpacked replies."""
-        out = [np.empty(s.shape, _np_dtype(s.dtype)) for s in self.specs]
+        out = [np.empty(s.shape, np_dtype(s.dtype)) for s in self.specs]
 
-        def one(comm: Any, b: Bucket) -> None:
+        def one(comm: Any, b: Bucket, ps: str) -> None:
             comm.send(_HEADER.pack(op, b.index, b.size, param))
-            flat = np.empty(b.size, _np_dtype(b.dtype))  # transient: not from the pool
+            flat = np.empty(b.size, np_dtype(b.dtype))  # transient: not from the pool
             if arrays is not None:
                 comm.send(memoryview(pack(b, arrays, flat).view(np.uint8)))
-            _recv_exact(comm, flat, "parameter server")
+            _recv_exact(comm, flat, ps)
             unpack(b, flat, out)
             if op != GET:
                 self.acked[b.index] += 1
@@ -542,16 +551,16 @@ class PSClient:
         cfg = optimizer or optimizer_config("sgd")
         kept: list[bool] = []
 
-        def one(comm: Any, b: Bucket) -> None:
+        def one(comm: Any, b: Bucket, ps: str) -> None:
             comm.send(_HEADER.pack(INIT, b.index, b.size, 0.0))
             comm.send(json.dumps({"dtype": b.dtype, "optimizer": cfg}).encode())
-            flat = pack(b, arrays, kernels.empty(b.size, _np_dtype(b.dtype)))
+            flat = pack(b, arrays, kernels.empty(b.size, np_dtype(b.dtype)))
             comm.send(memoryview(flat.view(np.uint8)))
             reply = bytes(comm.recv())
             if reply == _REFUSED:
                 raise ConfigError(bytes(comm.recv()).decode(errors="replace"))
             if reply not in (_ACK, _KEPT):
-                raise FrameError(f"unexpected reply {reply!r} to INIT of bucket {b.index}")
+                raise FrameError(f"{ps} answered {reply!r} to INIT of bucket {b.index}")
             kept.append(reply == _KEPT)
 
         self._each_ps(lambda route: self._each_bucket(route, one))

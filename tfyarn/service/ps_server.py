@@ -142,6 +142,9 @@ class ServicePSServer(PSServer):
         with self._snapshot_lock:
             with self._cond:
                 shards = dict(self._shards)
+            # The counters first: an idle ps must not copy its whole model every interval.
+            if not shards or self.updates() == self._saved:
+                return None
             state: dict[int, BucketState] = {}
             for b, shard in shards.items():
                 with shard.lock:  # one bucket is consistent; buckets are independent
@@ -153,8 +156,6 @@ class ServicePSServer(PSServer):
                         dict(shard.config),
                     )
             signature = {b: s.updates for b, s in state.items()}
-            if not state or signature == self._saved:
-                return None
             self._seq += 1
             path = write_snapshot(self.folder, Snapshot(self._seq, state), self.keep)
             self._saved = signature

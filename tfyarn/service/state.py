@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from tfyarn.errors import ConfigError
+from tfyarn.exchange.ps import np_dtype
 from tfyarn.transport.auth import check_secret, new_job_secret
 
 __all__ = [
@@ -137,14 +138,6 @@ def _snapshot_files(folder: Path) -> list[Path]:
     return sorted(names)
 
 
-def _dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
-
-
 def read_snapshot(path: Path) -> Snapshot:
     """Load one snapshot file (raises on a torn or foreign file)."""
     with np.load(path, allow_pickle=False) as z:
@@ -152,7 +145,7 @@ def read_snapshot(path: Path) -> Snapshot:
         snap = Snapshot(seq=int(meta["seq"]))
         for key, m in meta["buckets"].items():
             b = int(key)
-            dt = _dtype(m["dtype"])
+            dt = np_dtype(m["dtype"])
             values = z[f"b{b}_values"].view(dt).copy()
             if values.size != m["size"]:
                 raise ValueError(f"bucket {b}: {values.size} values, expected {m['size']}")

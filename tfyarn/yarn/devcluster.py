@@ -79,6 +79,11 @@ log4j.logger.com.sun.jersey=WARN
 """
 
 
+def _daemon_names(settings: DevYarnSettings) -> list[str]:
+    """The daemons this cluster runs, in start order."""
+    return [n for n in _DAEMONS if settings.services or n != "zookeeper"]
+
+
 def default_base_dir() -> Path:
     """Where ``tfyarn yarn-dev`` keeps its cluster unless told otherwise."""
     return maven.cache_root() / "yarn-dev"
@@ -227,38 +232,34 @@ class DevYarn:
 
     def _daemon_cmd(self, java: str, jars: Path, main_class: str, name: str) -> list[str]:
         s = self.settings
+        args: list[str] = []
         if name == "zookeeper":
-            return [
-                java,
-                "-Xmx128m",
-                "-XX:TieredStopAtLevel=1",
-                "-XX:+UseSerialGC",
-                f"-Dlog4j.configuration=file:{s.conf_dir / 'log4j.properties'}",
-                f"-Dtfyarn.devyarn={s.base_dir}",  # lets alive() tell it is ours
-                "-cp",
-                maven.hadoop_classpath(s.conf_dir, jars),
-                main_class,
-                str(s.conf_dir / "zoo.cfg"),
+            # Its config file lies in the cluster folder, which is what alive() looks for.
+            own, args = ["-Xmx128m"], [str(s.conf_dir / "zoo.cfg")]
+        else:
+            own = [
+                _DAEMON_HEAP,
+                "-Djava.net.preferIPv4Stack=true",
+                *_JAVA17_OPENS,
+                f"-Dhadoop.log.dir={s.log_dir}",
+                f"-Dyarn.log.dir={s.log_dir}",
+                f"-Dhadoop.log.file={name}.log",
+                f"-Dhadoop.home.dir={s.base_dir}",
             ]
-        # The Services API server ships the service AM's jars from this folder.
-        libdir = [f"-Dservice.libdir={jars}"] if name == "resourcemanager" and s.services else []
+            if name == "resourcemanager" and s.services:
+                # The Services API server ships the service AM's jars from this folder.
+                own.append(f"-Dservice.libdir={jars}")
         return [
             java,
-            _DAEMON_HEAP,
+            *own,
             # Quick start-up and little JIT CPU on a 2-core box shared with tests.
             "-XX:TieredStopAtLevel=1",
             "-XX:+UseSerialGC",
-            "-Djava.net.preferIPv4Stack=true",
-            *_JAVA17_OPENS,
-            f"-Dhadoop.log.dir={s.log_dir}",
-            f"-Dyarn.log.dir={s.log_dir}",
-            f"-Dhadoop.log.file={name}.log",
-            f"-Dhadoop.home.dir={s.base_dir}",
             f"-Dlog4j.configuration=file:{s.conf_dir / 'log4j.properties'}",
-            *libdir,
             "-cp",
             maven.hadoop_classpath(s.conf_dir, jars),
             main_class,
+            *args,
         ]
 
     def up(self, timeout_s: float = 180.0) -> DevYarnState:
@@ -310,8 +311,7 @@ class DevYarn:
         started = time.monotonic()
         procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
-            names = [n for n in _DAEMONS if s.services or n != "zookeeper"]
-            for name in names:
+            for name in _daemon_names(s):
                 cls = _DAEMONS[name]
                 with open(s.log_dir / f"{name}.log", "wb") as log:
                     proc = subprocess.Popen(
@@ -352,10 +352,8 @@ class DevYarn:
     def log_tails(self, lines: int = 20) -> str:
         """The last lines of both daemons' logs (for error messages)."""
         out = []
-        for name in _DAEMONS:
+        for name in _daemon_names(self.settings):
             path = self.settings.log_dir / f"{name}.log"
-            if name == "zookeeper" and not path.exists():
-                continue
             try:
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
             except OSError:
