@@ -7,7 +7,7 @@ STAMP := $(VENV)/.tfyarn-installed
 NATIVE_SRC := $(wildcard native/*.c native/*.h)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo check test lint bench clean
 
 $(STAMP): pyproject.toml setup.py scripts/setup-system.sh $(NATIVE_SRC)
 	bash scripts/setup-system.sh
@@ -21,12 +21,21 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/tfyarn submit --profile local-cluster --workers 2 --ps 1 examples/digits_ps.py
 
+# What a developer runs first (< 3 min): lint, types, and the tests that start no Spark,
+# YARN or TensorFlow process cluster (tests/unit: pure planners, codecs, in-process parts).
+check: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
 test: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m ruff format --check tfyarn tests benchmarks examples
 
 bench: setup
