@@ -1,52 +1,46 @@
 """``tfyarn doctor``: find what is wrong with this machine's set-up and say what to do.
 
-Each check is a small function returning :class:`Check` objects; :data:`CHECKS` lists
-them in report order. A layer that knows about a piece of the environment (the
-transport knows RDMA and UCX, the yarn package knows Hadoop) provides its own check
-function and is listed here.
+Each check is a small function returning :class:`~tfyarn.diagnosis.Check` objects;
+:data:`CHECKS` lists them in report order. A layer that knows about a piece of the
+environment (the transport knows RDMA and UCX, the yarn package knows Hadoop) provides
+its own check function, importing :class:`~tfyarn.diagnosis.Check` from the leaf module
+:mod:`tfyarn.diagnosis`, and is listed here. Nothing imports this module back, so the
+imports below form no cycle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
 
-__all__ = ["CHECKS", "Check", "run_checks"]
+from tfyarn.diagnosis import Check, CheckFn
+from tfyarn.exchange.checks import check_exchange
+from tfyarn.transport.rdma import check_rdma
+from tfyarn.transport.selftest import check_transports
+from tfyarn.yarn.checks import check_yarn
 
-
-@dataclass(frozen=True)
-class Check:
-    """The outcome of one check.
-
-    Parameters
-    ----------
-    name : str
-        What was checked, e.g. ``"java"``.
-    ok : bool
-        Whether it is usable.
-    detail : str
-        What was found (a version, a device list, an error).
-    fix : str
-        What to do when ``ok`` is false; empty otherwise.
-    required : bool
-        Whether tfyarn cannot run at all without it (RDMA, for example, is optional).
-    """
-
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    required: bool = True
-
-
-CheckFn = Callable[[], Iterable[Check]]
-
-#: Filled in below, once every check function is defined.
-CHECKS: list[CheckFn] = []
+# Check is re-exported: callers written against ``tfyarn.doctor.Check`` keep working.
+__all__ = ["CHECKS", "Check", "CheckFn", "run_checks"]
 
 
 def run_checks(checks: Iterable[CheckFn] | None = None) -> list[Check]:
-    """Run every check, turning a crashing check into a failed :class:`Check`."""
+    """Run every check, turning a crashing check into a failed :class:`Check`.
+
+    Parameters
+    ----------
+    checks : iterable of CheckFn, optional
+        The check functions to run, in report order; default :data:`CHECKS`.
+
+    Returns
+    -------
+    list of Check
+        Every result, a crashed check standing as one failed result named after it.
+    """
     results: list[Check] = []
     for fn in checks if checks is not None else CHECKS:
         try:
@@ -56,10 +50,13 @@ def run_checks(checks: Iterable[CheckFn] | None = None) -> list[Check]:
     return results
 
 
-def _version_of(argv: list[str]) -> tuple[bool, str]:
-    import os
-    import subprocess
+def _verdict(name: str, ok: bool, detail: str, fix: str) -> Check:
+    """A :class:`Check` whose ``fix`` is shown only when it failed."""
+    return Check(name, ok, detail, "" if ok else fix)
 
+
+def _version_of(argv: list[str]) -> tuple[bool, str]:
+    """Run ``argv`` and return whether it succeeded and the first line it printed."""
     # A cold first TensorFlow import on a busy node can take longer than 30 s.
     timeout = float(os.environ.get("TFYARN_DOCTOR_TIMEOUT", "30"))
     try:
@@ -72,22 +69,13 @@ def _version_of(argv: list[str]) -> tuple[bool, str]:
 
 def check_python() -> Iterable[Check]:
     """Python >= 3.11."""
-    import sys
-
     ok = sys.version_info >= (3, 11)
-    yield Check(
-        "python",
-        ok,
-        f"{sys.version.split()[0]} at {sys.executable}",
-        "" if ok else "use Python 3.11 or newer",
-    )
+    detail = f"{sys.version.split()[0]} at {sys.executable}"
+    yield _verdict("python", ok, detail, "use Python 3.11 or newer")
 
 
 def check_java() -> Iterable[Check]:
     """Java 17 or newer, needed by Spark 4."""
-    import os
-    import shutil
-
     java = (
         os.path.join(os.environ["JAVA_HOME"], "bin", "java")
         if os.environ.get("JAVA_HOME")
@@ -102,12 +90,9 @@ def check_java() -> Iterable[Check]:
         )
         return
     ok, line = _version_of([java, "-version"])
-    import re
-
     match = re.search(r'version "(\d+)', line)
     major = int(match.group(1)) if match else 0
-    good = ok and major >= 17
-    yield Check("java", good, line, "" if good else "Spark 4 needs Java 17 or newer")
+    yield _verdict("java", ok and major >= 17, line, "Spark 4 needs Java 17 or newer")
 
 
 def check_spark() -> Iterable[Check]:
@@ -117,22 +102,14 @@ def check_spark() -> Iterable[Check]:
     except ImportError as exc:
         yield Check("spark", False, str(exc), "pip install 'pyspark>=4,<5'")
         return
-    from pathlib import Path
-
     submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
     ok = pyspark.__version__.startswith("4.") and submit.exists()
-    yield Check(
-        "spark",
-        ok,
-        f"pyspark {pyspark.__version__}, spark-submit at {submit}",
-        "" if ok else "install pyspark 4.x",
-    )
+    detail = f"pyspark {pyspark.__version__}, spark-submit at {submit}"
+    yield _verdict("spark", ok, detail, "install pyspark 4.x")
 
 
 def check_tensorflow() -> Iterable[Check]:
     """TensorFlow and Keras importable (in a subprocess: importing TF takes seconds and RAM)."""
-    import sys
-
     ok, line = _version_of(
         [
             sys.executable,
@@ -142,28 +119,18 @@ def check_tensorflow() -> Iterable[Check]:
             "print('tensorflow', tf.__version__, 'keras', keras.__version__)",
         ]
     )
-    yield Check(
-        "tensorflow",
-        ok,
-        line if ok else f"import failed: {line}",
-        "" if ok else "pip install 'tfyarn[tf]' (tensorflow-cpu 2.21)",
-    )
+    detail = line if ok else f"import failed: {line}"
+    yield _verdict("tensorflow", ok, detail, "pip install 'tfyarn[tf]' (tensorflow-cpu 2.21)")
 
 
-CHECKS += [check_python, check_java, check_spark, check_tensorflow]
-
-from tfyarn.transport.rdma import check_rdma  # noqa: E402  (RDMA devices, UCX transports)
-
-CHECKS.append(check_rdma)
-
-from tfyarn.exchange.checks import check_exchange  # noqa: E402  (kernels, Open MPI)
-
-CHECKS.append(check_exchange)
-
-from tfyarn.yarn.checks import check_yarn  # noqa: E402  (Hadoop jars, HADOOP_CONF_DIR, RM)
-
-CHECKS.append(check_yarn)
-
-from tfyarn.transport.selftest import check_transports  # noqa: E402  (tcp/grpc loopback, auto)
-
-CHECKS.append(check_transports)
+#: Every check, in report order: this machine's tools first, then each layer's own.
+CHECKS: tuple[CheckFn, ...] = (
+    check_python,
+    check_java,
+    check_spark,
+    check_tensorflow,
+    check_rdma,  # RDMA devices, UCX transports
+    check_exchange,  # native kernels, Open MPI
+    check_yarn,  # Hadoop jars, HADOOP_CONF_DIR, RM, Services API
+    check_transports,  # tcp/grpc loopback, what "auto" picks
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
@@ -22,7 +23,11 @@ def _main(args: argparse.Namespace) -> int:
     checks = run_checks()
     failed = [c for c in checks if c.required and not c.ok]
     if args.json:
-        print(json.dumps({"ok": not failed, "checks": [c.__dict__ for c in checks]}, indent=2))
+        print(
+            json.dumps(
+                {"ok": not failed, "checks": [dataclasses.asdict(c) for c in checks]}, indent=2
+            )
+        )
         return 1 if failed else 0
     from rich.console import Console
     from rich.table import Table
