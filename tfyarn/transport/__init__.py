@@ -28,11 +28,14 @@ from urllib.parse import urlsplit
 
 from tfyarn.errors import ConfigError, TransportUnavailableError
 from tfyarn.transport.base import Buffer, Comm, Listener
+from tfyarn.transport.options import Keepalive, TransportOptions
 
 __all__ = [
     "Buffer",
     "Comm",
+    "Keepalive",
     "Listener",
+    "TransportOptions",
     "backend",
     "connect",
     "listen",
