@@ -40,8 +40,8 @@ def _positive_int(owner: str, name: str, value: object) -> None:
 def _seconds(owner: str, name: str, value: object, *, optional: bool) -> None:
     if value is None and optional:
         return
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type]
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and isinstance(value, int | float) and math.isfinite(value) and value > 0):
         allowed = "positive seconds or None" if optional else "positive seconds"
         raise ConfigError(f"{owner}.{name} must be {allowed}, got {value!r}")
 
