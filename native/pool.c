@@ -28,29 +28,27 @@ static size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
 /* ------------------------------------------------------------------ slabs */
 
-#ifdef TFYARN_HAVE_UCX
+/* How slabs get registered with a transport; NULL until one (ucx.c) installs itself. */
+static const tfy_registrar *g_registrar;
+
+void tfy_pool_set_registrar(const tfy_registrar *registrar) { g_registrar = registrar; }
+
 static void slab_unregister(tfy_slab *s) {
-    ucp_context_h ctx = tfy_ucx_context_if_any();
-    if (s->memh != NULL && ctx != NULL) ucp_mem_unmap(ctx, s->memh);
-    s->memh = NULL;
+    if (s->reg != NULL && g_registrar != NULL) g_registrar->deregister_memory(s->reg);
+    s->reg = NULL;
 }
 
-/* Register the slab with the UCP context (once). Returns 0, or -1 with no exception. */
-static int slab_register(tfy_slab *s, ucp_context_h ctx) {
-    if (s->memh != NULL) return 0;
-    ucp_mem_map_params_t mp;
-    memset(&mp, 0, sizeof mp);
-    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
-    mp.address = s->base;
-    mp.length = s->size;
-    return ucp_mem_map(ctx, &mp, &s->memh) == UCS_OK ? 0 : -1;
+/* Register the slab (once) when a registrar is installed. Returns 0 when registered, -1
+ * (no exception) when not. */
+static int slab_register(tfy_slab *s) {
+    if (s->reg != NULL) return 0;
+    if (g_registrar == NULL) return -1;
+    s->reg = g_registrar->register_memory(s->base, s->size);
+    return s->reg != NULL ? 0 : -1;
 }
-#endif
 
 static void slab_free(tfy_slab *s) {
-#ifdef TFYARN_HAVE_UCX
     slab_unregister(s);
-#endif
     if (s->map_base != NULL) munmap(s->map_base, s->map_size);
     PyMem_Free(s->free);
     PyMem_Free(s);
@@ -124,11 +122,8 @@ static tfy_slab *slab_new(tfy_pool *pool, size_t size, int dedicated) {
     s->free[0].offset = 0;
     s->free[0].size = size;
     s->nfree = 1;
-#ifdef TFYARN_HAVE_UCX
-    /* Register now if UCX is in use in this process; otherwise on first use. */
-    ucp_context_h ctx = tfy_ucx_context_if_any();
-    if (ctx != NULL) (void)slab_register(s, ctx);
-#endif
+    /* Register now if a transport (UCX) is in use in this process; otherwise on first use. */
+    (void)slab_register(s);
     return s;
 }
 
@@ -400,13 +395,9 @@ static PyObject *buffer_get_released(tfy_buffer *b, void *c) {
 static PyObject *buffer_get_exports(tfy_buffer *b, void *c) { return PyLong_FromSsize_t(b->exports); }
 
 static PyObject *buffer_get_registered(tfy_buffer *b, void *c) {
-#ifdef TFYARN_HAVE_UCX
     tfy_buffer *root = b;
     while (root->parent != NULL) root = (tfy_buffer *)root->parent;
-    return PyBool_FromLong(root->slab != NULL && root->slab->memh != NULL);
-#else
-    Py_RETURN_FALSE;
-#endif
+    return PyBool_FromLong(root->slab != NULL && root->slab->reg != NULL);
 }
 
 static Py_ssize_t buffer_len(tfy_buffer *b) { return (Py_ssize_t)b->nbytes; }
@@ -606,9 +597,7 @@ static PyObject *pool_get_stat(tfy_pool *self, void *which) {
         slabs++;
         bytes += s->size;
         huge += s->huge != 0;
-#ifdef TFYARN_HAVE_UCX
-        registered += s->memh != NULL;
-#endif
+        registered += s->reg != NULL;
     }
     switch ((intptr_t)which) {
     case 0: return PyLong_FromSize_t(slabs);
@@ -663,19 +652,15 @@ PyTypeObject tfy_pool_type = {
     .tp_new = PyType_GenericNew,
 };
 
-#ifdef TFYARN_HAVE_UCX
-ucp_mem_h tfy_buffer_memh(PyObject *obj, const void *addr, size_t len) {
+void *tfy_buffer_registration(PyObject *obj, const void *addr, size_t len) {
     if (obj == NULL || !PyObject_TypeCheck(obj, &tfy_buffer_type)) return NULL;
     tfy_buffer *b = (tfy_buffer *)obj;
     while (b->parent != NULL) b = (tfy_buffer *)b->parent;
     tfy_slab *s = b->slab;
     if (b->released || s == NULL) return NULL;
     if ((const char *)addr < s->base || (const char *)addr + len > s->base + s->size) return NULL;
-    ucp_context_h ctx = tfy_ucx_context_if_any();
-    if (ctx == NULL || slab_register(s, ctx) < 0) return NULL;
-    return s->memh;
+    return slab_register(s) == 0 ? s->reg : NULL;
 }
-#endif
 
 int tfy_pool_setup(PyObject *module) {
     if (PyType_Ready(&tfy_buffer_type) < 0 || PyType_Ready(&tfy_pool_type) < 0) return -1;

@@ -9,10 +9,6 @@
 
 #include "dlpack_abi.h"
 
-#ifdef TFYARN_HAVE_UCX
-#include <ucp/api/ucp.h>
-#endif
-
 #define TFY_MAX_NDIM 8
 
 /* A contiguous free range inside a slab. */
@@ -21,7 +17,8 @@ typedef struct {
     size_t size;
 } tfy_extent;
 
-/* One mmap'ed region that buffers are carved from; registered with UCX at most once. */
+/* One mmap'ed region that buffers are carved from; registered at most once, through the
+ * registrar (see tfy_registrar below). */
 typedef struct tfy_slab {
     char *base;        /* aligned start handed out to buffers */
     size_t size;       /* usable bytes from base */
@@ -32,9 +29,7 @@ typedef struct tfy_slab {
     size_t live;       /* buffers currently carved from this slab */
     tfy_extent *free;  /* free ranges sorted by offset */
     size_t nfree, capfree;
-#ifdef TFYARN_HAVE_UCX
-    ucp_mem_h memh;    /* NULL until registered */
-#endif
+    void *reg;         /* the registrar's handle; NULL until registered */
     struct tfy_slab *next;
 } tfy_slab;
 
@@ -71,15 +66,23 @@ int tfy_pool_setup(PyObject *module);
 int tfy_kernels_setup(PyObject *module);
 int tfy_ucx_setup(PyObject *module);
 
-#ifdef TFYARN_HAVE_UCX
-/* The process-wide UCP context, created on first use (reads UCX_* variables then);
- * NULL with a Python exception set on failure. */
-ucp_context_h tfy_ucx_context(void);
-/* The context if it already exists, else NULL (no exception). */
-ucp_context_h tfy_ucx_context_if_any(void);
-/* Memory handle covering [addr, addr+len) when obj is a pool Buffer (or a view of one)
- * whose slab is (or can now be) registered; NULL otherwise. Needs the GIL. */
-ucp_mem_h tfy_buffer_memh(PyObject *obj, const void *addr, size_t len);
-#endif
+/* Registration of pool memory with a transport (UCX: ucp_mem_map), installed by that
+ * transport so that the pool knows nothing about it. The calls point one way only: ucx.c
+ * calls the pool, never the reverse. Both functions run with the GIL held. */
+typedef struct {
+    /* Register [base, base+len): an opaque handle, or NULL (no exception set) when the
+     * memory cannot be registered; the pool then tries again on the slab's next use. */
+    void *(*register_memory)(void *base, size_t len);
+    /* Undo register_memory (the slab is being unmapped). */
+    void (*deregister_memory)(void *handle);
+} tfy_registrar;
+
+/* Install the registrar, once for the life of the process (a static object: slabs keep
+ * handles it made until they are unmapped). Slabs created from then on are registered at
+ * once, older ones on their next use. */
+void tfy_pool_set_registrar(const tfy_registrar *registrar);
+/* The registrar's handle covering [addr, addr+len) when obj is a pool Buffer (or a view of
+ * one) whose slab is (or can now be) registered; NULL otherwise. Needs the GIL. */
+void *tfy_buffer_registration(PyObject *obj, const void *addr, size_t len);
 
 #endif

@@ -31,6 +31,8 @@ int tfy_ucx_setup(PyObject *module) {
 
 #else
 
+#include <ucp/api/ucp.h>
+
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -67,9 +69,30 @@ static int g_swap_seq;
 static ucp_context_h g_ctx;
 static pthread_mutex_t g_ctx_lock = PTHREAD_MUTEX_INITIALIZER;
 
-ucp_context_h tfy_ucx_context_if_any(void) { return g_ctx; }
+/* Map [addr, addr+len) with the context (len 0 maps one byte: UCX refuses empty ranges). */
+static ucs_status_t mem_map(void *addr, size_t len, ucp_mem_h *memh) {
+    ucp_mem_map_params_t mp;
+    memset(&mp, 0, sizeof mp);
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+    mp.address = addr;
+    mp.length = len > 0 ? len : 1;
+    return ucp_mem_map(g_ctx, &mp, memh);
+}
 
-ucp_context_h tfy_ucx_context(void) {
+/* The buffer pool's registrar (see tfyarn_native.h): pool slabs are mapped with the
+ * context once it exists, so sends from and receives into them register nothing. */
+static void *pool_register_memory(void *base, size_t len) {
+    ucp_mem_h memh = NULL;
+    return g_ctx != NULL && mem_map(base, len, &memh) == UCS_OK ? (void *)memh : NULL;
+}
+
+static void pool_deregister_memory(void *handle) { ucp_mem_unmap(g_ctx, (ucp_mem_h)handle); }
+
+static const tfy_registrar pool_registrar = {pool_register_memory, pool_deregister_memory};
+
+/* The process-wide UCP context, created on first use (UCX reads its UCX_* variables then);
+ * NULL with a Python exception set on failure. Needs the GIL (it installs the registrar). */
+static ucp_context_h ucx_context(void) {
     if (g_ctx != NULL) return g_ctx;
     ucs_status_t st;
     ucp_config_t *cfg = NULL;
@@ -98,7 +121,13 @@ ucp_context_h tfy_ucx_context(void) {
         }
     }
     pthread_mutex_unlock(&g_ctx_lock);
+    tfy_pool_set_registrar(&pool_registrar);
     return g_ctx;
+}
+
+/* The pool slab's memory handle covering the buffer, or NULL (UCX registers on the fly). */
+static ucp_mem_h buffer_memh(PyObject *obj, const void *addr, size_t len) {
+    return (ucp_mem_h)tfy_buffer_registration(obj, addr, len);
 }
 
 /* ------------------------------------------------------------------ worker state */
@@ -702,6 +731,57 @@ static void conn_release(worker_t *w, conn_t *c) {
     pthread_cond_broadcast(&w->cond);
 }
 
+/* ------------------------------------------------------------------ one operation's set-up */
+
+/* What send, recv_into and put/get share: the caller's memory, held from io_hold to
+ * io_end, its pool registration, and the connection used with the GIL released and the
+ * worker's lock held, from io_enter to io_end. */
+typedef struct {
+    unsigned long long id; /* the connection */
+    PyObject *obj;         /* what the memory belongs to (borrowed from the arguments) */
+    double timeout;        /* seconds; negative: none */
+    Py_buffer view;
+    ucp_mem_h memh;        /* the pool slab's handle, or NULL */
+    PyThreadState *ts;     /* the released GIL, from io_enter to io_end */
+    conn_t *c;             /* after io_enter: the connection in use, or NULL when it is gone */
+} io_t;
+
+/* Hold io->obj's memory (PyBUF_SIMPLE to read it, PyBUF_WRITABLE to fill it) and find its
+ * registration. Returns -1 with an exception set. */
+static int io_hold(io_t *io, int flags) {
+    if (PyObject_GetBuffer(io->obj, &io->view, flags) < 0) return -1;
+    io->memh = buffer_memh(io->obj, io->view.buf, (size_t)io->view.len);
+    return 0;
+}
+
+/* The set-up of send(conn, buf[, timeout]) and recv_into(conn, buf[, timeout]): parse the
+ * arguments with `fmt` ("KO|d:name"), check the worker, hold the memory. Returns -1 with an
+ * exception set. */
+static int io_begin(worker_t *w, PyObject *args, const char *fmt, int flags, io_t *io) {
+    memset(io, 0, sizeof *io);
+    io->timeout = -1.0;
+    if (!PyArg_ParseTuple(args, fmt, &io->id, &io->obj, &io->timeout)) return -1;
+    if (worker_check(w) < 0) return -1;
+    return io_hold(io, flags);
+}
+
+/* Release the GIL, take the worker's lock and mark the connection in use. */
+static void io_enter(worker_t *w, io_t *io) {
+    io->ts = PyEval_SaveThread();
+    pthread_mutex_lock(&w->lock);
+    io->c = conn_acquire(w, io->id);
+}
+
+/* Undo io_enter and io_hold. Returns -1 when a Python exception is pending (a signal
+ * handler raised while the operation waited), else 0. */
+static int io_end(worker_t *w, io_t *io) {
+    if (io->c != NULL) conn_release(w, io->c);
+    pthread_mutex_unlock(&w->lock);
+    PyEval_RestoreThread(io->ts);
+    PyBuffer_Release(&io->view);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
 /* ------------------------------------------------------------------ UcxWorker type */
 
 static PyObject *conn_gone_error_impl(uint64_t id);
@@ -709,7 +789,7 @@ static PyObject *conn_gone_error_impl(uint64_t id);
 
 static PyObject *worker_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     if (!PyArg_ParseTuple(args, ":UcxWorker")) return NULL;
-    ucp_context_h ctx = tfy_ucx_context();
+    ucp_context_h ctx = ucx_context();
     if (ctx == NULL) return NULL;
     worker_t *w = (worker_t *)type->tp_alloc(type, 0);
     if (w == NULL) return NULL;
@@ -869,7 +949,7 @@ static void worker_shutdown(worker_t *w, int have_gil) {
         free(d);
     }
     w->dq_tail = NULL;
-    ucp_context_h ctx = tfy_ucx_context_if_any();
+    ucp_context_h ctx = g_ctx;
     region_t *regions = w->regions;
     w->regions = NULL;
     for (region_t *r = regions; r != NULL; r = r->next) {
@@ -1022,39 +1102,26 @@ static PyObject *conn_gone_error_impl(uint64_t id) {
 }
 
 static PyObject *worker_send(worker_t *w, PyObject *args) {
-    unsigned long long id;
-    PyObject *obj;
-    double timeout = -1.0;
-    if (!PyArg_ParseTuple(args, "KO|d:send", &id, &obj, &timeout)) return NULL;
-    if (worker_check(w) < 0) return NULL;
-    Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return NULL;
-    ucp_mem_h memh = tfy_buffer_memh(obj, view.buf, (size_t)view.len);
+    io_t io;
+    if (io_begin(w, args, "KO|d:send", PyBUF_SIMPLE, &io) < 0) return NULL;
     ucs_status_t st = UCS_OK;
-    int gone = 0, intr = 0;
-    PyThreadState *ts = PyEval_SaveThread();
-    pthread_mutex_lock(&w->lock);
-    conn_t *c = conn_acquire(w, id);
-    if (c == NULL) {
-        gone = 1;
-    } else if (conn_broken(c)) {
+    int intr = 0;
+    io_enter(w, &io);
+    conn_t *c = io.c;
+    if (c != NULL && conn_broken(c)) {
         st = c->ep_status != UCS_OK ? c->ep_status : UCS_ERR_NOT_CONNECTED;
-    } else {
+    } else if (c != NULL) {
         uint32_t seq = c->tx_seq++;
         am_hdr h = {MSG_DATA, g_swap_seq ? seq ^ 1u : seq, c->peer_id, c->id};
         op_t op = {w, 0, UCS_OK, 0};
         ucp_request_param_t p;
-        op_param(&p, &op, memh);
-        ucs_status_ptr_t req =
-            ucp_am_send_nbx(c->ep, TFY_AM_ID, &h, sizeof h, view.buf, (size_t)view.len, &p);
-        st = wait_op(w, c, req, &op, deadline_of(timeout), &ts, &intr);
+        op_param(&p, &op, io.memh);
+        ucs_status_ptr_t req = ucp_am_send_nbx(c->ep, TFY_AM_ID, &h, sizeof h, io.view.buf,
+                                               (size_t)io.view.len, &p);
+        st = wait_op(w, c, req, &op, deadline_of(io.timeout), &io.ts, &intr);
     }
-    if (c != NULL) conn_release(w, c);
-    pthread_mutex_unlock(&w->lock);
-    PyEval_RestoreThread(ts);
-    PyBuffer_Release(&view);
-    if (PyErr_Occurred()) return NULL;
-    if (gone) return conn_gone_error(id);
+    if (io_end(w, &io) < 0) return NULL;
+    if (c == NULL) return conn_gone_error(io.id);
     if (st != UCS_OK) {
         set_status_error(TransportError, "send", st);
         return NULL;
@@ -1090,31 +1157,24 @@ static msg_t *take_queued(worker_t *w, conn_t *c) {
 
 /* recv_into(conn, buf, timeout) -> nbytes */
 static PyObject *worker_recv_into(worker_t *w, PyObject *args) {
-    unsigned long long id;
-    PyObject *obj;
-    double timeout = -1.0;
-    if (!PyArg_ParseTuple(args, "KO|d:recv_into", &id, &obj, &timeout)) return NULL;
-    if (worker_check(w) < 0) return NULL;
-    Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, PyBUF_WRITABLE) < 0) return NULL;
-    ucp_mem_h memh = tfy_buffer_memh(obj, view.buf, (size_t)view.len);
+    io_t io;
+    if (io_begin(w, args, "KO|d:recv_into", PyBUF_WRITABLE, &io) < 0) return NULL;
     enum { OK, GONE, PEER_CLOSED, BROKEN, TOOBIG, TIMEOUT, FAILED, INTR } out = OK;
     size_t got = 0;
     ucs_status_t st = UCS_OK;
     int intr = 0;
-    double deadline = deadline_of(timeout);
-    PyThreadState *ts = PyEval_SaveThread();
-    pthread_mutex_lock(&w->lock);
-    conn_t *c = conn_acquire(w, id);
+    double deadline = deadline_of(io.timeout);
+    io_enter(w, &io);
+    conn_t *c = io.c;
     if (c == NULL) {
         out = GONE;
     } else if (c->rstate != R_IDLE) {
         out = FAILED;
         st = UCS_ERR_BUSY; /* two receiver threads on one connection */
     } else {
-        c->rbuf = view.buf;
-        c->rcap = (size_t)view.len;
-        c->rmemh = memh;
+        c->rbuf = io.view.buf;
+        c->rcap = (size_t)io.view.len;
+        c->rmemh = io.memh;
         c->rlen = 0;
         msg_t *staged = NULL;
         c->rstate = R_POSTED;
@@ -1156,7 +1216,7 @@ static PyObject *worker_recv_into(worker_t *w, PyObject *args) {
                 ucp_worker_progress(w->worker);
                 continue;
             }
-            if (wait_slice(w, deadline, &ts, &intr)) expired = 1;
+            if (wait_slice(w, deadline, &io.ts, &intr)) expired = 1;
         }
         if (out == OK) {
             if (c->rstate == R_DONE) {
@@ -1174,14 +1234,10 @@ static PyObject *worker_recv_into(worker_t *w, PyObject *args) {
         c->rmemh = NULL;
         if (out == BROKEN) st = c->ep_status != UCS_OK ? c->ep_status : UCS_ERR_NOT_CONNECTED;
     }
-    if (c != NULL) conn_release(w, c);
-    pthread_mutex_unlock(&w->lock);
-    PyEval_RestoreThread(ts);
-    PyBuffer_Release(&view);
-    if (PyErr_Occurred()) return NULL;
+    if (io_end(w, &io) < 0) return NULL;
     switch (out) {
     case OK: return PyLong_FromSize_t(got);
-    case GONE: return conn_gone_error(id);
+    case GONE: return conn_gone_error(io.id);
     case PEER_CLOSED:
         PyErr_SetString(TransportError, "ucx: the peer closed the connection");
         return NULL;
@@ -1189,10 +1245,10 @@ static PyObject *worker_recv_into(worker_t *w, PyObject *args) {
         PyErr_Format(FrameError,
                      "ucx: received a message of %zu bytes into a buffer of %zd bytes; the "
                      "message was discarded (pass a buffer at least as large, or use recv())",
-                     got, view.len);
+                     got, io.view.len);
         return NULL;
     case TIMEOUT:
-        PyErr_Format(TransportError, "ucx: no message within %.1f s", timeout);
+        PyErr_Format(TransportError, "ucx: no message within %.1f s", io.timeout);
         return NULL;
     default: set_status_error(TransportError, "recv", st); return NULL;
     }
@@ -1305,72 +1361,66 @@ static rkey_ent *conn_rkey(worker_t *w, conn_t *c, const char *name, double dead
 
 /* rma(conn, buf, name, offset, is_put, timeout) -> nbytes */
 static PyObject *worker_rma(worker_t *w, PyObject *args) {
-    unsigned long long id;
-    PyObject *obj;
+    io_t io;
+    memset(&io, 0, sizeof io);
+    io.timeout = -1.0;
     const char *name;
     Py_ssize_t name_len;
     unsigned long long offset;
     int is_put;
-    double timeout = -1.0;
-    if (!PyArg_ParseTuple(args, "KOs#Kp|d:rma", &id, &obj, &name, &name_len, &offset, &is_put,
-                          &timeout))
+    if (!PyArg_ParseTuple(args, "KOs#Kp|d:rma", &io.id, &io.obj, &name, &name_len, &offset,
+                          &is_put, &io.timeout))
         return NULL;
     if (worker_check(w) < 0) return NULL;
     if (name_len == 0 || name_len > 200) {
         PyErr_SetString(PyExc_ValueError, "ucx: region names are 1 to 200 bytes");
         return NULL;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, is_put ? PyBUF_SIMPLE : PyBUF_WRITABLE) < 0) return NULL;
-    ucp_mem_h memh = tfy_buffer_memh(obj, view.buf, (size_t)view.len);
+    if (io_hold(&io, is_put ? PyBUF_SIMPLE : PyBUF_WRITABLE) < 0) return NULL;
     const char *err = NULL;
     ucs_status_t st = UCS_OK;
-    int gone = 0, intr = 0;
+    int intr = 0;
     uint64_t rlen = 0;
-    double deadline = deadline_of(timeout);
-    PyThreadState *ts = PyEval_SaveThread();
-    pthread_mutex_lock(&w->lock);
-    conn_t *c = conn_acquire(w, id);
+    double deadline = deadline_of(io.timeout);
+    io_enter(w, &io);
+    conn_t *c = io.c;
     if (c == NULL) {
-        gone = 1;
+        /* gone: reported below */
     } else if (conn_broken(c) || c->peer_closed) {
         err = "put/get";
         st = c->ep_status != UCS_OK ? c->ep_status : UCS_ERR_CONNECTION_RESET;
     } else {
-        rkey_ent *rk = conn_rkey(w, c, name, deadline, &ts, &intr, &err, &st);
+        rkey_ent *rk = conn_rkey(w, c, name, deadline, &io.ts, &intr, &err, &st);
         if (rk != NULL) {
             rlen = rk->rlen;
-            if (offset > rk->rlen || (uint64_t)view.len > rk->rlen - offset) {
+            if (offset > rk->rlen || (uint64_t)io.view.len > rk->rlen - offset) {
                 err = "bounds";
-            } else if (view.len > 0) {
+            } else if (io.view.len > 0) {
                 op_t op = {w, 0, UCS_OK, 0};
                 ucp_request_param_t p;
-                op_param(&p, &op, memh);
-                ucs_status_ptr_t req =
-                    is_put ? ucp_put_nbx(c->ep, view.buf, (size_t)view.len, rk->raddr + offset,
-                                         rk->rkey, &p)
-                           : ucp_get_nbx(c->ep, view.buf, (size_t)view.len, rk->raddr + offset,
-                                         rk->rkey, &p);
-                st = wait_op(w, c, req, &op, deadline, &ts, &intr);
+                op_param(&p, &op, io.memh);
+                void *buf = io.view.buf;
+                size_t len = (size_t)io.view.len;
+                uint64_t raddr = rk->raddr + offset;
+                ucs_status_ptr_t req = is_put ? ucp_put_nbx(c->ep, buf, len, raddr, rk->rkey, &p)
+                                              : ucp_get_nbx(c->ep, buf, len, raddr, rk->rkey, &p);
+                st = wait_op(w, c, req, &op, deadline, &io.ts, &intr);
                 if (st == UCS_OK && is_put) {
                     /* put returns once the data is in the peer's memory: flush the endpoint
                      * (remote completion), not just the local send. */
                     op_t fop = {w, 0, UCS_OK, 0};
                     ucp_request_param_t fp;
                     op_param(&fp, &fop, NULL);
-                    st = wait_op(w, c, ucp_ep_flush_nbx(c->ep, &fp), &fop, deadline, &ts, &intr);
+                    st = wait_op(w, c, ucp_ep_flush_nbx(c->ep, &fp), &fop, deadline, &io.ts,
+                                 &intr);
                 }
                 if (st != UCS_OK) err = is_put ? "put" : "get";
             }
         }
     }
-    if (c != NULL) conn_release(w, c);
-    pthread_mutex_unlock(&w->lock);
-    PyEval_RestoreThread(ts);
-    Py_ssize_t n = view.len;
-    PyBuffer_Release(&view);
-    if (PyErr_Occurred()) return NULL;
-    if (gone) return conn_gone_error(id);
+    Py_ssize_t n = io.view.len;
+    if (io_end(w, &io) < 0) return NULL;
+    if (c == NULL) return conn_gone_error(io.id);
     if (err != NULL) {
         if (strcmp(err, "no-region") == 0)
             PyErr_Format(TransportError,
@@ -1409,17 +1459,12 @@ static PyObject *worker_register(worker_t *w, PyObject *args) {
     r->addr = r->view.buf;
     r->len = (size_t)r->view.len;
     r->name = strdup(name);
-    ucp_context_h ctx = tfy_ucx_context();
+    ucp_context_h ctx = ucx_context();
     ucs_status_t st = UCS_OK;
     if (ctx == NULL || r->name == NULL) goto fail;
-    r->memh = tfy_buffer_memh(obj, r->addr, r->len); /* a pool slab is registered already */
+    r->memh = buffer_memh(obj, r->addr, r->len); /* a pool slab is registered already */
     if (r->memh == NULL) {
-        ucp_mem_map_params_t mp;
-        memset(&mp, 0, sizeof mp);
-        mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
-        mp.address = r->addr;
-        mp.length = r->len > 0 ? r->len : 1;
-        st = ucp_mem_map(ctx, &mp, &r->memh);
+        st = mem_map(r->addr, r->len, &r->memh);
         if (st != UCS_OK) {
             set_status_error(TransportError, "ucp_mem_map", st);
             goto fail;
@@ -1533,7 +1578,7 @@ static PyObject *py_ucx_version(PyObject *m, PyObject *unused) {
 }
 
 static PyObject *py_ucx_context_info(PyObject *m, PyObject *unused) {
-    ucp_context_h ctx = tfy_ucx_context();
+    ucp_context_h ctx = ucx_context();
     if (ctx == NULL) return NULL;
     char *text = NULL;
     size_t size = 0;

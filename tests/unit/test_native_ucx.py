@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -201,3 +203,47 @@ def test_silent_peers_cannot_exhaust_the_listener():
         comm.send(b"served")
         assert bytes(peer.recv()) == b"served"
         comm.close()
+
+
+REGISTRATION_PROBE = """
+from tfyarn import native
+from tfyarn.transport import ucx
+
+secret = b"s" * 32
+before = native.BufferPool(1 << 20)
+old = before.alloc(4096)
+# No UCX context yet: the pool has no registrar, nothing is registered.
+assert before.registered_slabs == 0 and not old.registered, "registered before UCX was used"
+
+lst = ucx.listen("ucx://127.0.0.1:0", secret=secret, op_timeout=30)
+client = ucx.connect(lst.address, secret=secret, timeout=10, op_timeout=30)
+server = lst.accept(timeout=10)
+# The context exists now (ucx.c installed its registrar): a new pool's slab is registered
+# as it is created; the older slab is registered the first time one of its buffers is sent.
+after = native.BufferPool(1 << 20)
+new = after.alloc(4096)
+assert after.registered_slabs == after.nslabs == 1 and new.registered
+assert not old.registered
+memoryview(old)[:5] = b"hello"
+client.send(old)
+assert old.registered and before.registered_slabs == 1
+into = after.alloc(4096)
+assert server.recv_into(into) == 4096 and bytes(memoryview(into)[:5]) == b"hello"
+# A registered slab is deregistered and unmapped when its pool is closed.
+for buf in (old, new, into):
+    buf.release()
+before.close()
+after.close()
+assert before.nslabs == 0 and after.nslabs == 0
+client.close()
+lst.close()
+print("ok")
+"""
+
+
+def test_pool_slabs_are_registered_once_ucx_is_in_use():
+    # A fresh interpreter: the UCP context is process-wide, other tests may have made it.
+    out = subprocess.run(
+        [sys.executable, "-c", REGISTRATION_PROBE], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
