@@ -6,10 +6,8 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from tfyarn.doctor import Check
+from tfyarn.diagnosis import Check
 
 __all__ = ["check_yarn"]
 
@@ -19,7 +17,6 @@ def check_yarn() -> Iterable[Check]:
 
     None of these is required: tfyarn runs on local and standalone Spark without YARN.
     """
-    from tfyarn.doctor import Check
     from tfyarn.yarn import maven
     from tfyarn.yarn.logs import rm_web_url
     from tfyarn.yarn.rest import ResourceManagerClient
@@ -82,7 +79,6 @@ def check_yarn() -> Iterable[Check]:
 
 def _check_services_api(url: str) -> Check:
     """Whether the RM serves the YARN Services API (``tfyarn service`` needs it)."""
-    from tfyarn.doctor import Check
     from tfyarn.errors import TFYarnError
     from tfyarn.service.client import ServicesClient
 
