@@ -83,3 +83,33 @@ def test_shard_files_round_robin_and_refuse_too_few() -> None:
     assert feed.shard_files(files, 1, 2) == ["f1", "f3"]
     with pytest.raises(ConfigError, match="5 input files cannot be shared by 6"):
         feed.shard_files(files, 0, 6)
+
+
+def test_a_string_feature_column_is_named_with_its_type_before_keras(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "text": pa.array(["a b", "c d", "e f"]),
+            "blob": pa.array([b"x", b"y", b"z"]),
+            "n": pa.array([1.0, 2.0, 3.0]),
+            "y": pa.array([0, 1, 0]),
+        }
+    )
+    path = tmp_path / "s.arrow"
+    feed.write_cache(table.to_batches(), path)
+    cols = feed.load_columns(path)
+    with pytest.raises(ConfigError) as err:
+        feed.make_dataset(cols, batch_size=2, steps=1, features="text", label="y")
+    assert str(err.value) == (
+        "feature column 'text' has type string, but features= feeds a numeric model input "
+        "(a vector column, or number columns stacked into float32). Turn it into numbers in "
+        "Spark first (e.g. pyspark.ml.feature HashingTF, CountVectorizer or StringIndexer), "
+        "or leave features= out to get every column by name, strings included, for a model "
+        "that takes text"
+    )
+    with pytest.raises(ConfigError, match="feature column 'blob' has type binary, but"):
+        feed.select_xy(cols, ["n", "blob"], "y")
+    # numbers still stack; without features= strings come through by name
+    x, y = feed.select_xy(cols, ["n"], "y")
+    np.testing.assert_array_equal(y, [0, 1, 0])
+    assert x.dtype == np.float32 and x.shape == (3, 1)
+    assert list(feed.select_xy(cols, None, "y")[0]) == ["text", "blob", "n"]

@@ -44,6 +44,7 @@ def _options(**over: object) -> argparse.Namespace:
         conf_dir=None,
         workers=2,
         ps=1,
+        chief=False,
         no_chief=False,
         evaluator=False,
         transport=None,
@@ -98,3 +99,92 @@ def test_split_argv_separates_options_script_and_script_args() -> None:
     )
     with pytest.raises(ConfigError, match="no training script"):
         split_argv(["--workers", "2"])
+
+
+def _confs(argv: list[str]) -> dict[str, str]:
+    return {
+        argv[i + 1].partition("=")[0]: argv[i + 1].partition("=")[2]
+        for i, arg in enumerate(argv)
+        if arg == "--conf"
+    }
+
+
+def test_the_users_conf_overrides_the_profile_and_is_reported() -> None:
+    plan = build_plan(
+        _options(),
+        ["--conf", "spark.task.maxFailures=4", "--conf=spark.a=b=c", "--driver-memory", "1g"],
+        "train.py",
+        [],
+        {},
+    )
+    confs = _confs(plan.argv)
+    assert confs["spark.task.maxFailures"] == "4"  # the profile says 1
+    assert confs["spark.a"] == "b=c"
+    assert plan.argv.count("--conf") == len(confs)  # each key once: no profile value left
+    assert [str(o) for o in plan.overrides] == [
+        "--conf spark.task.maxFailures=4 overrides the profile's spark.task.maxFailures=1"
+    ]
+    assert plan.argv[-3:] == ["--driver-memory", "1g", "train.py"]
+
+
+def test_conf_is_not_taken_for_an_abbreviated_conf_dir(capsys: pytest.CaptureFixture) -> None:
+    from tfyarn.cli.main import main
+
+    argv = ["submit", "--dry-run", "--conf", "spark.task.maxFailures=4", "t.py", "--x"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert " --conf spark.task.maxFailures=4 " in out and "maxFailures=1" not in out
+    assert out.rstrip().endswith(" t.py --x")
+    assert err == (
+        "tfyarn: --conf spark.task.maxFailures=4 overrides the profile's spark.task.maxFailures=1\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        (
+            "spark.dynamicAllocation.enabled=true",
+            "spark.dynamicAllocation.enabled=true cannot be used: a barrier stage needs a "
+            "fixed set of executors, one per role (tfyarn's profiles set it to false)",
+        ),
+        (
+            "spark.executor.instances=2",
+            "spark.executor.instances=2 is fewer than the job's 4 roles (one executor each); "
+            "leave it to tfyarn submit, which sets 4",
+        ),
+        (
+            "spark.task.cpus=2",
+            "spark.task.cpus=2 differs from spark.executor.cores=1: tfyarn needs exactly one "
+            "task (one role) per executor; set both to the same number",
+        ),
+        (
+            "spark.tfyarn.workers=5",
+            "--conf spark.tfyarn.workers=... is set by tfyarn submit from --workers, which "
+            "also sizes the cluster; use that option instead",
+        ),
+        ("spark.task.cpus", "--conf 'spark.task.cpus': expected --conf KEY=VALUE"),
+    ],
+)
+def test_a_conf_that_breaks_what_tfyarn_needs_is_refused(conf: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_plan(_options(profile="yarn-client"), ["--conf", conf], "t.py", [], {})
+    assert str(err.value) == message
+
+
+def test_submit_sizes_for_a_chief_unless_told_and_tells_the_job() -> None:
+    default = build_plan(_options(ps=0), [], "t.py", [], {})
+    assert default.env["TFYARN_EXECUTORS"] == "3"
+    assert _confs(default.argv)["spark.tfyarn.chief"] == "true"
+    no_chief = build_plan(_options(ps=0, no_chief=True), [], "t.py", [], {})
+    assert no_chief.env["TFYARN_EXECUTORS"] == "2"
+    assert _confs(no_chief.argv)["spark.tfyarn.chief"] == "false"
+    with pytest.raises(ConfigError, match=r"workers=0 leaves the chief alone .* --chief"):
+        build_plan(_options(workers=0, ps=0), [], "t.py", [], {})
+    alone = build_plan(_options(workers=0, ps=0, chief=True), [], "t.py", [], {})
+    assert alone.env["TFYARN_EXECUTORS"] == "1"
+
+
+def test_split_argv_lets_help_through_without_a_script() -> None:
+    assert split_argv(["--workers", "2", "--help"]) == (["--workers", "2", "--help"], "", [])
+    assert split_argv(["-h"]) == (["-h"], "", [])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -20,7 +21,24 @@ from typing import Any
 
 from tfyarn.errors import ConfigError
 
-__all__ = ["BENCHMARKS", "register", "register_benchmark"]
+__all__ = ["BENCHMARKS", "DESCRIPTION", "register", "register_benchmark", "summary"]
+
+#: What ``tfyarn bench --help`` says (the module docstring is for developers).
+DESCRIPTION = """\
+Measure tfyarn's transports and distributed training against baselines measured in the
+same run, and write the results (JSON, a markdown report and PNG plots) to --out.
+
+  tfyarn bench transport --scale 0.25     # a quick run
+  tfyarn bench all --out results          # every benchmark with its defaults
+
+`tfyarn bench NAME --help` lists a benchmark's options. The benchmarks come with a source
+checkout of tfyarn (they are not installed with the package): run this command from one.
+"""
+
+#: A docstring's own title (```tfyarn bench x``: ``), then Sphinx roles and literals.
+_TITLE = re.compile(r"^``tfyarn bench [\w-]+``:\s*")
+_ROLE = re.compile(r":[a-z]+:`~?\.?([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``")
 
 #: Benchmark name -> module providing ``add_arguments(parser)`` and ``run(args) -> int``.
 BENCHMARKS: dict[str, str] = {
@@ -35,6 +53,15 @@ def register_benchmark(name: str, module_name: str) -> None:
     if not name.isidentifier() or name == "all":
         raise ConfigError(f"invalid benchmark name {name!r}")
     BENCHMARKS[name] = module_name
+
+
+def summary(doc: str | None, name: str) -> str:
+    """A benchmark docstring's first line as plain text for ``--help`` (no Sphinx markup)."""
+    if not doc or not doc.strip():
+        return name
+    text = _TITLE.sub("", doc.strip().splitlines()[0])
+    text = _LITERAL.sub(r"\1", _ROLE.sub(r"\1", text))
+    return text[:1].upper() + text[1:]
 
 
 def _benchmarks_module(module_name: str) -> ModuleType:
@@ -80,7 +107,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="measure transports and training against baselines (JSON, markdown, PNG)",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
@@ -92,9 +119,14 @@ def register(subparsers: Any) -> None:
             p = sub.add_parser(name, help=f"(unavailable: {exc})")
             p.set_defaults(func=_unavailable(exc))
             continue
-        p = sub.add_parser(name, help=(module.__doc__ or name).strip().splitlines()[0])
+        text = summary(module.__doc__, name)
+        p = sub.add_parser(name, help=text, description=text)
         module.add_arguments(p)
         p.set_defaults(func=_run_one)
-    p = sub.add_parser("all", help="run every benchmark with its defaults")
+    p = sub.add_parser(
+        "all",
+        help="run every benchmark with its defaults",
+        description="Run every benchmark with its default options, one after the other.",
+    )
     p.add_argument("--out", default="results", help="output directory (default results/)")
     p.set_defaults(func=_run_all)

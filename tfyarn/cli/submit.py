@@ -1,10 +1,7 @@
 """``tfyarn submit``: spark-submit with a cluster profile and tfyarn's settings.
 
-Everything up to the script is ours or spark-submit's (unknown options pass through to
-spark-submit unchanged); everything after the script goes to the script::
-
-    tfyarn submit --profile local-cluster --workers 2 --ps 1 \\
-        --driver-memory 2g examples/digits_ps.py --epochs 5
+The command line the user sees is :data:`DESCRIPTION`; :func:`build_plan` turns the
+options into a spark-submit command without side effects.
 """
 
 from __future__ import annotations
@@ -21,14 +18,38 @@ from pathlib import Path
 from typing import Any
 
 from tfyarn.cluster import profiles
+from tfyarn.cluster.plan import RoleSpec, plan_job
 from tfyarn.errors import ConfigError
 from tfyarn.transport.select import CHOICES as TRANSPORT_CHOICES
 from tfyarn.yarn import submit_support as yarn_submit
 
-__all__ = ["TAKES_SCRIPT", "build_plan", "register", "split_argv"]
+__all__ = ["DESCRIPTION", "TAKES_SCRIPT", "build_plan", "register", "split_argv"]
 
 #: Lines of spark-submit's output kept for the failure report.
 _TAIL_LINES = 80
+
+#: What ``tfyarn submit --help`` says.
+DESCRIPTION = """\
+Run a training script with spark-submit on a cluster profile, one executor per
+TensorFlow role.
+
+Options up to the script are tfyarn's or spark-submit's (those tfyarn does not know pass
+through to spark-submit); everything after the script goes to the script:
+
+  tfyarn submit --profile local-cluster --workers 2 --ps 1 \\
+      --driver-memory 2g examples/digits_ps.py --epochs 5
+
+The cluster gets one executor per role: a chief (unless --no-chief), the workers, the
+parameter servers and the evaluator. tfyarn.run() in the script follows this layout
+when it does not set chief= itself; a script that says otherwise is refused at once.
+Strategies other than "ps" need no dedicated chief (worker 0 acts as chief): submit
+them with --no-chief.
+
+--conf KEY=VALUE overrides the profile's value (each override is printed), except
+settings tfyarn needs: dynamic allocation stays off, spark.executor.instances covers the
+roles, spark.task.cpus equals spark.executor.cores, and the role counts come from
+--workers/--ps/--chief/--no-chief. Those are refused with the reason.
+"""
 
 
 def register(subparsers: Any) -> None:
@@ -36,8 +57,10 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "submit",
         help="run a training script with spark-submit and a cluster profile",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # `--conf` must reach spark-submit, not be taken for an abbreviated --conf-dir.
+        allow_abbrev=False,
     )
     _add_options(parser)
     parser.set_defaults(func=_main)
@@ -60,7 +83,17 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="number of workers (default 2)")
     parser.add_argument("--ps", type=int, default=0, help="number of parameter servers")
-    parser.add_argument("--no-chief", action="store_true", help="run without a dedicated chief")
+    chief = parser.add_mutually_exclusive_group()
+    chief.add_argument(
+        "--chief",
+        action="store_true",
+        help="run a dedicated chief (the default; say it for a chief-only job, --workers 0)",
+    )
+    chief.add_argument(
+        "--no-chief",
+        action="store_true",
+        help="run without a dedicated chief: worker 0 acts as chief (for strategies other than ps)",
+    )
     parser.add_argument("--evaluator", action="store_true", help="add an evaluator role")
     parser.add_argument(
         "--transport",
@@ -84,11 +117,21 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: Options that ask for the help text (which needs no script).
+_HELP_FLAGS = frozenset({"-h", "--help"})
+
+
 def split_argv(argv: list[str]) -> tuple[list[str], str, list[str]]:
-    """Split ``[options..., script, script args...]`` at the first ``.py`` argument."""
+    """Split ``[options..., script, script args...]`` at the first ``.py`` argument.
+
+    Without a script, a ``-h``/``--help`` among the options still goes to the parser
+    (which prints the help and exits 0); the script is then ``""``.
+    """
     for i, arg in enumerate(argv):
         if arg.endswith(".py") and not arg.startswith("-"):
             return argv[:i], arg, argv[i + 1 :]
+    if _HELP_FLAGS.intersection(argv):
+        return list(argv), "", []
     raise ConfigError("no training script given: tfyarn submit [options] SCRIPT.py [args]")
 
 
@@ -109,14 +152,17 @@ def build_plan(
     env: dict[str, str],
 ) -> profiles.SubmitPlan:
     """The spark-submit command and environment for these options (no side effects)."""
-    executors = profiles.roles_count(
-        options.workers, options.ps, not options.no_chief, options.evaluator
-    )
-    run_env = profiles.default_env(env, executors, sys.executable)
+    roles = _roles(options)
+    run_env = profiles.default_env(env, len(roles), sys.executable)
     path = profiles.find_profile(options.profile, profiles.profile_dirs(options.conf_dir, run_env))
     props = profiles.load_profile(path, run_env)
+    user_conf, passthrough = profiles.take_user_conf(passthrough)
+    props, overrides = profiles.merge_user_conf(props, user_conf)
+    profiles.check_required(props, len(roles))
     props["spark.tfyarn.workers"] = str(options.workers)
     props["spark.tfyarn.ps"] = str(options.ps)
+    # tfyarn.run follows this unless the script says otherwise (then it refuses at once)
+    props["spark.tfyarn.chief"] = "true" if any(r.name == "chief" for r in roles) else "false"
     if options.transport:
         props["spark.tfyarn.transport"] = options.transport
     if options.interface:
@@ -127,7 +173,19 @@ def build_plan(
         props["spark.tfyarn.outputJson"] = str(Path(options.output_json).resolve())
     run_env.update(profiles.local_ip_env(props, run_env))
     argv = profiles.spark_submit_argv(_spark_submit(), props, passthrough, script, script_args)
-    return profiles.SubmitPlan(argv=argv, env=run_env, properties=props)
+    return profiles.SubmitPlan(argv=argv, env=run_env, properties=props, overrides=overrides)
+
+
+def _roles(options: argparse.Namespace) -> tuple[RoleSpec, ...]:
+    """The roles the cluster is sized for: a chief unless ``--no-chief``.
+
+    The strategy is the script's business, unknown here, so the layout is the default of
+    no strategy (a chief); ``--chief`` makes a chief-only job (``--workers 0``) explicit.
+    """
+    chief = True if options.chief else False if options.no_chief else None
+    return plan_job(
+        workers=options.workers, ps=options.ps, chief=chief, evaluator=options.evaluator
+    )
 
 
 def _run(
@@ -182,6 +240,8 @@ def _report(path: str, code: int, tail: str, wall: float, plan: profiles.SubmitP
 def _main(args: argparse.Namespace) -> int:
     plan = build_plan(args, args.passthrough, args.script, args.script_args, dict(os.environ))
     plan = yarn_submit.prepare_plan(plan)  # YARN: env archive, GPUs, dev-YARN settings
+    for override in plan.overrides:
+        print(f"tfyarn: {override}", file=sys.stderr)
     if args.dry_run:
         print(" ".join(plan.argv))
         return 0

@@ -5,6 +5,12 @@ format as ``spark-defaults.conf``. tfyarn's own settings live in it as ``spark.t
 keys, which Spark passes through to the driver's SparkConf, where :func:`tfyarn.run`
 reads them. Values may use ``${VAR}`` to take environment variables; ``tfyarn submit``
 sets ``TFYARN_EXECUTORS`` to the number of roles the job plans.
+
+The user's own ``--conf KEY=VALUE`` options win over the profile's values
+(:func:`merge_user_conf`), except where a value would break what tfyarn needs (one task per
+executor, a fixed executor set of at least one per role, the role counts that ``tfyarn
+submit`` sets from its own options): those are refused, naming the setting and why
+(:func:`check_required`). Nothing the user gave is dropped silently.
 """
 
 from __future__ import annotations
@@ -18,16 +24,20 @@ from tfyarn.errors import ConfigError
 
 __all__ = [
     "PROFILE_SUFFIX",
+    "Override",
     "SubmitPlan",
+    "check_required",
     "default_env",
     "expand",
     "find_profile",
     "load_profile",
     "local_ip_env",
+    "merge_user_conf",
     "parse_properties",
     "profile_dirs",
     "roles_count",
     "spark_submit_argv",
+    "take_user_conf",
 ]
 
 PROFILE_SUFFIX = ".conf"
@@ -90,6 +100,28 @@ def find_profile(name: str, dirs: Sequence[Path]) -> Path:
     )
 
 
+@dataclass(frozen=True)
+class Override:
+    """A profile setting replaced by the user's ``--conf``.
+
+    Parameters
+    ----------
+    key : str
+        The Spark setting.
+    profile : str
+        The profile's value.
+    user : str
+        The user's value, which the job runs with.
+    """
+
+    key: str
+    profile: str
+    user: str
+
+    def __str__(self) -> str:
+        return f"--conf {self.key}={self.user} overrides the profile's {self.key}={self.profile}"
+
+
 @dataclass
 class SubmitPlan:
     """A spark-submit invocation: the command line and the environment it runs in."""
@@ -97,6 +129,8 @@ class SubmitPlan:
     argv: list[str]
     env: dict[str, str]
     properties: dict[str, str] = field(default_factory=dict)
+    #: The profile settings the user's ``--conf`` replaced (told to the user at submit).
+    overrides: tuple[Override, ...] = ()
 
     @property
     def master(self) -> str:
@@ -154,3 +188,101 @@ def local_ip_env(properties: Mapping[str, str], env: Mapping[str, str]) -> dict[
     if master.startswith("local-cluster") and "SPARK_LOCAL_IP" not in env:
         return {"SPARK_LOCAL_IP": properties.get("spark.driver.host", "127.0.0.1")}
     return {}
+
+
+#: ``tfyarn submit`` options that set ``spark.tfyarn.*`` keys; ``--conf`` must not.
+CLI_KEYS: dict[str, str] = {
+    "spark.tfyarn.workers": "--workers",
+    "spark.tfyarn.ps": "--ps",
+    "spark.tfyarn.chief": "--chief / --no-chief",
+}
+
+
+def take_user_conf(passthrough: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Take the user's ``--conf KEY=VALUE`` (``--conf=``, ``-c``) out of the passthrough.
+
+    Returns
+    -------
+    (dict, list)
+        The settings, in the order given (a later one wins, as in spark-submit), and the
+        remaining passthrough arguments.
+
+    Raises
+    ------
+    ConfigError
+        A ``--conf`` without ``KEY=VALUE``.
+    """
+    confs: dict[str, str] = {}
+    rest: list[str] = []
+    args = list(passthrough)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag, eq, inline = arg.partition("=")
+        if flag not in ("--conf", "-c"):
+            rest.append(arg)
+            i += 1
+            continue
+        value = inline if eq else (args[i + 1] if i + 1 < len(args) else "")
+        i += 1 if eq else 2
+        key, has_value, setting = value.partition("=")
+        if not key or not has_value:
+            raise ConfigError(f"{flag} {value!r}: expected {flag} KEY=VALUE")
+        confs[key.strip()] = setting.strip()
+    return confs, rest
+
+
+def merge_user_conf(
+    properties: Mapping[str, str], user: Mapping[str, str]
+) -> tuple[dict[str, str], tuple[Override, ...]]:
+    """The profile's settings with the user's ``--conf`` on top, and what they replaced.
+
+    Raises
+    ------
+    ConfigError
+        The user sets a ``spark.tfyarn.*`` key that a ``tfyarn submit`` option owns.
+    """
+    for key in user:
+        if key in CLI_KEYS:
+            raise ConfigError(
+                f"--conf {key}=... is set by tfyarn submit from {CLI_KEYS[key]}, which also "
+                "sizes the cluster; use that option instead"
+            )
+    merged = dict(properties)
+    overrides = tuple(
+        Override(key, merged[key], value)
+        for key, value in user.items()
+        if key in merged and merged[key] != value
+    )
+    merged.update(user)
+    return merged, overrides
+
+
+def check_required(properties: Mapping[str, str], roles: int) -> None:
+    """Refuse settings under which tfyarn cannot run ``roles`` roles, saying why.
+
+    Raises
+    ------
+    ConfigError
+        Dynamic allocation on; fewer ``spark.executor.instances`` than roles; or
+        ``spark.task.cpus`` different from ``spark.executor.cores`` (two roles could share
+        an executor, or none fit).
+    """
+    if properties.get("spark.dynamicAllocation.enabled", "false").strip().lower() == "true":
+        raise ConfigError(
+            "spark.dynamicAllocation.enabled=true cannot be used: a barrier stage needs a "
+            "fixed set of executors, one per role (tfyarn's profiles set it to false)"
+        )
+    instances = properties.get("spark.executor.instances", "").strip()
+    if instances.isdigit() and int(instances) < roles:
+        raise ConfigError(
+            f"spark.executor.instances={instances} is fewer than the job's {roles} roles "
+            f"(one executor each); leave it to tfyarn submit, which sets {roles}"
+        )
+    cpus = properties.get("spark.task.cpus")
+    cores = properties.get("spark.executor.cores")
+    if cpus is not None and cores is not None and cpus.strip() != cores.strip():
+        raise ConfigError(
+            f"spark.task.cpus={cpus} differs from spark.executor.cores={cores}: tfyarn needs "
+            "exactly one task (one role) per executor; set both to the same number"
+        )

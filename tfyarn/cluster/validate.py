@@ -1,16 +1,122 @@
-"""Checks made on the driver before anything starts, each failing fast with what to do."""
+"""Checks made on the driver before anything starts, each failing fast with what to do.
+
+What the driver can know, it checks here instead of letting the roles find out:
+
+- the size of a static cluster (:func:`static_executor_limit`): ``local-cluster[N,...]``
+  starts exactly N executors, a standalone application at most ``spark.cores.max /
+  spark.executor.cores``, YARN without dynamic allocation ``spark.executor.instances``;
+  a job of more roles fails at once instead of after ``allocation_timeout``;
+- ``transport="rdma"`` where every executor runs on the driver's own host (local-cluster,
+  a standalone cluster on this machine): the driver runs the very device probe the roles
+  would (:func:`tfyarn.transport.select.probe`) and fails before any role starts. On other
+  hosts (YARN, remote standalone workers) the driver cannot look at their devices without
+  running code there, so each role checks its own host when it starts and a role without
+  a device fails the job, naming itself and its host (the rdma profile declares the
+  capability; ``tfyarn doctor`` on the nodes checks it).
+"""
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tfyarn.errors import AllocationError, ConfigError
+from tfyarn.errors import AllocationError, ConfigError, TransportUnavailableError
 
 if TYPE_CHECKING:
     from pyspark import SparkContext
 
-__all__ = ["check_spark_conf", "wait_for_slots"]
+__all__ = [
+    "ClusterLimit",
+    "check_capacity",
+    "check_rdma_here",
+    "check_spark_conf",
+    "check_transport",
+    "static_executor_limit",
+    "wait_for_slots",
+]
+
+_LOCAL_CLUSTER = re.compile(r"^local-cluster\[\s*(\d+)\s*,")
+_LOOPBACK = frozenset({"localhost", "localhost.localdomain", "::1", "ip6-localhost"})
+
+
+@dataclass(frozen=True)
+class ClusterLimit:
+    """The most executors a static cluster will ever have, and the setting that says so.
+
+    Parameters
+    ----------
+    executors : int
+        The fixed (or maximum) executor count.
+    reason : str
+        The setting it comes from, as the user wrote it (for error messages).
+    """
+
+    executors: int
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.executors < 0:
+            raise ConfigError(f"an executor limit cannot be negative ({self.reason})")
+
+
+def _int_setting(conf: Mapping[str, str], key: str) -> int | None:
+    raw = conf.get(key)
+    if raw is None or not raw.strip().isdigit():
+        return None  # unset, or a value Spark itself will reject with its own error
+    return int(raw)
+
+
+def static_executor_limit(master: str, conf: Mapping[str, str]) -> ClusterLimit | None:
+    """The executor count a cluster is fixed at from the start, or None where it can grow.
+
+    Parameters
+    ----------
+    master : str
+        ``spark.master``.
+    conf : Mapping[str, str]
+        The application's Spark settings.
+    """
+    match = _LOCAL_CLUSTER.match(master)
+    if match:
+        n = int(match.group(1))
+        return ClusterLimit(n, f"{master} starts exactly {n}")
+    dynamic = conf.get("spark.dynamicAllocation.enabled", "false").strip().lower() == "true"
+    if master.startswith("spark://"):
+        cores_max = _int_setting(conf, "spark.cores.max")
+        per_executor = _int_setting(conf, "spark.executor.cores")
+        if cores_max is not None and per_executor:
+            return ClusterLimit(
+                cores_max // per_executor,
+                f"spark.cores.max={cores_max} / spark.executor.cores={per_executor}",
+            )
+    elif master == "yarn" and not dynamic:
+        instances = _int_setting(conf, "spark.executor.instances")
+        if instances is not None:
+            return ClusterLimit(
+                instances, f"spark.executor.instances={instances}, dynamic allocation off"
+            )
+    return None
+
+
+def check_capacity(needed: int, limit: ClusterLimit | None) -> None:
+    """Fail at once when a static cluster can never hold one executor per role.
+
+    Raises
+    ------
+    AllocationError
+        ``needed`` roles but ``limit`` says fewer executors will ever register.
+    """
+    if limit is None or limit.executors >= needed:
+        return
+    raise AllocationError(
+        f"the job needs {needed} executors (one per role) but this cluster has a fixed size: "
+        f"only {limit.executors} registered at most ({limit.reason}), so waiting cannot help. "
+        "Ask for more (local-cluster[N,...], spark.cores.max, --num-executors / "
+        "spark.executor.instances; tfyarn submit sizes them to the roles), or run fewer roles"
+    )
 
 
 def check_spark_conf(sc: SparkContext) -> None:
@@ -37,7 +143,7 @@ def _executor_count(sc: SparkContext) -> int:
 
 def _slot_count(sc: SparkContext) -> int:
     """Task slots of the default resource profile, as the barrier scheduler counts them."""
-    jsc = sc._jsc.sc()  # type: ignore[attr-defined]
+    jsc = sc._jsc.sc()
     profile = jsc.resourceProfileManager().defaultResourceProfile()
     return int(jsc.maxNumConcurrentTasks(profile))
 
@@ -48,10 +154,12 @@ def wait_for_slots(sc: SparkContext, needed: int, timeout: float) -> int:
     Raises
     ------
     AllocationError
-        Fewer executors than roles after ``timeout`` seconds.
+        Fewer executors than roles after ``timeout`` seconds; at once when the cluster's
+        size is fixed below ``needed`` (:func:`static_executor_limit`).
     ConfigError
         Executors offer more than one task slot each (two roles could share one).
     """
+    check_capacity(needed, static_executor_limit(sc.master or "", dict(sc.getConf().getAll())))
     deadline = time.monotonic() + timeout
     executors = _executor_count(sc)
     while executors < needed and time.monotonic() < deadline:
@@ -71,3 +179,67 @@ def wait_for_slots(sc: SparkContext, needed: int, timeout: float) -> int:
             "runs one task"
         )
     return executors
+
+
+def _is_this_host(host: str, driver_host: str) -> bool:
+    name = host.strip().lower().strip("[]")
+    return name in _LOOPBACK or name.startswith("127.") or name == driver_host.strip().lower()
+
+
+def check_rdma_here(
+    executor_hosts: Sequence[str],
+    driver_host: str,
+    probe: Callable[[], tuple[Sequence[object], bool, str]],
+) -> bool:
+    """Decide ``transport="rdma"`` on the driver when every executor shares its host.
+
+    Parameters
+    ----------
+    executor_hosts : sequence of str
+        Hosts of the registered executors (the driver's own entry may be among them).
+    driver_host : str
+        ``spark.driver.host``.
+    probe : callable
+        :func:`tfyarn.transport.select.probe`, the roles' own device probe: (usable RDMA
+        devices, native UCX built, a note on what is missing). Called only when every
+        executor is on this host.
+
+    Returns
+    -------
+    bool
+        True when the driver decided (every executor is on its host, which has a
+        device), False when the executors' hosts are elsewhere and only the roles can tell.
+
+    Raises
+    ------
+    TransportUnavailableError
+        Every executor runs on this host and it has no RDMA device.
+    """
+    if not executor_hosts or not all(_is_this_host(h, driver_host) for h in executor_hosts):
+        return False
+    devices, _have_ucx, note = probe()
+    if not devices:
+        found = f" ({note})" if note else ""
+        raise TransportUnavailableError(
+            f"transport='rdma' was requested but no executor host has an RDMA device: every "
+            f"executor runs on this host ({driver_host}), which has none (InfiniBand/RoCE)"
+            f"{found}; checked before starting any role. Run `tfyarn doctor`, or ask for "
+            "transport='auto' or 'tcp'"
+        )
+    return True
+
+
+def check_transport(sc: SparkContext, transport: str | None) -> None:
+    """Check on the driver what it can know of the requested transport (rdma only).
+
+    Call after :func:`wait_for_slots`, when the executors' hosts are known.
+    """
+    if transport is None or transport.strip().lower() != "rdma":
+        return
+    from tfyarn.transport.select import probe
+
+    driver_host = sc.getConf().get("spark.driver.host", "127.0.0.1") or "127.0.0.1"
+    hosts = [info.host for info in sc.statusTracker().getExecutorInfos()]
+    if (sc.master or "").startswith("local-cluster"):
+        hosts = [driver_host]  # every executor of a local cluster runs on this host
+    check_rdma_here(hosts, driver_host, probe)

@@ -173,12 +173,40 @@ def steps_per_epoch(rows_per_trainer: Sequence[int], batch_size: int, *, synchro
     return math.ceil(sum(rows_per_trainer) / batch_size)
 
 
+def _kind_of(array: np.ndarray) -> str:
+    """The column's type as the user knows it from Spark/Arrow (``string``, ``binary``)."""
+    if array.dtype != object:
+        return array.dtype.name
+    first = next(iter(array.reshape(-1)), None)
+    return "binary" if isinstance(first, bytes | bytearray) else "string"
+
+
+def _numeric_feature(name: str, array: np.ndarray) -> np.ndarray:
+    """``array`` if a model's numeric input can take it, else an error naming the column."""
+    if array.dtype.kind in "biuf":
+        return array
+    raise ConfigError(
+        f"feature column {name!r} has type {_kind_of(array)}, but features= feeds a numeric "
+        "model input (a vector column, or number columns stacked into float32). Turn it "
+        "into numbers in Spark first (e.g. pyspark.ml.feature HashingTF, CountVectorizer or "
+        "StringIndexer), or leave features= out to get every column by name, strings "
+        "included, for a model that takes text"
+    )
+
+
 def select_xy(
     columns: Mapping[str, np.ndarray],
     features: str | Sequence[str] | None,
     label: str | None,
 ) -> Any:
-    """Pick the model inputs from the columns: ``(x, y)``, ``x``, or the dict of all."""
+    """Pick the model inputs from the columns: ``(x, y)``, ``x``, or the dict of all.
+
+    Raises
+    ------
+    ConfigError
+        A column is missing, or a ``features=`` column is not numeric (strings, binary):
+        named with its type here rather than left to a shape error inside Keras.
+    """
 
     def pick(name: str) -> np.ndarray:
         if name not in columns:
@@ -192,9 +220,9 @@ def select_xy(
     if features is None:
         x: Any = {k: v for k, v in columns.items() if k != label}
     elif isinstance(features, str):
-        x = pick(features)
+        x = _numeric_feature(features, pick(features))
     else:
-        parts = [pick(f) for f in features]
+        parts = [_numeric_feature(f, pick(f)) for f in features]
         x = np.stack([p.astype(np.float32, copy=False) for p in parts], axis=1)
     return x if label is None else (x, pick(label))
 
