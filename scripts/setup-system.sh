@@ -18,3 +18,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# DebDesc-20 (`tfyarn data debdesc`, its tests) is built from bookworm main's English
+# package descriptions, which Debian container images do not fetch (Acquire::Languages).
+if ! compgen -G "/var/lib/apt/lists/*_dists_bookworm_main_i18n_Translation-en*" >/dev/null; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup-system: no English package descriptions; as root: apt-get update -o Acquire::Languages=en" >&2
+  else
+    echo "setup-system: fetching English package descriptions (for DebDesc-20)"
+    apt-get update -qq -o Acquire::Languages=en
+  fi
+fi

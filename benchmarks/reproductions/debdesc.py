@@ -1,21 +1,20 @@
-"""DebDesc-20: the 20-class text set that stands in for 20 Newsgroups (pure helpers).
+"""DebDesc-20 for ``tfyarn bench reproduce``: which copy of the data set it reads.
 
-``../shared/data/debdesc20.jsonl.gz`` (relative to the checkout) holds 49,944 English
-descriptions of Debian packages, labelled with their archive section. The split rule is
-fixed: a record is a test record when ``int(sha1(package).hexdigest(), 16) % 5 == 0``
-(9,998 of them).
+The data set and its rules live in :mod:`tfyarn.datasets.debdesc`. The file read is, in
+order: ``$TFYARN_DEBDESC`` when set; the published copy
+``../shared/data/debdesc20.jsonl.gz`` beside the checkout when it exists; otherwise the
+copy built from this machine's Debian package lists and cached under
+``~/.cache/tfyarn/data`` (built on first use, in seconds; ``tfyarn data debdesc``).
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from tfyarn.datasets import debdesc as dataset
+from tfyarn.datasets.apt import DEFAULT_LISTS
+from tfyarn.datasets.debdesc import TEST_RECORDS, Record, is_test, label_index, split_counts
 from tfyarn.errors import ConfigError
 
 __all__ = [
@@ -26,61 +25,47 @@ __all__ = [
     "is_test",
     "label_index",
     "read_records",
+    "shared_copy",
     "split_counts",
 ]
 
-#: Where the data set lives relative to the repository root.
-DEFAULT_PATH = Path("..") / "shared" / "data" / "debdesc20.jsonl.gz"
-#: Test records the split rule selects in the published file.
-TEST_RECORDS = 9_998
+#: Where the published copy lives relative to the repository root.
+DEFAULT_PATH = Path("..") / "shared" / "data" / dataset.FILE_NAME
+#: The package lists a missing copy is built from (a module attribute so tests can swap it).
+LISTS = DEFAULT_LISTS
 
 
-@dataclass(frozen=True)
-class Record:
-    """One description: package name, section label, text, and whether it is a test record."""
-
-    package: str
-    label: str
-    text: str
-    test: bool
-
-
-def is_test(package: str) -> bool:
-    """The DebDesc-20 split rule: ``int(sha1(package).hexdigest(), 16) % 5 == 0``."""
-    return int(hashlib.sha1(package.encode("utf-8")).hexdigest(), 16) % 5 == 0
-
-
-def label_index(labels: Iterable[str]) -> dict[str, int]:
-    """Label -> class index, in sorted label order (stable across runs)."""
-    return {name: i for i, name in enumerate(sorted(set(labels)))}
-
-
-def default_path() -> Path:
-    """The data file: ``$TFYARN_DEBDESC`` if set, else ``../shared/data`` of the checkout."""
-    env = os.environ.get("TFYARN_DEBDESC")
-    if env:
-        return Path(env)
+def shared_copy() -> Path:
+    """The published copy's path (``../shared/data`` of the checkout), present or not."""
     root = Path(__file__).resolve().parents[2]
     return (root / DEFAULT_PATH).resolve()
 
 
-def _parse(lines: Iterable[str], source: str) -> Iterator[Record]:
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            package, label, text = obj["package"], obj["label"], obj["text"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(
-                f"{source}:{number}: not a DebDesc-20 record ({exc}); each line must be a "
-                'JSON object with "package", "label" and "text"'
-            ) from None
-        yield Record(str(package), str(label), str(text), is_test(str(package)))
+def default_path() -> Path:
+    """The data file: ``$TFYARN_DEBDESC``, else the published copy, else a cached build.
+
+    Raises
+    ------
+    ConfigError
+        No published copy and the package lists cannot build one (the message says why).
+    """
+    env = os.environ.get("TFYARN_DEBDESC")
+    if env:
+        return Path(env)
+    shared = shared_copy()
+    if shared.is_file():
+        return shared
+    try:
+        return dataset.cached_build(LISTS)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"DebDesc-20: no published copy at {shared}, and building it failed: {exc}; "
+            "or set TFYARN_DEBDESC to a copy's path"
+        ) from None
 
 
 def read_records(path: str | os.PathLike[str] | None = None) -> list[Record]:
-    """Every record of the (gzipped or plain) JSON-lines file, with its split flag.
+    """Every record of the data file (see :func:`default_path`), with its split flag.
 
     Raises
     ------
@@ -90,15 +75,7 @@ def read_records(path: str | os.PathLike[str] | None = None) -> list[Record]:
     p = Path(path) if path is not None else default_path()
     if not p.is_file():
         raise ConfigError(
-            f"DebDesc-20 not found at {p}: put debdesc20.jsonl.gz under ../shared/data/ "
-            "next to the checkout, or set TFYARN_DEBDESC to its path"
+            f"DebDesc-20 not found at {p}: build it with `tfyarn data debdesc --out {p}`, "
+            "or set TFYARN_DEBDESC to a copy's path"
         )
-    opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", encoding="utf-8") as f:
-        return list(_parse(f, str(p)))
-
-
-def split_counts(records: Sequence[Record]) -> tuple[int, int]:
-    """``(train, test)`` record counts."""
-    test = sum(r.test for r in records)
-    return len(records) - test, test
+    return dataset.read_records(p)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from tfyarn.errors import TFYarnError
 
 #: Modules of :mod:`tfyarn.cli` that provide subcommands, in help order.
-SUBCOMMANDS: tuple[str, ...] = ("submit", "doctor", "bench", "yarn_dev", "logs", "service")
+SUBCOMMANDS: tuple[str, ...] = ("submit", "doctor", "bench", "yarn_dev", "logs", "service", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:
