@@ -132,7 +132,7 @@ def test_backend_across_namespaces(namespaces: tuple[str, str, str], scheme: str
 
 
 @pytest.mark.parametrize(
-    ("scheme", "option"), [("tcp", "keepalive=1,1,2"), ("grpc", "keepalive_s=1")]
+    ("scheme", "option"), [("tcp", "keepalive=1,1,2"), ("grpc", "keepalive=1,1,1")]
 )
 def test_keepalive_detects_a_vanished_host(
     namespaces: tuple[str, str, str], scheme: str, option: str

@@ -79,8 +79,10 @@ from tfyarn import transport
 from tfyarn.transport.select import choose_transport
 sel = choose_transport("auto", peer_hosts=["127.0.0.1"] * 3, local_host="127.0.0.1")
 secret = b"k" * 32
-with transport.listen(f"{sel.scheme}://127.0.0.1:0", secret=secret, **sel.options) as lis:
-    c = transport.connect(lis.address, secret=secret, **sel.options)
+opts = sel.transport_options(transport.TransportOptions(op_timeout=60.0))
+assert opts.op_timeout == 60.0 and dict(opts.ucx_env) == dict(sel.options)
+with transport.listen(f"{sel.scheme}://127.0.0.1:0", secret=secret, options=opts) as lis:
+    c = transport.connect(lis.address, secret=secret, options=opts)
     s = lis.accept(timeout=30)
     c.send(b"ping")
     assert bytes(s.recv()) == b"ping"
@@ -128,3 +130,16 @@ def test_devices_without_an_active_port_are_not_rdma() -> None:
         choose_transport("rdma", **TWO_HOSTS, rdma_devices=[down], have_ucx=True)
     sel = choose_transport("auto", **TWO_HOSTS, rdma_devices=[down, up], have_ucx=True)
     assert sel.transport == "ucx/rdma" and "mlx5_2" in sel.reason
+
+
+def test_selection_folds_its_ucx_settings_into_the_job_options() -> None:
+    from tfyarn.transport import TransportOptions
+
+    sel = choose_transport("shm", **ONE_HOST, rdma_devices=[], have_ucx=True)
+    assert sel.transport_options().ucx_env == {"UCX_TLS": SHM_UCX_TLS}
+    job = TransportOptions(op_timeout=5.0, ucx_env={"UCX_TLS": "posix,self"})
+    merged = sel.transport_options(job)
+    assert merged.op_timeout == 5.0
+    assert merged.ucx_env == {"UCX_TLS": "posix,self"}  # the job's explicit setting wins
+    tcp = choose_transport("tcp", **ONE_HOST, rdma_devices=[], have_ucx=True)
+    assert tcp.transport_options(job) is job

@@ -33,10 +33,11 @@ import hashlib
 import hmac
 import secrets
 import socket
+from collections.abc import Iterator
 from typing import Protocol
 
-from tfyarn.errors import AuthenticationError, ConfigError
-from tfyarn.transport.base import Buffer
+from tfyarn.errors import AuthenticationError, ConfigError, TransportError
+from tfyarn.transport.base import Buffer, recv_exactly
 
 __all__ = [
     "MIN_SECRET_BYTES",
@@ -113,55 +114,50 @@ def _mac(key: bytes, label: bytes, first: bytes, second: bytes) -> bytes:
     return hmac.new(key, label + first + second, hashlib.sha256).digest()
 
 
-def _recv_exact(sock: SocketLike, nbytes: int, what: str) -> bytes:
+def _recv(sock: SocketLike, nbytes: int, what: str) -> bytes:
     """Read exactly ``nbytes``; a peer that closes early fails the handshake."""
     buf = bytearray(nbytes)
-    view = memoryview(buf)
-    got = 0
-    while got < nbytes:
-        n = sock.recv_into(view[got:], nbytes - got)
-        if not n:
-            raise AuthenticationError(
-                f"peer closed the connection during the handshake (while reading the {what}); "
-                "it probably refused our secret or is not a tfyarn endpoint"
-            )
-        got += n
+    try:
+        recv_exactly(sock, buf, what=what)
+    except TransportError:
+        raise AuthenticationError(
+            f"peer closed the connection during the handshake (while reading the {what}); "
+            "it probably refused our secret or is not a tfyarn endpoint"
+        ) from None
     return bytes(buf)
 
 
-class _Timeout:
-    """Apply ``timeout`` to the socket for the duration of the handshake, then restore."""
+@contextlib.contextmanager
+def _handshaking(sock: SocketLike, timeout: float | None) -> Iterator[None]:
+    """Run the handshake under ``timeout`` (restored afterwards); socket errors fail it.
 
-    def __init__(self, sock: SocketLike, timeout: float | None) -> None:
-        self._sock = sock
-        self._timeout = timeout
-        self._previous: float | None = None
-        self._applies = hasattr(sock, "settimeout") and hasattr(sock, "gettimeout")
-
-    def __enter__(self) -> None:
-        if self._applies:
-            self._previous = self._sock.gettimeout()  # type: ignore[attr-defined]
-            self._sock.settimeout(self._timeout)  # type: ignore[attr-defined]
-
-    def __exit__(self, *exc: object) -> None:
-        if self._applies:
+    The timeout applies when ``sock`` has ``settimeout``/``gettimeout``.
+    """
+    applies = hasattr(sock, "settimeout") and hasattr(sock, "gettimeout")
+    previous = sock.gettimeout() if applies else None  # type: ignore[attr-defined]
+    if applies:
+        sock.settimeout(timeout)  # type: ignore[attr-defined]
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, TimeoutError | socket.timeout):
+            raise AuthenticationError(
+                f"peer did not complete the authentication handshake within {timeout} s"
+            ) from exc
+        raise AuthenticationError(
+            f"connection failed during the authentication handshake: {exc}"
+        ) from exc
+    finally:
+        if applies:
             # An already closed socket has nothing to restore.
             with contextlib.suppress(OSError):
-                self._sock.settimeout(self._previous)  # type: ignore[attr-defined]
+                sock.settimeout(previous)  # type: ignore[attr-defined]
 
 
 def _refuse(sock: SocketLike) -> None:
     """Tell the client it was refused; a client already gone changes nothing."""
     with contextlib.suppress(OSError):
         sock.sendall(_REFUSE)
-
-
-def _io_failure(exc: OSError, timeout: float | None) -> AuthenticationError:
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return AuthenticationError(
-            f"peer did not complete the authentication handshake within {timeout} s"
-        )
-    return AuthenticationError(f"connection failed during the authentication handshake: {exc}")
 
 
 def server_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None = 10.0) -> None:
@@ -186,40 +182,30 @@ def server_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None 
     """
     key = check_secret(secret)
     server_nonce = secrets.token_bytes(NONCE_BYTES)
-    with _Timeout(sock, timeout):
-        try:
-            sock.sendall(MAGIC + server_nonce)
-            reply = _recv_exact(sock, len(MAGIC) + NONCE_BYTES + MAC_BYTES, "client proof")
-            magic = reply[: len(MAGIC)]
-            client_nonce = reply[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
-            proof = reply[len(MAGIC) + NONCE_BYTES :]
-            if magic != MAGIC:
-                _refuse(sock)
-                raise AuthenticationError(
-                    f"peer is not a tfyarn endpoint (handshake magic {magic!r}, expected {MAGIC!r})"
-                )
-            expected = _mac(key, _CLIENT_LABEL, server_nonce, client_nonce)
-            if not hmac.compare_digest(proof, expected):
-                _refuse(sock)
-                raise AuthenticationError(
-                    "peer failed the HMAC challenge: it does not hold this job's secret"
-                )
-            sock.sendall(_ACCEPT + _mac(key, _SERVER_LABEL, client_nonce, server_nonce))
-        except OSError as exc:
-            raise _io_failure(exc, timeout) from exc
+    with _handshaking(sock, timeout):
+        sock.sendall(MAGIC + server_nonce)
+        reply = _recv(sock, len(MAGIC) + NONCE_BYTES + MAC_BYTES, "client proof")
+        magic = reply[: len(MAGIC)]
+        client_nonce = reply[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
+        proof = reply[len(MAGIC) + NONCE_BYTES :]
+        if magic != MAGIC:
+            _refuse(sock)
+            raise AuthenticationError(
+                f"peer is not a tfyarn endpoint (handshake magic {magic!r}, expected {MAGIC!r})"
+            )
+        expected = _mac(key, _CLIENT_LABEL, server_nonce, client_nonce)
+        if not hmac.compare_digest(proof, expected):
+            _refuse(sock)
+            raise AuthenticationError(
+                "peer failed the HMAC challenge: it does not hold this job's secret"
+            )
+        sock.sendall(_ACCEPT + _mac(key, _SERVER_LABEL, client_nonce, server_nonce))
 
 
 def client_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None = 10.0) -> None:
     """Prove we hold the job secret to the server, and check that the server holds it too.
 
-    Parameters
-    ----------
-    sock : socket-like
-        A connected object with ``sendall`` and ``recv_into``.
-    secret : bytes-like
-        The job secret (at least :data:`MIN_SECRET_BYTES` bytes).
-    timeout : float or None
-        Seconds the whole handshake may take, when ``sock`` supports timeouts.
+    The parameters are those of :func:`server_handshake`, on the connecting side.
 
     Raises
     ------
@@ -230,29 +216,24 @@ def client_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None 
         ``secret`` is not bytes or too short.
     """
     key = check_secret(secret)
-    with _Timeout(sock, timeout):
-        try:
-            hello = _recv_exact(sock, len(MAGIC) + NONCE_BYTES, "server challenge")
-            if hello[: len(MAGIC)] != MAGIC:
-                raise AuthenticationError(
-                    f"server is not a tfyarn endpoint (handshake magic {hello[: len(MAGIC)]!r}, "
-                    f"expected {MAGIC!r})"
-                )
-            server_nonce = hello[len(MAGIC) :]
-            client_nonce = secrets.token_bytes(NONCE_BYTES)
-            sock.sendall(
-                MAGIC + client_nonce + _mac(key, _CLIENT_LABEL, server_nonce, client_nonce)
+    with _handshaking(sock, timeout):
+        hello = _recv(sock, len(MAGIC) + NONCE_BYTES, "server challenge")
+        if hello[: len(MAGIC)] != MAGIC:
+            raise AuthenticationError(
+                f"server is not a tfyarn endpoint (handshake magic {hello[: len(MAGIC)]!r}, "
+                f"expected {MAGIC!r})"
             )
-            status = _recv_exact(sock, 1, "server verdict")
-            if status != _ACCEPT:
-                raise AuthenticationError(
-                    "server refused the connection: our job secret does not match its secret"
-                )
-            proof = _recv_exact(sock, MAC_BYTES, "server proof")
-            expected = _mac(key, _SERVER_LABEL, client_nonce, server_nonce)
-            if not hmac.compare_digest(proof, expected):
-                raise AuthenticationError(
-                    "server failed the HMAC challenge: it does not hold this job's secret"
-                )
-        except OSError as exc:
-            raise _io_failure(exc, timeout) from exc
+        server_nonce = hello[len(MAGIC) :]
+        client_nonce = secrets.token_bytes(NONCE_BYTES)
+        sock.sendall(MAGIC + client_nonce + _mac(key, _CLIENT_LABEL, server_nonce, client_nonce))
+        status = _recv(sock, 1, "server verdict")
+        if status != _ACCEPT:
+            raise AuthenticationError(
+                "server refused the connection: our job secret does not match its secret"
+            )
+        proof = _recv(sock, MAC_BYTES, "server proof")
+        expected = _mac(key, _SERVER_LABEL, client_nonce, server_nonce)
+        if not hmac.compare_digest(proof, expected):
+            raise AuthenticationError(
+                "server failed the HMAC challenge: it does not hold this job's secret"
+            )

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import abc
 import sys
+from typing import Protocol, Self
 
 # collections.abc.Buffer is Python >= 3.12; typing_extensions provides the same ABC before.
 if sys.version_info >= (3, 12):
@@ -42,10 +43,26 @@ if sys.version_info >= (3, 12):
 else:
     from typing_extensions import Buffer
 
-__all__ = ["Buffer", "Comm", "Listener"]
+from tfyarn.errors import FrameError, TransportError
+
+__all__ = ["Buffer", "Comm", "Listener", "Readable", "recv_exactly"]
 
 
-class Comm(abc.ABC):
+class Closing(abc.ABC):
+    """Something to close, also usable as a context manager that closes it on exit."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what this object holds; idempotent."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Comm(Closing):
     """One authenticated, ordered, bidirectional connection to a peer."""
 
     #: Name of the transport actually carrying the bytes, e.g. ``"tcp"``, ``"ucx/posix"``.
@@ -80,14 +97,8 @@ class Comm(abc.ABC):
     def close(self) -> None:
         """Close the connection; idempotent."""
 
-    def __enter__(self) -> Comm:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class Listener(abc.ABC):
+class Listener(Closing):
     """A bound endpoint that accepts :class:`Comm` connections and exposes memory regions."""
 
     #: The URL peers pass to ``connect``, e.g. ``"tcp://127.0.0.1:40123"``.
@@ -107,8 +118,54 @@ class Listener(abc.ABC):
     def close(self) -> None:
         """Stop accepting, close every accepted comm, release the port; idempotent."""
 
-    def __enter__(self) -> Listener:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+class Readable(Protocol):
+    """A connected byte stream, as far as reading goes (a socket, or one adapted)."""
+
+    def recv_into(self, buffer: Buffer, nbytes: int = 0, /) -> int: ...
+
+
+def recv_exactly(
+    source: Readable | Comm, buf: Buffer, *, what: str = "message", peer: str | None = None
+) -> int:
+    """Fill ``buf`` with exactly ``len(buf)`` bytes from ``source``; return that length.
+
+    The one exact-read of the transports. From a byte stream (``Readable``) it reads
+    until ``buf`` is full; from a :class:`Comm` (whose ``recv_into`` delivers whole
+    messages) the next message must be exactly as long as ``buf``.
+
+    Parameters
+    ----------
+    source : Readable or Comm
+        Where the bytes come from.
+    buf : bytes-like, writable
+        Filled in place.
+    what : str
+        What is being read, for the error message (e.g. ``"client proof"``).
+    peer : str, optional
+        Name of the peer in errors from a Comm; its ``peer_address`` when None.
+
+    Raises
+    ------
+    TransportError
+        A byte stream ended before ``buf`` was full ("peer closed the connection").
+    FrameError
+        A Comm's message was shorter than ``buf``.
+    """
+    view = memoryview(buf).cast("B")
+    total = view.nbytes
+    if isinstance(source, Comm):
+        got = source.recv_into(view)
+        if got != total:
+            who = source.peer_address if peer is None else peer
+            raise FrameError(f"{who} sent {got} bytes where {total} were expected ({what})")
+        return total
+    got = 0
+    while got < total:
+        n = source.recv_into(view[got:] if got else view, total - got)
+        if not n:
+            raise TransportError(
+                f"peer closed the connection ({got} of {total} bytes of the {what} received)"
+            )
+        got += n
+    return total

@@ -14,16 +14,18 @@ Stock gRPC unary calls copy a message several times on each side; here the sende
 makes one copy per chunk (gRPC needs ``bytes``) and the receiver copies each chunk once,
 straight into the caller's buffer.
 
-TLS: pass ``tls_cert_chain`` and ``tls_private_key`` (PEM bytes, or file paths) to
-``listen`` and ``tls_root_certs`` to ``connect``; the HMAC handshake still runs inside
-TLS (TLS proves the server's identity, the HMAC proves membership of the job).
+Every stream starts with the preamble of :mod:`tfyarn.transport.preamble`, naming the
+channel of its method (``data`` or ``rma``).
+
+TLS: ``TransportOptions.tls_cert_chain`` and ``tls_private_key`` (PEM bytes, or file
+paths) for listeners, ``tls_root_certs`` for connections; the HMAC handshake still runs
+inside TLS (TLS proves the server's identity, the HMAC proves membership of the job).
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -32,10 +34,12 @@ from typing import Any
 
 import grpc
 
-from tfyarn.errors import AuthenticationError, ConfigError, FrameError, TransportError
-from tfyarn.transport import auth, frames
+from tfyarn.errors import ConfigError, TransportError
+from tfyarn.transport import preamble
+from tfyarn.transport.acceptor import peer_errors
 from tfyarn.transport.base import Buffer
-from tfyarn.transport.frames import Limits
+from tfyarn.transport.options import DEFAULT_CHUNK_BYTES, Keepalive, TransportOptions
+from tfyarn.transport.registry import Backend
 from tfyarn.transport.streams import (
     StreamComm,
     StreamListener,
@@ -44,7 +48,7 @@ from tfyarn.transport.streams import (
     serve_rma,
 )
 
-__all__ = ["GrpcByteStream", "GrpcListener", "connect", "listen"]
+__all__ = ["BACKEND", "GrpcBackend", "GrpcByteStream", "GrpcListener", "connect", "listen"]
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +56,21 @@ SERVICE = "tfyarn.transport.Transport"
 _DATA_METHOD = f"/{SERVICE}/Data"
 _RMA_METHOD = f"/{SERVICE}/Rma"
 #: Default size of the gRPC messages a large frame is cut into.
-DEFAULT_CHUNK = 4 << 20
+DEFAULT_CHUNK = DEFAULT_CHUNK_BYTES
 #: Messages a sender may have queued ahead of gRPC before it blocks (back-pressure).
 _SEND_DEPTH = 4
 #: Seconds close() waits for queued messages to be handed to gRPC.
 _FLUSH_TIMEOUT = 5.0
 _EOF = object()
-#: Lift gRPC's 4 MiB receive limit (chunks may be configured larger).
-#: Clients ping idle connections (see ``keepalive_s``); the server must accept those
-#: pings, even without calls in flight, instead of closing with "too many pings".
+#: Clients ping idle connections (``TransportOptions.keepalive``); the server must accept
+#: those pings, even without calls in flight, instead of closing with "too many pings".
 _SERVER_PING_POLICY: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
     ("grpc.http2.min_ping_interval_without_data_ms", 1000),
     ("grpc.http2.max_ping_strikes", 0),
 ]
-#: Default interval of client keepalive pings; a vanished server is declared lost after
-#: one more interval without an answer.
-DEFAULT_KEEPALIVE_S = 30.0
+#: Lift gRPC's 4 MiB receive limit (chunks may be configured larger).
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
@@ -233,17 +234,6 @@ class GrpcByteStream:
             self._on_close()
 
 
-def _read_pem(value: bytes | str | os.PathLike[str] | None, what: str) -> bytes | None:
-    """PEM bytes as given, or read from a file path."""
-    if value is None or isinstance(value, bytes):
-        return value
-    try:
-        with open(value, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} from {value!r}: {exc}") from exc
-
-
 def _target(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -259,44 +249,46 @@ def _peer_url(context: grpc.ServicerContext) -> str:
     return peer
 
 
+def _keepalive_options(keepalive: Keepalive | None) -> list[tuple[str, Any]]:
+    """gRPC channel/server options for HTTP/2 pings after ``idle_s`` of silence.
+
+    A ping unanswered for ``interval_s * probes`` seconds ends the connection, so that a
+    receiver blocked on a vanished host gets a TransportError.
+    """
+    if keepalive is None:
+        return []
+    return [
+        ("grpc.keepalive_time_ms", keepalive.idle_s * 1000),
+        ("grpc.keepalive_timeout_ms", keepalive.timeout_s * 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 class GrpcListener(StreamListener):
     """A gRPC server with the generic Data/Rma stream handlers; built by :func:`listen`."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        secret: bytes,
-        limits: Limits,
-        handshake_timeout: float,
-        max_streams: int,
-        chunk_bytes: int,
-        reuse_port: bool,
-        tls_cert_chain: bytes | None,
-        tls_private_key: bytes | None,
-    ) -> None:
-        if (tls_cert_chain is None) != (tls_private_key is None):
-            raise ConfigError("TLS needs both tls_cert_chain and tls_private_key")
+    def __init__(self, host: str, port: int, *, secret: bytes, options: TransportOptions) -> None:
         self._secret = secret
-        self._limits = limits
-        self._handshake_timeout = handshake_timeout
-        self._chunk = chunk_bytes
-        self._tls = tls_cert_chain is not None
-        self.transport = "grpc+tls" if self._tls else "grpc"
+        self.options = options
+        cert, key = options.read_pem("tls_cert_chain"), options.read_pem("tls_private_key")
+        self.transport = "grpc+tls" if cert is not None else "grpc"
         self._lock = threading.Lock()
         self._streams: set[GrpcByteStream] = set()
         self._threads: set[threading.Thread] = set()
         self._closed = False
-        self._pool = ThreadPoolExecutor(max_workers=max_streams, thread_name_prefix="tfyarn-grpc")
+        self._pool = ThreadPoolExecutor(
+            max_workers=options.max_streams, thread_name_prefix="tfyarn-grpc"
+        )
         self._server = grpc.server(
             self._pool,
             options=[
                 *_CHANNEL_OPTIONS,
                 *_SERVER_PING_POLICY,
-                ("grpc.so_reuseport", int(reuse_port)),
+                *_keepalive_options(options.keepalive),
+                ("grpc.so_reuseport", int(options.reuse_port)),
             ],
-            maximum_concurrent_rpcs=max_streams,
+            maximum_concurrent_rpcs=options.max_streams,
         )
         handlers = {
             "Data": grpc.stream_stream_rpc_method_handler(self._on_data),
@@ -305,39 +297,42 @@ class GrpcListener(StreamListener):
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
         )
+        self.address = format_address("grpc", host, self._bind(host, port, cert, key))
+        self._init_stream_listener()
+        self._server.start()
+
+    def _bind(self, host: str, port: int, cert: bytes | None, key: bytes | None) -> int:
+        """Add the listening port (TLS when a certificate is given); return it."""
         bind = _target(host, port)
+        error: RuntimeError | None = None
         try:
-            if self._tls:
-                creds = grpc.ssl_server_credentials([(tls_private_key, tls_cert_chain)])
+            if cert is not None and key is not None:
+                creds = grpc.ssl_server_credentials([(key, cert)])
                 bound = self._server.add_secure_port(bind, creds)
             else:
                 bound = self._server.add_insecure_port(bind)
         except RuntimeError as exc:
             bound, error = 0, exc
-        else:
-            error = None
         if not bound:
             self._server.stop(None)
             self._pool.shutdown(wait=False)
             raise TransportError(f"cannot listen on grpc://{bind}: {error or 'bind failed'}")
-        self.address = format_address("grpc", host, bound)
-        self._init_stream_listener()
-        self._server.start()
+        return bound
 
     # -- gRPC handlers (run on the server's pool) -------------------------------------
     def _open(
-        self, request_iterator: Iterator[bytes], context: grpc.ServicerContext, channel: str
+        self, request_iterator: Iterator[bytes], context: grpc.ServicerContext, method: bytes
     ) -> Iterator[bytes]:
-        stream = GrpcByteStream(self._chunk)
+        stream = GrpcByteStream(self.options.chunk_bytes)
         stream.start(request_iterator)
         # A client that cancels (or a server stop) ends the RPC: close our side too, so
         # that the outgoing() generator and any reader wake up.
         context.add_callback(stream.rpc_ended)
         t = threading.Thread(
             target=self._admit,
-            args=(stream, _peer_url(context), channel),
+            args=(stream, _peer_url(context), method),
             daemon=True,
-            name=f"tfyarn-grpc-{channel}",
+            name=f"tfyarn-grpc-{method.decode()}",
         )
         with self._lock:
             if self._closed:
@@ -353,32 +348,36 @@ class GrpcListener(StreamListener):
     def _on_data(
         self, request_iterator: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        return self._open(request_iterator, context, "data")
+        return self._open(request_iterator, context, preamble.DATA)
 
     def _on_rma(
         self, request_iterator: Iterator[bytes], context: grpc.ServicerContext
     ) -> Iterator[bytes]:
-        return self._open(request_iterator, context, "rma")
+        return self._open(request_iterator, context, preamble.RMA)
 
-    def _admit(self, stream: GrpcByteStream, peer: str, channel: str) -> None:
-        """Authenticate one stream, then hand it to accept() or serve its RMA requests."""
+    def _admit(self, stream: GrpcByteStream, peer: str, method: bytes) -> None:
+        """Run the preamble on one stream, then hand it to accept() or serve its RMA requests.
+
+        The channel named in the preamble must be the one of the gRPC method called.
+        """
         handed_over = False
         try:
-            auth.server_handshake(stream, self._secret, timeout=self._handshake_timeout)
-            stream.settimeout(None)
-            if channel == "data":
-                comm = StreamComm(
-                    stream, transport=self.transport, peer_address=peer, limits=self._limits
-                )
-                self._accepted.put(comm)
-                handed_over = True
-            else:
-                serve_rma(stream, self._regions, self._limits, lambda: self._closed)
-        except AuthenticationError as exc:
-            log.warning("refused connection from %s: %s", peer, exc)
-        except (FrameError, TransportError, OSError) as exc:
-            if not self._closed:
-                log.warning("dropped connection from %s: %s", peer, exc)
+            with peer_errors(log, peer, lambda: self._closed):
+                o = self.options
+                preamble.accept_channel(stream, self._secret, o.handshake_timeout, (method,))
+                if method == preamble.DATA:
+                    comm = StreamComm(
+                        stream,
+                        transport=self.transport,
+                        peer_address=peer,
+                        limits=o.limits,
+                        op_timeout=o.op_timeout,
+                    )
+                    self._accepted.put(comm)
+                    handed_over = True
+                else:
+                    stream.settimeout(None)  # requests come whenever the peer has some
+                    serve_rma(stream, self._regions, o.limits, lambda: self._closed)
         finally:
             if not handed_over:
                 stream.close()
@@ -406,69 +405,15 @@ class GrpcListener(StreamListener):
         self._regions.clear()
 
 
-def listen(
-    address: str,
-    *,
-    secret: Buffer,
-    limits: Limits | None = None,
-    handshake_timeout: float = 10.0,
-    max_streams: int = 128,
-    chunk_bytes: int = DEFAULT_CHUNK,
-    reuse_port: bool = False,
-    tls_cert_chain: bytes | str | None = None,
-    tls_private_key: bytes | str | None = None,
-) -> GrpcListener:
-    """Serve grpc peers at ``address`` (``grpc://host:port``, port 0 for any).
-
-    Parameters
-    ----------
-    address : str
-        Where to bind; the listener's ``address`` has the real port.
-    secret : bytes-like
-        The job secret every peer must prove it holds.
-    limits : Limits, optional
-        Bounds on received frames.
-    handshake_timeout : float
-        Seconds a new stream has to authenticate.
-    max_streams : int
-        Concurrent streams served (each comm uses one, plus one once it uses put/get);
-        gRPC refuses more with RESOURCE_EXHAUSTED.
-    chunk_bytes : int
-        Size of the gRPC messages large frames are cut into.
-    reuse_port : bool
-        Bind with ``SO_REUSEPORT`` (to take over a port reserved by the node layer).
-    tls_cert_chain, tls_private_key : bytes or str, optional
-        PEM certificate chain and key (or paths to them): serve over TLS.
-    """
-    from tfyarn.transport import parse_address
-
-    scheme, host, port = parse_address(address)
-    if scheme != "grpc":
-        raise ConfigError(f"grpc.listen needs a grpc:// address, got {address!r}")
-    return GrpcListener(
-        host,
-        port,
-        secret=auth.check_secret(secret),
-        limits=limits or frames.DEFAULT_LIMITS,
-        handshake_timeout=handshake_timeout,
-        max_streams=max_streams,
-        chunk_bytes=chunk_bytes,
-        reuse_port=reuse_port,
-        tls_cert_chain=_read_pem(tls_cert_chain, "tls_cert_chain"),
-        tls_private_key=_read_pem(tls_private_key, "tls_private_key"),
-    )
-
-
 def _open_stream(
     channel: grpc.Channel,
     method: str,
     secret: bytes,
-    timeout: float,
-    chunk_bytes: int,
+    options: TransportOptions,
     on_close: Callable[[], Any] | None,
 ) -> GrpcByteStream:
-    """Start one bidirectional stream and authenticate on it."""
-    stream = GrpcByteStream(chunk_bytes)
+    """Start one bidirectional stream and run the preamble on it."""
+    stream = GrpcByteStream(options.chunk_bytes)
     multi = channel.stream_stream(method, request_serializer=None, response_deserializer=None)
     call = multi(stream.outgoing())
 
@@ -479,8 +424,9 @@ def _open_stream(
 
     stream.start(call, on_close=finish)
     call.add_done_callback(stream.rpc_ended)
+    name = preamble.DATA if method == _DATA_METHOD else preamble.RMA
     try:
-        auth.client_handshake(stream, secret, timeout=timeout)
+        preamble.open_channel(stream, secret, name, options.connect_timeout)
     except BaseException:
         stream.close()
         raise
@@ -488,92 +434,60 @@ def _open_stream(
     return stream
 
 
-def connect(
-    address: str,
-    *,
-    secret: Buffer,
-    timeout: float = 30.0,
-    limits: Limits | None = None,
-    chunk_bytes: int = DEFAULT_CHUNK,
-    tls_root_certs: bytes | str | None = None,
-    tls_server_name: str | None = None,
-    keepalive_s: float | None = DEFAULT_KEEPALIVE_S,
-) -> StreamComm:
-    """Connect to a grpc listener, authenticate, and return the data comm.
+def _channel(host: str, port: int, options: TransportOptions) -> grpc.Channel:
+    """A gRPC channel to ``host:port``: TLS when root certificates are given."""
+    roots = options.read_pem("tls_root_certs")
+    channel_options = [*_CHANNEL_OPTIONS, *_keepalive_options(options.keepalive)]
+    if roots is None:
+        return grpc.insecure_channel(_target(host, port), options=channel_options)
+    if options.tls_server_name:
+        channel_options.append(("grpc.ssl_target_name_override", options.tls_server_name))
+    creds = grpc.ssl_channel_credentials(root_certificates=roots)
+    return grpc.secure_channel(_target(host, port), creds, options=channel_options)
 
-    Parameters
-    ----------
-    address : str
-        ``grpc://host:port`` of the listener.
-    secret : bytes-like
-        The job secret.
-    timeout : float
-        Seconds for the connection and the handshake.
-    limits : Limits, optional
-        Bounds on received frames.
-    chunk_bytes : int
-        Size of the gRPC messages large frames are cut into.
-    tls_root_certs : bytes or str, optional
-        PEM root certificate(s) (or a path) that signed the server's certificate:
-        connect over TLS.
-    tls_server_name : str, optional
-        Name to check the server certificate against, if not the address's host.
-    keepalive_s : float or None
-        Ping the server after this many idle seconds and declare it lost when a ping is
-        not answered within as many seconds (>= 1), so that a receiver blocked on a
-        vanished host gets a TransportError; None turns pings off.
 
-    Raises
-    ------
-    TransportError
-        The listener cannot be reached within ``timeout``.
-    AuthenticationError
-        The listener refused our secret or does not hold it.
+class GrpcBackend(Backend):
+    """The grpc backend: :class:`GrpcListener`, and StreamComms over gRPC streams.
+
+    Options (:class:`~tfyarn.transport.options.TransportOptions`): ``connect_timeout``,
+    ``handshake_timeout``, ``op_timeout``, ``keepalive`` (HTTP/2 pings, both sides),
+    ``reuse_port``, ``limits``, ``chunk_bytes``, ``max_streams`` (gRPC refuses more
+    streams with RESOURCE_EXHAUSTED; each comm uses one, plus one once it uses put/get)
+    and the ``tls_*`` fields.
     """
-    from tfyarn.transport import parse_address
 
-    scheme, host, port = parse_address(address)
-    if scheme != "grpc":
-        raise ConfigError(f"grpc.connect needs a grpc:// address, got {address!r}")
-    key = auth.check_secret(secret)
-    roots = _read_pem(tls_root_certs, "tls_root_certs")
-    target = _target(host, port)
-    options = list(_CHANNEL_OPTIONS)
-    if keepalive_s is not None:
-        if keepalive_s < 1:
-            raise ConfigError(f"keepalive_s must be >= 1 second or None, got {keepalive_s}")
-        ms = int(keepalive_s * 1000)
-        options += [
-            ("grpc.keepalive_time_ms", ms),
-            ("grpc.keepalive_timeout_ms", ms),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0),
-        ]
-    if roots is not None:
-        if tls_server_name:
-            options.append(("grpc.ssl_target_name_override", tls_server_name))
-        channel = grpc.secure_channel(
-            target, grpc.ssl_channel_credentials(root_certificates=roots), options=options
+    scheme = "grpc"
+    listener_type = GrpcListener
+
+    def dial(self, host: str, port: int, *, secret: bytes, options: TransportOptions) -> StreamComm:
+        """Connect, authenticate, open the data stream; put/get open their own on first use."""
+        channel = _channel(host, port, options)
+        address = format_address("grpc", host, port)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=options.connect_timeout)
+        except grpc.FutureTimeoutError:
+            channel.close()
+            raise TransportError(
+                f"cannot connect to {address} within {options.connect_timeout} s (nothing "
+                "listening, a firewall, or a TLS mismatch between the two sides)"
+            ) from None
+        try:
+            data = _open_stream(channel, _DATA_METHOD, secret, options, channel.close)
+        except BaseException:
+            channel.close()
+            raise
+        return StreamComm(
+            data,
+            transport="grpc" if options.tls_root_certs is None else "grpc+tls",
+            peer_address=address,
+            limits=options.limits,
+            rma_dial=lambda: _open_stream(channel, _RMA_METHOD, secret, options, None),
+            op_timeout=options.op_timeout,
         )
-    else:
-        channel = grpc.insecure_channel(target, options=options)
-    try:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
-    except grpc.FutureTimeoutError:
-        channel.close()
-        raise TransportError(
-            f"cannot connect to {address} within {timeout} s (nothing listening, a firewall, "
-            "or a TLS mismatch between the two sides)"
-        ) from None
-    try:
-        data = _open_stream(channel, _DATA_METHOD, key, timeout, chunk_bytes, channel.close)
-    except BaseException:
-        channel.close()
-        raise
-    return StreamComm(
-        data,
-        transport="grpc+tls" if roots is not None else "grpc",
-        peer_address=format_address("grpc", host, port),
-        limits=limits or frames.DEFAULT_LIMITS,
-        rma_dial=lambda: _open_stream(channel, _RMA_METHOD, key, timeout, chunk_bytes, None),
-    )
+
+
+BACKEND = GrpcBackend()
+#: ``listen(address, *, secret, options=None, **changes)``: see :func:`tfyarn.transport.listen`.
+listen = BACKEND.listen
+#: ``connect(address, *, secret, timeout=None, options=None, **changes)``.
+connect = BACKEND.connect

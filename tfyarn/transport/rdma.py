@@ -20,12 +20,9 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from tfyarn.diagnosis import Check
 from tfyarn.errors import TransportUnavailableError
-
-if TYPE_CHECKING:  # doctor imports this module: import Check lazily to avoid a cycle
-    from tfyarn.doctor import Check
 
 __all__ = [
     "RdmaDevice",
@@ -265,11 +262,10 @@ def check_rdma() -> Iterator[Check]:
 
     Yields
     ------
-    tfyarn.doctor.Check
+    tfyarn.diagnosis.Check
         One for the RDMA devices, one for UCX.
     """
     from tfyarn import native
-    from tfyarn.doctor import Check
 
     try:
         devices = list_devices()

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tfyarn.errors import ConfigError, TransportUnavailableError
+from tfyarn.transport.options import DEFAULT_OPTIONS, TransportOptions
 
 __all__ = ["CHOICES", "SHM_UCX_TLS", "Selection", "choose_transport", "probe", "usable_devices"]
 
@@ -45,9 +46,10 @@ class Selection:
     reason : str
         What was picked and why, for logs and the job report.
     options : Mapping[str, str]
-        Options for :func:`tfyarn.transport.listen`/``connect``. For ucx they are UCX
-        library settings such as ``UCX_TLS``, which those functions put into the
-        environment before UCX starts (an explicit setting already there wins).
+        UCX library settings such as ``UCX_TLS`` (empty for tcp/grpc); see
+        :meth:`transport_options`, which folds them into the job's TransportOptions
+        (``listen``/``connect`` put them into the environment before UCX starts; an
+        explicit setting already there wins).
     transport : str
         What carries the bytes: ``"ucx/rdma"``, ``"ucx/shm"``, ``"ucx"``, ``"tcp"``,
         ``"grpc"``.
@@ -61,6 +63,15 @@ class Selection:
     def __post_init__(self) -> None:
         if not self.transport:
             object.__setattr__(self, "transport", self.scheme)
+
+    def transport_options(self, base: TransportOptions | None = None) -> TransportOptions:
+        """The options to listen and connect with: ``base`` plus this selection's UCX settings.
+
+        ``base`` is the job's :class:`~tfyarn.transport.options.TransportOptions` (the
+        defaults when None); a UCX setting the job gave explicitly in ``base.ucx_env``
+        wins over the selection's.
+        """
+        return (base or DEFAULT_OPTIONS).with_ucx_env(self.options)
 
 
 def _host_key(host: str) -> str:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from tfyarn.doctor import Check
+from tfyarn.diagnosis import Check
 
 __all__ = ["check_transports", "loopback_round_trip"]
 
@@ -58,7 +56,6 @@ def loopback_round_trip(scheme: str, nbytes: int = _SELFTEST_BYTES) -> float:
 
 def check_transports() -> Iterator[Check]:
     """Yield one check per Python backend's loopback self-test, then the auto selection."""
-    from tfyarn.doctor import Check
     from tfyarn.errors import TFYarnError
     from tfyarn.transport.select import choose_transport
 

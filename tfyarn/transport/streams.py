@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from tfyarn.errors import ConfigError, FrameError, TFYarnError, TransportError
 from tfyarn.transport import frames
-from tfyarn.transport.base import Buffer, Comm, Listener
+from tfyarn.transport.base import Buffer, Comm, Listener, recv_exactly
 from tfyarn.transport.frames import HEADER_SIZE, Kind, Limits, RmaDesc, TensorDesc
 from tfyarn.transport.memory import RegionTable, alloc_buffer, readable_bytes, writable_bytes
 
@@ -34,7 +34,6 @@ __all__ = [
     "drain",
     "format_address",
     "read_frame_header",
-    "recv_exact",
     "send_error",
     "sendmsg_all",
     "serve_rma",
@@ -82,27 +81,12 @@ def sendmsg_all(sock: ByteStream, parts: Sequence[memoryview | bytes]) -> None:
                 sent = 0
 
 
-def recv_exact(sock: ByteStream, view: memoryview) -> None:
-    """Fill ``view`` from the socket; EOF before the end is a TransportError."""
-    total = view.nbytes
-    got = sock.recv_into(view, total) if total else 0  # usually all there at once
-    if got == total:
-        return
-    if not got:
-        raise TransportError(f"peer closed the connection (0 of {total} bytes received)")
-    while got < total:
-        n = sock.recv_into(view[got:], total - got)
-        if not n:
-            raise TransportError(f"peer closed the connection ({got} of {total} bytes received)")
-        got += n
-
-
 def drain(sock: ByteStream, nbytes: int) -> None:
     """Read and discard ``nbytes`` so that the stream stays in step after a refused frame."""
     scratch = memoryview(bytearray(min(nbytes, _DRAIN_CHUNK)))
     while nbytes:
         step = min(nbytes, scratch.nbytes)
-        recv_exact(sock, scratch[:step])
+        recv_exactly(sock, scratch[:step])
         nbytes -= step
 
 
@@ -110,12 +94,12 @@ def read_frame_header(
     sock: ByteStream, hdr: memoryview, limits: Limits
 ) -> tuple[frames.Header, TensorDesc | RmaDesc | None]:
     """Read one header and its extension; FrameError if the peer's bytes are invalid."""
-    recv_exact(sock, hdr)
+    recv_exactly(sock, hdr, what="frame header")
     header = frames.parse_header(hdr, limits)
     if not header.ext_len:
         return header, None
     ext_buf = memoryview(bytearray(header.ext_len))
-    recv_exact(sock, ext_buf)
+    recv_exactly(sock, ext_buf, what="frame extension")
     return header, frames.parse_extension(header, ext_buf, limits)
 
 
@@ -134,7 +118,7 @@ class StreamComm(Comm):
     Parameters
     ----------
     sock : ByteStream
-        The data connection, after authentication (and HELLO, for tcp).
+        The data connection, after the preamble (:mod:`tfyarn.transport.preamble`).
     transport : str
         Name reported in :attr:`transport`.
     peer_address : str
@@ -143,6 +127,9 @@ class StreamComm(Comm):
         Bounds on received frames.
     rma_dial : callable, optional
         Opens the RMA connection on first put/get; None on the accepting side.
+    op_timeout : float or None
+        Seconds one send/recv/put/get may block; when it passes, the comm is closed
+        (the stream's position is then unknown). None: no limit.
     """
 
     def __init__(
@@ -153,8 +140,10 @@ class StreamComm(Comm):
         peer_address: str,
         limits: Limits,
         rma_dial: Callable[[], ByteStream] | None = None,
+        op_timeout: float | None = None,
     ) -> None:
-        sock.settimeout(None)
+        sock.settimeout(op_timeout)
+        self.op_timeout = op_timeout
         self._sock = sock
         self.transport = transport
         self.peer_address = peer_address
@@ -167,6 +156,11 @@ class StreamComm(Comm):
         self._hdr = memoryview(bytearray(HEADER_SIZE))
         self._rma_hdr = memoryview(bytearray(HEADER_SIZE))
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran (here, or because the stream broke)."""
+        return self._closed
 
     # -- data stream ---------------------------------------------------------------
     def send(self, data: Buffer) -> None:
@@ -221,7 +215,7 @@ class StreamComm(Comm):
             except FrameError as exc:
                 self._refuse(header.length, str(exc))
             try:
-                recv_exact(
+                recv_exactly(
                     self._sock, dest[: header.length] if header.length != dest.nbytes else dest
                 )
             except (OSError, TransportError) as exc:
@@ -239,7 +233,7 @@ class StreamComm(Comm):
                     f"({self._limits.max_alloc}); receive it with recv_into",
                 )
             view = memoryview(alloc_buffer(header.length)).cast("B")[: header.length]
-            self._io(lambda: recv_exact(self._sock, view))
+            self._io(lambda: recv_exactly(self._sock, view))
             return view
 
     # -- one-sided -----------------------------------------------------------------
@@ -252,7 +246,9 @@ class StreamComm(Comm):
         if self._closed:
             raise TransportError(f"connection to {self.peer_address} is closed")
         if self._rma_sock is None:
-            self._rma_sock = self._rma_dial()
+            sock = self._rma_dial()
+            sock.settimeout(self.op_timeout)
+            self._rma_sock = sock
         return self._rma_sock
 
     def _rma_reply(self, sock: ByteStream, expect: Kind) -> tuple[frames.Header, str | None]:
@@ -262,7 +258,7 @@ class StreamComm(Comm):
             if header.length > MAX_ERROR:
                 raise FrameError(f"peer sent an error text of {header.length} bytes")
             text = memoryview(bytearray(header.length))
-            recv_exact(sock, text)
+            recv_exactly(sock, text)
             return header, bytes(text).decode("utf-8", "replace")
         if header.kind is not expect:
             raise FrameError(f"expected {expect.name}, got {header.kind.name}")
@@ -305,7 +301,7 @@ class StreamComm(Comm):
             if reply.length != dest.nbytes:
                 self._close_rma()
                 raise FrameError(f"GET of {dest.nbytes} bytes answered with {reply.length}")
-            self._rma_io(lambda: recv_exact(sock, dest))
+            self._rma_io(lambda: recv_exactly(sock, dest))
             return dest.nbytes
 
     # -- plumbing ------------------------------------------------------------------
@@ -322,7 +318,16 @@ class StreamComm(Comm):
             return FrameError(f"{exc} (from {self.peer_address}; connection closed)")
         if isinstance(exc, TransportError):
             return exc
-        return TransportError(f"connection to {self.peer_address} failed: {exc}")
+        return self._os_failure(exc)
+
+    def _os_failure(self, exc: BaseException, what: str = "connection") -> TransportError:
+        """The TransportError for a socket error, naming op_timeout when that passed."""
+        if isinstance(exc, TimeoutError):
+            return TransportError(
+                f"{what} to {self.peer_address}: no progress within op_timeout="
+                f"{self.op_timeout} s (TransportOptions.op_timeout); connection closed"
+            )
+        return TransportError(f"{what} to {self.peer_address} failed: {exc}")
 
     def _io(self, fn: Callable[[], Any]) -> Any:
         """Run socket work; a lost connection or a malformed frame closes this comm."""
@@ -338,7 +343,7 @@ class StreamComm(Comm):
             raise
         except OSError as exc:
             self.close()
-            raise TransportError(f"connection to {self.peer_address} failed: {exc}") from exc
+            raise self._os_failure(exc) from exc
 
     def _rma_io(self, fn: Callable[[], Any]) -> Any:
         """Run RMA socket work; any failure closes the RMA connection (reopened on next use)."""
@@ -349,7 +354,7 @@ class StreamComm(Comm):
             raise
         except OSError as exc:
             self._close_rma()
-            raise TransportError(f"RMA connection to {self.peer_address} failed: {exc}") from exc
+            raise self._os_failure(exc, "RMA connection") from exc
 
     def _fail(self, message: str) -> None:
         self.close()
@@ -404,7 +409,7 @@ def serve_rma(
                 drain(conn, header.length)
                 send_error(conn, str(exc))
                 continue
-            recv_exact(conn, target)
+            recv_exactly(conn, target)
             conn.sendall(frames.pack_frame_header(Kind.PUT_ACK, 0))
         else:
             try:
@@ -452,7 +457,7 @@ class AcceptQueue:
         if item is _CLOSED:
             self._queue.put(_CLOSED)  # for the next waiter
             raise TransportError(f"listener {self._address} is closed")
-        return item  # type: ignore[no-any-return]
+        return item  # type: ignore[no-any-return,unused-ignore]
 
     def close(self) -> list[Comm]:
         """Wake every waiter with an error; return the comms nobody accepted."""

@@ -5,7 +5,8 @@ Connection establishment (address exchange over a bootstrap TCP socket)
 A listener binds a plain TCP socket at ``HOST:PORT`` (the address in ``ucx://HOST:PORT``)
 and owns one UCP worker. For each peer:
 
-1. the mutual HMAC challenge of :mod:`tfyarn.transport.auth` runs on the TCP socket;
+1. the preamble of :mod:`tfyarn.transport.preamble` runs on the TCP socket (the mutual
+   HMAC challenge, then a HELLO naming the ``ucx`` channel);
 2. the client sends ``MAGIC``, its packed UCP worker address and its connection id; the
    server creates its endpoint to that worker and answers the same way; the client
    creates its endpoint and confirms with one byte;
@@ -59,16 +60,18 @@ import numpy as np
 
 from tfyarn import native
 from tfyarn.errors import (
-    AuthenticationError,
     ConfigError,
     FrameError,
     TransportError,
     TransportUnavailableError,
 )
-from tfyarn.transport import auth
-from tfyarn.transport.base import Buffer, Comm, Listener
+from tfyarn.transport import preamble
+from tfyarn.transport.acceptor import OpenComms, SocketAcceptor, bind_server
+from tfyarn.transport.base import Buffer, Comm, Listener, recv_exactly
+from tfyarn.transport.options import TransportOptions
+from tfyarn.transport.registry import Backend
 
-__all__ = ["UcxComm", "UcxListener", "connect", "describe_lanes", "listen"]
+__all__ = ["BACKEND", "UcxBackend", "UcxComm", "UcxListener", "connect", "describe_lanes", "listen"]
 
 log = logging.getLogger(__name__)
 
@@ -171,15 +174,12 @@ def _timeout(value: float | None) -> float:
     return -1.0 if value is None else float(value)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if not k:
-            raise TransportError("ucx: the peer closed the bootstrap connection")
-        got += k
+def _recv(sock: socket.socket, nbytes: int, what: str) -> bytes:
+    buf = bytearray(nbytes)
+    try:
+        recv_exactly(sock, buf, what=what)
+    except TransportError as exc:
+        raise TransportError(f"ucx: the peer closed the bootstrap connection: {exc}") from None
     return bytes(buf)
 
 
@@ -188,12 +188,12 @@ def _send_hello(sock: socket.socket, address: bytes, conn_id: int) -> None:
 
 
 def _recv_hello(sock: socket.socket) -> tuple[bytes, int]:
-    magic, length, conn_id = _HELLO.unpack(_recv_exact(sock, _HELLO.size))
+    magic, length, conn_id = _HELLO.unpack(_recv(sock, _HELLO.size, "ucx hello"))
     if magic != _MAGIC:
         raise FrameError(f"ucx: peer is not a tfyarn ucx endpoint (magic {magic!r})")
     if not 0 < length <= _MAX_WORKER_ADDRESS:
         raise FrameError(f"ucx: peer sent a worker address of {length} bytes")
-    return _recv_exact(sock, length), conn_id
+    return _recv(sock, length, "worker address"), conn_id
 
 
 def _format(host: str, port: int) -> str:
@@ -257,6 +257,11 @@ class UcxComm(Comm):
         if value is not None and value <= 0:
             raise ConfigError(f"ucx: op_timeout must be positive or None, got {value}")
         self._timeout = _timeout(value)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
+        return self._closed
 
     def _check(self) -> None:
         if self._closed:
@@ -339,118 +344,50 @@ class UcxListener(Listener):
     keeps serving.
     """
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        secret: bytes,
-        handshake_timeout: float,
-        reuse_port: bool,
-        backlog: int,
-        max_pending: int,
-        op_timeout: float | None,
-    ) -> None:
+    def __init__(self, host: str, port: int, *, secret: bytes, options: TransportOptions) -> None:
         _native = _require_ucx()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            self._sock = socket.create_server(
-                (host, port), family=family, backlog=backlog, reuse_port=reuse_port
-            )
-        except OSError as exc:
-            raise TransportError(f"ucx: cannot listen on {host}:{port}: {exc}") from exc
+        sock = bind_server("ucx", host, port, options)
         try:
             self._worker = _native.UcxWorker()
         except BaseException:
-            self._sock.close()
+            sock.close()
             raise
-        self.address = _format(host, self._sock.getsockname()[1])
+        self.options = options
         self.transport = "ucx"
-        self._secret = secret
-        self._handshake_timeout = handshake_timeout
-        self._op_timeout = op_timeout
         self._peer_mode = _want_peer_failure_mode()
         self._queue: queue.Queue[UcxComm] = queue.Queue()
-        self._lock = threading.Lock()
-        self._comms: list[UcxComm] = []
-        self._threads: set[threading.Thread] = set()
-        self._handshaking: set[socket.socket] = set()
-        self._pending = threading.BoundedSemaphore(max_pending)
-        self._closed = False
-        self._acceptor = threading.Thread(
-            target=self._accept_loop, name=f"tfyarn-ucx-accept-{self.address}", daemon=True
+        self._open = OpenComms()
+        self._acceptor = SocketAcceptor(
+            "ucx",
+            sock,
+            host,
+            secret=secret,
+            options=options,
+            channels=(preamble.UCX,),
+            handler=self._take,
+            log=log,
         )
-        self._acceptor.start()
+        self.address = self._acceptor.address
         _OPEN.add(self)
 
-    def _accept_loop(self) -> None:
-        while not self._closed:
-            try:
-                conn, addr = self._sock.accept()
-            except OSError:
-                return  # listening socket closed
-            if not self._pending.acquire(blocking=False):
-                log.warning("ucx: refused connection from %s: too many pending handshakes", addr)
-                conn.close()
-                continue
-            t = threading.Thread(
-                target=self._serve, args=(conn, addr), daemon=True, name=f"tfyarn-ucx-{addr}"
-            )
-            with self._lock:
-                if self._closed:
-                    self._pending.release()
-                    conn.close()
-                    return
-                self._threads.add(t)
-                self._handshaking.add(conn)
-            t.start()
-
-    def _serve(self, conn: socket.socket, addr: tuple[Any, ...]) -> None:
-        peer = _format(str(addr[0]), int(addr[1]))
-        handed_over = False
-        conn_id: int | None = None
+    def _take(self, conn: socket.socket, peer: str, channel: bytes) -> bool:
+        """Exchange worker addresses with an authenticated peer; queue its comm."""
+        conn_id = self._worker.new_conn()
         try:
-            auth.server_handshake(conn, self._secret, timeout=self._handshake_timeout)
-            conn.settimeout(self._handshake_timeout)
             peer_worker, peer_id = _recv_hello(conn)
-            conn_id = self._worker.new_conn()
             self._worker.connect(conn_id, peer_worker, peer_id, self._peer_mode)
             _send_hello(conn, self._worker.address, conn_id)
-            if _recv_exact(conn, 1) != _READY:
+            if _recv(conn, 1, "confirmation") != _READY:
                 raise FrameError("ucx: peer did not confirm the connection")
-            conn.settimeout(None)
-            self._worker.monitor(conn_id, conn.fileno())
-            comm = UcxComm(
-                self._worker,
-                conn_id,
-                conn,
-                peer_address=peer,
-                owns_worker=False,
-                op_timeout=self._op_timeout,
-            )
-            with self._lock:
-                if self._closed:
-                    raise TransportError("listener closed")
-                self._comms = [c for c in self._comms if not c._closed]
-                self._comms.append(comm)
-            self.transport = comm.transport
-            self._queue.put(comm)
-            handed_over = True
-        except AuthenticationError as exc:
-            log.warning("ucx: refused connection from %s: %s", peer, exc)
-        except (FrameError, TransportError, OSError) as exc:
-            if not self._closed:
-                log.warning("ucx: dropped connection from %s: %s", peer, exc)
-        finally:
-            self._pending.release()
-            with self._lock:
-                self._threads.discard(threading.current_thread())
-                self._handshaking.discard(conn)
-            if not handed_over:
-                if conn_id is not None and not self._worker.closed:
-                    self._worker.close_conn(conn_id, 1.0)
-                with contextlib.suppress(OSError):
-                    conn.close()
+            comm = _comm(self._worker, conn_id, conn, peer, False, self.options)
+        except BaseException:
+            if not self._worker.closed:
+                self._worker.close_conn(conn_id, 1.0)
+            raise
+        self._open.keep(comm)
+        self.transport = comm.transport
+        self._queue.put(comm)
+        return True
 
     def accept(self, timeout: float | None = None) -> UcxComm:
         """Return the next authenticated peer's comm.
@@ -460,7 +397,7 @@ class UcxListener(Listener):
         TransportError
             No peer connected within ``timeout`` seconds, or the listener is closed.
         """
-        if self._closed:
+        if self._acceptor.closed:
             raise TransportError(f"listener {self.address} is closed")
         try:
             return self._queue.get(timeout=timeout)
@@ -471,29 +408,16 @@ class UcxListener(Listener):
 
     def register(self, region: str, buf: Buffer) -> None:
         """Expose writable ``buf`` as ``region`` to every peer's put/get (names are write-once)."""
-        if self._closed:
+        if self._acceptor.closed:
             raise TransportError(f"listener {self.address} is closed")
         self._worker.register(region, _writable(buf, f"region {region!r}"))
 
     def close(self) -> None:
         """Stop accepting, close every comm and the worker (regions too); idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            comms, threads = list(self._comms), list(self._threads)
-            pending = list(self._handshaking)
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
-        self._sock.close()
-        for conn in pending:  # wake handshakes blocked on a silent peer
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        self._acceptor.join(5)
-        for t in threads:
-            t.join(5)
-        for comm in comms:
-            comm.close()
+        if self._acceptor.closed:
+            return
+        self._acceptor.close()
+        self._open.close_all()
         while True:  # comms accepted but never picked up
             try:
                 self._queue.get_nowait().close()
@@ -502,121 +426,46 @@ class UcxListener(Listener):
         self._worker.close()
 
 
-def _parse(address: str, what: str) -> tuple[str, int]:
-    from tfyarn.transport import parse_address
-
-    scheme, host, port = parse_address(address)
-    if scheme != "ucx":
-        raise ConfigError(f"ucx.{what} needs a ucx:// address, got {address!r}")
-    return host, port
-
-
-def listen(
-    address: str,
-    *,
-    secret: Buffer,
-    handshake_timeout: float = 10.0,
-    reuse_port: bool = False,
-    backlog: int = 128,
-    max_pending: int = 64,
-    op_timeout: float | None = None,
-) -> UcxListener:
-    """Listen for UCX peers at ``address`` (``ucx://host:port``, port 0 for any).
-
-    Parameters
-    ----------
-    address : str
-        Where the bootstrap TCP socket binds; the listener's ``address`` has the real port.
-    secret : bytes-like
-        The job secret every peer must prove it holds.
-    handshake_timeout : float
-        Seconds a new peer has to authenticate and exchange worker addresses.
-    reuse_port : bool
-        Bind with ``SO_REUSEPORT`` (to take over a port the node layer reserved).
-    backlog : int
-        ``listen()`` backlog of the bootstrap socket.
-    max_pending : int
-        Most peers authenticating at once; more are closed and logged.
-    op_timeout : float or None
-        Limit, in seconds, on each blocking operation of accepted comms.
-
-    Raises
-    ------
-    TransportUnavailableError
-        tfyarn was built without UCX, or UCX cannot initialise here.
-    """
-    host, port = _parse(address, "listen")
-    _require_ucx()
-    return UcxListener(
-        host,
-        port,
-        secret=auth.check_secret(secret),
-        handshake_timeout=handshake_timeout,
-        reuse_port=reuse_port,
-        backlog=backlog,
-        max_pending=max_pending,
-        op_timeout=op_timeout,
+def _comm(
+    worker: Any,
+    conn_id: int,
+    sock: socket.socket,
+    peer: str,
+    owns_worker: bool,
+    options: TransportOptions,
+) -> UcxComm:
+    """Start monitoring the bootstrap socket and wrap the connection in a comm."""
+    sock.settimeout(None)
+    worker.monitor(conn_id, sock.fileno())
+    return UcxComm(
+        worker,
+        conn_id,
+        sock,
+        peer_address=peer,
+        owns_worker=owns_worker,
+        op_timeout=options.op_timeout,
     )
 
 
-def connect(
-    address: str,
-    *,
-    secret: Buffer,
-    timeout: float = 30.0,
-    op_timeout: float | None = None,
-) -> UcxComm:
-    """Connect to a UCX listener, authenticate, and return the comm.
-
-    The comm has its own UCP worker (and progress thread).
-
-    Parameters
-    ----------
-    address : str
-        ``ucx://host:port`` of the listener.
-    secret : bytes-like
-        The job secret.
-    timeout : float
-        Seconds for the bootstrap connection, the handshake and the address exchange.
-    op_timeout : float or None
-        Limit, in seconds, on each blocking send/recv/put/get.
-
-    Raises
-    ------
-    TransportUnavailableError
-        tfyarn was built without UCX, or UCX cannot initialise here.
-    TransportError
-        The listener is unreachable.
-    AuthenticationError
-        The listener refused our secret or does not hold it.
-    """
-    host, port = _parse(address, "connect")
+def _dial(host: str, port: int, secret: bytes, options: TransportOptions) -> UcxComm:
+    """Bootstrap connection, preamble, worker-address exchange: the client side."""
     _native = _require_ucx()
-    key = auth.check_secret(secret)
+    address = _format(host, port)
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=options.connect_timeout)
     except OSError as exc:
         raise TransportError(f"ucx: cannot connect to {address}: {exc}") from exc
     worker = None
     try:
-        auth.client_handshake(sock, key, timeout=timeout)
-        sock.settimeout(timeout)
+        preamble.open_channel(sock, secret, preamble.UCX, options.connect_timeout)
+        sock.settimeout(options.connect_timeout)
         worker = _native.UcxWorker()
         conn_id = worker.new_conn()
         _send_hello(sock, worker.address, conn_id)
         peer_worker, peer_id = _recv_hello(sock)
         worker.connect(conn_id, peer_worker, peer_id, _want_peer_failure_mode())
         sock.sendall(_READY)
-        sock.settimeout(None)
-        worker.monitor(conn_id, sock.fileno())
-        return UcxComm(
-            worker,
-            conn_id,
-            sock,
-            peer_address=_format(host, port),
-            owns_worker=True,
-            op_timeout=op_timeout,
-        )
+        return _comm(worker, conn_id, sock, address, True, options)
     except BaseException as exc:
         if worker is not None:
             worker.close()
@@ -624,3 +473,32 @@ def connect(
         if isinstance(exc, OSError):
             raise TransportError(f"ucx: connecting to {address} failed: {exc}") from exc
         raise
+
+
+class UcxBackend(Backend):
+    """The ucx backend: :class:`UcxListener` and :class:`UcxComm`.
+
+    Options (:class:`~tfyarn.transport.options.TransportOptions`): ``connect_timeout``
+    (bootstrap connection, preamble and address exchange), ``handshake_timeout``,
+    ``op_timeout`` (each blocking send/recv/put/get), ``reuse_port``, ``backlog``,
+    ``max_pending`` and ``ucx_env`` (UCX library settings, e.g. ``UCX_TLS``).
+
+    Raises
+    ------
+    TransportUnavailableError
+        tfyarn was built without UCX, or UCX cannot initialise here.
+    """
+
+    scheme = "ucx"
+    listener_type = UcxListener
+
+    def dial(self, host: str, port: int, *, secret: bytes, options: TransportOptions) -> UcxComm:
+        """Connect to a UCX listener; the comm has its own UCP worker (and progress thread)."""
+        return _dial(host, port, secret, options)
+
+
+BACKEND = UcxBackend()
+#: ``listen(address, *, secret, options=None, **changes)``: see :func:`tfyarn.transport.listen`.
+listen = BACKEND.listen
+#: ``connect(address, *, secret, timeout=None, options=None, **changes)``.
+connect = BACKEND.connect
