@@ -8,7 +8,7 @@ import pytest
 
 from tfyarn.errors import ConfigError
 from tfyarn.exchange import kernels
-from tfyarn.exchange.ps import _Shard, optimizer_config
+from tfyarn.exchange.ps import Shard, optimizer_config
 
 CASES = [
     (keras.optimizers.SGD(0.05), "sgd"),
@@ -25,11 +25,11 @@ def test_ps_update_matches_keras(optimizer: object, name: str) -> None:
 
     assert kernels.BACKEND == "native"  # the extension is built by the package install
     cfg = keras_optimizer_config(optimizer)
-    assert cfg["name"] == name
+    assert cfg.name == name
     rng = np.random.default_rng(0)
     start = rng.standard_normal(1000).astype(np.float32)
     var = keras.Variable(start.copy())
-    shard = _Shard(kernels.empty(1000, np.float32), cfg)
+    shard = Shard(kernels.empty(1000, np.float32), cfg)
     shard.values[:] = start
     for _ in range(5):
         g = rng.standard_normal(1000).astype(np.float32)
@@ -60,8 +60,8 @@ def test_float64_buckets_follow_the_same_formulas(name: str) -> None:
     cfg = optimizer_config(name)
     rng = np.random.default_rng(1)
     start = rng.standard_normal(257)
-    s32 = _Shard(start.astype(np.float32), cfg)
-    s64 = _Shard(start.copy(), cfg)
+    s32 = Shard(start.astype(np.float32), cfg)
+    s64 = Shard(start.copy(), cfg)
     for _ in range(4):
         g = rng.standard_normal(257)
         s32.apply(g.astype(np.float32))

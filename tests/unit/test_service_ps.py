@@ -84,10 +84,12 @@ def test_secret_is_created_once_private_and_checked(tmp_path: Path) -> None:
 def test_snapshots_round_trip_prune_and_skip_torn_files(tmp_path: Path) -> None:
     folder = tmp_path / "ps-0"
     bf = np.arange(6, dtype=np.float32).astype(ml_dtypes.bfloat16)
-    adam = {"name": "adam", "learning_rate": 0.001}
+    adam = optimizer_config("adam", learning_rate=0.001)
     for seq in (1, 2, 3):
         snap = Snapshot(seq)
-        snap.buckets[0] = BucketState(np.full(3, seq, np.float32), [], 0, seq * 10, {"name": "sgd"})
+        snap.buckets[0] = BucketState(
+            np.full(3, seq, np.float32), [], 0, seq * 10, optimizer_config("sgd")
+        )
         snap.buckets[1] = BucketState(bf * seq, [bf.copy(), bf.copy()], seq, seq, adam)
         write_snapshot(folder, snap, keep=2)
     assert sorted(p.name for p in folder.iterdir()) == [

@@ -1,8 +1,9 @@
 """A service's parameter server: long-lived, snapshotting, shared by successive jobs.
 
 ``python -m tfyarn.service.ps_server`` is the launch command of the ``ps`` component
-(see :func:`tfyarn.service.spec.yarnfile`). It differs from a job's ps
-(:class:`~tfyarn.exchange.ps.PSServer`) in four ways:
+(see :func:`tfyarn.service.spec.yarnfile`). It is the exchange's
+parameter server (:mod:`tfyarn.exchange.ps`: the same wire protocol, store, server loop
+and snapshots) composed differently from a job's ps, in four ways:
 
 - it accepts trainers of any job on its own listener (``<transport>://<host>:<port>``,
   authenticated with the service secret), never ends on its own and stops on SIGTERM
@@ -10,10 +11,12 @@
 - a trainer that disconnects without goodbye ends only its own connection (its job
   failed; the service stays up for the next one);
 - INIT of a bucket it already holds keeps the held values (a new job continues the
-  model), and refuses a bucket of another size or dtype;
+  model), and refuses a bucket of another size or dtype (:attr:`InitPolicy.KEEP
+  <tfyarn.exchange.ps.store.InitPolicy.KEEP>`);
 - every ``--snapshot-interval`` seconds, and soon after a new bucket arrives, it writes a
-  snapshot of everything it holds (see :mod:`tfyarn.service.state`); at start it loads
-  the newest one, so a ps that YARN restarts loses only the updates after it.
+  snapshot of everything it holds (:class:`~tfyarn.exchange.ps.snapshot.Snapshotter`, in
+  the folder :func:`tfyarn.service.state.ps_dir` names); at start it loads the newest
+  one, so a ps that YARN restarts loses only the updates after it.
 
 Gradients are applied on arrival (asynchronous: DOWNPOUR, EASGD's and ADAG's center);
 a service cannot run the synchronous ``sync_ps``, whose rounds need a fixed set of
@@ -30,40 +33,96 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from tfyarn import __version__
 from tfyarn.errors import ConfigError, TFYarnError
-from tfyarn.exchange.ps import _ACK, _KEPT, PSServer, _Shard
-from tfyarn.service.state import (
-    BucketState,
-    Snapshot,
-    latest_snapshot,
-    ps_dir,
-    read_secret,
-    write_snapshot,
-)
+from tfyarn.exchange.ps import PROTOCOL, InitPolicy, PSServer, ShardStore, Snapshot, Snapshotter
+from tfyarn.service.state import ps_dir, read_secret
 from tfyarn.transport.base import Comm, Listener
 
-__all__ = ["ServicePSServer", "bind_host", "main"]
+__all__ = ["HELLO", "PROTOCOL", "GreetedConnections", "ServicePSServer", "bind_host", "main"]
 
 log = logging.getLogger("tfyarn.service.ps")
 
 #: First frame of a trainer's connection to a service ps, before the JSON hello.
 HELLO = b"TFYSVC1"
 
-#: Version of the ps wire protocol (the exchange's ops and this hello). A service keeps
-#: running across tfyarn upgrades of the jobs' environments, so both sides check it.
-PROTOCOL = 1
+#: Answer to a refused model: a service holds one model.
+_ONE_MODEL = (
+    "a service keeps one model; attach jobs of that model, or launch another service for this one"
+)
 
 
-class ServicePSServer(PSServer):
+class GreetedConnections:
+    """Connections accepted on a listener, handed over once their hello passed.
+
+    Every connection is greeted on a thread of its own, so that a slow or hostile peer
+    never holds up the others; :meth:`next` returns the greeted ones.
+
+    Parameters
+    ----------
+    listener : Listener
+        Where trainers connect.
+    greet : callable
+        ``greet(comm) -> trainer name``, or None to drop the connection (it closes it).
+    """
+
+    def __init__(self, listener: Listener, greet: Callable[[Comm], str | None]) -> None:
+        self.listener = listener
+        self.greet = greet
+        self._ready: queue.Queue[tuple[str, Comm]] = queue.Queue()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def next(self, timeout: float) -> tuple[str, Comm] | None:
+        """See :meth:`tfyarn.exchange.ps.ConnectionSource.next`."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._accept, name="tfyarn-ps-accept", daemon=True
+            )
+            self._thread.start()
+        try:
+            return self._ready.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        """Stop accepting (before the listener closes); idempotent."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        while True:  # greeted after the server stopped taking them: nobody serves these
+            try:
+                _, comm = self._ready.get_nowait()
+            except queue.Empty:
+                return
+            with contextlib.suppress(Exception):
+                comm.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                comm = self.listener.accept(timeout=0.5)
+            except TFYarnError:
+                continue  # a timeout, or a stranger refused at authentication
+            threading.Thread(
+                target=self._hand_over, args=(comm,), name="tfyarn-ps-hello", daemon=True
+            ).start()
+
+    def _hand_over(self, comm: Comm) -> None:
+        peer = self.greet(comm)
+        if peer is not None:
+            self._ready.put((peer, comm))
+
+
+class ServicePSServer:
     """Serve buckets to any job's trainers until :meth:`stop`; snapshot periodically.
 
     Parameters
@@ -92,114 +151,44 @@ class ServicePSServer(PSServer):
         keep: int,
         timeout: float = 180.0,
     ) -> None:
-        super().__init__(None, [], synchronous=False, name=name, timeout=timeout)
+        self.name = name
         self.listener = listener
-        self.folder = folder
         self.snapshot_interval = snapshot_interval
-        self.keep = keep
-        self._stop = threading.Event()
-        self._dirty = threading.Event()  # a new bucket: snapshot soon
-        self._snapshot_lock = threading.Lock()
-        self._seq = 0
-        self._saved: dict[int, int] | None = None
-        self.restored: Snapshot | None = None
-        self._restore()
-
-    # -- state ---------------------------------------------------------------------------
-    def _restore(self) -> None:
-        snap, problems = latest_snapshot(self.folder)
-        for problem in problems:
-            log.warning("%s: skipping unreadable snapshot %s", self.name, problem)
-        if snap is None:
-            log.info("%s: no snapshot in %s, starting empty", self.name, self.folder)
-            return
-        for b, st in snap.buckets.items():
-            shard = _Shard(st.values, st.optimizer)
-            shard.slots = st.slots
-            shard.step = st.step
-            shard.updates = st.updates
-            self._shards[b] = shard
-        self._seq = snap.seq
-        self._saved = snap.updates
-        self.restored = snap
-        log.info(
-            "%s: restored snapshot %d (%d buckets, updates %s)",
-            self.name, snap.seq, len(snap.buckets), snap.updates,
-        )  # fmt: skip
+        self.store = ShardStore(
+            f"service parameter server {name}",
+            InitPolicy.KEEP,
+            mismatch_hint=_ONE_MODEL,
+            on_stored=lambda _bucket: self.snapshots.soon(),  # a new bucket: snapshot soon
+        )
+        self.snapshots = Snapshotter(self.store, folder, keep, name=name)
+        #: The snapshot loaded at start, if any (its trainers' hello says so).
+        self.restored: Snapshot | None = self.snapshots.restore()
+        self.connections = GreetedConnections(listener, self._greet)
+        self.server = PSServer(self.store, self.connections, name=name, timeout=timeout)
 
     def updates(self) -> dict[int, int]:
         """Update counter of every bucket held now."""
-        with self._cond:
-            shards = dict(self._shards)
-        out = {}
-        for b, shard in shards.items():
-            with shard.lock:
-                out[b] = shard.updates
-        return out
+        return self.store.updates()
 
     def snapshot(self) -> Path | None:
         """Write a snapshot if anything changed since the last one; return its path."""
-        with self._snapshot_lock:
-            with self._cond:
-                shards = dict(self._shards)
-            # The counters first: an idle ps must not copy its whole model every interval.
-            if not shards or self.updates() == self._saved:
-                return None
-            state: dict[int, BucketState] = {}
-            for b, shard in shards.items():
-                with shard.lock:  # one bucket is consistent; buckets are independent
-                    state[b] = BucketState(
-                        shard.values.copy(),
-                        [s.copy() for s in shard.slots],
-                        shard.step,
-                        shard.updates,
-                        dict(shard.config),
-                    )
-            signature = {b: s.updates for b, s in state.items()}
-            self._seq += 1
-            path = write_snapshot(self.folder, Snapshot(self._seq, state), self.keep)
-            self._saved = signature
-            log.info("%s: snapshot %d written (updates %s)", self.name, self._seq, signature)
-            return path
+        return self.snapshots.save()
 
-    def _snapshot_loop(self) -> None:
-        next_due = time.monotonic() + self.snapshot_interval
-        while not self._stop.is_set():
-            woke = self._dirty.wait(timeout=max(0.0, next_due - time.monotonic()))
-            if self._stop.is_set():
-                break
-            self._dirty.clear()
-            try:
-                self.snapshot()
-            except Exception:
-                log.exception("%s: snapshot to %s failed; will retry", self.name, self.folder)
-            if not woke or time.monotonic() >= next_due:
-                next_due = time.monotonic() + self.snapshot_interval
+    def serve(self) -> None:
+        """Accept trainers until :meth:`stop`; then take a last snapshot."""
+        self.snapshots.start(self.snapshot_interval)
+        try:
+            self.server.serve()
+        finally:
+            self.connections.close()
+            self.snapshots.close()
 
-    # -- PSServer hooks ------------------------------------------------------------------
-    def _init(self, b: int, values: Any, optimizer: dict[str, Any]) -> bytes:
-        with self._cond:
-            held = self._shards.get(b)
-            if held is not None:
-                if held.values.size != values.size or held.values.dtype != values.dtype:
-                    raise ConfigError(
-                        f"service parameter server {self.name} holds bucket {b} with "
-                        f"{held.values.size} {held.values.dtype} values, this job's model has "
-                        f"{values.size} {values.dtype}: a service keeps one model; attach jobs "
-                        "of that model, or launch another service for this one"
-                    )
-                return _KEPT
-            self._shards[b] = _Shard(values, optimizer)
-            self._cond.notify_all()
-        self._dirty.set()
-        return _ACK
+    def stop(self) -> None:
+        """Make :meth:`serve` return (after its last snapshot); callable from a signal."""
+        self.server.stop()
 
-    def _lost(self, peer: str, exc: BaseException) -> None:
-        # Its job failed or was killed; other jobs and the model are unaffected.
-        log.warning("%s: trainer %s left without goodbye (%s)", self.name, peer, exc)
-
-    # -- serving -------------------------------------------------------------------------
-    def _greet(self, comm: Comm) -> None:
+    def _greet(self, comm: Comm) -> str | None:
+        """Check the trainer's hello and answer with ours; None (and closed) if refused."""
         try:
             first = bytes(comm.recv())
             if not first.startswith(HELLO):
@@ -214,48 +203,26 @@ class ServicePSServer(PSServer):
                 )
                 comm.send(json.dumps({"error": reason}).encode())
                 raise ConfigError(reason)
-            restored = self.restored
-            comm.send(
-                json.dumps(
-                    {
-                        "ps": self.name,
-                        "protocol": PROTOCOL,
-                        "tfyarn": __version__,
-                        "pid": os.getpid(),
-                        "restored_seq": restored.seq if restored else None,
-                        "restored_updates": restored.updates if restored else {},
-                        "updates": self.updates(),
-                    }
-                ).encode()
-            )
+            comm.send(json.dumps(self._hello()).encode())
         except Exception as exc:
             log.warning("%s: dropped a connection at hello: %s", self.name, exc)
             with contextlib.suppress(Exception):
                 comm.close()
-            return
-        self._spawn(peer, comm)
+            return None
+        return peer
 
-    def serve(self) -> None:
-        """Accept trainers until :meth:`stop`; then take a last snapshot."""
-        snapshots = threading.Thread(
-            target=self._snapshot_loop, name="tfyarn-ps-snapshots", daemon=True
-        )
-        snapshots.start()
-        while not self._stop.is_set():
-            try:
-                comm = self.listener.accept(timeout=0.5)
-            except TFYarnError:
-                continue  # timeout, or the listener closed by stop()
-            threading.Thread(
-                target=self._greet, args=(comm,), name="tfyarn-ps-hello", daemon=True
-            ).start()
-        snapshots.join(timeout=5)
-        self.snapshot()
-
-    def stop(self) -> None:
-        """Make :meth:`serve` return (after its last snapshot); callable from a signal."""
-        self._stop.set()
-        self._dirty.set()
+    def _hello(self) -> dict[str, object]:
+        """What this ps says of itself to every trainer (read by its ``ServerHello``)."""
+        restored = self.restored
+        return {
+            "ps": self.name,
+            "protocol": PROTOCOL,
+            "tfyarn": __version__,
+            "pid": os.getpid(),
+            "restored_seq": restored.seq if restored else None,
+            "restored_updates": restored.updates if restored else {},
+            "updates": self.updates(),
+        }
 
 
 def bind_host() -> str:
