@@ -7,6 +7,7 @@ trains exactly as many steps.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -177,10 +178,8 @@ def _fit(policy: CheckpointPolicy | None, attempt: int, kill_at: int | None) -> 
         callbacks.append(ckpt_cb)
     counter = _KillAt(kill_at if kill_at else 10**9)
     callbacks.append(counter.callback)
-    try:
+    with contextlib.suppress(_Interrupt):  # the simulated kill
         model.fit(ds, epochs=EPOCHS, steps_per_epoch=STEPS, callbacks=callbacks, verbose=0)
-    except _Interrupt:
-        pass
     return [w.copy() for w in model.get_weights()], counter.callback.seen, ckpt_cb
 
 
@@ -206,4 +205,3 @@ def test_a_resumed_fit_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> N
     # The finished state is checkpointed: a restart after the end redoes nothing.
     final = read_checkpoint(checkpoint_files(tmp_path)[-1])
     assert (final.global_step, final.attempt) == (EPOCHS * STEPS, 2)
-
