@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -168,7 +168,18 @@ def _remove_name(text: str, package: str) -> str:
 def select(
     section_of: dict[str, str], descriptions: Iterable[Description], classes: int = CLASSES
 ) -> list[Record]:
-    """The records of the data set (rules 1-5), from sections and ``Translation-en`` stanzas."""
+    """The records of the data set (rules 1-5 of the module docstring).
+
+    Parameters
+    ----------
+    section_of : dict of str to str
+        Package -> ``Section``, from the ``Packages`` index.
+    descriptions : iterable of Description
+        The ``Translation-en`` stanzas in file order (the order decides which of two equal
+        descriptions is kept).
+    classes : int
+        How many of the most frequent labels to keep.
+    """
     seen: set[str] = set()
     kept: list[tuple[str, Description]] = []
     for d in descriptions:
@@ -217,14 +228,15 @@ def write_records(records: Iterable[Record], path: Path) -> None:
     reader never sees half of it).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # not mkstemp: its files are private (0600) whatever the umask, and this one is data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as gz:
+        with open(tmp, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as gz:
             for line in _lines(records):
                 gz.write(line.encode("utf-8"))
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
