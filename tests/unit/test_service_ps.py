@@ -27,6 +27,7 @@ from tfyarn import transport
 from tfyarn.errors import ConfigError, TransportError
 from tfyarn.exchange.buckets import TensorSpec
 from tfyarn.exchange.ps import PSClient, optimizer_config
+from tfyarn.exchange.ps.wire import Header, Op
 from tfyarn.service.attach import ServiceAttachment, ServiceConnector
 from tfyarn.service.ps_server import HELLO, ServicePSServer
 from tfyarn.service.state import (
@@ -180,6 +181,36 @@ def test_a_vanished_trainer_or_a_stranger_does_not_stop_the_service(
     later.close()
     assert server.snapshot() is not None  # something changed: written
     assert server.snapshot() is None  # nothing since: skipped
+
+
+def test_stop_ends_open_requests_at_once_and_takes_a_last_snapshot(
+    in_process: tuple[ServicePSServer, ServiceAttachment], tmp_path: Path
+) -> None:
+    server, att = in_process
+    job = _client(att, "job1/chief:0")
+    job.init([np.zeros(4, np.float32)], SGD1)
+    job.push_gradients(MINUS_ONE)
+    waiter = LocalConnector(att, "job2/worker:0").connect("ps-0")
+    waiter.send(Header(Op.GET, 5, 4).pack())  # bucket 5 is never initialised
+    outcome: list[BaseException] = []
+
+    def wait_for_reply() -> None:
+        try:
+            waiter.recv()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    replier = threading.Thread(target=wait_for_reply, daemon=True)
+    replier.start()
+    started = time.monotonic()
+    server.stop()
+    replier.join(timeout=10)
+    # Closed by the stop, not left waiting for the bucket's INIT (180 s).
+    assert len(outcome) == 1 and isinstance(outcome[0], TransportError)
+    assert time.monotonic() - started < 10
+    waiter.close()
+    _wait_snapshot_updates(ps_dir(tmp_path, 0), 1)  # the update is in a snapshot
+    job.close()
 
 
 # -- a server process killed and restarted ---------------------------------------------------

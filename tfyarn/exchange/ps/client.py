@@ -35,9 +35,8 @@ from tfyarn.exchange.ps.wire import (
     as_bytes,
     np_dtype,
     optimizer_config,
-    recv_array,
 )
-from tfyarn.transport.base import Comm
+from tfyarn.transport.base import Comm, recv_exactly
 
 __all__ = ["Connect", "PSClient", "Reconnect", "ServerHello"]
 
@@ -212,7 +211,7 @@ class PSClient:
             flat = np.empty(b.size, np_dtype(b.dtype))  # transient: not from the pool
             if arrays is not None:
                 comm.send(as_bytes(pack(b, arrays, flat)))
-            recv_array(comm, flat, ps)
+            recv_exactly(comm, as_bytes(flat), what=f"reply for bucket {b.index}", peer=ps)
             unpack(b, flat, out)
             if op is not Op.GET:
                 self.acked[b.index] += 1

@@ -42,9 +42,8 @@ from tfyarn.exchange.ps.wire import (
     Reply,
     as_bytes,
     np_dtype,
-    recv_array,
 )
-from tfyarn.transport.base import Comm
+from tfyarn.transport.base import Comm, recv_exactly
 
 __all__ = ["ConnectionSource", "MeshConnections", "PSServer", "job_server"]
 
@@ -202,7 +201,10 @@ class PSServer:
             threads = [t for t in threads if t.is_alive()]
             if got is not None:
                 threads.append(self._spawn(*got))
-        self._close_comms()  # after stop(): a trainer still connected reconnects elsewhere
+        # After stop(): a trainer still connected reconnects (to the restarted ps), and a
+        # request waiting for an INIT or a round gives up now rather than at its timeout.
+        self._close_comms()
+        self.store.wake()
         for t in threads:
             t.join(timeout=10)
         if self._broken is not None:
@@ -257,6 +259,8 @@ class PSServer:
     def _check(self) -> None:
         if self._broken is not None:
             raise TransportError(f"parameter server {self.name} is broken: {self._broken}")
+        if self._stop.is_set():
+            raise TransportError(f"parameter server {self.name} was stopped")
 
     def _lost(self, peer: str, exc: BaseException) -> None:
         """A trainer's connection failed."""
@@ -312,7 +316,7 @@ class PSServer:
         buf = buffers.get(h.bucket)
         if buf is None:
             buf = buffers[h.bucket] = kernels.empty(h.elements, shard.values.dtype)
-        recv_array(comm, buf, peer)
+        recv_exactly(comm, as_bytes(buf), what=f"{h.op.name} of bucket {h.bucket}", peer=peer)
         comm.send(as_bytes(self._update(h, shard, buf)))
         return True
 
@@ -320,7 +324,7 @@ class PSServer:
         """INIT: the metadata, then the values; answer by the store's policy."""
         meta = InitMeta.decode(bytes(comm.recv()))
         values = kernels.empty(h.elements, np_dtype(meta.dtype))
-        recv_array(comm, values, peer)
+        recv_exactly(comm, as_bytes(values), what=f"INIT of bucket {h.bucket}", peer=peer)
         try:
             outcome = self.store.init(h.bucket, values, meta.optimizer)
         except ConfigError as exc:

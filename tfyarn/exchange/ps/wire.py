@@ -33,7 +33,6 @@ from typing import ClassVar
 import numpy as np
 
 from tfyarn.errors import ConfigError, FrameError
-from tfyarn.transport.base import Comm
 
 __all__ = [
     "CHANNEL",
@@ -47,7 +46,6 @@ __all__ = [
     "as_bytes",
     "np_dtype",
     "optimizer_config",
-    "recv_array",
 ]
 
 #: Mesh channel of a job's ps connections.
@@ -140,19 +138,6 @@ def as_bytes(a: np.ndarray) -> memoryview:
     # ndarray.data rather than memoryview(a): NumPy's stubs give arrays the buffer
     # protocol only from Python 3.12 on, and the view is the same.
     return a.reshape(-1).view(np.uint8).data
-
-
-def recv_array(comm: Comm, a: np.ndarray, peer: str) -> None:
-    """Receive the next message into ``a``; it must fill ``a`` exactly.
-
-    Raises
-    ------
-    FrameError
-        The message had another length (``peer`` names who sent it).
-    """
-    got = comm.recv_into(as_bytes(a))
-    if got != a.nbytes:
-        raise FrameError(f"{peer} sent {got} bytes where {a.nbytes} were expected")
 
 
 #: Optimizers a parameter server can run, with their options and defaults (Keras's).
