@@ -23,19 +23,22 @@ adag               local            every ``window`` steps the normalised accumu
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from tfyarn.errors import ConfigError
 from tfyarn.exchange import tensors
-from tfyarn.exchange.buckets import Bucket, TensorSpec, pack, plan_buckets, unpack
-from tfyarn.exchange.ps import CHANNEL, PSClient
-
-if TYPE_CHECKING:
-    from tfyarn.exchange.strategy import ExchangeStrategy
+from tfyarn.exchange.collectives import (
+    Collectives,
+    allreduce_arrays,
+    average_variables,
+    broadcast_variables,
+)
+from tfyarn.exchange.ps import OptimizerConfig, PSClient
+from tfyarn.exchange.ps_access import ParameterServers
+from tfyarn.exchange.tensors import Variable
 
 __all__ = ["ALGORITHMS", "SERVICE_STRATEGIES", "Algorithm", "make_algorithm", "period_crossed"]
 
@@ -52,8 +55,22 @@ def period_crossed(total: int, last: int, period: int) -> bool:
     return total // period > (total - last) // period
 
 
+def _no_ps(name: str) -> ConfigError:
+    return ConfigError(f"strategy {name!r} keeps its state on parameter servers: run with ps >= 1")
+
+
 class Algorithm:
-    """Base: no gradient exchange, initial weights broadcast from rank 0."""
+    """Base: no gradient exchange, initial weights broadcast from rank 0.
+
+    Parameters
+    ----------
+    collectives : Collectives
+        The training ranks (rank, size, all-reduce, broadcast).
+    options : mapping
+        This algorithm's own options (:attr:`OPTIONS`, defaults filled in).
+    servers : ParameterServers, optional
+        The parameter servers, for the algorithms that use them (:attr:`uses_ps`).
+    """
 
     name: ClassVar[str] = ""
     #: ``"reduce"``: the optimizer applies ring-averaged gradients; ``"replace"``: gradients
@@ -65,58 +82,49 @@ class Algorithm:
     #: Options with defaults; ``None`` defaults are filled in by :meth:`__init__`.
     OPTIONS: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, strategy: ExchangeStrategy, options: Mapping[str, Any]) -> None:
-        self.s = strategy
+    def __init__(
+        self,
+        collectives: Collectives,
+        options: Mapping[str, Any],
+        servers: ParameterServers | None = None,
+    ) -> None:
+        self.collectives = collectives
+        self.servers = servers
         self.options = dict(options)
         self.steps = 0
         self._last_steps = 0
         self.client: PSClient | None = None
-        self.optimizer_config: dict[str, Any] | None = None
-        self._plans: dict[tuple[Any, ...], tuple[Bucket, ...]] = {}
+        self.optimizer_config: OptimizerConfig | None = None
+        self._setup()
+
+    def _setup(self) -> None:
+        """Check the options, set up per-algorithm state (a hook for subclasses)."""
 
     # -- helpers -----------------------------------------------------------------------
-    def _average(self, variables: Sequence[Any]) -> None:
-        """Average the floating-point ``variables`` over every trainer (ring)."""
-        fl = tensors.floating(variables)
-        if self.s.size == 1 or not fl:
-            return
-        values = tensors.read(fl)
-        for b in plan_buckets(tensors.specs(fl), 1 << 62):
-            flat = pack(b, values, np.empty(b.size, values[b.slots[0].tensor].dtype))
-            self.s.ring.allreduce_(flat, average=True)
-            unpack(b, flat, values)
-        tensors.assign(fl, values)
-
-    def _client(self, trainable: Sequence[Any]) -> PSClient:
+    def _client(self, trainable: Sequence[Variable]) -> PSClient:
         if self.client is None:
-            specs, bucket_bytes = tensors.specs(trainable), self.s.options["bucket_bytes"]
-            if self.s.service is not None:  # a long-lived service's ps: reconnect after loss
-                from tfyarn.service.attach import ServiceConnector
-
-                # Named by job and role in the ps's log (the role process has TFYARN_JOB).
-                trainer = f"{os.environ.get('TFYARN_JOB', 'local')}/{self.s.task_id}"
-                conn = ServiceConnector(self.s.service, trainer)
-                self.client = PSClient(conn.connect, self.s.ps, specs, bucket_bytes, conn)
-            else:
-                mesh = self.s.mesh
-                self.client = PSClient(
-                    lambda ps: mesh.connect(ps, CHANNEL), self.s.ps, specs, bucket_bytes
-                )
+            if self.servers is None:
+                raise _no_ps(self.name)
+            self.client = self.servers.open_client(tensors.specs(trainable))
         return self.client
 
-    def _init_center(self, trainable: Sequence[Any]) -> None:
+    def _init_center(self, trainable: Sequence[Variable]) -> None:
         """Rank 0 stores the weights on the ps; everyone then starts from them."""
         client = self._client(trainable)
-        if self.s.rank == 0:
+        if self.collectives.rank == 0:
             client.init(tensors.read(trainable), self.optimizer_config)
         tensors.assign(trainable, client.pull())
 
     # -- hooks -------------------------------------------------------------------------
-    def begin(self, weights: Sequence[Any], trainable: Sequence[Any], extra: Sequence[Any]) -> None:
+    def begin(
+        self, weights: Sequence[Variable], trainable: Sequence[Variable], extra: Sequence[Variable]
+    ) -> None:
         """Before the first step: make every trainer start from rank 0's state."""
-        self.s.broadcast_variables([*weights, *extra])
+        broadcast_variables(self.collectives, [*weights, *extra])
 
-    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any], steps: int = 1) -> None:
+    def step_end(
+        self, weights: Sequence[Variable], trainable: Sequence[Variable], steps: int = 1
+    ) -> None:
         """After every optimizer step (or every ``steps`` steps, for ``steps_per_execution``)."""
         self.steps += steps
         self._last_steps = steps
@@ -125,35 +133,15 @@ class Algorithm:
         """Whether the last :meth:`step_end` crossed a multiple of ``period`` steps."""
         return period_crossed(self.steps, self._last_steps, period)
 
-    def epoch_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+    def epoch_end(self, weights: Sequence[Variable], trainable: Sequence[Variable]) -> None:
         """After every epoch (``model.fit`` only, or when a loop calls it)."""
 
-    def end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+    def end(self, weights: Sequence[Variable], trainable: Sequence[Variable]) -> None:
         """After the last step: leave the final model in the variables."""
 
     def exchange_gradients(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Gradient hook of the distributed optimizer (for ``gradient_mode`` algorithms)."""
         raise NotImplementedError(f"{self.name} does not exchange gradients")
-
-    def fused_allreduce(self, arrays: Sequence[np.ndarray], average: bool) -> list[np.ndarray]:
-        """Sum or average ``arrays`` over all trainers through the ring, fused per dtype.
-
-        Returns new arrays (views of one fresh flat buffer per dtype, so that nothing a
-        caller still holds is overwritten by a later call).
-        """
-        key = tuple((a.shape, a.dtype.str) for a in arrays)
-        plan = self._plans.get(key)
-        if plan is None:
-            specs = [TensorSpec(f"t{i}", a.shape, a.dtype.name) for i, a in enumerate(arrays)]
-            plan = self._plans[key] = plan_buckets(specs, 1 << 62)
-        out: list[np.ndarray] = [None] * len(arrays)  # type: ignore[list-item]
-        for b in plan:
-            flat = pack(b, arrays, np.empty(b.size, arrays[b.slots[0].tensor].dtype))
-            self.s.ring.allreduce_(flat, average=average)
-            for s in b.slots:
-                a = arrays[s.tensor]
-                out[s.tensor] = flat[s.bucket_offset : s.bucket_offset + s.size].reshape(a.shape)
-        return out
 
     def _goodbye(self) -> None:
         """End this training run on the parameter servers (a later run reconnects)."""
@@ -174,14 +162,16 @@ class AllReduce(Algorithm):
 
     def exchange_gradients(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Average ``grads`` over all trainers; fused into one flat buffer per dtype."""
-        return self.fused_allreduce(grads, average=True)
+        return allreduce_arrays(self.collectives, grads, average=True)
 
 
 class _PSGradients(Algorithm):
     gradient_mode = "replace"
     uses_ps = True
 
-    def begin(self, weights: Sequence[Any], trainable: Sequence[Any], extra: Sequence[Any]) -> None:
+    def begin(
+        self, weights: Sequence[Variable], trainable: Sequence[Variable], extra: Sequence[Variable]
+    ) -> None:
         """Rank 0 seeds the ps with its weights and the optimizer; all pull them."""
         if self.optimizer_config is None:
             raise ConfigError(
@@ -190,7 +180,7 @@ class _PSGradients(Algorithm):
             )
         self._init_center(trainable)
         others = [v for v in weights if not any(v is t for t in trainable)]
-        self.s.broadcast_variables(others)
+        broadcast_variables(self.collectives, others)
 
     def exchange_gradients(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Push the gradients, return the updated weights."""
@@ -201,7 +191,7 @@ class _PSGradients(Algorithm):
             )
         return self.client.push_gradients(grads)
 
-    def end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+    def end(self, weights: Sequence[Variable], trainable: Sequence[Variable]) -> None:
         """Every trainer ends with the servers' latest weights."""
         if self.client is not None:
             tensors.assign(trainable, self.client.pull())
@@ -233,20 +223,24 @@ class EASGD(Algorithm):
     has_step_schedule = True
     OPTIONS: ClassVar[dict[str, Any]] = {"tau": 4, "alpha": None}
 
-    def begin(self, weights: Sequence[Any], trainable: Sequence[Any], extra: Sequence[Any]) -> None:
+    def begin(
+        self, weights: Sequence[Variable], trainable: Sequence[Variable], extra: Sequence[Variable]
+    ) -> None:
         """Everyone starts from the center (rank 0's weights)."""
         self._init_center(trainable)
 
-    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any], steps: int = 1) -> None:
+    def step_end(
+        self, weights: Sequence[Variable], trainable: Sequence[Variable], steps: int = 1
+    ) -> None:
         """The elastic move every ``tau`` steps."""
         super().step_end(weights, trainable, steps)
         if self._due(int(self.options["tau"])):
-            alpha = self.options["alpha"] or 0.9 / self.s.size
+            alpha = self.options["alpha"] or 0.9 / self.collectives.size
             x = tensors.read(trainable)
             d = self._client(trainable).elastic(x, alpha)
             tensors.assign(trainable, [a - b for a, b in zip(x, d, strict=True)])
 
-    def end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+    def end(self, weights: Sequence[Variable], trainable: Sequence[Variable]) -> None:
         """The final model is the center variable."""
         tensors.assign(trainable, self._client(trainable).pull())
         self._goodbye()
@@ -258,8 +252,8 @@ class ModelAveraging(Algorithm):
     name = "model_averaging"
     OPTIONS: ClassVar[dict[str, Any]] = {"every": "epoch"}
 
-    def __init__(self, strategy: ExchangeStrategy, options: Mapping[str, Any]) -> None:
-        super().__init__(strategy, options)
+    def _setup(self) -> None:
+        """Check ``every``; only averaging every k steps has a step schedule."""
         every = self.options["every"]
         if every != "epoch" and not (isinstance(every, int) and every >= 1):
             raise ConfigError(
@@ -268,24 +262,26 @@ class ModelAveraging(Algorithm):
         self._since = 0
         self.has_step_schedule = every != "epoch"
 
-    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any], steps: int = 1) -> None:
+    def step_end(
+        self, weights: Sequence[Variable], trainable: Sequence[Variable], steps: int = 1
+    ) -> None:
         """Average every ``every`` steps."""
         super().step_end(weights, trainable, steps)
         self._since += steps
         if self.options["every"] != "epoch" and self._due(self.options["every"]):
-            self._average(weights)
+            average_variables(self.collectives, weights)
             self._since = 0
 
-    def epoch_end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+    def epoch_end(self, weights: Sequence[Variable], trainable: Sequence[Variable]) -> None:
         """Average once per epoch."""
         if self.options["every"] == "epoch":
-            self._average(weights)
+            average_variables(self.collectives, weights)
             self._since = 0
 
-    def end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+    def end(self, weights: Sequence[Variable], trainable: Sequence[Variable]) -> None:
         """Leave every trainer with the same (averaged) model."""
         if self._since:
-            self._average(weights)
+            average_variables(self.collectives, weights)
             self._since = 0
 
 
@@ -301,13 +297,17 @@ class ADAG(Algorithm):
     has_step_schedule = True
     OPTIONS: ClassVar[dict[str, Any]] = {"window": 8}
 
-    def begin(self, weights: Sequence[Any], trainable: Sequence[Any], extra: Sequence[Any]) -> None:
+    def begin(
+        self, weights: Sequence[Variable], trainable: Sequence[Variable], extra: Sequence[Variable]
+    ) -> None:
         """Everyone starts from the center (rank 0's weights)."""
         self._init_center(trainable)
         self._anchor = tensors.read(trainable)
         self._local = 0
 
-    def step_end(self, weights: Sequence[Any], trainable: Sequence[Any], steps: int = 1) -> None:
+    def step_end(
+        self, weights: Sequence[Variable], trainable: Sequence[Variable], steps: int = 1
+    ) -> None:
         """Commit the normalised accumulated update every ``window`` steps."""
         super().step_end(weights, trainable, steps)
         self._local += steps
@@ -320,7 +320,7 @@ class ADAG(Algorithm):
             tensors.assign(trainable, center)
             self._anchor = center
 
-    def end(self, weights: Sequence[Any], trainable: Sequence[Any]) -> None:
+    def end(self, weights: Sequence[Variable], trainable: Sequence[Variable]) -> None:
         """The final model is the center."""
         tensors.assign(trainable, self._client(trainable).pull())
         self._goodbye()
@@ -338,13 +338,31 @@ SERVICE_STRATEGIES: tuple[str, ...] = tuple(
 )
 
 
-def make_algorithm(name: str, strategy: ExchangeStrategy, options: Mapping[str, Any]) -> Algorithm:
+def make_algorithm(
+    name: str,
+    options: Mapping[str, Any],
+    collectives: Collectives,
+    servers: ParameterServers | None = None,
+) -> Algorithm:
     """Build the algorithm ``name`` with its own options (common ones removed).
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`ALGORITHMS`.
+    options : mapping
+        The strategy options; those of :data:`COMMON_OPTIONS` are the strategy's and
+        are ignored here.
+    collectives : Collectives
+        The training ranks.
+    servers : ParameterServers, optional
+        The parameter servers (a job's ps roles or a service's); None without any.
 
     Raises
     ------
     ConfigError
-        Unknown algorithm or option, or a ps algorithm without parameter servers.
+        Unknown algorithm or option, a ps algorithm without parameter servers, or a
+        service's parameter servers under a strategy that cannot use them.
     """
     if name not in ALGORITHMS:
         raise ConfigError(f"unknown exchange strategy {name!r}; use one of {', '.join(ALGORITHMS)}")
@@ -356,14 +374,12 @@ def make_algorithm(name: str, strategy: ExchangeStrategy, options: Mapping[str, 
         raise ConfigError(
             f"unknown option(s) {sorted(unknown)} for strategy {name!r}; allowed: {allowed}"
         )
-    if cls.uses_ps and not strategy.ps:
-        raise ConfigError(
-            f"strategy {name!r} keeps its state on parameter servers: run with ps >= 1"
-        )
-    if strategy.service is not None and name not in SERVICE_STRATEGIES:
+    if cls.uses_ps and servers is None:
+        raise _no_ps(name)
+    if servers is not None and servers.service is not None and name not in SERVICE_STRATEGIES:
         raise ConfigError(
             f"strategy {name!r} cannot use the parameter servers of service "
-            f"{strategy.service.name}: attach with an asynchronous ps strategy "
+            f"{servers.service}: attach with an asynchronous ps strategy "
             "(downpour, easgd or adag)"
         )
-    return cls(strategy, {**cls.OPTIONS, **own})
+    return cls(collectives, {**cls.OPTIONS, **own}, servers)

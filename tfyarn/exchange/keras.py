@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfyarn.errors import ConfigError
-from tfyarn.exchange.ps import optimizer_config
+from tfyarn.exchange.ps import OptimizerConfig, optimizer_config
 
 if TYPE_CHECKING:
     from tfyarn.exchange.strategy import ExchangeStrategy
@@ -36,7 +36,7 @@ __all__ = [
 _PATCHED = "_tfyarn_exchange"
 
 
-def keras_optimizer_config(optimizer: Any) -> dict[str, Any]:
+def keras_optimizer_config(optimizer: Any) -> OptimizerConfig:
     """The parameter-server optimizer equivalent to a Keras optimizer.
 
     SGD (with or without momentum/Nesterov), Adam and Adagrad, with a constant learning
@@ -115,7 +115,7 @@ def allreduce_tensors(
             raise ConfigError(f"allreduce_tensors takes float tensors, got {t.dtype.name}")
 
     def reduce(arrays: list[np.ndarray]) -> list[np.ndarray]:
-        out = strategy.algorithm.fused_allreduce(arrays, average=average)
+        out = strategy.allreduce_arrays(arrays, average=average)
         return [np.asarray(a) for a in out]
 
     return _numpy_call(reduce, inputs, "tfyarn_allreduce_tensors")

@@ -9,21 +9,26 @@ reports it.
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 __all__ = ["BACKEND", "adagrad_", "adam_", "add_", "empty", "momentum_", "scale_", "sgd_"]
 
-try:  # the extension is built by `pip install -e .`; its absence is reported, not hidden
-    from tfyarn import native as _native
 
-    _NATIVE_OK = all(
-        hasattr(_native, n) for n in ("add_", "scale_", "sgd_", "momentum_", "adam_", "adagrad_")
-    )
-except ImportError:  # pragma: no cover - depends on the build
-    _native = None
-    _NATIVE_OK = False
+def _load_native() -> ModuleType | None:
+    """:mod:`tfyarn.native` when it is built with every kernel, else None."""
+    try:  # the extension is built by `pip install -e .`; its absence is reported, not hidden
+        from tfyarn import native
+    except ImportError:  # pragma: no cover - depends on the build
+        return None
+    kernels = ("add_", "scale_", "sgd_", "momentum_", "adam_", "adagrad_")
+    return native if all(hasattr(native, n) for n in kernels) else None
+
+
+_native = _load_native()
+_NATIVE_OK = _native is not None
 
 #: ``"native"`` when :mod:`tfyarn.native` provides the kernels, else ``"numpy"``.
 BACKEND: str = "native" if _NATIVE_OK else "numpy"
@@ -31,8 +36,8 @@ BACKEND: str = "native" if _NATIVE_OK else "numpy"
 _NATIVE_DTYPES = frozenset({"float32", "float16", "bfloat16"})
 
 
-def _native_for(*arrays: np.ndarray) -> Any:
-    if not _NATIVE_OK:
+def _native_for(*arrays: np.ndarray) -> ModuleType | None:
+    if _native is None:
         return None
     name = arrays[0].dtype.name
     if name not in _NATIVE_DTYPES or any(a.dtype != arrays[0].dtype for a in arrays):
@@ -43,7 +48,7 @@ def _native_for(*arrays: np.ndarray) -> Any:
 def empty(n: int, dtype: Any) -> np.ndarray:
     """A flat uninitialised array of ``n`` elements, from the native aligned pool if present."""
     dt = np.dtype(dtype)
-    if _NATIVE_OK and n > 0:
+    if _native is not None and n > 0:
         # the array keeps the pool buffer alive; it returns to the pool with the array
         return np.frombuffer(_native.default_pool().alloc(n * dt.itemsize), dtype=dt, count=n)
     return np.empty(n, dtype=dt)
@@ -67,14 +72,16 @@ def scale_(dst: np.ndarray, alpha: float) -> None:
         np.multiply(dst, dst.dtype.type(alpha), out=dst)
 
 
-def _f32(*arrays: np.ndarray) -> bool:
-    return _NATIVE_OK and all(a.dtype == np.float32 for a in arrays)
+def _f32(*arrays: np.ndarray) -> ModuleType | None:
+    """The native kernels when every array is float32 (the dtype they cover), else None."""
+    return _native if all(a.dtype == np.float32 for a in arrays) else None
 
 
 def sgd_(param: np.ndarray, grad: np.ndarray, lr: float) -> None:
     """Plain SGD: ``param -= lr * grad``."""
-    if _f32(param, grad):
-        _native.sgd_(param, grad, float(lr))
+    nat = _f32(param, grad)
+    if nat is not None:
+        nat.sgd_(param, grad, float(lr))
     else:
         param -= param.dtype.type(lr) * grad
 
@@ -88,8 +95,9 @@ def momentum_(
     nesterov: bool = False,
 ) -> None:
     """SGD with momentum, Keras convention: ``v = m*v - lr*g``; ``p += v`` (or Nesterov)."""
-    if _f32(param, grad, velocity):
-        _native.momentum_(param, grad, velocity, float(lr), float(momentum), nesterov=nesterov)
+    nat = _f32(param, grad, velocity)
+    if nat is not None:
+        nat.momentum_(param, grad, velocity, float(lr), float(momentum), nesterov=nesterov)
         return
     velocity *= momentum
     velocity -= lr * grad
@@ -111,10 +119,9 @@ def adam_(
     step: int,
 ) -> None:
     """Adam, Keras convention, ``step`` counted from 1."""
-    if _f32(param, grad, m, v):
-        _native.adam_(
-            param, grad, m, v, float(lr), float(beta1), float(beta2), float(eps), int(step)
-        )
+    nat = _f32(param, grad, m, v)
+    if nat is not None:
+        nat.adam_(param, grad, m, v, float(lr), float(beta1), float(beta2), float(eps), int(step))
         return
     alpha = lr * np.sqrt(1 - beta2**step) / (1 - beta1**step)
     m += (1 - beta1) * (grad - m)
@@ -124,8 +131,9 @@ def adam_(
 
 def adagrad_(param: np.ndarray, grad: np.ndarray, accum: np.ndarray, lr: float, eps: float) -> None:
     """Adagrad, Keras convention: ``accum += g*g``; ``param -= lr * g / sqrt(accum + eps)``."""
-    if _f32(param, grad, accum):
-        _native.adagrad_(param, grad, accum, float(lr), float(eps))
+    nat = _f32(param, grad, accum)
+    if nat is not None:
+        nat.adagrad_(param, grad, accum, float(lr), float(eps))
         return
     accum += grad * grad
     param -= lr * grad / np.sqrt(accum + eps)

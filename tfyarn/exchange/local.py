@@ -3,7 +3,8 @@
 The launcher (``tfyarn.run``) hands each role a context with a listener, the peers'
 addresses and the job secret. :func:`run_local` builds exactly those pieces for
 processes on this machine (listeners on 127.0.0.1), which is how the exchange is
-tested between real processes and how ``tfyarn bench exchange`` measures it.
+tested between real processes and how ``tfyarn bench exchange`` measures it;
+``run_local(..., threads=True)`` runs the same roles as threads of one process.
 """
 
 from __future__ import annotations
@@ -12,27 +13,34 @@ import contextlib
 import multiprocessing as mp
 import os
 import secrets
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfyarn.errors import ConfigError, RoleFailedError, TFYarnError
 from tfyarn.transport.base import Listener
+
+if TYPE_CHECKING:
+    from tfyarn.exchange.strategy import ExchangeStrategy
+    from tfyarn.service.attach import ServiceAttachment
+    from tfyarn.transport.options import TransportOptions
 
 __all__ = ["LocalContext", "run_local"]
 
 
 @dataclass
 class LocalContext:
-    """The part of the launcher's node context that the exchange uses.
+    """A local process's :class:`~tfyarn.exchange.context.ExchangeContext`.
 
-    Attributes mirror ``tfyarn.node.context.NodeContext``: ``role``, ``index``,
-    ``task_id``, ``is_chief``, ``secret``, ``transport``, ``listener``, ``peers``,
-    ``strategy_name``, ``strategy_options``, ``model_dir``; :meth:`report` keeps the
-    metrics in :attr:`reports`.
+    Implements the same Protocol as the launcher's ``tfyarn.node.context.NodeContext``
+    (``role``, ``index``, ``task_id``, ``is_chief``, ``secret``, ``transport``,
+    ``listener``, ``transport_options``, ``peers``, ``strategy_name``,
+    ``strategy_options``, ``model_dir``, ``service``, ``report``); :meth:`report` keeps
+    the metrics in :attr:`reports`.
     """
 
     role: str
@@ -44,8 +52,12 @@ class LocalContext:
     strategy_name: str | None = None
     strategy_options: dict[str, Any] = field(default_factory=dict)
     model_dir: str = ""
+    #: A long-lived service's parameter servers to use instead of ps roles.
+    service: ServiceAttachment | None = None
+    #: The job's own transport settings (the listener holds them, merged with defaults).
+    transport_options: TransportOptions | None = None
     reports: list[dict[str, Any]] = field(default_factory=list)
-    _strategy: Any = None
+    _strategy: ExchangeStrategy | None = None
 
     @property
     def task_id(self) -> str:
@@ -63,7 +75,7 @@ class LocalContext:
         """Record progress metrics (the launcher sends them to the driver instead)."""
         self.reports.append(metrics)
 
-    def strategy(self) -> Any:
+    def strategy(self) -> ExchangeStrategy:
         """The exchange strategy of this job (:func:`tfyarn.exchange.for_context`)."""
         if self._strategy is None:
             from tfyarn.exchange import for_context
@@ -71,19 +83,55 @@ class LocalContext:
             self._strategy = for_context(self)
         return self._strategy
 
+    def close(self) -> None:
+        """Release what the strategy holds (goodbye to the ps, connections); idempotent."""
+        strategy, self._strategy = self._strategy, None
+        if strategy is not None:
+            strategy.close()
 
-def _child(
-    conn: Connection,
-    role: str,
-    index: int,
-    secret: bytes,
-    transport: str,
-    strategy: str | None,
-    options: dict[str, Any],
-    env: dict[str, str],
-    payload: bytes,
-) -> None:
-    os.environ.update(env)
+
+def _play(ctx: LocalContext, fn: Callable[[LocalContext], object]) -> object:
+    """Run one role: serve the ps shards, or ``fn(ctx)`` for a trainer.
+
+    The caller closes ``ctx`` afterwards, once it has reported the outcome: the goodbye
+    to the ps and the closed connections make the other roles finish, or fail.
+    """
+    if ctx.role == "ps":
+        from tfyarn.exchange import serve_ps
+
+        serve_ps(ctx)
+        return None
+    return fn(ctx)
+
+
+def _roles(workers: int, ps: int, chief: bool) -> list[tuple[str, int]]:
+    """``(role, index)`` of every role of a local job, trainers first."""
+    if workers < 1 and not chief:
+        raise ConfigError("a local job needs at least one training role (workers >= 1 or chief)")
+    roles = [("chief", 0)] if chief else []
+    return roles + [("worker", i) for i in range(workers)] + [("ps", i) for i in range(ps)]
+
+
+#: Task id -> (process, parent end of its pipe).
+_Procs = dict[str, tuple[mp.process.BaseProcess, Connection]]
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """What one role's process is started with (pickled to the child)."""
+
+    role: str
+    index: int
+    secret: bytes
+    transport: str
+    strategy: str | None
+    options: dict[str, Any]
+    env: dict[str, str]
+    payload: bytes  # fn, by cloudpickle
+
+
+def _child(conn: Connection, launch: _Launch) -> None:
+    os.environ.update(launch.env)
     listener = None
     ctx: LocalContext | None = None
     try:
@@ -91,26 +139,22 @@ def _child(
 
         from tfyarn import transport as tr
 
-        fn = cloudpickle.loads(payload)
-        listener = tr.listen(f"{transport}://127.0.0.1:0", secret=secret)
+        fn = cloudpickle.loads(launch.payload)
+        listener = tr.listen(f"{launch.transport}://127.0.0.1:0", secret=launch.secret)
         conn.send(("addr", listener.address))
         peers = conn.recv()
-        ctx = LocalContext(role, index, secret, transport, listener, peers, strategy, options)
-        if role == "ps":
-            from tfyarn.exchange import serve_ps
-
-            serve_ps(ctx)
-            result = None
-        else:
-            result = fn(ctx)
-        conn.send(("ok", result))
+        ctx = LocalContext(
+            launch.role, launch.index, launch.secret, launch.transport, listener, peers,
+            launch.strategy, launch.options,
+        )  # fmt: skip
+        conn.send(("ok", _play(ctx, fn)))
     except BaseException:
         with contextlib.suppress(Exception):
             conn.send(("err", traceback.format_exc()))
     finally:
-        if ctx is not None and ctx._strategy is not None:
+        if ctx is not None:
             with contextlib.suppress(Exception):
-                ctx._strategy.close()
+                ctx.close()
         if listener is not None:
             with contextlib.suppress(Exception):
                 listener.close()
@@ -118,7 +162,7 @@ def _child(
 
 
 def run_local(
-    fn: Callable[[Any], Any],
+    fn: Callable[[LocalContext], object],
     *,
     workers: int,
     ps: int = 0,
@@ -128,13 +172,20 @@ def run_local(
     transport: str = "tcp",
     env: Mapping[str, str] | None = None,
     timeout: float = 300.0,
+    threads: bool = False,
 ) -> dict[str, Any]:
     """Run ``fn(ctx)`` in one process per training role (and serve ps shards).
+
+    With ``threads=True`` every role is a thread of this process instead. The roles
+    still talk through real listeners on 127.0.0.1, so the ring, the mesh and the
+    parameter servers run exactly as between processes; only the process boundary is
+    missing. Quick enough for unit tests and debugging.
 
     Parameters
     ----------
     fn : callable
-        ``fn(ctx) -> result`` run by the chief and every worker; pickled with cloudpickle.
+        ``fn(ctx) -> result`` run by the chief and every worker; pickled with cloudpickle
+        (unless ``threads``).
     workers, ps : int
         Number of worker and parameter-server processes.
     chief : bool
@@ -146,9 +197,13 @@ def run_local(
     transport : str
         Transport scheme of the listeners (``"tcp"``, ``"grpc"``, ``"ucx"``).
     env : mapping, optional
-        Environment variables set in every child before anything is imported.
+        Environment variables set in every child before anything is imported (not with
+        ``threads``: the threads share this process's environment).
     timeout : float
-        Seconds for the whole job; then every process is killed.
+        Seconds for the whole job; then every process is killed (threads cannot be
+        killed: their connections are closed, which makes them fail).
+    threads : bool
+        Run the roles as threads of this process.
 
     Returns
     -------
@@ -161,41 +216,26 @@ def run_local(
         The first role that failed (with its traceback); the others are stopped.
     TFYarnError
         The job did not finish within ``timeout``.
+    ConfigError
+        No training role, or ``env`` with ``threads``.
     """
     import cloudpickle
 
-    if workers < 1 and not chief:
-        raise ConfigError("run_local needs at least one training role (workers >= 1 or chief)")
-    roles = [("chief", 0)] if chief else []
-    roles += [("worker", i) for i in range(workers)] + [("ps", i) for i in range(ps)]
+    roles = _roles(workers, ps, chief)
+    if threads:
+        if env:
+            raise ConfigError(
+                "run_local(threads=True) runs every role in this process: set the "
+                "environment before calling it instead of passing env"
+            )
+        return _run_threads(fn, roles, strategy, dict(strategy_options or {}), transport, timeout)
     secret = secrets.token_bytes(32)
-    payload = cloudpickle.dumps(fn)
-    mpctx = mp.get_context("spawn")
-    procs: dict[str, tuple[mp.process.BaseProcess, Connection]] = {}
+    common = (strategy, dict(strategy_options or {}), dict(env or {}), cloudpickle.dumps(fn))
+    procs: _Procs = {}
     deadline = time.monotonic() + timeout
-    results: dict[str, Any] = {}
     try:
         for role, index in roles:
-            parent, child = mpctx.Pipe()
-            p = mpctx.Process(
-                target=_child,
-                args=(
-                    child,
-                    role,
-                    index,
-                    secret,
-                    transport,
-                    strategy,
-                    dict(strategy_options or {}),
-                    dict(env or {}),
-                    payload,
-                ),
-                name=f"tfyarn-{role}-{index}",
-                daemon=True,
-            )
-            p.start()
-            child.close()
-            procs[f"{role}:{index}"] = (p, parent)
+            procs[f"{role}:{index}"] = _spawn(_Launch(role, index, secret, transport, *common))
         peers: dict[str, str] = {}
         for task in procs:
             msg = _next(task, procs, deadline)
@@ -204,36 +244,55 @@ def run_local(
                     task, "127.0.0.1", str(msg[1]), f"role {task} failed to start"
                 )
             peers[task] = msg[1]
-        for _p, conn in procs.values():
+        for _proc, conn in procs.values():
             conn.send(peers)
-        pending = set(procs)
-        while pending:
-            ready = wait(
-                [procs[t][1] for t in pending] + [procs[t][0].sentinel for t in pending],
-                timeout=max(0.0, deadline - time.monotonic()),
-            )
-            if not ready:
-                raise TFYarnError(
-                    f"local exchange job timed out after {timeout:.0f}s "
-                    f"waiting for {', '.join(sorted(pending))}"
-                )
-            for task in sorted(pending):
-                p, conn = procs[task]
-                if conn in ready or p.sentinel in ready:
-                    msg = _next(task, procs, deadline)
-                    if msg[0] == "err":
-                        raise RoleFailedError(task, "127.0.0.1", msg[1])
-                    if not task.startswith("ps"):
-                        results[task] = msg[1]
-                    pending.discard(task)
-        return results
+        return _results(procs, deadline, timeout)
     finally:
         _stop_all(procs)
 
 
-def _next(
-    task: str, procs: dict[str, tuple[mp.process.BaseProcess, Connection]], deadline: float
-) -> tuple[str, Any]:
+def _spawn(launch: _Launch) -> tuple[mp.process.BaseProcess, Connection]:
+    """Start one role's process (spawned: no state inherited from the caller)."""
+    mpctx = mp.get_context("spawn")
+    parent, child = mpctx.Pipe()
+    proc = mpctx.Process(
+        target=_child,
+        args=(child, launch),
+        name=f"tfyarn-{launch.role}-{launch.index}",
+        daemon=True,
+    )
+    proc.start()
+    child.close()
+    return proc, parent
+
+
+def _results(procs: _Procs, deadline: float, timeout: float) -> dict[str, Any]:
+    """Every training role's result, as they finish; the first failure is raised."""
+    results: dict[str, Any] = {}
+    pending = set(procs)
+    while pending:
+        ready = wait(
+            [procs[t][1] for t in pending] + [procs[t][0].sentinel for t in pending],
+            timeout=max(0.0, deadline - time.monotonic()),
+        )
+        if not ready:
+            raise TFYarnError(
+                f"local exchange job timed out after {timeout:.0f}s "
+                f"waiting for {', '.join(sorted(pending))}"
+            )
+        for task in sorted(pending):
+            proc, conn = procs[task]
+            if conn in ready or proc.sentinel in ready:
+                msg = _next(task, procs, deadline)
+                if msg[0] == "err":
+                    raise RoleFailedError(task, "127.0.0.1", msg[1])
+                if not task.startswith("ps"):
+                    results[task] = msg[1]
+                pending.discard(task)
+    return results
+
+
+def _next(task: str, procs: _Procs, deadline: float) -> tuple[str, Any]:
     p, conn = procs[task]
     left = max(0.0, deadline - time.monotonic())
     if not conn.poll(left):
@@ -247,17 +306,80 @@ def _next(
         ) from None
 
 
-def _stop_all(procs: dict[str, tuple[mp.process.BaseProcess, Connection]]) -> None:
+def _stop_all(procs: _Procs) -> None:
     # a role blocked on a dead peer gets a transport error and exits by itself; give it
     # a moment, then make sure nothing outlives the job
     grace = time.monotonic() + 20
-    for p, _conn in procs.values():
-        p.join(max(0.0, grace - time.monotonic()))
-    for p, conn in procs.values():
-        if p.is_alive():
-            p.terminate()
-            p.join(5)
-        if p.is_alive():
-            p.kill()
-            p.join(5)
+    for proc, _conn in procs.values():
+        proc.join(max(0.0, grace - time.monotonic()))
+    for proc, conn in procs.values():
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
         conn.close()
+
+
+def _run_threads(
+    fn: Callable[[LocalContext], object],
+    roles: list[tuple[str, int]],
+    strategy: str | None,
+    options: dict[str, Any],
+    transport: str,
+    timeout: float,
+) -> dict[str, Any]:
+    """:func:`run_local` with ``threads=True``: listeners here, one thread per role."""
+    from tfyarn import transport as tr
+
+    secret = secrets.token_bytes(32)
+    listeners: list[Listener] = []
+    try:
+        for _role in roles:
+            listeners.append(tr.listen(f"{transport}://127.0.0.1:0", secret=secret))
+        peers = {f"{r}:{i}": lst.address for (r, i), lst in zip(roles, listeners, strict=True)}
+        contexts = [
+            LocalContext(r, i, secret, transport, lst, peers, strategy, options)
+            for (r, i), lst in zip(roles, listeners, strict=True)
+        ]
+        return _join_threads(contexts, fn, timeout)
+    finally:
+        for lst in listeners:
+            with contextlib.suppress(Exception):
+                lst.close()
+
+
+def _join_threads(
+    contexts: list[LocalContext], fn: Callable[[LocalContext], object], timeout: float
+) -> dict[str, Any]:
+    """Run every context's role in a thread; the results, or the first failure."""
+    results: dict[str, Any] = {}
+    failures: list[tuple[str, str]] = []  # in the order they happened
+
+    def body(ctx: LocalContext) -> None:
+        try:
+            result = _play(ctx, fn)
+            if ctx.role != "ps":
+                results[ctx.task_id] = result
+        except BaseException:
+            failures.append((ctx.task_id, traceback.format_exc()))
+        finally:
+            with contextlib.suppress(Exception):
+                ctx.close()
+
+    threads = [
+        threading.Thread(target=body, args=(c,), name=f"tfyarn-{c.task_id}", daemon=True)
+        for c in contexts
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if failures:
+        raise RoleFailedError(failures[0][0], "127.0.0.1", failures[0][1])
+    late = [c.task_id for c, t in zip(contexts, threads, strict=True) if t.is_alive()]
+    if late:
+        raise TFYarnError(f"local threaded job timed out after {timeout:.0f}s in {late}")
+    return results

@@ -19,6 +19,7 @@ which is exactly the concurrency :class:`~tfyarn.transport.base.Comm` allows.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -41,7 +42,9 @@ _CHANNEL = "ring"
 
 
 def _bytes(a: np.ndarray) -> memoryview:
-    return memoryview(a.view(np.uint8))
+    # ``.data`` is the array's own memoryview (NumPy's stubs do not declare ndarray a
+    # Buffer before Python 3.12); a uint8 view first, so that bfloat16 chunks pass too
+    return a.view(np.uint8).data
 
 
 class _Sender:
@@ -180,6 +183,18 @@ class Ring:
             return exc
         return TransportError(f"ring rank {self.rank}/{self.size}: {exc}")
 
+    @contextlib.contextmanager
+    def _operation(self) -> Iterator[_Sender]:
+        """One collective at a time; all it queued is sent at the end; any failure breaks it."""
+        if self._sender is None:
+            raise ConfigError("a ring of one rank has no neighbour to talk to")
+        with self._lock:
+            try:
+                yield self._sender
+                self._sender.flush()
+            except BaseException as exc:
+                raise self._fail(exc) from exc
+
     # -- collectives -------------------------------------------------------------------
     def allreduce_(self, a: np.ndarray, average: bool = False) -> np.ndarray:
         """Sum (or average) ``a`` over all ranks, in place; every rank gets the result.
@@ -200,34 +215,29 @@ class Ring:
         n = self.size
         if n == 1 or a.size == 0:
             return a
-        assert self._sender is not None
         r = self.rank
         seg = chunk_ranges(a.size, n)
         scratch = self._scratch.view(a.dtype)
         steps = 2 * (n - 1)
-        with self._lock:
-            try:
-                for c in self._chunks(a, *seg[r]):
-                    self._sender.send(c)
-                for t in range(steps):
-                    s_idx = (r - t - 1) % n
-                    reduce = t < n - 1
-                    last_reduce = t == n - 2
-                    forward = t < steps - 1
-                    for c in self._chunks(a, *seg[s_idx]):
-                        if reduce:
-                            tmp = scratch[: c.size]
-                            self._recv_into(tmp)
-                            kernels.add_(c, tmp)
-                            if last_reduce and average:
-                                kernels.scale_(c, 1.0 / n)
-                        else:
-                            self._recv_into(c)
-                        if forward:
-                            self._sender.send(c)
-                self._sender.flush()
-            except BaseException as exc:
-                raise self._fail(exc) from exc
+        with self._operation() as sender:
+            for c in self._chunks(a, *seg[r]):
+                sender.send(c)
+            for t in range(steps):
+                s_idx = (r - t - 1) % n
+                reduce = t < n - 1
+                last_reduce = t == n - 2
+                forward = t < steps - 1
+                for c in self._chunks(a, *seg[s_idx]):
+                    if reduce:
+                        tmp = scratch[: c.size]
+                        self._recv_into(tmp)
+                        kernels.add_(c, tmp)
+                        if last_reduce and average:
+                            kernels.scale_(c, 1.0 / n)
+                    else:
+                        self._recv_into(c)
+                    if forward:
+                        sender.send(c)
         return a
 
     def broadcast_(self, a: np.ndarray, root: int = 0) -> np.ndarray:
@@ -237,18 +247,13 @@ class Ring:
             raise ConfigError(f"broadcast root {root} is not a rank of a ring of {self.size}")
         if self.size == 1 or a.size == 0:
             return a
-        assert self._sender is not None
         forward = (self.rank + 1) % self.size != root
-        with self._lock:
-            try:
-                for c in self._chunks(a, 0, a.size):
-                    if self.rank != root:
-                        self._recv_into(c)
-                    if forward:
-                        self._sender.send(c)
-                self._sender.flush()
-            except BaseException as exc:
-                raise self._fail(exc) from exc
+        with self._operation() as sender:
+            for c in self._chunks(a, 0, a.size):
+                if self.rank != root:
+                    self._recv_into(c)
+                if forward:
+                    sender.send(c)
         return a
 
     def barrier(self) -> None:

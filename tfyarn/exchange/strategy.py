@@ -10,27 +10,37 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tfyarn.errors import ConfigError
-from tfyarn.exchange import tensors
 from tfyarn.exchange.algorithms import COMMON_OPTIONS, Algorithm, make_algorithm
-from tfyarn.exchange.buckets import pack, plan_buckets, unpack
+from tfyarn.exchange.collectives import LazyRing, allreduce_arrays
+from tfyarn.exchange.collectives import broadcast_variables as _broadcast_variables
+from tfyarn.exchange.context import ExchangeContext, exchange_listener
 from tfyarn.exchange.mesh import Mesh, ps_tasks, training_tasks
+from tfyarn.exchange.ps_access import (
+    ParameterServers,
+    job_parameter_servers,
+    service_parameter_servers,
+)
 from tfyarn.exchange.ring import Ring
+from tfyarn.exchange.tensors import Variable
+
+if TYPE_CHECKING:
+    from tfyarn.service.attach import ServiceAttachment
 
 __all__ = ["ExchangeStrategy", "for_context", "serve_ps"]
 
 
-def _need(ctx: Any, *names: str) -> None:
-    missing = [n for n in names if getattr(ctx, n, None) is None]
-    if missing:
-        raise ConfigError(
-            f"the node context lacks {', '.join(missing)}: exchange strategies need a transport "
-            "listener and the peers' addresses (tfyarn.run(..., strategy=NAME) provides them)"
-        )
+def _mesh(ctx: ExchangeContext, timeout: float) -> Mesh:
+    """This role's mesh over ``ctx``'s listener (a :class:`ConfigError` without one).
+
+    Its connections take the listener's transport options: those are
+    ``ctx.transport_options`` already merged with the transport selection's settings.
+    """
+    return Mesh(ctx.task_id, exchange_listener(ctx), ctx.peers, ctx.secret, timeout)
 
 
 class ExchangeStrategy:
@@ -38,28 +48,42 @@ class ExchangeStrategy:
 
     Parameters
     ----------
-    ctx : object
-        A node context (``tfyarn.node.context.NodeContext`` or
-        :class:`~tfyarn.exchange.local.LocalContext`) of a chief or worker.
+    ctx : ExchangeContext
+        The context of a chief or worker (``tfyarn.node.context.NodeContext`` or
+        :class:`~tfyarn.exchange.local.LocalContext`).
     name : str, optional
-        Algorithm name; defaults to ``ctx.strategy_name``.
+        Algorithm name; defaults to ``ctx.strategy_name``, else ``"allreduce"``.
     options : mapping, optional
         Algorithm options; default ``ctx.strategy_options``.
+    service : ServiceAttachment, optional
+        A long-lived service whose parameter servers to use instead of the job's own
+        (:func:`for_context` passes ``ctx.service``).
 
     Attributes
     ----------
     rank, size : int
         Position among the training roles (chief first, then workers) and their number.
+    collectives : LazyRing
+        The ring of training roles, connected on first use.
+    ps : list of str
+        The parameter servers the algorithm may use (the service's, or the job's).
     """
 
     def __init__(
-        self, ctx: Any, name: str | None = None, options: Mapping[str, Any] | None = None
+        self,
+        ctx: ExchangeContext,
+        name: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        *,
+        service: ServiceAttachment | None = None,
     ) -> None:
-        _need(ctx, "task_id", "listener", "peers", "secret")
-        name = name or getattr(ctx, "strategy_name", None) or "allreduce"
-        opts = dict(
-            options if options is not None else (getattr(ctx, "strategy_options", None) or {})
-        )
+        name = name or ctx.strategy_name or "allreduce"
+        opts = dict(options if options is not None else ctx.strategy_options)
+        if "service" in opts:
+            raise ConfigError(
+                "the service is not a strategy option: pass ExchangeStrategy(ctx, "
+                "service=attachment) (for_context passes ctx.service)"
+            )
         self.name = name
         self.task_id: str = ctx.task_id
         self.members = training_tasks(ctx.peers)
@@ -68,24 +92,29 @@ class ExchangeStrategy:
         self.rank = self.members.index(self.task_id)
         self.size = len(self.members)
         #: A long-lived service's parameter servers (``tfyarn.run(service=...)``), if any.
-        self.service = opts.pop("service", None)
-        self.ps = self.service.ps if self.service is not None else ps_tasks(ctx.peers)
+        self.service = service
         self.options = {**COMMON_OPTIONS, **{k: v for k, v in opts.items() if k in COMMON_OPTIONS}}
-        self.mesh = Mesh(ctx.task_id, ctx.listener, ctx.peers, ctx.secret, self.options["timeout"])
-        self._ring: Ring | None = None
+        self.mesh = _mesh(ctx, self.options["timeout"])
+        self.collectives = LazyRing(self.mesh, self.members, self.options["chunk_bytes"])
         try:
-            self.algorithm: Algorithm = make_algorithm(name, self, opts)
+            servers = self._servers(ctx)
+            self.ps: list[str] = list(servers.names) if servers is not None else []
+            self.algorithm: Algorithm = make_algorithm(name, opts, self.collectives, servers)
         except BaseException:
             self.mesh.close()
             raise
+
+    def _servers(self, ctx: ExchangeContext) -> ParameterServers | None:
+        bucket_bytes = int(self.options["bucket_bytes"])
+        if self.service is not None:
+            return service_parameter_servers(self.service, self.task_id, bucket_bytes)
+        return job_parameter_servers(self.mesh, ps_tasks(ctx.peers), bucket_bytes)
 
     # -- collectives -------------------------------------------------------------------
     @property
     def ring(self) -> Ring:
         """The ring of training roles, connected on first use (by every rank)."""
-        if self._ring is None:
-            self._ring = Ring.connect(self.mesh, self.members, self.options["chunk_bytes"])
-        return self._ring
+        return self.collectives.ring
 
     def allreduce(self, value: Any, average: bool = True) -> np.ndarray:
         """Sum (or average) ``value`` (array-like, any shape) over all trainers; a new array."""
@@ -93,15 +122,24 @@ class ExchangeStrategy:
         if a.dtype.kind not in "fi":
             raise ConfigError(f"allreduce needs a numeric array, got dtype {a.dtype}")
         flat = np.ascontiguousarray(a.reshape(-1))
-        self.ring.allreduce_(flat, average=average and a.dtype.kind == "f")
+        self.collectives.allreduce_(flat, average=average and a.dtype.kind == "f")
         return flat.reshape(a.shape)
 
     def broadcast(self, value: Any, root: int = 0) -> np.ndarray:
         """Rank ``root``'s ``value`` on every rank (same shape and dtype everywhere)."""
         a = np.array(value, copy=True)
         flat = np.ascontiguousarray(a.reshape(-1))
-        self.ring.broadcast_(flat, root)
+        self.collectives.broadcast_(flat, root)
         return flat.reshape(a.shape)
+
+    def allreduce_arrays(
+        self, arrays: Sequence[np.ndarray], average: bool = True
+    ) -> list[np.ndarray]:
+        """Sum or average float ``arrays`` over all trainers, fused into one pass per dtype.
+
+        Returns new arrays (views of one fresh buffer per dtype).
+        """
+        return allreduce_arrays(self.collectives, arrays, average=average)
 
     def allreduce_tensors(self, tensors: Sequence[Any], average: bool = True) -> list[Any]:
         """All-reduce float TensorFlow tensors as graph ops (works inside ``tf.function``).
@@ -114,18 +152,11 @@ class ExchangeStrategy:
 
     def barrier(self) -> None:
         """Wait until every trainer got here."""
-        self.ring.barrier()
+        self.collectives.barrier()
 
-    def broadcast_variables(self, variables: Sequence[Any], root: int = 0) -> None:
+    def broadcast_variables(self, variables: Sequence[Variable], root: int = 0) -> None:
         """Give every trainer rank ``root``'s values of ``variables`` (fused, one pass)."""
-        if self.size == 1 or not variables:
-            return
-        values = tensors.read(variables)
-        for b in plan_buckets(tensors.specs(variables), 1 << 62):
-            flat = pack(b, values, np.empty(b.size, values[b.slots[0].tensor].dtype))
-            self.ring.broadcast_(flat, root)
-            unpack(b, flat, values)
-        tensors.assign(variables, values)
+        _broadcast_variables(self.collectives, variables, root)
 
     # -- Keras / training-loop integration ----------------------------------------------
     def distributed_optimizer(self, optimizer: Any) -> Any:
@@ -165,17 +196,16 @@ class ExchangeStrategy:
         """Say goodbye to the parameter servers and close every connection; idempotent."""
         with contextlib.suppress(Exception):
             self.algorithm.close()
-        if self._ring is not None:
-            self._ring.close()
+        self.collectives.close()
         self.mesh.close()
 
 
-def for_context(ctx: Any) -> ExchangeStrategy:
+def for_context(ctx: ExchangeContext) -> ExchangeStrategy:
     """The exchange strategy of a chief/worker context (``ctx.strategy()`` returns it)."""
-    return ExchangeStrategy(ctx)
+    return ExchangeStrategy(ctx, service=ctx.service)
 
 
-def serve_ps(ctx: Any) -> None:
+def serve_ps(ctx: ExchangeContext) -> None:
     """Serve this parameter server's shards until every trainer said goodbye.
 
     Synchronous for ``sync_ps``, asynchronous otherwise (DOWNPOUR, and the center
@@ -186,14 +216,12 @@ def serve_ps(ctx: Any) -> None:
     TransportError
         A trainer disconnected without saying goodbye (it failed).
     """
-    from tfyarn.exchange.ps import PSServer
+    from tfyarn.exchange.ps import job_server
 
-    _need(ctx, "task_id", "listener", "peers", "secret")
-    opts = dict(getattr(ctx, "strategy_options", None) or {})
-    timeout = float(opts.get("timeout", COMMON_OPTIONS["timeout"]))
-    mesh = Mesh(ctx.task_id, ctx.listener, ctx.peers, ctx.secret, timeout)
+    timeout = float(ctx.strategy_options.get("timeout", COMMON_OPTIONS["timeout"]))
+    mesh = _mesh(ctx, timeout)
     try:
-        sync = getattr(ctx, "strategy_name", None) == "sync_ps"
-        PSServer(mesh, training_tasks(ctx.peers), synchronous=sync).serve()
+        sync = ctx.strategy_name == "sync_ps"
+        job_server(mesh, training_tasks(ctx.peers), synchronous=sync).serve()
     finally:
         mesh.close()
