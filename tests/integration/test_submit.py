@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,11 @@ def test_submit_runs_a_files_job_and_writes_the_result(tmp_path: Path) -> None:
     assert report["metrics"]["worker:0"]["rows"] == 60
     assert set(report["roles"]) == {"chief:0", "worker:0"}
     assert report["wall_time"] > 0 and report["startup_time"] > 0
+    # the role plan, printed by the driver before the job starts
+    assert (
+        "tfyarn: 2 roles, 2 executors needed (one per role): chief:0, worker:0; no strategy; "
+        "trainers (they get the data): chief:0, worker:0\n" in proc.stdout
+    )
 
 
 def test_submit_reports_a_script_that_fails_before_tfyarn_runs(tmp_path: Path) -> None:
@@ -88,3 +94,23 @@ def test_submit_dry_run_and_unknown_profile() -> None:
     )
     assert proc.returncode == 1
     assert "no profile named 'nope'" in proc.stderr
+
+
+def test_submit_help_exits_0_and_refusals_come_before_spark() -> None:
+    for flag in ("--help", "-h"):
+        proc = subprocess.run([TFYARN, "submit", flag], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("usage: tfyarn submit ") and proc.stderr == ""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [TFYARN, "submit", "--workers", "2", "--conf", "spark.executor.instances=1", "x.py"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "tfyarn: error: spark.executor.instances=1 is fewer than the job's 3 roles (one "
+        "executor each); leave it to tfyarn submit, which sets 3\n"
+    )
+    assert time.monotonic() - started < 15  # no Spark started
