@@ -23,19 +23,19 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from tfyarn.cluster import partitioning, validate
-from tfyarn.cluster.plan import TF_NATIVE_STRATEGIES, data_roles, plan_roles
+from tfyarn.cluster.options import LaunchOptions, launch_options
+from tfyarn.cluster.plan import data_roles, describe, plan_job
 from tfyarn.cluster.progress import ProgressDisplay, ProgressServer, RoleState
-from tfyarn.errors import ConfigError, RoleFailedError, TFYarnError
-from tfyarn.exchange import STRATEGY_NAMES as EXCHANGE_STRATEGIES
+from tfyarn.errors import RoleFailedError, TFYarnError
 from tfyarn.node.job import InputMode, JobSpec
 from tfyarn.transport.auth import new_job_secret
-from tfyarn.transport.select import CHOICES as TRANSPORTS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from tfyarn.node.context import NodeContext
     from tfyarn.service.attach import ServiceAttachment
+    from tfyarn.transport.options import TransportOptions
 
 __all__ = ["RunResult", "run"]
 
@@ -92,94 +92,23 @@ def _conf(spark: SparkSession, key: str) -> str | None:
     return spark.sparkContext.getConf().get(f"spark.tfyarn.{key}", None)
 
 
-def _settle(value: Any, spark: SparkSession, key: str, cast: Callable[[str], Any], default: Any):
-    """An argument given in code wins; else ``spark.tfyarn.<key>``; else the default."""
-    if value is not None:
-        return value
-    raw = _conf(spark, key)
-    if raw is None or raw == "":
-        return default
-    try:
-        return cast(raw)
-    except ValueError:
-        raise ConfigError(f"spark.tfyarn.{key}={raw!r} is not valid") from None
-
-
-def _check_strategy(strategy: str | None, ps: int, transport: str | None) -> None:
-    known = (*TF_NATIVE_STRATEGIES, *EXCHANGE_STRATEGIES)
-    if strategy is not None and strategy not in known:
-        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(known)}")
-    if strategy == "ps" and ps < 1:
-        raise ConfigError("strategy='ps' needs at least one parameter server: pass ps=1 or more")
-    if strategy == "mwms" and ps:
-        raise ConfigError("strategy='mwms' has no parameter servers: pass ps=0")
-    if transport is not None and transport not in TRANSPORTS:
-        raise ConfigError(f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}")
-
-
-def _input(data: Any, input_mode: InputMode | str | None) -> tuple[InputMode, tuple[str, ...]]:
-    """Work out the input mode from ``data``; FILES takes a list of paths."""
-    if input_mode is None:
-        if data is None:
-            mode = InputMode.NONE
-        elif isinstance(data, list | tuple):
-            mode = InputMode.FILES
-        else:
-            mode = InputMode.SPARK
-    else:
-        mode = InputMode(input_mode) if isinstance(input_mode, str) else input_mode
-    if mode is InputMode.FILES:
-        if not isinstance(data, list | tuple) or not all(isinstance(f, str) for f in data):
-            raise ConfigError("input_mode=FILES needs data= as a list of file paths")
-        return mode, tuple(data)
-    if mode is InputMode.SPARK:
-        from pyspark.sql import DataFrame
-
-        if not isinstance(data, DataFrame):
-            raise ConfigError(
-                f"input_mode=SPARK needs data= as a Spark DataFrame, got {type(data).__name__}"
-            )
-    return mode, ()
-
-
 def _stage_input(
     spark: SparkSession,
     job_plan: Sequence[Any],
     trainers: Sequence[Any],
     mode: InputMode,
-    data: DataFrame | None,
+    data: DataFrame | tuple[str, ...] | None,
 ) -> tuple[DataFrame, tuple[int, ...]]:
     """The DataFrame the barrier stage maps over: one partition per role."""
     n = len(job_plan)
     if mode is InputMode.SPARK:
-        assert data is not None
+        from pyspark.sql import DataFrame
+
+        assert isinstance(data, DataFrame)  # LaunchOptions checked it
         keys = partitioning.routing_keys(spark, n)
         targets = [r.partition for r in trainers]
         return partitioning.spread(data, n, targets, keys), tuple(keys)
     return spark.range(0, n, 1, n), ()
-
-
-def _attach_service(
-    service: str | ServiceAttachment | None,
-    strategy: str | None,
-    ps: int,
-    options: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """``options`` with the service's attachment added (``run(service=...)``)."""
-    if service is None:
-        return dict(options or {})
-    from tfyarn.exchange.algorithms import SERVICE_STRATEGIES
-    from tfyarn.service.attach import attach
-
-    if ps:
-        raise ConfigError(f"service={service!r} brings its own parameter servers: pass ps=0")
-    if strategy not in SERVICE_STRATEGIES:
-        raise ConfigError(
-            f"strategy {strategy!r} cannot attach to a service; use one of "
-            f"{', '.join(SERVICE_STRATEGIES)}"
-        )
-    attachment = attach(service) if isinstance(service, str) else service
-    return {**(options or {}), "service": attachment}
 
 
 def run(
@@ -188,7 +117,7 @@ def run(
     *,
     workers: int | None = None,
     ps: int | None = None,
-    chief: bool = True,
+    chief: bool | None = None,
     evaluator: bool = False,
     data: DataFrame | Sequence[str] | None = None,
     input_mode: InputMode | str | None = None,
@@ -205,6 +134,7 @@ def run(
     env: dict[str, str] | None = None,
     progress: bool = True,
     service: str | ServiceAttachment | None = None,
+    transport_options: TransportOptions | None = None,
 ) -> RunResult:
     """Run ``train_fn`` as a TensorFlow cluster, one role per Spark executor.
 
@@ -219,8 +149,10 @@ def run(
         Workers; default ``spark.tfyarn.workers``.
     ps : int, optional
         Parameter servers; default ``spark.tfyarn.ps``, else 0.
-    chief : bool
-        Run a dedicated chief (partition 0).
+    chief : bool, optional
+        Run a dedicated chief (partition 0); default ``spark.tfyarn.chief`` (the layout
+        ``tfyarn submit`` sized the cluster for), else a chief for ``"ps"`` and no strategy
+        only (see :func:`tfyarn.cluster.plan.plan_job`).
     evaluator : bool
         Run an evaluator (outside the training cluster).
     data : DataFrame or list of str, optional
@@ -285,9 +217,8 @@ def run(
     output_json = _conf(spark, "outputJson")
     begun = time.monotonic()
     try:
-        result = _launch(
-            spark=spark,
-            train_fn=train_fn,
+        options = launch_options(
+            lambda key: _conf(spark, key),
             workers=workers,
             ps=ps,
             chief=chief,
@@ -297,6 +228,7 @@ def run(
             strategy=strategy,
             strategy_options=strategy_options,
             transport=transport,
+            transport_options=transport_options,
             interface=interface,
             model_dir=model_dir,
             timeout=timeout,
@@ -308,6 +240,7 @@ def run(
             progress=progress,
             service=service,
         )
+        result = _launch(spark, train_fn, options, begun)
     except BaseException as exc:
         if output_json:
             _write_json(
@@ -334,57 +267,31 @@ def _write_json(path: str, payload: dict[str, Any]) -> None:
 def _launch(
     spark: SparkSession,
     train_fn: Callable[[NodeContext], Any],
-    *,
-    workers: int | None,
-    ps: int | None,
-    chief: bool,
-    evaluator: bool,
-    data: Any,
-    input_mode: InputMode | str | None,
-    strategy: str | None,
-    strategy_options: dict[str, Any] | None,
-    transport: str | None,
-    interface: str | None,
-    model_dir: str | None,
-    timeout: float | None,
-    allocation_timeout: float,
-    startup_timeout: float,
-    heartbeat_interval: float,
-    silent_warning_after: float,
-    env: dict[str, str] | None,
-    progress: bool,
-    service: str | ServiceAttachment | None = None,
+    options: LaunchOptions,
+    begun: float,
 ) -> RunResult:
     """The body of :func:`run` (which adds the ``--output-json`` report)."""
-    begun = time.monotonic()
     sc = spark.sparkContext
-    workers = _settle(workers, spark, "workers", int, None)
-    if workers is None:
-        raise ConfigError("say how many workers: tfyarn.run(..., workers=N) or --workers N")
-    ps = _settle(ps, spark, "ps", int, 0)
-    transport = _settle(transport, spark, "transport", str, None)
-    if transport is None and strategy in EXCHANGE_STRATEGIES:
-        transport = "auto"
-    _check_strategy(strategy, ps, transport)
-    service = _settle(service, spark, "service", str, None)
-    strategy_options = _attach_service(service, strategy, ps, strategy_options)
-    plan = plan_roles(workers=workers, ps=ps, chief=chief, evaluator=evaluator)
-    trainers = data_roles(plan, strategy)
-    mode, files = _input(data, input_mode)
+    plan = plan_job(
+        workers=options.workers,
+        ps=options.ps,
+        chief=options.chief,
+        evaluator=options.evaluator,
+        strategy=options.strategy,
+        submitted_chief=_conf(spark, "chief"),
+    )
+    print(describe(plan, options.strategy), flush=True)  # the role plan, at every job's start
+    trainers = data_roles(plan, options.strategy)
     validate.check_spark_conf(sc)
-    validate.wait_for_slots(sc, len(plan), allocation_timeout)
+    validate.wait_for_slots(sc, len(plan), options.allocation_timeout)
+    validate.check_transport(sc, options.transport)  # rdma: probed here if executors are local
 
     job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
     secret = new_job_secret()
     driver_host = sc.getConf().get("spark.driver.host", "127.0.0.1")
     server = ProgressServer(driver_host, secret, [r.task_id for r in plan])
-    stage_df, keys = _stage_input(
-        spark,
-        plan,
-        trainers,
-        mode,
-        data if mode is InputMode.SPARK else None,  # type: ignore[arg-type]
-    )
+    frame = options.data if options.input_mode is InputMode.SPARK else None
+    stage_df, keys = _stage_input(spark, plan, trainers, options.input_mode, frame)
     job = JobSpec(
         job_id=job_id,
         plan=plan,
@@ -392,22 +299,27 @@ def _launch(
         train_fn=cloudpickle.dumps(train_fn),
         secret=secret,
         driver_address=server.address,
-        strategy=strategy,
-        strategy_options=dict(strategy_options or {}),
-        transport=transport,
-        interface=interface or _conf(spark, "interface"),
-        input_mode=mode,
-        files=files,
-        key_column=partitioning.KEY_COLUMN if mode is InputMode.SPARK else None,
+        strategy=options.strategy,
+        strategy_options=dict(options.strategy_options),
+        transport=options.transport,
+        transport_options=options.transport_options,
+        interface=options.interface,
+        input_mode=options.input_mode,
+        files=options.files,
+        key_column=partitioning.KEY_COLUMN if options.input_mode is InputMode.SPARK else None,
         routing_keys=keys,
-        model_dir=model_dir or os.path.join(tempfile.gettempdir(), f"tfyarn-model-{job_id}"),
-        heartbeat_interval=heartbeat_interval,
-        startup_timeout=startup_timeout,
-        env=dict(env or {}),
+        model_dir=options.model_dir
+        or os.path.join(tempfile.gettempdir(), f"tfyarn-model-{job_id}"),
+        heartbeat_interval=options.heartbeat_interval,
+        startup_timeout=options.startup_timeout,
+        env=dict(options.env),
+        service=options.service,
     )
-    display = ProgressDisplay(server, silent_warning_after, enabled=progress)
+    display = ProgressDisplay(server, options.silent_warning_after, enabled=options.progress)
     try:
-        rows, stage_started = _run_stage(spark, stage_df, job, server, display, timeout, begun)
+        rows, stage_started = _run_stage(
+            spark, stage_df, job, server, display, options.timeout, begun
+        )
     finally:
         display.close()
         server.close()

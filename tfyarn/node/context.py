@@ -6,41 +6,24 @@ import json
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tfyarn.cluster.plan import RoleSpec
 from tfyarn.errors import ConfigError
 from tfyarn.node import feed
 from tfyarn.node.job import InputMode, JobSpec
+from tfyarn.node.messages import Member
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
     from tfyarn.node.heartbeat import HeartbeatClient
     from tfyarn.node.ports import ReservedPort
+    from tfyarn.service.attach import ServiceAttachment
     from tfyarn.transport.base import Listener
+    from tfyarn.transport.options import TransportOptions
 
 __all__ = ["Member", "NodeContext"]
-
-
-@dataclass(frozen=True)
-class Member:
-    """One role as the cluster wiring (Spark ``allGather``) described it."""
-
-    task_id: str
-    host: str
-    tf_port: int
-    exchange_address: str | None
-    rows: int
-    executor: str
-    data_spec: dict | None = None
-
-    @property
-    def tf_address(self) -> str:
-        """``host:port`` of the role's TensorFlow server."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.tf_port}"
 
 
 class NodeContext:
@@ -69,10 +52,15 @@ class NodeContext:
         This role's transport listener, when a transport was requested.
     transport : str or None
         The transport in use (what was actually picked, never a silent fallback).
+    transport_options : TransportOptions or None
+        The job's transport settings (``tfyarn.run(transport_options=...)``), if given.
     secret : bytes
         The job secret.
     files : list of str
         This trainer's share of the input files (:attr:`InputMode.FILES`).
+    service : ServiceAttachment or None
+        The long-running service whose parameter servers the job attached to
+        (``tfyarn.run(service=...)``), else None.
     """
 
     def __init__(
@@ -107,6 +95,7 @@ class NodeContext:
         self.secret = job.secret
         self.listener = listener
         self.transport = transport
+        self.transport_options: TransportOptions | None = job.transport_options
         self.peers = {
             m.task_id: m.exchange_address
             for m in members
@@ -114,6 +103,7 @@ class NodeContext:
         }
         self.strategy_name = job.strategy
         self.strategy_options = dict(job.strategy_options)
+        self.service: ServiceAttachment | None = job.service
         self._heartbeat = heartbeat
         self._tf_port = tf_port
         self._data_path = data_path

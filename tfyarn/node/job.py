@@ -11,8 +11,13 @@ import enum
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tfyarn.cluster.plan import RoleSpec
+
+if TYPE_CHECKING:
+    from tfyarn.service.attach import ServiceAttachment
+    from tfyarn.transport.options import TransportOptions
 
 __all__ = ["InputMode", "JobSpec"]
 
@@ -53,6 +58,8 @@ class JobSpec:
     transport : str or None
         Requested tfyarn transport (``"auto"``, ``"tcp"``, ``"grpc"``, ``"ucx"``, ``"rdma"``),
         or None when no tfyarn transport endpoint is wanted.
+    transport_options : TransportOptions or None
+        Settings of the role's transport listener and connections; None: the defaults.
     interface : str or None
         Interface name or address roles bind to; None: the address Spark uses.
     input_mode : InputMode
@@ -75,6 +82,9 @@ class JobSpec:
         Extra environment variables for the role processes.
     tmp_root : str or None
         Parent of the per-job workspace; None: the system temp dir.
+    service : ServiceAttachment or None
+        The long-running service whose parameter servers the trainers use instead of ps
+        roles (``tfyarn.run(service=...)``), else None.
     """
 
     job_id: str
@@ -86,6 +96,7 @@ class JobSpec:
     strategy: str | None = None
     strategy_options: dict = field(default_factory=dict)
     transport: str | None = None
+    transport_options: TransportOptions | None = None
     interface: str | None = None
     input_mode: InputMode = InputMode.NONE
     files: tuple[str, ...] = ()
@@ -97,6 +108,7 @@ class JobSpec:
     shutdown_grace: float = 30.0
     env: dict = field(default_factory=dict)
     tmp_root: str | None = None
+    service: ServiceAttachment | None = None
 
     def role(self, partition: int) -> RoleSpec:
         """The role of barrier partition ``partition``."""

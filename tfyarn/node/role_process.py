@@ -22,16 +22,24 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import cloudpickle
 
-from tfyarn.node.context import Member, NodeContext
+from tfyarn.cluster.plan import RoleSpec
+from tfyarn.node.context import NodeContext
 from tfyarn.node.control import ControlPipe
 from tfyarn.node.heartbeat import HeartbeatClient
 from tfyarn.node.job import JobSpec
+from tfyarn.node.messages import Cluster, Hello, Member, Message, MessageError, Setup
 from tfyarn.node.ports import ReservedPort
+
+if TYPE_CHECKING:
+    from tfyarn.transport.base import Listener
+
+M = TypeVar("M", bound=Message)
 
 #: Exit status when the parent task vanished and the watchdog ended the role.
 EXIT_ORPHANED = 3
@@ -39,7 +47,7 @@ EXIT_ORPHANED = 3
 EXIT_FAILED = 1
 
 
-def _orphaned_exit(workdir: Path) -> None:
+def _orphaned_exit(workdir: Path) -> NoReturn:
     """The task that started us is gone: remove the workspace and end at once."""
     shutil.rmtree(workdir, ignore_errors=True)
     with contextlib.suppress(OSError):
@@ -63,14 +71,16 @@ def _watch_parent(workdir: Path, parent: int, interval: float = 0.25) -> None:
     threading.Thread(target=watch, name="tfyarn-parent-watchdog", daemon=True).start()
 
 
-def _open_listener(job: JobSpec, host: str, peer_hosts: list[str]) -> tuple[Any, str]:
+def _open_listener(job: JobSpec, host: str, peer_hosts: list[str]) -> tuple[Listener, str]:
     """Bind this role's transport listener, on the transport chosen for this cluster."""
     from tfyarn import transport
     from tfyarn.transport.select import choose_transport
 
     choice = choose_transport(job.transport or "auto", peer_hosts=peer_hosts, local_host=host)
     listener = transport.listen(
-        f"{choice.scheme}://{host}:0", secret=job.secret, **getattr(choice, "options", {})
+        f"{choice.scheme}://{host}:0",
+        secret=job.secret,
+        options=choice.transport_options(job.transport_options),
     )
     print(f"tfyarn {job.job_id}: transport {choice.transport}: {choice.reason}", file=sys.stderr)
     return listener, choice.transport
@@ -111,61 +121,103 @@ def _dispatch(job: JobSpec, ctx: NodeContext, finished: threading.Event) -> Any:
     return train_fn(ctx)
 
 
-def main(argv: list[str]) -> int:
-    """Entry point; see the module docstring for the arguments."""
-    workdir = Path(argv[1])
-    control = ControlPipe(int(argv[2]), int(argv[3]))
-    tf_port = ReservedPort.from_fd(int(argv[4]))
-    # Spark's Python daemon sends SIGHUP to its whole process group when the executor
-    # stops; the watchdog below cleans up and exits instead of dying mid-way.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _watch_parent(workdir, int(argv[5]))
-    os.chdir(workdir)  # relative paths (ps_data.SHARD_DIR) resolve per role
-    job = JobSpec.load(workdir / "job.pkl")
-    setup = control.receive(timeout=job.startup_timeout)
-    if setup is None:  # the task closed the pipe: it is gone
-        _orphaned_exit(workdir)
-    if setup.get("type") != "setup":
-        return EXIT_FAILED
-    me = job.role(int(setup["partition"]))
-    host = setup["host"]
-    os.environ.update({k: str(v) for k, v in job.env.items()})
+def _next(control: ControlPipe, expected: type[M], job: JobSpec, workdir: Path) -> M:
+    """The task's next control message, which must be an ``expected``.
 
+    The task closing the pipe means it is gone: the role ends as an orphan would.
+    """
+    message = control.receive(expected, timeout=job.startup_timeout)
+    if message is None:
+        _orphaned_exit(workdir)
+    return message
+
+
+def _say(control: ControlPipe, message: Message, workdir: Path) -> None:
+    """Send ``message`` to the task; a closed pipe means the task is gone.
+
+    Without this the role would die of ``BrokenPipeError`` before its watchdog noticed
+    the lost parent, and leave its workspace behind.
+    """
+    try:
+        control.send(message)
+    except BrokenPipeError:
+        _orphaned_exit(workdir)
+
+
+def _refuse(workdir: Path, exc: MessageError) -> NoReturn:
+    """End the role over a protocol error, leaving the report its task passes on."""
+    text = (
+        f"tfyarn role process: {type(exc).__name__}: {exc}\n"
+        "The barrier task and its role process disagree on the control protocol: both "
+        "come from the same tfyarn, so this is a bug (or a mixed installation); please "
+        "report it with this message.\n"
+    )
+    with contextlib.suppress(OSError):
+        (workdir / "error.txt").write_text(text)
+    print(text, file=sys.stderr, flush=True)
+    os._exit(EXIT_FAILED)
+
+
+@dataclass(frozen=True)
+class _Wired:
+    """What the control protocol told the role: who it is, and the cluster around it."""
+
+    me: RoleSpec
+    setup: Setup
+    members: tuple[Member, ...]
+    listener: Listener | None
+    transport: str | None
+
+
+def _wire(control: ControlPipe, job: JobSpec, workdir: Path) -> _Wired:
+    """Run the role's side of the control protocol: setup, hello, cluster."""
+    setup = _next(control, Setup, job, workdir)
+    if setup.partition >= len(job.plan):
+        raise MessageError(
+            f"bad 'setup' control message: partition {setup.partition} is not in the job's "
+            f"plan of {len(job.plan)} roles"
+        )
+    os.environ.update({k: str(v) for k, v in job.env.items()})
     listener, transport_name = None, None
     if job.transport is not None:
-        listener, transport_name = _open_listener(job, host, setup["peer_hosts"])
-    control.send(
-        {
-            "type": "hello",
-            "exchange_address": listener.address if listener is not None else None,
-            "transport": transport_name,
-        }
-    )
-    wiring = control.receive(timeout=job.startup_timeout)
-    if wiring is None:
-        _orphaned_exit(workdir)
-    if wiring.get("type") != "cluster":
-        return EXIT_FAILED
-    members = [Member(**m) for m in wiring["members"]]
+        listener, transport_name = _open_listener(job, setup.host, list(setup.peer_hosts))
+    try:
+        address = listener.address if listener is not None else None
+        _say(control, Hello(exchange_address=address, transport=transport_name), workdir)
+        cluster = _next(control, Cluster, job, workdir)
+    except BaseException:
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                listener.close()
+        raise
+    planned = sorted(r.task_id for r in job.plan)
+    if sorted(m.task_id for m in cluster.members) != planned:
+        raise MessageError(
+            f"bad 'cluster' control message: its members "
+            f"{', '.join(m.task_id for m in cluster.members)} are not the job's roles "
+            f"{', '.join(planned)}"
+        )
+    return _Wired(job.role(setup.partition), setup, cluster.members, listener, transport_name)
 
+
+def _run_role(job: JobSpec, wired: _Wired, workdir: Path, tf_port: ReservedPort) -> int:
+    """Run the wired role to its end, reporting to the driver; return the exit status."""
+    me = wired.me
     finished = threading.Event()  # set when the driver says training is over
+    host, port = job.driver_address
     heartbeat = HeartbeatClient(
-        tuple(job.driver_address),
-        job.secret,
-        me.task_id,
-        job.heartbeat_interval,
-        on_finish=finished.set,
+        (host, port), job.secret, me.task_id, job.heartbeat_interval, on_finish=finished.set
     )
     ctx = NodeContext(
         job,
         me,
-        members,
+        wired.members,
         workdir=str(workdir),
-        data_path=setup.get("data_path"),
+        data_path=wired.setup.data_path,
         heartbeat=heartbeat,
         tf_port=tf_port,
-        listener=listener,
-        transport=transport_name,
+        listener=wired.listener,
+        transport=wired.transport,
         finished=finished,
     )
     os.environ["TF_CONFIG"] = ctx.tf_config  # before train_fn imports TensorFlow
@@ -173,10 +225,10 @@ def main(argv: list[str]) -> int:
     try:
         heartbeat.send(
             "ready",
-            host=host,
+            host=wired.setup.host,
             pid=os.getpid(),
             tf_port=ctx.members[me.task_id].tf_port,
-            transport=transport_name,
+            transport=wired.transport,
         )
         result = _dispatch(job, ctx, finished)
         if ctx.is_chief:
@@ -194,9 +246,28 @@ def main(argv: list[str]) -> int:
             ctx.close()
         heartbeat.close()
         tf_port.release()
-        if listener is not None:
+        if wired.listener is not None:
             with contextlib.suppress(Exception):
-                listener.close()
+                wired.listener.close()
+    return status
+
+
+def main(argv: list[str]) -> int:
+    """Entry point; see the module docstring for the arguments."""
+    workdir = Path(argv[1])
+    control = ControlPipe(int(argv[2]), int(argv[3]))
+    tf_port = ReservedPort.from_fd(int(argv[4]))
+    # Spark's Python daemon sends SIGHUP to its whole process group when the executor
+    # stops; the watchdog below cleans up and exits instead of dying mid-way.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _watch_parent(workdir, int(argv[5]))
+    os.chdir(workdir)  # relative paths (ps_data.SHARD_DIR) resolve per role
+    job = JobSpec.load(workdir / "job.pkl")
+    try:
+        wired = _wire(control, job, workdir)
+    except MessageError as exc:
+        _refuse(workdir, exc)
+    status = _run_role(job, wired, workdir, tf_port)
     sys.stdout.flush()
     sys.stderr.flush()
     # TensorFlow's server threads can keep a normal interpreter exit waiting forever.

@@ -22,8 +22,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -33,7 +34,11 @@ from tfyarn.node import feed
 from tfyarn.node.address import resolve_address
 from tfyarn.node.control import ControlPipe
 from tfyarn.node.job import InputMode, JobSpec
+from tfyarn.node.messages import Cluster, Endpoint, Hello, Member, MessageError, Setup
 from tfyarn.node.ports import reserve_port
+
+if TYPE_CHECKING:
+    from pyspark import BarrierTaskContext
 
 __all__ = [
     "RESULT_SCHEMA",
@@ -222,6 +227,150 @@ def _role_failure(role: RoleSpec, host: str, workdir: Path, proc: _RoleProcess) 
     )
 
 
+@dataclass(frozen=True)
+class _Placement:
+    """Where this barrier task runs and which role it plays."""
+
+    partition: int
+    role: RoleSpec
+    executor: str
+    host: str
+
+
+def _place(job: JobSpec, bctx: BarrierTaskContext) -> _Placement:
+    """This task's partition, role, executor and the address its role binds to."""
+    partition = bctx.partitionId()
+    infos = bctx.getTaskInfos()
+    if len(infos) != len(job.plan):
+        raise TFYarnError(
+            f"the barrier stage has {len(infos)} tasks but the job plans {len(job.plan)} roles; "
+            "adaptive query execution or a custom partitioning changed the partition count"
+        )
+    executor = infos[partition].address
+    host = resolve_address(job.interface, executor.rsplit(":", 1)[0])
+    return _Placement(partition, job.role(partition), executor, host)
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """The role's training data as cached on local disk (none for non-trainers)."""
+
+    path: str | None = None
+    rows: int = 0
+    spec: dict[str, Any] | None = None
+
+
+def _cache_input(
+    job: JobSpec, place: _Placement, batches: Iterator[pa.RecordBatch], workdir: Path
+) -> _Cached:
+    """Write this task's data to the workspace; consume the input whatever the role."""
+    role, target = place.role, workdir / "data.arrow"
+    if job.input_mode is InputMode.SPARK:
+        key = job.routing_keys[place.partition] if job.routing_keys else None
+        info = feed.write_cache(batches, target, key_column=job.key_column, expected_key=key)
+        if not job.is_trainer(role):
+            return _Cached()
+    elif job.input_mode is InputMode.FILES and job.is_trainer(role):
+        rank = job.trainers.index(role)
+        files = feed.shard_files(job.files, rank, len(job.trainers))
+        info = feed.write_cache(feed.read_files(files), target)
+    else:
+        for _ in batches:  # Spark expects the input consumed
+            pass
+        return _Cached()
+    return _Cached(info.path, info.rows, feed.data_spec(feed.load_columns(info.path)))
+
+
+def _gather_members(bctx: BarrierTaskContext, me: Member) -> tuple[Member, ...]:
+    """Every role's :class:`Member` record, in partition order (Spark ``allGather``)."""
+    members = tuple(
+        Member.from_json(json.loads(m)) for m in bctx.allGather(json.dumps(me.to_json()))
+    )
+    executors = [m.executor for m in members]
+    if len(set(executors)) != len(executors):
+        raise TFYarnError(
+            "two roles landed in the same executor; tfyarn needs one task per executor: "
+            "set spark.task.cpus equal to spark.executor.cores"
+        )
+    return members
+
+
+def _with_endpoints(
+    bctx: BarrierTaskContext, job: JobSpec, members: tuple[Member, ...], mine: Endpoint
+) -> tuple[Member, ...]:
+    """``members`` with every role's transport address (a second ``allGather``, if needed)."""
+    if job.transport is None:
+        return members
+    gathered = [
+        Endpoint.from_json(json.loads(e)) for e in bctx.allGather(json.dumps(mine.to_json()))
+    ]
+    by_task = {e.task_id: e.exchange_address for e in gathered}
+    return tuple(replace(m, exchange_address=by_task[m.task_id]) for m in members)
+
+
+def _hello(job: JobSpec, place: _Placement, proc: _RoleProcess, workdir: Path) -> Hello:
+    """The role's answer to its setup; a role that ends or misbehaves instead fails the task."""
+    try:
+        hello = proc.control.receive(Hello, timeout=job.startup_timeout)
+    except MessageError as exc:
+        task_id = place.role.task_id
+        raise RoleFailedError(
+            task_id,
+            place.host,
+            f"{type(exc).__name__}: {exc}",
+            f"role {task_id} on host {place.host} broke the control protocol: {exc}",
+        ) from None
+    if hello is None:  # the role process ended before it was wired
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.proc.wait(timeout=10)
+        raise _role_failure(place.role, place.host, workdir, proc)
+    return hello
+
+
+def _wire(
+    bctx: BarrierTaskContext,
+    job: JobSpec,
+    place: _Placement,
+    proc: _RoleProcess,
+    workdir: Path,
+    me: Member,
+    data_path: str | None,
+) -> Hello:
+    """Wire the cluster: gather the roles, set the role up, gather endpoints, tell it all."""
+    members = _gather_members(bctx, me)
+    peer_hosts = tuple(m.host for m in members)
+    proc.control.send(Setup(place.partition, place.host, peer_hosts, data_path))
+    hello = _hello(job, place, proc, workdir)
+    mine = Endpoint(place.role.task_id, hello.exchange_address)
+    proc.control.send(Cluster(_with_endpoints(bctx, job, members, mine)))
+    return hello
+
+
+def _outcome(place: _Placement, proc: _RoleProcess, workdir: Path) -> bytes:
+    """Wait for the role to end; its pickled result (chief only), or a failure."""
+    # No Spark barrier() while the role runs: killing a task blocked in barrier() makes
+    # Spark's Python barrier server thread die with TaskKilledException, which takes the
+    # whole executor JVM down. Serving roles (ps, evaluator) are told to finish by the
+    # driver over the heartbeat channel instead, once every trainer reported done.
+    proc.proc.wait()
+    if proc.proc.returncode != 0:
+        raise _role_failure(place.role, place.host, workdir, proc)
+    result_file = workdir / "result.pkl"
+    return result_file.read_bytes() if result_file.exists() else b""
+
+
+def _result_batch(place: _Placement, result: bytes, info: dict[str, Any]) -> pa.RecordBatch:
+    """The one row (see :data:`RESULT_SCHEMA`) that tells the driver how the role went."""
+    row = {
+        "partition": place.partition,
+        "task": place.role.task_id,
+        "host": place.host,
+        "result": result,
+        "info": json.dumps(info),
+    }
+    return pa.RecordBatch.from_pylist([row], schema=RESULT_SCHEMA)
+
+
 def run_barrier_task(job: JobSpec, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """The body of the barrier stage's ``mapInArrow`` function.
 
@@ -231,123 +380,42 @@ def run_barrier_task(job: JobSpec, batches: Iterator[pa.RecordBatch]) -> Iterato
 
     started = time.time()
     bctx = BarrierTaskContext.get()
-    partition = bctx.partitionId()
-    infos = bctx.getTaskInfos()
-    if len(infos) != len(job.plan):
-        raise TFYarnError(
-            f"the barrier stage has {len(infos)} tasks but the job plans {len(job.plan)} roles; "
-            "adaptive query execution or a custom partitioning changed the partition count"
-        )
-    role = job.role(partition)
-    executor = infos[partition].address
-    host = resolve_address(job.interface, executor.rsplit(":", 1)[0])
+    place = _place(job, bctx)
     root = workspace_root(job)
     sweep_stale_workspaces(root.parent, keep=root)
-    workdir = root / role.task_id.replace(":", "-")
+    workdir = root / place.role.task_id.replace(":", "-")
     _make_workspace(workdir)
     proc: _RoleProcess | None = None
-    tf_port = reserve_port(host)
+    tf_port = reserve_port(place.host)
     try:
         job.save(workdir / "job.pkl")
         proc = _RoleProcess(job, workdir, tf_port.fileno(), gpu_env(bctx.resources()))
         (workdir / "owner.pid").write_text(f"{os.getpid()} {proc.proc.pid}\n")
-
-        data_path, rows, spec = None, 0, None
-        if job.input_mode is InputMode.SPARK:
-            key = job.routing_keys[partition] if job.routing_keys else None
-            info = feed.write_cache(
-                batches, workdir / "data.arrow", key_column=job.key_column, expected_key=key
-            )
-            if job.is_trainer(role):
-                data_path, rows = info.path, info.rows
-        elif job.input_mode is InputMode.FILES and job.is_trainer(role):
-            rank = job.trainers.index(role)
-            files = feed.shard_files(job.files, rank, len(job.trainers))
-            info = feed.write_cache(feed.read_files(files), workdir / "data.arrow")
-            data_path, rows = info.path, info.rows
-        else:
-            for _ in batches:  # Spark expects the input consumed
-                pass
-        if data_path is not None:
-            spec = feed.data_spec(feed.load_columns(data_path))
-        cached = time.time()
-
-        me = {
-            "task_id": role.task_id,
-            "host": host,
-            "tf_port": tf_port.port,
-            "rows": rows,
-            "executor": executor,
-            "data_spec": spec,
-        }
-        members = [json.loads(m) for m in bctx.allGather(json.dumps(me))]
-        executors = [m["executor"] for m in members]
-        if len(set(executors)) != len(executors):
-            raise TFYarnError(
-                "two roles landed in the same executor; tfyarn needs one task per executor: "
-                "set spark.task.cpus equal to spark.executor.cores"
-            )
-        proc.control.send(
-            {
-                "type": "setup",
-                "partition": partition,
-                "host": host,
-                "peer_hosts": [m["host"] for m in members],
-                "data_path": data_path,
-            }
+        cached = _cache_input(job, place, batches, workdir)
+        cached_at = time.time()
+        me = Member(
+            task_id=place.role.task_id,
+            host=place.host,
+            tf_port=tf_port.port,
+            exchange_address=None,
+            rows=cached.rows,
+            executor=place.executor,
+            data_spec=cached.spec,
         )
-        hello = proc.control.receive(timeout=job.startup_timeout)
-        if hello is None:  # the role process ended before it was wired
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.proc.wait(timeout=10)
-            raise _role_failure(role, host, workdir, proc)
-        exchange = {"exchange_address": hello.get("exchange_address")}
-        if job.transport is not None:
-            gathered = [
-                json.loads(m)
-                for m in bctx.allGather(json.dumps({"task_id": role.task_id, **exchange}))
-            ]
-            by_task = {g["task_id"]: g["exchange_address"] for g in gathered}
-        else:
-            by_task = {m["task_id"]: None for m in members}
-        for m in members:
-            m["exchange_address"] = by_task[m["task_id"]]
-        proc.control.send({"type": "cluster", "members": members})
+        hello = _wire(bctx, job, place, proc, workdir, me, cached.path)
         tf_port.release()  # the role process holds its own copy until TensorFlow binds
-        wired = time.time()
-
-        # No Spark barrier() while the role runs: killing a task blocked in barrier() makes
-        # Spark's Python barrier server thread die with TaskKilledException, which takes the
-        # whole executor JVM down. Serving roles (ps, evaluator) are told to finish by the
-        # driver over the heartbeat channel instead, once every trainer reported done.
-        proc.proc.wait()
-        if proc.proc.returncode != 0:
-            raise _role_failure(role, host, workdir, proc)
-        result_file = workdir / "result.pkl"
-        result = result_file.read_bytes() if result_file.exists() else b""
-        info_json = json.dumps(
-            {
-                "started": started,
-                "cached": cached,
-                "wired": wired,
-                "finished": time.time(),
-                "rows": rows,
-                "transport": hello.get("transport"),
-                "tf_port": me["tf_port"],
-            }
-        )
-        yield pa.RecordBatch.from_pylist(
-            [
-                {
-                    "partition": partition,
-                    "task": role.task_id,
-                    "host": host,
-                    "result": result,
-                    "info": info_json,
-                }
-            ],
-            schema=RESULT_SCHEMA,
-        )
+        wired_at = time.time()
+        result = _outcome(place, proc, workdir)
+        info = {
+            "started": started,
+            "cached": cached_at,
+            "wired": wired_at,
+            "finished": time.time(),
+            "rows": cached.rows,
+            "transport": hello.transport,
+            "tf_port": me.tf_port,
+        }
+        yield _result_batch(place, result, info)
     finally:
         tf_port.release()
         if proc is not None:

@@ -1,0 +1,293 @@
+"""``tfyarn.run``'s arguments, settled and checked once: :class:`LaunchOptions`.
+
+:func:`launch_options` fills in what the call left out from ``spark.tfyarn.*`` settings
+(which ``tfyarn submit`` writes), works out the input mode, and attaches a named service;
+the :class:`LaunchOptions` it returns checks every field when it is built and names every
+bad one in a single :class:`~tfyarn.errors.ConfigError`, before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import InitVar, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tfyarn.cluster.plan import TF_NATIVE_STRATEGIES
+from tfyarn.errors import ConfigError
+from tfyarn.exchange import STRATEGY_NAMES as EXCHANGE_STRATEGIES
+from tfyarn.node.job import InputMode
+from tfyarn.transport.select import CHOICES as TRANSPORTS
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from tfyarn.service.attach import ServiceAttachment
+    from tfyarn.transport.options import TransportOptions
+
+__all__ = ["ConfLookup", "LaunchOptions", "launch_options"]
+
+#: ``spark.tfyarn.<key>`` -> its value, or None when unset.
+ConfLookup = Callable[[str], "str | None"]
+
+_WORKERS_MISSING = "say how many workers: tfyarn.run(..., workers=N) or --workers N"
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seconds(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _count_problem(name: str, value: object, minimum: int) -> list[str]:
+    if not _is_count(value):
+        return [f"{name} must be a whole number, got {value!r}"]
+    if value < minimum:  # type: ignore[operator]
+        return [f"{name} must be at least {minimum}, got {value}"]
+    return []
+
+
+def _strategy_problems(strategy: str | None, ps: object, transport: str | None) -> list[str]:
+    """Unknown strategy or transport names, and strategies that contradict ``ps``."""
+    known = (*TF_NATIVE_STRATEGIES, *EXCHANGE_STRATEGIES)
+    problems = []
+    if strategy is not None and strategy not in known:
+        problems.append(f"unknown strategy {strategy!r}; choose one of {', '.join(known)}")
+    if strategy == "ps" and ps == 0:
+        problems.append("strategy='ps' needs at least one parameter server: pass ps=1 or more")
+    if strategy == "mwms" and _is_count(ps) and ps:
+        problems.append("strategy='mwms' has no parameter servers: pass ps=0")
+    if transport is not None and transport not in TRANSPORTS:
+        problems.append(f"unknown transport {transport!r}; choose one of {', '.join(TRANSPORTS)}")
+    return problems
+
+
+def _service_problems(service: object, strategy: str | None, ps: object) -> list[str]:
+    """Why the job cannot attach to ``service`` (ps roles of its own, a sync strategy)."""
+    from tfyarn.exchange.algorithms import SERVICE_STRATEGIES
+
+    problems = []
+    if ps:
+        problems.append(f"service={service!r} brings its own parameter servers: pass ps=0")
+    if strategy not in SERVICE_STRATEGIES:
+        problems.append(
+            f"strategy {strategy!r} cannot attach to a service; use one of "
+            f"{', '.join(SERVICE_STRATEGIES)}"
+        )
+    return problems
+
+
+def _data_problems(mode: InputMode, data: object) -> list[str]:
+    """Whether ``data`` is what ``mode`` reads: file paths for FILES, a DataFrame for SPARK."""
+    if mode is InputMode.FILES:
+        if not isinstance(data, tuple) or not all(isinstance(f, str) for f in data):
+            return ["input_mode=FILES needs data= as a list of file paths"]
+    elif mode is InputMode.SPARK:
+        from pyspark.sql import DataFrame
+
+        if not isinstance(data, DataFrame):
+            return [f"input_mode=SPARK needs data= as a Spark DataFrame, got {type(data).__name__}"]
+    return []
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """Everything :func:`tfyarn.run` was asked to do, settled and checked.
+
+    The fields are :func:`tfyarn.run`'s parameters of the same names, with defaults
+    filled in, except:
+
+    Parameters
+    ----------
+    input_mode : InputMode
+        Resolved: SPARK for a DataFrame, FILES for a list of paths, NONE without data.
+    data : DataFrame or tuple of str or None
+        The DataFrame (SPARK), the file paths (FILES), or None.
+    service : ServiceAttachment or None
+        The attached service (a name given to ``run`` is already looked up).
+    service_name : str, optional
+        Init-only: a service name not yet looked up, so that the attachment rules are
+        checked before the ResourceManager is asked.
+
+    Raises
+    ------
+    ConfigError
+        Naming every field that is wrong, one per line when there are several.
+    """
+
+    workers: int
+    ps: int = 0
+    chief: bool | None = None
+    evaluator: bool = False
+    input_mode: InputMode = InputMode.NONE
+    data: DataFrame | tuple[str, ...] | None = None
+    strategy: str | None = None
+    strategy_options: Mapping[str, Any] = field(default_factory=dict)
+    transport: str | None = None
+    interface: str | None = None
+    model_dir: str | None = None
+    timeout: float | None = None
+    allocation_timeout: float = 120.0
+    startup_timeout: float = 300.0
+    heartbeat_interval: float = 2.0
+    silent_warning_after: float = 60.0
+    env: Mapping[str, str] = field(default_factory=dict)
+    progress: bool = True
+    service: ServiceAttachment | None = None
+    transport_options: TransportOptions | None = None
+    service_name: InitVar[str | None] = None
+
+    def __post_init__(self, service_name: str | None) -> None:
+        problems = self._problems(service_name)
+        if len(problems) == 1:
+            raise ConfigError(problems[0])
+        if problems:
+            lines = "\n".join(f"- {p}" for p in problems)
+            raise ConfigError(f"{len(problems)} problems with tfyarn.run's arguments:\n{lines}")
+
+    def _problems(self, service_name: str | None) -> list[str]:
+        problems = self._count_problems()
+        problems += _strategy_problems(self.strategy, self.ps, self.transport)
+        service = self.service if self.service is not None else service_name
+        if service is not None:
+            problems += _service_problems(service, self.strategy, self.ps)
+        problems += _data_problems(self.input_mode, self.data)
+        for name in ("allocation_timeout", "startup_timeout", "heartbeat_interval"):
+            if not _is_seconds(getattr(self, name)):
+                problems.append(f"{name} must be positive seconds, got {getattr(self, name)!r}")
+        if not _is_seconds(self.silent_warning_after):
+            problems.append(
+                f"silent_warning_after must be positive seconds, got {self.silent_warning_after!r}"
+            )
+        if self.timeout is not None and not _is_seconds(self.timeout):
+            problems.append(f"timeout must be positive seconds or None, got {self.timeout!r}")
+        if not isinstance(self.strategy_options, Mapping):
+            problems.append(f"strategy_options must be a dict, got {self.strategy_options!r}")
+        env = self.env
+        if not isinstance(env, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            problems.append(f"env must map names to strings, got {env!r}")
+        return problems
+
+    def _count_problems(self) -> list[str]:
+        """Role counts: whole numbers, enough of them (worded as the role plan words it)."""
+        if self.workers is None:
+            return [_WORKERS_MISSING, *_count_problem("ps", self.ps, 0)]
+        least = 0 if self.chief is not False else 1  # None: plan_job decides
+        return [*_count_problem("workers", self.workers, least), *_count_problem("ps", self.ps, 0)]
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The input files (:attr:`InputMode.FILES`), else empty."""
+        if self.input_mode is InputMode.FILES and isinstance(self.data, tuple):
+            return self.data
+        return ()
+
+
+def _settle(
+    value: Any, conf: ConfLookup, key: str, cast: Callable[[str], Any], default: Any
+) -> Any:
+    """An argument given in code wins; else ``spark.tfyarn.<key>``; else the default."""
+    if value is not None:
+        return value
+    raw = conf(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ConfigError(f"spark.tfyarn.{key}={raw!r} is not valid") from None
+
+
+def _input_mode(data: Any, input_mode: InputMode | str | None) -> tuple[InputMode, Any]:
+    """The input mode (from ``data`` unless given), and ``data`` as that mode keeps it."""
+    if input_mode is None:
+        if data is None:
+            mode = InputMode.NONE
+        elif isinstance(data, list | tuple):
+            mode = InputMode.FILES
+        else:
+            mode = InputMode.SPARK
+    elif isinstance(input_mode, str):
+        try:
+            mode = InputMode(input_mode)
+        except ValueError:
+            choices = ", ".join(m.value for m in InputMode)
+            raise ConfigError(
+                f"unknown input_mode {input_mode!r}; choose one of {choices}"
+            ) from None
+    else:
+        mode = input_mode
+    if mode is InputMode.FILES and isinstance(data, list | tuple):
+        return mode, tuple(data)
+    return mode, data if mode is not InputMode.NONE else None
+
+
+def launch_options(
+    conf: ConfLookup,
+    *,
+    workers: int | None,
+    ps: int | None,
+    transport: str | None,
+    interface: str | None,
+    service: str | ServiceAttachment | None,
+    data: Any,
+    input_mode: InputMode | str | None,
+    strategy: str | None,
+    **given: Any,
+) -> LaunchOptions:
+    """Settle :func:`tfyarn.run`'s arguments into checked :class:`LaunchOptions`.
+
+    Parameters
+    ----------
+    conf : callable
+        ``spark.tfyarn.<key>`` lookup, for the arguments the call left as None.
+    workers, ps, transport, interface, service
+        As given to :func:`tfyarn.run`; None: ``spark.tfyarn.<name>``, else the default.
+    data, input_mode, strategy
+        As given to :func:`tfyarn.run`.
+    **given
+        :func:`tfyarn.run`'s other arguments, taken as they are.
+
+    Raises
+    ------
+    ConfigError
+        Naming every bad argument; a named service is looked up only once all is well.
+    """
+    transport = _settle(transport, conf, "transport", str, None)
+    if transport is None and strategy in EXCHANGE_STRATEGIES:
+        transport = "auto"
+    mode, data = _input_mode(data, input_mode)
+    service = _settle(service, conf, "service", str, None)
+    # None means "none given" for run()'s dict arguments; the options hold a dict.
+    given = {
+        k: {} if v is None and k in ("env", "strategy_options") else v for k, v in given.items()
+    }
+    named = service if isinstance(service, str) else None
+    attachment: ServiceAttachment | None = None if isinstance(service, str) else service
+    options = LaunchOptions(
+        workers=_settle(workers, conf, "workers", int, None),
+        ps=_settle(ps, conf, "ps", int, 0),
+        transport=transport,
+        interface=interface or conf("interface"),
+        input_mode=mode,
+        data=data,
+        strategy=strategy,
+        service=attachment,
+        service_name=named,
+        **given,
+    )
+    if named is None:
+        return options
+    from tfyarn.service.attach import attach
+
+    return dataclasses.replace(options, service=attach(named))
