@@ -24,6 +24,7 @@ def _options(profile: str, workers: int = 2, ps: int = 1) -> argparse.Namespace:
         conf_dir=None,
         workers=workers,
         ps=ps,
+        chief=False,
         no_chief=False,
         evaluator=False,
         transport=None,
