@@ -12,7 +12,9 @@ from tfyarn.cluster.launcher import RunResult, run
 from tfyarn.errors import (
     AllocationError,
     ConfigError,
+    RestartsExhaustedError,
     RoleFailedError,
+    RoleLostError,
     TFYarnError,
     TransportError,
 )
@@ -26,7 +28,9 @@ __all__ = [
     "ConfigError",
     "InputMode",
     "NodeContext",
+    "RestartsExhaustedError",
     "RoleFailedError",
+    "RoleLostError",
     "RunResult",
     "TFYarnError",
     "TransportError",

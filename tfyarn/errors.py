@@ -12,7 +12,9 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "FrameError",
+    "RestartsExhaustedError",
     "RoleFailedError",
+    "RoleLostError",
     "TFYarnError",
     "TransportError",
     "TransportUnavailableError",
@@ -35,6 +37,10 @@ class AllocationError(TFYarnError):
 class RoleFailedError(TFYarnError):
     """A TensorFlow role failed; carries the role, its host and the remote traceback.
 
+    Every failure of a role is one of these (or a subclass): an exception raised by the
+    user's code, a role that exited or was killed, a role that failed to start. What kind
+    of failure it was decides whether a restart can help (:attr:`restartable`).
+
     Parameters
     ----------
     role : str
@@ -43,18 +49,77 @@ class RoleFailedError(TFYarnError):
         Host the role ran on.
     remote_traceback : str
         The last lines of the failed role's traceback/output.
+    message : str, optional
+        The first line of the error; default "role R on host H failed".
+    exit_status : int, optional
+        The role process's exit status, when it exited with one.
+    signal : int, optional
+        The signal that killed the role process (9 for SIGKILL), when one did.
+    spark_error : str, optional
+        Spark's own text of the failure (JVM stack, SQLSTATE), kept here rather than in
+        the message.
+
+    Attributes
+    ----------
+    restartable : bool
+        False here: the role's own code failed, running it again fails again.
     """
 
-    def __init__(self, role: str, host: str, remote_traceback: str, message: str = "") -> None:
+    restartable: bool = False
+
+    def __init__(
+        self,
+        role: str,
+        host: str,
+        remote_traceback: str,
+        message: str = "",
+        *,
+        exit_status: int | None = None,
+        signal: int | None = None,
+        spark_error: str = "",
+    ) -> None:
         self.role = role
         self.host = host
         self.remote_traceback = remote_traceback
+        self.exit_status = exit_status
+        self.signal = signal
+        self.spark_error = spark_error
         #: Set by the launcher: the job's id and the roles' TensorFlow ports (for checks
         #: that nothing was left behind).
         self.job_id = ""
         self.ports: list[int] = []
         head = message or f"role {role} on host {host} failed"
         super().__init__(f"{head}\n--- remote traceback ({role} @ {host}) ---\n{remote_traceback}")
+
+
+class RoleLostError(RoleFailedError):
+    """A role was lost to the infrastructure, not to its own code: a restart can help.
+
+    Its process was killed by a signal (SIGKILL by the OOM killer, a container kill or
+    YARN preemption), its executor, container or node was lost, or it went silent or made
+    no progress past the limits.
+    """
+
+    restartable = True
+
+
+class RestartsExhaustedError(TFYarnError):
+    """Every allowed restart was used and the job still failed.
+
+    Parameters
+    ----------
+    message : str
+        What happened, one line per attempt.
+    attempts : list
+        The attempts (``tfyarn.cluster.attempts.Attempt``), oldest first.
+    last : RoleFailedError
+        The failure that ended the last attempt.
+    """
+
+    def __init__(self, message: str, attempts: list[object], last: RoleFailedError) -> None:
+        self.attempts = attempts
+        self.last = last
+        super().__init__(message)
 
 
 class TransportError(TFYarnError):
