@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import abc
 import sys
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 # collections.abc.Buffer is Python >= 3.12; typing_extensions provides the same ABC before.
 if sys.version_info >= (3, 12):
@@ -44,6 +44,9 @@ else:
     from typing_extensions import Buffer
 
 from tfyarn.errors import FrameError, TransportError
+
+if TYPE_CHECKING:  # options imports frames, which imports this module
+    from tfyarn.transport.options import TransportOptions
 
 __all__ = ["Buffer", "Comm", "Listener", "Readable", "recv_exactly"]
 
@@ -105,6 +108,9 @@ class Listener(Closing):
     address: str
     #: Name of the transport, as :attr:`Comm.transport`.
     transport: str
+    #: The settings it was opened with; its accepted comms use them, and so do the
+    #: connections the exchange mesh opens from this role.
+    options: TransportOptions
 
     @abc.abstractmethod
     def accept(self, timeout: float | None = None) -> Comm:
