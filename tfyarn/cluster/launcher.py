@@ -23,16 +23,25 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from tfyarn.cluster import partitioning, validate
-from tfyarn.cluster.options import LaunchOptions, launch_options
+from tfyarn.cluster.attempts import Attempt
+from tfyarn.cluster.options import DEFAULT_SILENT_FAIL_AFTER, LaunchOptions, launch_options
 from tfyarn.cluster.plan import data_roles, describe, plan_job
 from tfyarn.cluster.progress import ProgressDisplay, ProgressServer, RoleState
-from tfyarn.errors import RoleFailedError, TFYarnError
+from tfyarn.cluster.restarts import (
+    AttemptProgress,
+    LivenessWatch,
+    RestartPolicy,
+    pick_cause,
+    run_attempts,
+)
+from tfyarn.errors import RoleFailedError, RoleLostError, TFYarnError
 from tfyarn.node.job import InputMode, JobSpec
 from tfyarn.transport.auth import new_job_secret
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from tfyarn.exchange.checkpoint import CheckpointPolicy
     from tfyarn.node.context import NodeContext
     from tfyarn.service.attach import ServiceAttachment
     from tfyarn.transport.options import TransportOptions
@@ -64,7 +73,11 @@ class RunResult:
     startup_time : float or None
         Seconds from the barrier stage's start to every role being ready.
     job_id : str
-        The run's id.
+        The run's id (the same for every attempt).
+    attempts : list of Attempt
+        Every attempt of the run, the successful last one included: when each started
+        and ended, what ended the failed ones (kind, role, host, executor), where each
+        restart resumed and the steps it redid.
     """
 
     value: Any
@@ -77,6 +90,7 @@ class RunResult:
     job_id: str
     status: str = "succeeded"
     extra: dict[str, Any] = field(default_factory=dict)
+    attempts: list[Attempt] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able summary (the chief's value as its ``repr`` when not JSON-able)."""
@@ -135,6 +149,12 @@ def run(
     progress: bool = True,
     service: str | ServiceAttachment | None = None,
     transport_options: TransportOptions | None = None,
+    max_restarts: int | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int | float | str | None = None,
+    retry_on_errors: bool = False,
+    silent_fail_after: float | None = DEFAULT_SILENT_FAIL_AFTER,
+    stall_fail_after: float | None = None,
 ) -> RunResult:
     """Run ``train_fn`` as a TensorFlow cluster, one role per Spark executor.
 
@@ -198,6 +218,30 @@ def run(
         :func:`tfyarn.service.attach.attach`'s result. Needs ``ps=0`` and an asynchronous
         ps strategy (``"downpour"``, ``"easgd"``, ``"adag"``). The model continues from
         what the service holds; trainers reconnect when YARN restarts a ps.
+    transport_options : TransportOptions, optional
+        Settings of the roles' transport listeners and connections.
+    max_restarts : int, optional
+        Fresh attempts allowed after a role is lost to the infrastructure (killed by a
+        signal, executor, container or node lost, silent or stuck past the limits); each
+        resumes from the newest checkpoint. Default ``spark.tfyarn.maxRestarts`` (3 in
+        the YARN profiles), else 0: the first failure fails the job.
+    checkpoint_dir : str, optional
+        Folder of the trainers' checkpoints (shared storage on a real cluster); default
+        ``spark.tfyarn.checkpoint.dir``, else ``<model_dir>/checkpoints`` when restarts
+        are on.
+    checkpoint_every : int or str, optional
+        Checkpoint every this many steps (``100``) or this long (``"60s"``, ``"5m"``);
+        default ``spark.tfyarn.checkpoint.every``, else ``"60s"``.
+    retry_on_errors : bool
+        Restart on exceptions raised by ``train_fn`` too (by default they fail the job at
+        once, with their traceback).
+    silent_fail_after : float or None
+        Seconds without a heartbeat after which a running role is taken for lost (it
+        ends the attempt, which restarts if restarts are on); None: only warn.
+    stall_fail_after : float or None
+        Seconds without step progress (``ctx.report(step=...)``, the Keras progress
+        callback) while heartbeats arrive after which a trainer is taken for stuck;
+        None (the default): never.
 
     Returns
     -------
@@ -210,7 +254,10 @@ def run(
     AllocationError
         Not enough executors within ``allocation_timeout``.
     RoleFailedError
-        A role failed: names the role, its host and its traceback.
+        A role failed and no restart could help: names the role, its host and its
+        traceback.
+    RestartsExhaustedError
+        Every allowed restart was used; lists each attempt's cause.
     TFYarnError
         The job failed or timed out otherwise.
     """
@@ -239,8 +286,14 @@ def run(
             env=env,
             progress=progress,
             service=service,
+            max_restarts=max_restarts,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            retry_on_errors=retry_on_errors,
+            silent_fail_after=silent_fail_after,
+            stall_fail_after=stall_fail_after,
         )
-        result = _launch(spark, train_fn, options, begun)
+        result = _launch_attempts(spark, train_fn, options, begun)
     except BaseException as exc:
         if output_json:
             _write_json(
@@ -264,13 +317,56 @@ def _write_json(path: str, payload: dict[str, Any]) -> None:
         json.dump(payload, out, indent=2, default=str)
 
 
-def _launch(
+@dataclass(frozen=True)
+class _Attempt:
+    """What one attempt of a run is launched with (the same run id and folders each time)."""
+
+    job_id: str
+    model_dir: str
+    number: int
+    checkpoint: CheckpointPolicy | None
+
+
+def _launch_attempts(
     spark: SparkSession,
     train_fn: Callable[[NodeContext], Any],
     options: LaunchOptions,
     begun: float,
 ) -> RunResult:
-    """The body of :func:`run` (which adds the ``--output-json`` report)."""
+    """The body of :func:`run` (which adds the ``--output-json`` report): the attempts."""
+    job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    model_dir = options.model_dir or os.path.join(tempfile.gettempdir(), f"tfyarn-model-{job_id}")
+    policy = options.checkpoint_policy(model_dir)
+
+    def launch(number: int, progress: AttemptProgress) -> RunResult:
+        attempt = _Attempt(job_id, model_dir, number, policy)
+        return _launch(spark, train_fn, options, begun, attempt, progress)
+
+    def resume_step(number: int) -> int | None:
+        # What the driver can see of the checkpoint folder; the trainers report theirs.
+        if policy is None or number == 1:
+            return None
+        from tfyarn.exchange.checkpoint import resume_point
+
+        found = resume_point(policy.directory, number)[0]
+        return None if found is None else found.global_step
+
+    restart = RestartPolicy(options.max_restarts, options.retry_on_errors)
+    result, attempts = run_attempts(launch, restart, resume_step=resume_step)
+    result.attempts = attempts
+    result.wall_time = time.monotonic() - begun
+    return result
+
+
+def _launch(
+    spark: SparkSession,
+    train_fn: Callable[[NodeContext], Any],
+    options: LaunchOptions,
+    begun: float,
+    attempt: _Attempt,
+    progress: AttemptProgress,
+) -> RunResult:
+    """One attempt: one barrier stage of every role."""
     sc = spark.sparkContext
     plan = plan_job(
         workers=options.workers,
@@ -280,13 +376,15 @@ def _launch(
         strategy=options.strategy,
         submitted_chief=_conf(spark, "chief"),
     )
-    print(describe(plan, options.strategy), flush=True)  # the role plan, at every job's start
+    if attempt.number == 1:
+        print(describe(plan, options.strategy), flush=True)  # the role plan, at every job's start
     trainers = data_roles(plan, options.strategy)
     validate.check_spark_conf(sc)
     validate.wait_for_slots(sc, len(plan), options.allocation_timeout)
     validate.check_transport(sc, options.transport)  # rdma: probed here if executors are local
 
-    job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    job_id = attempt.job_id
+    # A secret per attempt: a straggler of an earlier attempt cannot join this one.
     secret = new_job_secret()
     driver_host = sc.getConf().get("spark.driver.host", "127.0.0.1")
     server = ProgressServer(driver_host, secret, [r.task_id for r in plan])
@@ -308,22 +406,75 @@ def _launch(
         files=options.files,
         key_column=partitioning.KEY_COLUMN if options.input_mode is InputMode.SPARK else None,
         routing_keys=keys,
-        model_dir=options.model_dir
-        or os.path.join(tempfile.gettempdir(), f"tfyarn-model-{job_id}"),
+        model_dir=attempt.model_dir,
         heartbeat_interval=options.heartbeat_interval,
         startup_timeout=options.startup_timeout,
         env=dict(options.env),
         service=options.service,
+        attempt=attempt.number,
+        checkpoint=attempt.checkpoint,
     )
     display = ProgressDisplay(server, options.silent_warning_after, enabled=options.progress)
+    watch = _Watch(
+        LivenessWatch(options.silent_fail_after, options.stall_fail_after),
+        progress,
+        [r.task_id for r in trainers],
+    )
     try:
         rows, stage_started = _run_stage(
-            spark, stage_df, job, server, display, options.timeout, begun
+            spark, stage_df, job, server, display, options.timeout, begun, watch
         )
     finally:
+        watch.observe(server)
         display.close()
         server.close()
     return _result(job, rows, server, stage_started, begun)
+
+
+@dataclass(frozen=True)
+class _Watch:
+    """The attempt's liveness check and progress record, fed by the stage's poll loop."""
+
+    liveness: LivenessWatch
+    progress: AttemptProgress
+    trainers: list[str]
+
+    def observe(self, server: ProgressServer) -> None:
+        self.progress.observe(server.snapshot(), self.trainers)
+
+    def lost(self, server: ProgressServer, job: JobSpec) -> RoleLostError | None:
+        """The error for a role that went silent or stuck, if one did."""
+        snapshot = server.snapshot()
+        self.progress.observe(snapshot, self.trainers)
+        stalled = self.liveness.check(snapshot)
+        if stalled is None:
+            return None
+        error = stalled.error()
+        error.job_id = job.job_id
+        error.ports = [p for s in snapshot if (p := s.metrics.get("tf_port"))]
+        return error
+
+
+#: Seconds the driver waits, once a role reported its failure, for the stage to fail
+#: too: a lost role's peers fail right after it, and the loss is the cause to act on.
+_SETTLE_SECONDS = 3.0
+
+
+def _spark_retried(sc: Any, group: str) -> bool:
+    """Whether Spark started the barrier stage of ``group`` again after a task failed.
+
+    Spark retries a failed barrier stage when ``spark.task.maxFailures`` > 1; a tfyarn
+    attempt is exactly one stage run (its roles refuse a second start), so the driver
+    ends the attempt instead of waiting for Spark's retries to run out.
+    """
+    tracker = sc.statusTracker()
+    for job_id in tracker.getJobIdsForGroup(group):
+        info = tracker.getJobInfo(job_id)
+        for stage_id in info.stageIds if info is not None else ():
+            stage = tracker.getStageInfo(stage_id)
+            if stage is not None and stage.currentAttemptId > 0:
+                return True
+    return False
 
 
 def _run_stage(
@@ -334,8 +485,14 @@ def _run_stage(
     display: ProgressDisplay,
     timeout: float | None,
     begun: float,
+    watch: _Watch,
 ) -> tuple[list[Any], float]:
-    """Run the barrier stage in a thread; fail fast on role errors, timeout or Ctrl-C."""
+    """Run the barrier stage in a thread; fail fast on role errors, timeout or Ctrl-C.
+
+    A role reporting an error, going silent or stuck (``watch``), or Spark starting the
+    stage a second time, ends the stage (the job group is cancelled) with a
+    :class:`RoleFailedError` naming the role.
+    """
     from tfyarn.node.task import RESULT_DDL, run_barrier_task
 
     sc = spark.sparkContext
@@ -364,7 +521,12 @@ def _run_stage(
             display.refresh()
             failed = server.failed_role()
             if failed is not None:
-                raise _role_error(failed, job, server)
+                raise _settled(_role_error(failed, job, server), thread, box, job, server)
+            lost = watch.lost(server, job)
+            if lost is not None:
+                raise lost
+            if _spark_retried(sc, group):
+                raise _retried_error(job, sc)
             if serving and finish_sent is None and server.all_done(trainers):
                 server.tell(serving, {"kind": "finish"})
                 finish_sent = time.monotonic()
@@ -392,6 +554,37 @@ def _run_stage(
     if "error" in box:
         raise _stage_error(box["error"], job, server) from box["error"]
     return box["rows"], stage_started
+
+
+def _settled(
+    error: RoleFailedError,
+    thread: threading.Thread,
+    box: dict[str, Any],
+    job: JobSpec,
+    server: ProgressServer,
+) -> RoleFailedError:
+    """The attempt's cause, once the stage had a moment to fail with its own error."""
+    thread.join(timeout=_SETTLE_SECONDS)
+    if "error" not in box:
+        return error
+    stage_error = _stage_error(box["error"], job, server)
+    return pick_cause(error, [stage_error])
+
+
+def _retried_error(job: JobSpec, sc: Any) -> RoleLostError:
+    """The error for a barrier stage that Spark started again after a task failed."""
+    tries = sc.getConf().get("spark.task.maxFailures", "?")
+    error = RoleLostError(
+        "?",
+        "?",
+        "(see the executors' logs for the task that failed first)",
+        f"a task of the barrier stage failed and Spark started the stage again "
+        f"(spark.task.maxFailures={tries}); tfyarn ended it, since each attempt runs its "
+        "roles once. Set spark.task.maxFailures=1 (the tfyarn profiles do) to have the "
+        "failing role named here",
+    )
+    error.job_id = job.job_id
+    return error
 
 
 def _role_error(failed: RoleState, job: JobSpec, server: ProgressServer) -> RoleFailedError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tfyarn.cluster.plan import TF_NATIVE_STRATEGIES
 from tfyarn.errors import ConfigError
 from tfyarn.exchange import STRATEGY_NAMES as EXCHANGE_STRATEGIES
+from tfyarn.exchange.checkpoint import CheckpointPolicy
 from tfyarn.node.job import InputMode
 from tfyarn.transport.select import CHOICES as TRANSPORTS
 
@@ -26,7 +28,20 @@ if TYPE_CHECKING:
     from tfyarn.service.attach import ServiceAttachment
     from tfyarn.transport.options import TransportOptions
 
-__all__ = ["ConfLookup", "LaunchOptions", "launch_options"]
+__all__ = [
+    "DEFAULT_CHECKPOINT_EVERY",
+    "DEFAULT_SILENT_FAIL_AFTER",
+    "ConfLookup",
+    "LaunchOptions",
+    "launch_options",
+]
+
+#: How often trainers checkpoint when restarts are on and ``checkpoint_every`` is not
+#: given: by time, so that the cost stays a small share of training whatever a step costs.
+DEFAULT_CHECKPOINT_EVERY = "60s"
+#: Seconds of heartbeat silence after which a role is taken for lost (heartbeats come
+#: from a thread of their own every ``heartbeat_interval``, busy training or not).
+DEFAULT_SILENT_FAIL_AFTER = 120.0
 
 #: ``spark.tfyarn.<key>`` -> its value, or None when unset.
 ConfLookup = Callable[[str], "str | None"]
@@ -45,6 +60,39 @@ def _is_seconds(value: object) -> bool:
         and math.isfinite(value)
         and value > 0
     )
+
+
+def _seconds_problem(name: str, value: object, optional: bool = False) -> list[str]:
+    if value is None and optional:
+        return []
+    if not _is_seconds(value):
+        none = " or None" if optional else ""
+        return [f"{name} must be positive seconds{none}, got {value!r}"]
+    return []
+
+
+def _restart_problems(options: LaunchOptions) -> list[str]:
+    """``max_restarts``, the failure limits and the checkpoint interval."""
+    problems = _count_problem("max_restarts", options.max_restarts, 0)
+    problems += _seconds_problem("silent_fail_after", options.silent_fail_after, optional=True)
+    problems += _seconds_problem("stall_fail_after", options.stall_fail_after, optional=True)
+    silent, beat = options.silent_fail_after, options.heartbeat_interval
+    if _is_seconds(silent) and _is_seconds(beat) and silent <= 2 * beat:  # type: ignore[operator]
+        problems.append(
+            f"silent_fail_after={silent} s would take a role for lost between two heartbeats "
+            f"(heartbeat_interval={beat} s): make it more than twice the interval"
+        )
+    if not isinstance(options.retry_on_errors, bool):
+        problems.append(f"retry_on_errors must be True or False, got {options.retry_on_errors!r}")
+    if options.checkpoint_dir is not None and not (
+        isinstance(options.checkpoint_dir, str) and options.checkpoint_dir
+    ):
+        problems.append(f"checkpoint_dir must name a folder, got {options.checkpoint_dir!r}")
+    try:
+        CheckpointPolicy.parse_every(options.checkpoint_every)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    return problems
 
 
 def _count_problem(name: str, value: object, minimum: int) -> list[str]:
@@ -143,6 +191,12 @@ class LaunchOptions:
     progress: bool = True
     service: ServiceAttachment | None = None
     transport_options: TransportOptions | None = None
+    max_restarts: int = 0
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | float | str | None = None
+    retry_on_errors: bool = False
+    silent_fail_after: float | None = DEFAULT_SILENT_FAIL_AFTER
+    stall_fail_after: float | None = None
     service_name: InitVar[str | None] = None
 
     def __post_init__(self, service_name: str | None) -> None:
@@ -160,6 +214,7 @@ class LaunchOptions:
         if service is not None:
             problems += _service_problems(service, self.strategy, self.ps)
         problems += _data_problems(self.input_mode, self.data)
+        problems += _restart_problems(self)
         for name in ("allocation_timeout", "startup_timeout", "heartbeat_interval"):
             if not _is_seconds(getattr(self, name)):
                 problems.append(f"{name} must be positive seconds, got {getattr(self, name)!r}")
@@ -185,6 +240,22 @@ class LaunchOptions:
         least = 0 if self.chief is not False else 1  # None: plan_job decides
         return [*_count_problem("workers", self.workers, least), *_count_problem("ps", self.ps, 0)]
 
+    def checkpoint_policy(self, model_dir: str) -> CheckpointPolicy | None:
+        """Where and how often trainers checkpoint; None when nothing asks for it.
+
+        Checkpoints are on when restarts are (``max_restarts`` > 0) or when
+        ``checkpoint_dir``/``checkpoint_every`` is given; the folder defaults to
+        ``<model_dir>/checkpoints`` and the interval to :data:`DEFAULT_CHECKPOINT_EVERY`.
+        """
+        if not self.max_restarts and self.checkpoint_dir is None and self.checkpoint_every is None:
+            return None
+        every = self.checkpoint_every
+        steps, seconds = CheckpointPolicy.parse_every(
+            DEFAULT_CHECKPOINT_EVERY if every is None else every
+        )
+        directory = self.checkpoint_dir or os.path.join(model_dir, "checkpoints")
+        return CheckpointPolicy(directory, every_steps=steps, every_seconds=seconds)
+
     @property
     def files(self) -> tuple[str, ...]:
         """The input files (:attr:`InputMode.FILES`), else empty."""
@@ -206,6 +277,11 @@ def _settle(
         return cast(raw)
     except ValueError:
         raise ConfigError(f"spark.tfyarn.{key}={raw!r} is not valid") from None
+
+
+def _every(raw: str) -> int | str:
+    """``spark.tfyarn.checkpoint.every``: a bare number is steps, else a time (``30s``)."""
+    return int(raw) if raw.strip().isdigit() else raw.strip()
 
 
 def _input_mode(data: Any, input_mode: InputMode | str | None) -> tuple[InputMode, Any]:
@@ -243,6 +319,9 @@ def launch_options(
     data: Any,
     input_mode: InputMode | str | None,
     strategy: str | None,
+    max_restarts: int | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int | float | str | None = None,
     **given: Any,
 ) -> LaunchOptions:
     """Settle :func:`tfyarn.run`'s arguments into checked :class:`LaunchOptions`.
@@ -255,6 +334,10 @@ def launch_options(
         As given to :func:`tfyarn.run`; None: ``spark.tfyarn.<name>``, else the default.
     data, input_mode, strategy
         As given to :func:`tfyarn.run`.
+    max_restarts, checkpoint_dir, checkpoint_every
+        As given to :func:`tfyarn.run`; None: ``spark.tfyarn.maxRestarts``,
+        ``spark.tfyarn.checkpoint.dir``, ``spark.tfyarn.checkpoint.every``, else 0
+        restarts and the checkpoint defaults (:meth:`LaunchOptions.checkpoint_policy`).
     **given
         :func:`tfyarn.run`'s other arguments, taken as they are.
 
@@ -284,6 +367,9 @@ def launch_options(
         strategy=strategy,
         service=attachment,
         service_name=named,
+        max_restarts=_settle(max_restarts, conf, "maxRestarts", int, 0),
+        checkpoint_dir=_settle(checkpoint_dir, conf, "checkpoint.dir", str, None),
+        checkpoint_every=_settle(checkpoint_every, conf, "checkpoint.every", _every, None),
         **given,
     )
     if named is None:

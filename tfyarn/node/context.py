@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from tfyarn.node.messages import Member
 if TYPE_CHECKING:
     import tensorflow as tf
 
+    from tfyarn.exchange.checkpoint import Checkpoint, CheckpointPolicy
     from tfyarn.node.heartbeat import HeartbeatClient
     from tfyarn.node.ports import ReservedPort
     from tfyarn.service.attach import ServiceAttachment
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from tfyarn.transport.options import TransportOptions
 
 __all__ = ["Member", "NodeContext"]
+
+log = logging.getLogger("tfyarn")
 
 
 class NodeContext:
@@ -61,6 +65,11 @@ class NodeContext:
     service : ServiceAttachment or None
         The long-running service whose parameter servers the job attached to
         (``tfyarn.run(service=...)``), else None.
+    attempt : int
+        Which attempt of the run this is (1, then 2 after a restart, ...).
+    checkpoint : CheckpointPolicy or None
+        Where and how often trainers checkpoint (``tfyarn.run(checkpoint_dir=...,
+        checkpoint_every=...)``; on by default when restarts are), else None.
     """
 
     def __init__(
@@ -104,6 +113,9 @@ class NodeContext:
         self.strategy_name = job.strategy
         self.strategy_options = dict(job.strategy_options)
         self.service: ServiceAttachment | None = job.service
+        self.attempt = job.attempt
+        self.checkpoint: CheckpointPolicy | None = job.checkpoint
+        self._resume: tuple[Checkpoint | None] | None = None  # (resume,) once looked up
         self._heartbeat = heartbeat
         self._tf_port = tf_port
         self._data_path = data_path
@@ -117,6 +129,42 @@ class NodeContext:
         self.files: list[str] = []
         if job.input_mode is InputMode.FILES and self.trainer_rank is not None:
             self.files = feed.shard_files(job.files, self.trainer_rank, self.num_trainers)
+        if heartbeat is not None:
+            # Where the role runs, for the run's attempt records and for operators who
+            # need to find the process (the fault tests kill it by this pid).
+            heartbeat.report(executor=self.members[me.task_id].executor, pid=os.getpid())
+
+    # -- restarts -------------------------------------------------------------------
+
+    @property
+    def resume(self) -> Checkpoint | None:
+        """The checkpoint this attempt continues from, or None (start from scratch).
+
+        The newest complete checkpoint in ``checkpoint.directory`` written by an earlier
+        attempt (:func:`tfyarn.exchange.checkpoint.resume_point`), looked up once per role
+        process, so that every use in this attempt sees the same one. Torn or unreadable
+        files are skipped and logged.
+        """
+        if self._resume is None:
+            self._resume = (self._find_resume(),)
+        return self._resume[0]
+
+    def _find_resume(self) -> Checkpoint | None:
+        if self.checkpoint is None:
+            return None
+        from tfyarn.exchange.checkpoint import resume_point
+
+        found, problems = resume_point(self.checkpoint.directory, self.attempt)
+        for problem in problems:
+            log.warning("tfyarn %s: skipped an unreadable checkpoint: %s", self.task_id, problem)
+        if found is not None and self._heartbeat is not None:
+            self._heartbeat.report(resumed_from_step=found.global_step)  # for RunResult.attempts
+        if found is not None:
+            log.info(
+                "tfyarn %s: attempt %d resumes from global step %d (written by attempt %d)",
+                self.task_id, self.attempt, found.global_step, found.attempt,
+            )  # fmt: skip
+        return found
 
     # -- progress -------------------------------------------------------------------
 
@@ -196,6 +244,9 @@ class NodeContext:
             Reshuffle the rows on every pass.
         seed : int, optional
             Shuffle seed.
+
+        When this attempt resumes from a checkpoint (:attr:`resume`), the pipeline skips
+        the ``resume.global_step`` batches already trained on, and so yields the rest.
         """
         if self._job.strategy == "ps":
             raise ConfigError(
@@ -203,7 +254,7 @@ class NodeContext:
                 "ctx.per_worker_dataset(coordinator, batch_size, ...) instead of ctx.dataset()"
             )
         steps = self.steps_per_epoch(batch_size) * epochs
-        return feed.make_dataset(
+        dataset = feed.make_dataset(
             self.columns(),
             batch_size=batch_size,
             steps=steps,
@@ -212,6 +263,12 @@ class NodeContext:
             shuffle=shuffle,
             seed=seed,
         )
+        resume = self.resume
+        if resume is None or resume.global_step == 0:
+            return dataset
+        # The shard position: the same seed gives the same order, so skipping the batches
+        # the checkpoint already trained on continues exactly where the lost attempt was.
+        return dataset.skip(min(resume.global_step, steps))
 
     def per_worker_dataset(
         self,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from tfyarn.cluster.plan import RoleSpec
 
 if TYPE_CHECKING:
+    from tfyarn.exchange.checkpoint import CheckpointPolicy
     from tfyarn.service.attach import ServiceAttachment
     from tfyarn.transport.options import TransportOptions
 
@@ -85,6 +86,12 @@ class JobSpec:
     service : ServiceAttachment or None
         The long-running service whose parameter servers the trainers use instead of ps
         roles (``tfyarn.run(service=...)``), else None.
+    attempt : int
+        Which attempt of the run this stage is: 1 for the first, n after n - 1 restarts
+        (``tfyarn.run(max_restarts=...)``). Every attempt is one fresh barrier stage.
+    checkpoint : CheckpointPolicy or None
+        Where and how often trainers checkpoint, so that a later attempt resumes; None
+        when the run neither restarts nor asked for checkpoints.
     """
 
     job_id: str
@@ -109,6 +116,23 @@ class JobSpec:
     env: dict = field(default_factory=dict)
     tmp_root: str | None = None
     service: ServiceAttachment | None = None
+    attempt: int = 1
+    checkpoint: CheckpointPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempt, bool) or not isinstance(self.attempt, int):
+            raise TypeError(f"JobSpec.attempt must be a whole number, got {self.attempt!r}")
+        if self.attempt < 1:
+            raise ValueError(f"JobSpec.attempt counts from 1, got {self.attempt}")
+
+    def workspace_name(self, role: RoleSpec) -> str:
+        """The folder name of ``role``'s workspace in this attempt: ``worker-1``, ``worker-1.a2``.
+
+        Each attempt gets its own: a role of an earlier attempt that is still cleaning up
+        on this host removes its own workspace, never the new attempt's.
+        """
+        name = role.task_id.replace(":", "-")
+        return name if self.attempt == 1 else f"{name}.a{self.attempt}"
 
     def role(self, partition: int) -> RoleSpec:
         """The role of barrier partition ``partition``."""
