@@ -252,9 +252,7 @@ class DevYarn:
         return [
             java,
             *own,
-            # Quick start-up and little JIT CPU on a 2-core box shared with tests.
-            "-XX:TieredStopAtLevel=1",
-            "-XX:+UseSerialGC",
+            *hadoop_conf.DEV_JVM_FLAGS,
             f"-Dlog4j.configuration=file:{s.conf_dir / 'log4j.properties'}",
             "-cp",
             maven.hadoop_classpath(s.conf_dir, jars),

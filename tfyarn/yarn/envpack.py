@@ -14,7 +14,10 @@ What goes in, and why:
   ``dist-info``: an editable install (a ``.pth`` pointing at the source tree) would not
   exist on a real node, so its hooks are left out;
 - not needed to run, and costly to unpack file by file: TensorFlow's C++ headers,
-  packages' ``tests`` folders, pip, Ansible;
+  packages' ``tests`` folders, pip, Ansible, and the development tools a venv may hold
+  (type checkers, linters, test runners: :data:`DEV_TOOLS`). The NodeManager forks one
+  ``chmod`` per file and folder it unpacks (Hadoop's native library is not on Maven
+  Central), so on the dev YARN localisation takes about 2-3 ms per entry;
 - ``__pycache__`` stays: TensorFlow imports thousands of modules, recompiling them in
   every container would cost seconds per role.
 
@@ -43,6 +46,7 @@ from tfyarn.errors import ConfigError, YarnError
 from tfyarn.yarn import maven
 
 __all__ = [
+    "DEV_TOOLS",
     "ENV_ALIAS",
     "PackedEnv",
     "ensure_env_archive",
@@ -51,6 +55,30 @@ __all__ = [
 
 #: Name of the folder YARN unpacks the archive into (the ``#alias`` of ``--archives``).
 ENV_ALIAS = "tfyarn-env"
+
+#: Development tools left out of the archive, as ``site-packages`` entries (fnmatch
+#: patterns; their ``dist-info`` goes too): no role imports a type checker, a linter or a
+#: test runner, and they are ~2,800 files (~100 MB) of a dev venv. Runtime libraries that
+#: tools also use (pygments, rich, setuptools) stay.
+DEV_TOOLS: tuple[str, ...] = (
+    "mypy",
+    "mypyc",
+    "*__mypyc*",  # mypy's compiled core, one 40 MB .so at the top of site-packages
+    "_pytest",
+    "pytest",
+    "py.py",
+    "pytest_timeout",
+    "hypothesis",
+    "_hypothesis_*",
+    "ansiblelint",
+    "ansible_lint",
+    "ansible_compat",
+    "black",
+    "blib2to3",
+    "_black_version",
+    "yamllint",
+    "ruff",
+)
 
 #: Archives kept in the cache; older ones are removed (each is ~2 GB).
 _KEEP = 2
@@ -148,7 +176,21 @@ def _excludes(prefix: Path) -> list[tuple[str, str]]:
         ("exclude", f"{site}/ansible/*"),
         ("exclude", f"{site}/ansible_test/*"),
         ("exclude", f"{site}/ansible_collections/*"),
+        ("exclude", "bin/ruff"),  # the linter's 24 MB binary
+        *_dev_tool_excludes(str(site)),
     ]
+
+
+def _dev_tool_excludes(site: str) -> list[tuple[str, str]]:
+    """venv-pack filters for :data:`DEV_TOOLS`: package, module and ``dist-info``."""
+    out: list[tuple[str, str]] = []
+    for name in DEV_TOOLS:
+        out += [
+            ("exclude", f"{site}/{name}/*"),  # a package
+            ("exclude", f"{site}/{name}.*"),  # a module (.py, .so)
+            ("exclude", f"{site}/{name}-*.dist-info/*"),
+        ]
+    return out
 
 
 def _add_tfyarn(tar_path: Path, prefix: Path) -> None:

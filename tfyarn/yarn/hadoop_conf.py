@@ -17,6 +17,7 @@ from xml.sax.saxutils import escape
 from tfyarn.errors import ConfigError
 
 __all__ = [
+    "DEV_JVM_FLAGS",
     "PORT_NAMES",
     "VIEWFS_MOUNT_TABLE",
     "DevYarnSettings",
@@ -38,6 +39,18 @@ PORT_NAMES: tuple[str, ...] = (
     "nm_webapp",
     "nm_collector",
     "zookeeper",  # the YARN registry's ZooKeeper (only with ``services=True``)
+)
+
+#: JVM flags of the dev YARN's daemons and of the NodeManager's resource localizers.
+#: C1 only and the serial collector: quick start-up and little JIT CPU on a small box
+#: shared with the tests. vfork: without Hadoop's native library (not on Maven Central)
+#: the localizer forks one ``chmod`` per file and directory it unpacks (~24k for the
+#: Python environment archive); the JDK's default posix_spawn goes through its
+#: ``jspawnhelper``, an extra exec per command.
+DEV_JVM_FLAGS: tuple[str, ...] = (
+    "-XX:TieredStopAtLevel=1",
+    "-XX:+UseSerialGC",
+    "-Djdk.lang.Process.launchMechanism=VFORK",
 )
 
 #: Authority of the viewfs:// alias of the local file system (see :func:`core_site`).
@@ -281,6 +294,8 @@ def yarn_site(settings: DevYarnSettings) -> dict[str, str]:
         "yarn.nodemanager.remote-app-log-dir": str(s.remote_log_dir),
         "yarn.log-aggregation.retain-seconds": "86400",
         "yarn.nodemanager.delete.debug-delay-sec": "0",
+        # The JVM that localises an application's private resources (the env archive).
+        "yarn.nodemanager.container-localizer.java.opts": " ".join(("-Xmx256m", *DEV_JVM_FLAGS)),
         "yarn.app.mapreduce.am.staging-dir": str(s.staging_dir),
         # Containers see the env vars the client expects (JAVA_HOME, the Python path).
         "yarn.nodemanager.env-whitelist": (
