@@ -298,3 +298,25 @@ def test_bfloat16_tensors_round_trip_and_are_checked(listener: tcp.TcpListener) 
         with pytest.raises(ConfigError, match="Python objects"):
             c.send(np.array([object(), object()]))
         srv.close()
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "grpc"])
+def test_op_timeout_ends_a_silent_receive_and_names_the_option(scheme: str) -> None:
+    from tfyarn import transport
+
+    with (
+        transport.listen(f"{scheme}://127.0.0.1:0", secret=SECRET, op_timeout=0.3) as lis,
+        transport.connect(lis.address, secret=SECRET, timeout=10) as c,
+    ):
+        srv = lis.accept(timeout=10)
+        t0 = time.monotonic()
+        with pytest.raises(TransportError) as err:
+            srv.recv()  # the peer never sends
+        assert 0.25 <= time.monotonic() - t0 < 5
+        assert str(err.value) == (
+            f"connection to {srv.peer_address}: no progress within op_timeout=0.3 s "
+            "(TransportOptions.op_timeout); connection closed"
+        )
+        with pytest.raises(TransportError, match="is closed"):
+            srv.recv()
+        assert c.op_timeout is None  # only the listener was given a limit
