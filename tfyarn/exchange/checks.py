@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+
+from tfyarn.diagnosis import Check
 
 __all__ = ["check_exchange"]
 
 
-def check_exchange() -> Iterable[Any]:
+def check_exchange() -> Iterable[Check]:
     """Native reduction/optimizer kernels in use; Open MPI for the benchmark baseline."""
     import shutil
 
-    from tfyarn.doctor import Check
     from tfyarn.exchange import kernels
 
     native = kernels.BACKEND == "native"
