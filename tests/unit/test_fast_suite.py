@@ -101,3 +101,33 @@ def test_the_jvm_accepts_the_flags_and_forks_with_them() -> None:
         source.unlink()
         source.parent.rmdir()
     assert (proc.returncode, proc.stdout.strip()) == (0, "0"), proc.stderr
+
+
+def test_unit_tests_are_exactly_the_unmarked_ones() -> None:
+    """``-m "not integration and not yarn"`` over all of tests/ selects tests/unit, whole."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--continue-on-collection-errors",
+            "-m",
+            "not integration and not yarn",
+            "tests",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    selected = {line.split("::", 1)[0] for line in proc.stdout.splitlines() if "::" in line}
+    # A module another change broke is reported as an error, not as its tests.
+    broken = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("ERROR ")}
+    assert selected, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {f for f in selected if not f.startswith("tests/unit/")} == set()
+    unit = {str(p.relative_to(REPO)) for p in (REPO / "tests" / "unit").glob("test_*.py")}
+    assert unit - selected - broken == set()
