@@ -32,7 +32,7 @@ SHM_INFO = """#
 
 
 def test_registry_maps_the_ucx_scheme_to_this_backend():
-    assert transport.backend("ucx") is ucx
+    assert transport.backend("ucx") is ucx.BACKEND
 
 
 def test_describe_lanes_names_the_transports_in_lane_order():

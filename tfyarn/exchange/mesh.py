@@ -19,6 +19,7 @@ from typing import Any
 
 from tfyarn.errors import FrameError, TFYarnError, TransportError
 from tfyarn.transport.base import Comm, Listener
+from tfyarn.transport.options import TransportOptions
 
 __all__ = ["Mesh", "ps_tasks", "training_tasks"]
 
@@ -61,6 +62,9 @@ class Mesh:
         The job secret used to authenticate every connection.
     timeout : float
         Default seconds to wait for a connection.
+    transport_options : TransportOptions, optional
+        Settings of the connections the mesh opens; default: those the listener was
+        opened with (the job's ``tfyarn.run(transport_options=...)`` plus the selection's).
     """
 
     def __init__(
@@ -70,12 +74,14 @@ class Mesh:
         peers: Mapping[str, str],
         secret: bytes,
         timeout: float = DEFAULT_TIMEOUT,
+        transport_options: TransportOptions | None = None,
     ) -> None:
         self.task_id = task_id
         self.listener = listener
         self.peers = dict(peers)
         self.secret = secret
         self.timeout = timeout
+        self.transport_options = transport_options or listener.options
         self._cond = threading.Condition()
         self._pending: dict[tuple[str, str], list[Comm]] = {}
         self._owned: list[Comm] = []
@@ -179,6 +185,7 @@ class Mesh:
             self.peers[peer],
             secret=self.secret,
             timeout=self.timeout if timeout is None else timeout,
+            options=self.transport_options,
         )
         try:
             comm.send(_HELLO + json.dumps({"from": self.task_id, "channel": channel}).encode())
