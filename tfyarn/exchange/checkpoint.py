@@ -14,16 +14,21 @@ the newest complete checkpoint written by an attempt before *a*. Every trainer o
 of attempt *a* by the time a slower trainer looks (local-update algorithms such as EASGD
 do not wait for each other at every step).
 
-This module is pure NumPy: the Keras side is :mod:`tfyarn.exchange.keras_checkpoint`.
+:class:`Checkpointer` is the part every training loop shares: restore into variables,
+count steps, write when due (rank 0), write the finished state. The Keras callback
+(:mod:`tfyarn.exchange.keras_checkpoint`) and a GradientTape loop's hooks
+(``ExchangeStrategy.begin``/``step_end``/``end``) both drive one. This module is pure
+NumPy: any :class:`~tfyarn.exchange.tensors.Variable` (Keras, TensorFlow, NumPy) works.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import os
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,19 +36,28 @@ from typing import Any
 import numpy as np
 
 from tfyarn.errors import ConfigError, TFYarnError
+from tfyarn.exchange import tensors
+from tfyarn.exchange.npzfiles import matching_files, prune, raw_bytes, write_atomically
 from tfyarn.exchange.ps.wire import np_dtype
+from tfyarn.exchange.tensors import Variable
 
 __all__ = [
+    "BeforeWrite",
     "Checkpoint",
     "CheckpointMismatchError",
     "CheckpointPolicy",
+    "Checkpointer",
     "check_fits",
     "checkpoint_files",
     "describe_shapes",
+    "load_resume_point",
+    "optimizer_variables",
     "read_checkpoint",
     "resume_point",
     "write_checkpoint",
 ]
+
+log = logging.getLogger("tfyarn.exchange.checkpoint")
 
 _NAME = re.compile(r"^ckpt-(\d{12})\.npz$")
 #: Format version written in every checkpoint's header.
@@ -148,11 +162,6 @@ def describe_shapes(arrays: Sequence[np.ndarray]) -> str:
     return "[" + ", ".join(f"{tuple(a.shape)}:{a.dtype}" for a in arrays) + "]"
 
 
-def _raw(a: np.ndarray) -> np.ndarray:
-    # Raw bytes plus a dtype name in the header: bfloat16 (ml_dtypes) would need pickle.
-    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-
-
 def _layout(arrays: Sequence[np.ndarray]) -> list[dict[str, object]]:
     return [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in arrays]
 
@@ -160,7 +169,6 @@ def _layout(arrays: Sequence[np.ndarray]) -> list[dict[str, object]]:
 def write_checkpoint(folder: str | os.PathLike[str], ckpt: Checkpoint, keep: int) -> Path:
     """Write ``ckpt`` atomically into ``folder``; delete all but the newest ``keep``."""
     path = Path(folder)
-    path.mkdir(parents=True, exist_ok=True)
     header = {
         "format": FORMAT,
         "epoch": ckpt.epoch,
@@ -170,29 +178,16 @@ def write_checkpoint(folder: str | os.PathLike[str], ckpt: Checkpoint, keep: int
         "weights": _layout(ckpt.weights),
         "optimizer": _layout(ckpt.optimizer),
     }
-    arrays = {f"w{i}": _raw(a) for i, a in enumerate(ckpt.weights)}
-    arrays.update({f"o{i}": _raw(a) for i, a in enumerate(ckpt.optimizer)})
-    arrays["meta"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    final = path / f"ckpt-{ckpt.global_step:012d}.npz"
-    tmp = path / f".{final.name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, allow_pickle=False, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    for old in checkpoint_files(path)[:-keep]:
-        with contextlib.suppress(OSError):
-            old.unlink()
+    arrays = {f"w{i}": raw_bytes(a) for i, a in enumerate(ckpt.weights)}
+    arrays.update({f"o{i}": raw_bytes(a) for i, a in enumerate(ckpt.optimizer)})
+    final = write_atomically(path / f"ckpt-{ckpt.global_step:012d}.npz", arrays, header)
+    prune(checkpoint_files(path), keep)
     return final
 
 
 def checkpoint_files(folder: str | os.PathLike[str]) -> list[Path]:
     """The checkpoint files in ``folder``, oldest first (none if it cannot be listed)."""
-    try:
-        found = [p for p in Path(folder).iterdir() if _NAME.match(p.name)]
-    except OSError:
-        return []
-    return sorted(found)
+    return matching_files(folder, _NAME)
 
 
 def _arrays(z: Any, prefix: str, layout: list[dict[str, Any]]) -> list[np.ndarray]:
@@ -261,3 +256,178 @@ def check_fits(
                 f"{describe_shapes(list(now))}; point checkpoint_dir at a new folder for a "
                 "changed model"
             )
+
+
+def load_resume_point(policy: CheckpointPolicy | None, attempt: int, who: str) -> Checkpoint | None:
+    """What attempt ``attempt`` of role ``who`` resumes from under ``policy`` (None: scratch).
+
+    :func:`resume_point` with its problems (torn or foreign newer files) logged as
+    warnings naming ``who``; a role computes it once and keeps it.
+    """
+    if policy is None:
+        return None
+    ckpt, problems = resume_point(policy.directory, attempt)
+    for problem in problems:
+        log.warning("%s: skipping unreadable checkpoint %s", who, problem)
+    if ckpt is not None:
+        log.info(
+            "%s: attempt %d resumes from the checkpoint at global step %d of attempt %d",
+            who, attempt, ckpt.global_step, ckpt.attempt,
+        )  # fmt: skip
+    return ckpt
+
+
+def optimizer_variables(optimizer: Any, trainable: Sequence[Variable]) -> list[Variable]:
+    """The variables of a Keras-style ``optimizer`` (none for None), built first if need be.
+
+    A restore needs them before the first step, when Keras would build the optimizer
+    lazily: an unbuilt one (``built`` False) is built for ``trainable``.
+    """
+    if optimizer is None:
+        return []
+    if not getattr(optimizer, "built", True):
+        optimizer.build(list(trainable))
+    return list(optimizer.variables)
+
+
+#: ``before_write(global_step, attempt)``: run by the writer (rank 0) right before each
+#: checkpoint is written; the strategy asks its parameter servers for a snapshot there.
+BeforeWrite = Callable[[int, int], None]
+
+
+class Checkpointer:
+    """One trainer's checkpoints over a training run: restore, count, write when due.
+
+    Parameters
+    ----------
+    policy : CheckpointPolicy
+        Folder, interval and how many to keep.
+    rank : int
+        This trainer's rank; only rank 0 writes (every trainer restores and counts).
+    attempt : int
+        The attempt this run is (1 for the first), recorded in each checkpoint.
+    resume : Checkpoint, optional
+        What this attempt resumes from (:func:`resume_point`), decided once per attempt
+        so that every trainer restores the same one.
+    before_write : callable, optional
+        See :data:`BeforeWrite`.
+
+    Attributes
+    ----------
+    global_step : int
+        Steps since the start of training, over all attempts (the shard position).
+    steps_per_epoch : int or None
+        Set by the loop when known; checkpoints then record epoch and step in it.
+    write_seconds : list of float
+        Seconds each write took on this trainer (rank 0 only writes).
+    """
+
+    def __init__(
+        self,
+        policy: CheckpointPolicy,
+        *,
+        rank: int,
+        attempt: int,
+        resume: Checkpoint | None,
+        before_write: BeforeWrite | None = None,
+    ) -> None:
+        self.policy = policy
+        self.rank = rank
+        self.attempt = attempt
+        self.resume = resume
+        self.before_write = before_write
+        self.global_step = self.start_step
+        self.steps_per_epoch: int | None = None
+        self.write_seconds: list[float] = []
+        self._last_save = time.monotonic()
+        self._saved_at = self.global_step
+
+    @property
+    def start_step(self) -> int:
+        """The global step this attempt starts at (0 without a resume point)."""
+        return self.resume.global_step if self.resume is not None else 0
+
+    def restore(
+        self, weights: Sequence[Variable], optimizer: Sequence[Variable] | None
+    ) -> Checkpoint | None:
+        """Put the resume point into ``weights`` (and ``optimizer``'s variables, if given).
+
+        Returns
+        -------
+        Checkpoint or None
+            What was restored (None: nothing to resume, the variables are untouched).
+
+        Raises
+        ------
+        CheckpointMismatchError
+            The checkpoint is of another model (both shapes named); nothing is assigned.
+        """
+        ckpt = self.resume
+        if ckpt is None:
+            return None
+        opt = list(optimizer) if optimizer is not None else None
+        check_fits(ckpt, tensors.read(weights), tensors.read(opt) if opt is not None else None)
+        tensors.assign(weights, ckpt.weights)
+        if opt is not None:
+            tensors.assign(opt, ckpt.optimizer)
+        log.info(
+            "attempt %d restored the checkpoint at global step %d (epoch %d, step %d)",
+            self.attempt, ckpt.global_step, ckpt.epoch, ckpt.step,
+        )  # fmt: skip
+        return ckpt
+
+    def due(self) -> bool:
+        """Whether the policy's step or time interval passed since the last checkpoint."""
+        p = self.policy
+        if p.every_steps is not None and self.global_step - self._saved_at >= p.every_steps:
+            return True
+        return p.every_seconds is not None and time.monotonic() - self._last_save >= (
+            p.every_seconds
+        )
+
+    def step(
+        self, weights: Sequence[Variable], optimizer: Sequence[Variable], steps: int = 1
+    ) -> None:
+        """Count ``steps`` optimizer steps; checkpoint if that made one due."""
+        self.global_step += max(steps, 0)
+        if self.due():
+            self.save(weights, optimizer)
+
+    def epoch_end(self, weights: Sequence[Variable], optimizer: Sequence[Variable]) -> None:
+        """At an epoch end: checkpoint when the policy has no interval (epochs are it)."""
+        if self.policy.every_steps is None and self.policy.every_seconds is None:
+            self.save(weights, optimizer)
+
+    def finish(self, weights: Sequence[Variable], optimizer: Sequence[Variable]) -> None:
+        """After the last step: checkpoint the finished state (a later restart redoes nothing)."""
+        if self.global_step != self._saved_at:
+            self.save(weights, optimizer)
+
+    def save(self, weights: Sequence[Variable], optimizer: Sequence[Variable]) -> Path | None:
+        """Write a checkpoint of the variables now (rank 0; the others only note it).
+
+        Returns
+        -------
+        Path or None
+            The file written (None on other ranks).
+        """
+        self._saved_at, self._last_save = self.global_step, time.monotonic()
+        if self.rank != 0:
+            return None
+        began = time.perf_counter()
+        if self.before_write is not None:
+            self.before_write(self.global_step, self.attempt)
+        spe = self.steps_per_epoch
+        # Without a known epoch length the whole run counts as epoch 0.
+        epoch, step = divmod(self.global_step, spe) if spe else (0, self.global_step)
+        ckpt = Checkpoint(
+            epoch=epoch,
+            step=step,
+            global_step=self.global_step,
+            attempt=self.attempt,
+            weights=tensors.read(weights),
+            optimizer=tensors.read(optimizer),
+        )
+        path = write_checkpoint(self.policy.directory, ckpt, self.policy.keep)
+        self.write_seconds.append(time.perf_counter() - began)
+        return path

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from tfyarn.errors import ConfigError
 
 if TYPE_CHECKING:
+    from tfyarn.exchange.checkpoint import Checkpoint, CheckpointPolicy
     from tfyarn.service.attach import ServiceAttachment
     from tfyarn.transport.base import Listener
     from tfyarn.transport.options import TransportOptions
@@ -59,6 +60,15 @@ class ExchangeContext(Protocol):
     service : ServiceAttachment or None
         The long-lived service whose parameter servers the job attached to
         (``tfyarn.run(service=...)``), else None.
+    attempt : int
+        Which attempt of the job this is: 1, then 2, ... after each restart.
+    checkpoint : CheckpointPolicy or None
+        Where and how often trainers checkpoint (``tfyarn.run(checkpoint_dir=...,
+        checkpoint_every=...)``); None: no checkpoints.
+    resume : Checkpoint or None
+        The checkpoint this attempt resumes from: the newest complete one written by an
+        earlier attempt (:func:`tfyarn.exchange.checkpoint.resume_point`), computed once
+        per role process; None on a first attempt, without checkpoints, or with none yet.
     """
 
     @property
@@ -99,6 +109,15 @@ class ExchangeContext(Protocol):
 
     @property
     def service(self) -> ServiceAttachment | None: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+    @property
+    def checkpoint(self) -> CheckpointPolicy | None: ...
+
+    @property
+    def resume(self) -> Checkpoint | None: ...
 
     def report(self, **metrics: Any) -> None:
         """Send progress metrics (``step``, ``loss``, ``samples``...) to whoever watches."""

@@ -203,7 +203,8 @@ class ExchangeCallback(keras.callbacks.Callback):
                 "tfyarn exchange strategies run through tf.numpy_function, which XLA cannot "
                 "compile: use model.compile(..., jit_compile=False)"
             )
-        self.strategy.begin(self.model)
+        # Not begin(): the checkpoint callback, first in the list, restored already.
+        self.strategy.synchronise_start(self.model)
         self._seen = self._iterations()
 
     def _iterations(self) -> int:
@@ -263,9 +264,28 @@ class MetricAverageCallback(keras.callbacks.Callback):
 
 
 def callbacks(strategy: ExchangeStrategy, average_metrics: bool = True) -> list[Any]:
-    """The callbacks ``model.fit`` needs under ``strategy`` (pass them all)."""
+    """The callbacks ``model.fit`` needs under ``strategy`` (pass them all).
+
+    With checkpoints on, a :class:`~tfyarn.exchange.keras_checkpoint.CheckpointCallback`
+    comes first: its ``on_train_begin`` restores the resume point on every rank before
+    :class:`ExchangeCallback`'s synchronises the start (rank 0's broadcast or ps INIT), so
+    every rank starts from the checkpoint.
+    """
     scheduled = strategy.algorithm.has_step_schedule
     out: list[Any] = [(ScheduledExchangeCallback if scheduled else ExchangeCallback)(strategy)]
+    if strategy.checkpoint is not None:
+        from tfyarn.exchange.keras_checkpoint import CheckpointCallback
+
+        out.insert(
+            0,
+            CheckpointCallback(
+                strategy.checkpoint,
+                rank=strategy.rank,
+                attempt=strategy.attempt,
+                resume=strategy.resume,
+                before_write=strategy.snapshot_parameter_servers,
+            ),
+        )
     if average_metrics:
         out.append(MetricAverageCallback(strategy))
     return out

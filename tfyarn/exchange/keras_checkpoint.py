@@ -9,31 +9,27 @@ resume mid-epoch: the shard is resumed at the checkpoint's position (``ctx.datas
 skips ``global_step`` batches), Keras' epoch counter restarts at the checkpoint's epoch,
 and so the resumed run trains on exactly the batches the interrupted one had left; its
 Keras epoch boundaries are shifted by the steps the checkpoint was into its epoch.
+
+The saving and restoring itself is :class:`~tfyarn.exchange.checkpoint.Checkpointer`'s,
+which a GradientTape loop's hooks (``ExchangeStrategy.begin``/``step_end``) drive too;
+this module only maps Keras' callbacks onto it.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any
 
 import keras
-import numpy as np
 
 from tfyarn.exchange.checkpoint import (
+    BeforeWrite,
     Checkpoint,
+    Checkpointer,
     CheckpointPolicy,
-    check_fits,
-    write_checkpoint,
+    optimizer_variables,
 )
 
 __all__ = ["CheckpointCallback"]
-
-log = logging.getLogger("tfyarn.exchange.checkpoint")
-
-
-def _values(variables: list[Any]) -> list[np.ndarray]:
-    return [np.array(v.numpy(), copy=True) for v in variables]
 
 
 class CheckpointCallback(keras.callbacks.Callback):
@@ -41,107 +37,87 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     Parameters
     ----------
-    policy : CheckpointPolicy
-        Folder, interval and how many to keep.
-    rank : int
-        This trainer's rank; only rank 0 writes (every trainer restores).
-    attempt : int
-        The attempt this run is (1 for the first), recorded in each checkpoint.
-    resume : Checkpoint, optional
-        What this attempt resumes from (:func:`tfyarn.exchange.checkpoint.resume_point`),
-        decided once per attempt so that every trainer restores the same one.
+    policy, rank, attempt, resume, before_write
+        As :class:`~tfyarn.exchange.checkpoint.Checkpointer` takes them: only rank 0
+        writes, every rank restores ``resume`` (decided once per attempt).
+
+    Attributes
+    ----------
+    checkpointer : Checkpointer
+        The shared save/restore logic this callback drives.
     """
 
     def __init__(
-        self, policy: CheckpointPolicy, *, rank: int, attempt: int, resume: Checkpoint | None
+        self,
+        policy: CheckpointPolicy,
+        *,
+        rank: int,
+        attempt: int,
+        resume: Checkpoint | None,
+        before_write: BeforeWrite | None = None,
     ) -> None:
         super().__init__()
-        self.policy = policy
-        self.rank = rank
-        self.attempt = attempt
-        self.resume = resume
-        #: Steps since the start of training, over all attempts.
-        self.global_step = resume.global_step if resume is not None else 0
-        #: Seconds each checkpoint write took on this trainer (rank 0 only writes).
-        self.write_seconds: list[float] = []
-        self._steps_per_epoch = 0
+        self.checkpointer = Checkpointer(
+            policy, rank=rank, attempt=attempt, resume=resume, before_write=before_write
+        )
         self._total: int | None = None
-        self._last_save = time.monotonic()
-        self._saved_at = self.global_step
         self._seen_in_epoch = 0
+
+    @property
+    def global_step(self) -> int:
+        """Steps since the start of training, over all attempts."""
+        return self.checkpointer.global_step
+
+    @property
+    def write_seconds(self) -> list[float]:
+        """Seconds each checkpoint write took on this trainer (rank 0 only writes)."""
+        return self.checkpointer.write_seconds
+
+    def _variables(self) -> tuple[list[Any], list[Any]]:
+        optimizer = getattr(self.model, "optimizer", None)
+        return list(self.model.weights), list(optimizer.variables) if optimizer else []
 
     # -- restore -------------------------------------------------------------------------
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        """Restore the resume point and start ``model.fit`` at its epoch."""
         params = self.params or {}
-        self._steps_per_epoch = int(params.get("steps") or 0)
+        steps_per_epoch = int(params.get("steps") or 0)
         epochs = params.get("epochs")
-        if self._steps_per_epoch and epochs:
-            self._total = int(epochs) * self._steps_per_epoch
-        if self.resume is None:
-            return
+        self.checkpointer.steps_per_epoch = steps_per_epoch or None
+        if steps_per_epoch and epochs:
+            self._total = int(epochs) * steps_per_epoch
         model = self.model
+        if self.checkpointer.resume is None:
+            return
         optimizer = getattr(model, "optimizer", None)
-        if optimizer is not None and not optimizer.built:
-            optimizer.build(model.trainable_variables)
-        opt_vars = list(optimizer.variables) if optimizer is not None else []
-        check_fits(self.resume, _values(model.weights), _values(opt_vars))
-        for var, value in zip(model.weights, self.resume.weights, strict=True):
-            var.assign(value)
-        for var, value in zip(opt_vars, self.resume.optimizer, strict=True):
-            var.assign(value)
-        if self._steps_per_epoch:
+        opt_vars = optimizer_variables(optimizer, list(model.trainable_variables))
+        self.checkpointer.restore(list(model.weights), opt_vars)
+        if steps_per_epoch:
             # Keras reads this after on_train_begin (the way BackupAndRestore resumes).
-            model._initial_epoch = self.global_step // self._steps_per_epoch
-        log.info(
-            "attempt %d resumes from the checkpoint at global step %d (epoch %d, step %d)",
-            self.attempt, self.resume.global_step, self.resume.epoch, self.resume.step,
-        )  # fmt: skip
+            model._initial_epoch = self.global_step // steps_per_epoch
 
     # -- progress and saving ----------------------------------------------------------
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        """Restart the count of batches seen in this epoch."""
         self._seen_in_epoch = 0
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Count the steps run; checkpoint when due; stop at the run's total step count."""
         # ``batch`` is the index of the last step run (several with steps_per_execution).
         done = batch + 1 - self._seen_in_epoch
         self._seen_in_epoch = batch + 1
-        self.global_step += max(done, 0)
-        if self._due():
-            self.save()
+        self.checkpointer.step(*self._variables(), steps=done)
         if self._total is not None and self.global_step >= self._total:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.policy.every_steps is None and self.policy.every_seconds is None:
-            self.save()
+        """Checkpoint at the epoch end when the policy has no interval."""
+        self.checkpointer.epoch_end(*self._variables())
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self.global_step != self._saved_at:
-            self.save()  # the finished state: a restart after the last step redoes nothing
-
-    def _due(self) -> bool:
-        p = self.policy
-        if p.every_steps is not None and self.global_step - self._saved_at >= p.every_steps:
-            return True
-        return p.every_seconds is not None and time.monotonic() - self._last_save >= (
-            p.every_seconds
-        )
+        """Checkpoint the finished state: a restart after the last step redoes nothing."""
+        self.checkpointer.finish(*self._variables())
 
     def save(self) -> None:
         """Write a checkpoint of the current state now (rank 0; others only note it)."""
-        self._saved_at, self._last_save = self.global_step, time.monotonic()
-        if self.rank != 0:
-            return
-        began = time.perf_counter()
-        optimizer = getattr(self.model, "optimizer", None)
-        spe = self._steps_per_epoch or max(self.global_step, 1)
-        ckpt = Checkpoint(
-            epoch=self.global_step // spe,
-            step=self.global_step % spe,
-            global_step=self.global_step,
-            attempt=self.attempt,
-            weights=_values(self.model.weights),
-            optimizer=_values(list(optimizer.variables)) if optimizer is not None else [],
-        )
-        write_checkpoint(self.policy.directory, ckpt, self.policy.keep)
-        self.write_seconds.append(time.perf_counter() - began)
+        self.checkpointer.save(*self._variables())

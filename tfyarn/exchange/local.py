@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
 from tfyarn.errors import ConfigError, RoleFailedError, TFYarnError
+from tfyarn.exchange.checkpoint import Checkpoint, CheckpointPolicy, load_resume_point
 from tfyarn.transport.base import Listener
 
 if TYPE_CHECKING:
@@ -39,8 +40,8 @@ class LocalContext:
     Implements the same Protocol as the launcher's ``tfyarn.node.context.NodeContext``
     (``role``, ``index``, ``task_id``, ``is_chief``, ``secret``, ``transport``,
     ``listener``, ``transport_options``, ``peers``, ``strategy_name``,
-    ``strategy_options``, ``model_dir``, ``service``, ``report``); :meth:`report` keeps
-    the metrics in :attr:`reports`.
+    ``strategy_options``, ``model_dir``, ``service``, ``attempt``, ``checkpoint``,
+    ``resume``, ``report``); :meth:`report` keeps the metrics in :attr:`reports`.
     """
 
     role: str
@@ -56,8 +57,20 @@ class LocalContext:
     service: ServiceAttachment | None = None
     #: The job's own transport settings (the listener holds them, merged with defaults).
     transport_options: TransportOptions | None = None
+    #: Which attempt of the job this is (a test plays a restart by running attempt 2).
+    attempt: int = 1
+    #: Where and how often trainers checkpoint; None: no checkpoints.
+    checkpoint: CheckpointPolicy | None = None
     reports: list[dict[str, Any]] = field(default_factory=list)
     _strategy: ExchangeStrategy | None = None
+    _resume: tuple[Checkpoint | None] | None = None
+
+    @property
+    def resume(self) -> Checkpoint | None:
+        """The checkpoint this attempt resumes from (computed once, see the Protocol)."""
+        if self._resume is None:
+            self._resume = (load_resume_point(self.checkpoint, self.attempt, self.task_id),)
+        return self._resume[0]
 
     @property
     def task_id(self) -> str:
@@ -128,6 +141,8 @@ class _Launch:
     options: dict[str, Any]
     env: dict[str, str]
     payload: bytes  # fn, by cloudpickle
+    attempt: int = 1
+    checkpoint: CheckpointPolicy | None = None
 
 
 def _child(conn: Connection, launch: _Launch) -> None:
@@ -145,7 +160,8 @@ def _child(conn: Connection, launch: _Launch) -> None:
         peers = conn.recv()
         ctx = LocalContext(
             launch.role, launch.index, launch.secret, launch.transport, listener, peers,
-            launch.strategy, launch.options,
+            launch.strategy, launch.options, attempt=launch.attempt,
+            checkpoint=launch.checkpoint,
         )  # fmt: skip
         conn.send(("ok", _play(ctx, fn)))
     except BaseException:
@@ -173,6 +189,8 @@ def run_local(
     env: Mapping[str, str] | None = None,
     timeout: float = 300.0,
     threads: bool = False,
+    attempt: int = 1,
+    checkpoint: CheckpointPolicy | None = None,
 ) -> dict[str, Any]:
     """Run ``fn(ctx)`` in one process per training role (and serve ps shards).
 
@@ -204,6 +222,12 @@ def run_local(
         killed: their connections are closed, which makes them fail).
     threads : bool
         Run the roles as threads of this process.
+    attempt : int
+        The attempt every role is told it is (``ctx.attempt``): run attempt 1, then 2
+        with the same ``checkpoint`` to play a restart.
+    checkpoint : CheckpointPolicy, optional
+        The job's checkpoints (``ctx.checkpoint``); every role reads its resume point
+        from there.
 
     Returns
     -------
@@ -228,9 +252,11 @@ def run_local(
                 "run_local(threads=True) runs every role in this process: set the "
                 "environment before calling it instead of passing env"
             )
-        return _run_threads(fn, roles, strategy, dict(strategy_options or {}), transport, timeout)
+        job = _ThreadJob(strategy, dict(strategy_options or {}), transport, attempt, checkpoint)
+        return _run_threads(fn, roles, job, timeout)
     secret = secrets.token_bytes(32)
-    common = (strategy, dict(strategy_options or {}), dict(env or {}), cloudpickle.dumps(fn))
+    common = (strategy, dict(strategy_options or {}), dict(env or {}), cloudpickle.dumps(fn),
+              attempt, checkpoint)  # fmt: skip
     procs: _Procs = {}
     deadline = time.monotonic() + timeout
     try:
@@ -322,12 +348,21 @@ def _stop_all(procs: _Procs) -> None:
         conn.close()
 
 
+@dataclass(frozen=True)
+class _ThreadJob:
+    """What every role of a threaded local job shares."""
+
+    strategy: str | None
+    options: dict[str, Any]
+    transport: str
+    attempt: int
+    checkpoint: CheckpointPolicy | None
+
+
 def _run_threads(
     fn: Callable[[LocalContext], object],
     roles: list[tuple[str, int]],
-    strategy: str | None,
-    options: dict[str, Any],
-    transport: str,
+    job: _ThreadJob,
     timeout: float,
 ) -> dict[str, Any]:
     """:func:`run_local` with ``threads=True``: listeners here, one thread per role."""
@@ -337,10 +372,21 @@ def _run_threads(
     listeners: list[Listener] = []
     try:
         for _role in roles:
-            listeners.append(tr.listen(f"{transport}://127.0.0.1:0", secret=secret))
+            listeners.append(tr.listen(f"{job.transport}://127.0.0.1:0", secret=secret))
         peers = {f"{r}:{i}": lst.address for (r, i), lst in zip(roles, listeners, strict=True)}
         contexts = [
-            LocalContext(r, i, secret, transport, lst, peers, strategy, options)
+            LocalContext(
+                r,
+                i,
+                secret,
+                job.transport,
+                lst,
+                peers,
+                job.strategy,
+                dict(job.options),
+                attempt=job.attempt,
+                checkpoint=job.checkpoint,
+            )
             for (r, i), lst in zip(roles, listeners, strict=True)
         ]
         return _join_threads(contexts, fn, timeout)

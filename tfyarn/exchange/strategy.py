@@ -4,22 +4,33 @@
 user's handle: ``distributed_optimizer`` and ``callbacks`` for ``model.fit``;
 ``begin``/``step_end``/``end`` for a ``tf.GradientTape`` loop; ``allreduce``,
 ``broadcast`` and ``barrier`` for anything else.
+
+When the job checkpoints (``ctx.checkpoint``), both paths checkpoint and resume without
+user code: ``callbacks()`` starts with a
+:class:`~tfyarn.exchange.keras_checkpoint.CheckpointCallback`, and ``begin`` restores the
+attempt's resume point (returning the global step to start at) while ``step_end``/``end``
+write checkpoints from rank 0. Right before each write rank 0 asks the job's parameter
+servers for a snapshot tagged with that checkpoint; :func:`serve_ps` restores the one of
+the checkpoint the trainers resume from, so ps and trainers continue from the same step.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tfyarn.errors import ConfigError
 from tfyarn.exchange.algorithms import COMMON_OPTIONS, Algorithm, make_algorithm
+from tfyarn.exchange.checkpoint import Checkpointer, optimizer_variables
 from tfyarn.exchange.collectives import LazyRing, allreduce_arrays
 from tfyarn.exchange.collectives import broadcast_variables as _broadcast_variables
 from tfyarn.exchange.context import ExchangeContext, exchange_listener
 from tfyarn.exchange.mesh import Mesh, ps_tasks, training_tasks
+from tfyarn.exchange.ps import SnapshotPlan, SnapshotTag
 from tfyarn.exchange.ps_access import (
     ParameterServers,
     job_parameter_servers,
@@ -31,7 +42,7 @@ from tfyarn.exchange.tensors import Variable
 if TYPE_CHECKING:
     from tfyarn.service.attach import ServiceAttachment
 
-__all__ = ["ExchangeStrategy", "for_context", "serve_ps"]
+__all__ = ["ExchangeStrategy", "for_context", "ps_snapshot_plan", "serve_ps"]
 
 
 def _mesh(ctx: ExchangeContext, timeout: float) -> Mesh:
@@ -67,6 +78,15 @@ class ExchangeStrategy:
         The ring of training roles, connected on first use.
     ps : list of str
         The parameter servers the algorithm may use (the service's, or the job's).
+    attempt : int
+        The job's attempt (``ctx.attempt``).
+    checkpoint : CheckpointPolicy or None
+        The job's checkpoints (``ctx.checkpoint``); None: no checkpoints, no resume.
+    resume : Checkpoint or None
+        What this attempt resumes from (``ctx.resume``).
+    checkpointer : Checkpointer or None
+        The checkpoints of a GradientTape loop, from :meth:`begin` on (``model.fit``
+        uses its callback's own).
     """
 
     def __init__(
@@ -93,6 +113,12 @@ class ExchangeStrategy:
         self.size = len(self.members)
         #: A long-lived service's parameter servers (``tfyarn.run(service=...)``), if any.
         self.service = service
+        self.attempt = ctx.attempt
+        self.checkpoint = ctx.checkpoint
+        self.resume = ctx.resume if ctx.checkpoint is not None else None
+        self.checkpointer: Checkpointer | None = None
+        self._optimizer: Any = None
+        self._steps_per_epoch: int | None = None
         self.options = {**COMMON_OPTIONS, **{k: v for k, v in opts.items() if k in COMMON_OPTIONS}}
         self.mesh = _mesh(ctx, self.options["timeout"])
         self.collectives = LazyRing(self.mesh, self.members, self.options["chunk_bytes"])
@@ -169,27 +195,132 @@ class ExchangeStrategy:
         return distributed_optimizer(self, optimizer)
 
     def callbacks(self, average_metrics: bool = True) -> list[Any]:
-        """Keras callbacks for ``model.fit``: initial state, schedules, metric averaging."""
+        """Keras callbacks for ``model.fit``: checkpoints, initial state, schedules, metrics.
+
+        With checkpoints on, the first one restores the resume point on every rank before
+        the algorithm synchronises the start (broadcast, ps INIT), and checkpoints as
+        ``ctx.checkpoint`` says.
+        """
         from tfyarn.exchange.keras import callbacks
 
         return callbacks(self, average_metrics=average_metrics)
 
-    def begin(self, model: Any, optimizer: Any = None) -> None:
-        """Before a custom loop's first step: synchronise the starting state."""
+    # -- checkpoints ---------------------------------------------------------------------
+    @property
+    def start_step(self) -> int:
+        """The global step this attempt starts at: the resume point's, else 0."""
+        return self.resume.global_step if self.resume is not None else 0
+
+    @property
+    def start_epoch(self) -> int:
+        """The epoch this attempt starts in (from ``steps_per_epoch`` given to :meth:`begin`)."""
+        if self._steps_per_epoch:
+            return self.start_step // self._steps_per_epoch
+        return self.resume.epoch if self.resume is not None else 0
+
+    def new_checkpointer(self) -> Checkpointer:
+        """A :class:`Checkpointer` for one training run of this trainer (checkpoints on).
+
+        Raises
+        ------
+        ConfigError
+            The job does not checkpoint.
+        """
+        if self.checkpoint is None:
+            raise ConfigError(
+                "this job does not checkpoint: pass tfyarn.run(checkpoint_dir=..., "
+                "checkpoint_every=...)"
+            )
+        return Checkpointer(
+            self.checkpoint, rank=self.rank, attempt=self.attempt, resume=self.resume,
+            before_write=self.snapshot_parameter_servers,
+        )  # fmt: skip
+
+    def snapshot_parameter_servers(self, global_step: int, attempt: int) -> None:
+        """Have the job's parameter servers snapshot for the checkpoint of ``global_step``.
+
+        Rank 0 calls it right before it writes that checkpoint; without a ps client (no
+        ps algorithm, or before :meth:`begin`), or with a service's ps (which snapshots on
+        its own schedule), it does nothing.
+        """
+        client = self.algorithm.client
+        if client is not None and self.service is None:
+            client.snapshot(SnapshotTag(global_step, attempt))
+
+    def _optimizer_vars(self) -> list[Any]:
+        opt = self._optimizer
+        return list(opt.variables) if opt is not None else []
+
+    # -- training-loop hooks -------------------------------------------------------------
+    def begin(
+        self, model: Any, optimizer: Any = None, *, steps_per_epoch: int | None = None
+    ) -> int:
+        """Before a custom loop's first step: resume, then synchronise the starting state.
+
+        With checkpoints on, every rank first loads the attempt's resume point (weights
+        and optimizer state; another model's checkpoint is refused naming both shapes).
+
+        Parameters
+        ----------
+        model : object
+            With ``weights`` and ``trainable_weights`` (a Keras model).
+        optimizer : object, optional
+            Its optimizer; default ``model.optimizer``.
+        steps_per_epoch : int, optional
+            The loop's epoch length: checkpoints then record epoch and step in it, and
+            :attr:`start_epoch` follows.
+
+        Returns
+        -------
+        int
+            The global step to start at (:attr:`start_step`): skip that many batches.
+        """
         opt = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+        self._steps_per_epoch = steps_per_epoch
+        if self.checkpoint is not None:
+            self.checkpointer = self.new_checkpointer()
+            self.checkpointer.steps_per_epoch = steps_per_epoch
+            if self.resume is not None:
+                trainable = list(model.trainable_weights)
+                self.checkpointer.restore(list(model.weights), optimizer_variables(opt, trainable))
+        self.synchronise_start(model, opt)
+        return self.start_step
+
+    def synchronise_start(self, model: Any, optimizer: Any = None) -> None:
+        """The algorithm's start (broadcast of rank 0's state, ps INIT), without restoring.
+
+        :meth:`begin` calls it after the restore; the ``model.fit`` callbacks call it
+        after their checkpoint callback restored. A resumed run's step schedules (EASGD's
+        ``tau``, averaging every k) continue at the resume point's step.
+        """
+        opt = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+        self._optimizer = opt
         extra = list(opt.variables) if opt is not None and getattr(opt, "built", False) else []
+        if self.resume is not None:
+            self.algorithm.steps = self.resume.global_step
         self.algorithm.begin(list(model.weights), list(model.trainable_weights), extra)
 
     def step_end(self, model: Any, steps: int = 1) -> None:
-        """After each optimizer step of a custom loop (or after ``steps`` of them)."""
+        """After each optimizer step of a custom loop (or after ``steps`` of them).
+
+        Runs the algorithm's step schedule, then checkpoints when one is due.
+        """
         self.algorithm.step_end(list(model.weights), list(model.trainable_weights), steps)
+        if self.checkpointer is not None:
+            self.checkpointer.step(list(model.weights), self._optimizer_vars(), steps)
 
     def epoch_end(self, model: Any) -> None:
-        """After each epoch of a custom loop."""
+        """After each epoch of a custom loop (a checkpoint when the policy has no interval)."""
         self.algorithm.epoch_end(list(model.weights), list(model.trainable_weights))
+        if self.checkpointer is not None:
+            self.checkpointer.epoch_end(list(model.weights), self._optimizer_vars())
 
     def end(self, model: Any) -> None:
-        """After a custom loop's last step: leave the final model in ``model``."""
+        """After a custom loop's last step: checkpoint the finished state, leave the final
+        model in ``model`` (the checkpoint first: ps algorithms say goodbye here).
+        """
+        if self.checkpointer is not None:
+            self.checkpointer.finish(list(model.weights), self._optimizer_vars())
         self.algorithm.end(list(model.weights), list(model.trainable_weights))
 
     def close(self) -> None:
@@ -205,11 +336,28 @@ def for_context(ctx: ExchangeContext) -> ExchangeStrategy:
     return ExchangeStrategy(ctx, service=ctx.service)
 
 
+def ps_snapshot_plan(ctx: ExchangeContext) -> SnapshotPlan | None:
+    """How ps role ``ctx`` snapshots: ``<checkpoint_dir>/ps-<index>``; None without checkpoints.
+
+    It restores the snapshot taken for the checkpoint the trainers resume from
+    (``ctx.resume``), so a first attempt, or one with nothing to resume, starts empty
+    whatever the folder holds. It keeps one snapshot more than the trainers keep
+    checkpoints: it writes each one before theirs, so theirs never outnumber its own.
+    """
+    policy = ctx.checkpoint
+    if policy is None:
+        return None
+    resume = ctx.resume
+    tag = SnapshotTag(resume.global_step, resume.attempt) if resume is not None else None
+    return SnapshotPlan(Path(policy.directory) / f"ps-{ctx.index}", policy.keep + 1, tag)
+
+
 def serve_ps(ctx: ExchangeContext) -> None:
     """Serve this parameter server's shards until every trainer said goodbye.
 
     Synchronous for ``sync_ps``, asynchronous otherwise (DOWNPOUR, and the center
-    variable of EASGD/ADAG, which only sees ELASTIC/ADD requests).
+    variable of EASGD/ADAG, which only sees ELASTIC/ADD requests). With checkpoints on,
+    it snapshots when rank 0 checkpoints and resumes as :func:`ps_snapshot_plan` says.
 
     Raises
     ------
@@ -222,6 +370,7 @@ def serve_ps(ctx: ExchangeContext) -> None:
     mesh = _mesh(ctx, timeout)
     try:
         sync = ctx.strategy_name == "sync_ps"
-        job_server(mesh, training_tasks(ctx.peers), synchronous=sync).serve()
+        plan = ps_snapshot_plan(ctx)
+        job_server(mesh, training_tasks(ctx.peers), synchronous=sync, snapshots=plan).serve()
     finally:
         mesh.close()

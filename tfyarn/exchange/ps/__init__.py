@@ -7,7 +7,8 @@ each usable on its own:
   :class:`OptimizerConfig`);
 - :mod:`~tfyarn.exchange.ps.store`: the buckets a ps holds (:class:`ShardStore`, with an
   :class:`InitPolicy`: replace for a job's ps, keep for a long-lived one);
-- :mod:`~tfyarn.exchange.ps.snapshot`: atomic snapshots of a store and their restore;
+- :mod:`~tfyarn.exchange.ps.snapshot`: atomic snapshots of a store and their restore
+  (tagged with the trainer checkpoint they go with, for a job that checkpoints);
 - :mod:`~tfyarn.exchange.ps.server`: the loop serving a store on connections from any
   :class:`ConnectionSource` (:func:`job_server` for a job's ps role);
 - :mod:`~tfyarn.exchange.ps.client`: the trainers' :class:`PSClient`.
@@ -21,6 +22,7 @@ from tfyarn.exchange.ps.client import Connect, PSClient, Reconnect, ServerHello
 from tfyarn.exchange.ps.server import ConnectionSource, MeshConnections, PSServer, job_server
 from tfyarn.exchange.ps.snapshot import (
     Snapshot,
+    SnapshotPlan,
     Snapshotter,
     latest_snapshot,
     read_snapshot,
@@ -32,6 +34,7 @@ from tfyarn.exchange.ps.wire import (
     OPTIMIZERS,
     PROTOCOL,
     OptimizerConfig,
+    SnapshotTag,
     np_dtype,
     optimizer_config,
 )
@@ -54,6 +57,8 @@ __all__ = [
     "Shard",
     "ShardStore",
     "Snapshot",
+    "SnapshotPlan",
+    "SnapshotTag",
     "Snapshotter",
     "job_server",
     "latest_snapshot",

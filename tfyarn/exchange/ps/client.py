@@ -32,6 +32,7 @@ from tfyarn.exchange.ps.wire import (
     Op,
     OptimizerConfig,
     Reply,
+    SnapshotTag,
     as_bytes,
     np_dtype,
     optimizer_config,
@@ -272,6 +273,31 @@ class PSClient:
     def add(self, deltas: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Add ``deltas`` to the servers' values; return the new values."""
         return self._request(Op.ADD, deltas)
+
+    def snapshot(self, tag: SnapshotTag) -> None:
+        """Ask every server for a snapshot tagged ``tag``; return once all wrote theirs.
+
+        Rank 0 of a checkpointing job calls it right before it writes the trainer
+        checkpoint of ``tag``, so that a restart finds ps state of the same step.
+
+        Raises
+        ------
+        TransportError
+            A server refused (it takes no snapshots, or could not write one), or the
+            exchange failed.
+        """
+
+        def one(route: _Route) -> None:
+            comm = self.comms[route.ps]
+            comm.send(Header(Op.SNAPSHOT).pack())
+            comm.send(tag.encode())
+            reply = bytes(comm.recv())
+            if reply == Reply.REFUSED:
+                raise TransportError(bytes(comm.recv()).decode(errors="replace"))
+            if reply != Reply.ACK:
+                raise FrameError(f"{route.ps} answered {reply!r} to SNAPSHOT")
+
+        self._each_ps(one)
 
     def close(self) -> None:
         """Say goodbye to every server and close the connections; idempotent."""

@@ -33,6 +33,7 @@ import numpy as np
 from tfyarn.errors import ConfigError, FrameError, TFYarnError, TransportError
 from tfyarn.exchange import kernels
 from tfyarn.exchange.mesh import Mesh
+from tfyarn.exchange.ps.snapshot import SnapshotPlan, Snapshotter
 from tfyarn.exchange.ps.store import InitOutcome, InitPolicy, Shard, ShardStore
 from tfyarn.exchange.ps.wire import (
     CHANNEL,
@@ -40,6 +41,7 @@ from tfyarn.exchange.ps.wire import (
     InitMeta,
     Op,
     Reply,
+    SnapshotTag,
     as_bytes,
     np_dtype,
 )
@@ -141,6 +143,9 @@ class PSServer:
         :meth:`stop`, and a lost trainer ends only its connection.
     synchronous : bool
         Average one gradient per trainer before each update (needs ``trainers``).
+    on_snapshot : callable, optional
+        ``on_snapshot(tag)`` answers a SNAPSHOT request (a job's ps writes a tagged
+        snapshot); None: SNAPSHOT is refused with a message.
 
     Raises
     ------
@@ -157,6 +162,7 @@ class PSServer:
         timeout: float = 180.0,
         trainers: Sequence[str] | None = None,
         synchronous: bool = False,
+        on_snapshot: Callable[[SnapshotTag], object] | None = None,
     ) -> None:
         if trainers is not None and not trainers:
             raise ConfigError(f"parameter server {name} was given no trainers to serve")
@@ -171,6 +177,7 @@ class PSServer:
         self.timeout = timeout
         self.trainers = None if trainers is None else list(trainers)
         self.synchronous = synchronous
+        self.on_snapshot = on_snapshot
         self._rounds = _SyncRounds(len(trainers), timeout) if synchronous and trainers else None
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -305,6 +312,9 @@ class PSServer:
         if h.op is Op.INIT:
             self._init(peer, comm, h)
             return True
+        if h.op is Op.SNAPSHOT:
+            self._snapshot(peer, comm)
+            return True
         shard = self.store.wait_for(h.bucket, self.timeout, self._check)
         if h.elements != shard.values.size:
             raise FrameError(
@@ -333,6 +343,23 @@ class PSServer:
             return
         comm.send(Reply.KEPT if outcome is InitOutcome.KEPT else Reply.ACK)
 
+    def _snapshot(self, peer: str, comm: Comm) -> None:
+        """SNAPSHOT: write a snapshot tagged as asked, then answer ACK (or REFUSED)."""
+        tag = SnapshotTag.decode(bytes(comm.recv()))
+        if self.on_snapshot is None:
+            refusal = f"parameter server {self.name} takes no snapshots on request"
+        else:
+            try:
+                self.on_snapshot(tag)
+            except Exception as exc:  # a full disk must reach the trainer, not end the ps
+                log.exception("%s: snapshot for %s (asked by %s) failed", self.name, tag, peer)
+                refusal = f"parameter server {self.name} could not write its snapshot: {exc}"
+            else:
+                comm.send(Reply.ACK)
+                return
+        comm.send(Reply.REFUSED)
+        comm.send(refusal.encode())
+
     def _update(self, h: Header, shard: Shard, buf: np.ndarray) -> np.ndarray:
         if h.op is Op.ELASTIC:  # the worker then does x -= d
             return shard.elastic(buf, h.param)
@@ -343,8 +370,13 @@ class PSServer:
         return self._rounds.push(h.bucket, shard, buf, self._check)
 
 
-def job_server(mesh: Mesh, trainers: Sequence[str], synchronous: bool) -> PSServer:
-    """A job's ps: its mesh's connections, a fresh store, ends once every trainer said BYE.
+def job_server(
+    mesh: Mesh,
+    trainers: Sequence[str],
+    synchronous: bool,
+    snapshots: SnapshotPlan | None = None,
+) -> PSServer:
+    """A job's ps: its mesh's connections, its store, ends once every trainer said BYE.
 
     Parameters
     ----------
@@ -354,8 +386,32 @@ def job_server(mesh: Mesh, trainers: Sequence[str], synchronous: bool) -> PSServ
         Task ids of every training role.
     synchronous : bool
         ``sync_ps`` (else DOWNPOUR, and the centers of EASGD/ADAG).
+    snapshots : SnapshotPlan, optional
+        The job checkpoints: answer SNAPSHOT with a tagged snapshot in the plan's folder,
+        and restore the one of ``snapshots.resume`` at start. Without a plan (or with
+        nothing to resume) the store starts empty and INIT replaces (rank 0 seeds it).
     """
-    store = ShardStore(f"parameter server {mesh.task_id}", InitPolicy.REPLACE)
+    name = f"parameter server {mesh.task_id}"
+    store = ShardStore(
+        name,
+        InitPolicy.REPLACE,
+        mismatch_hint="its snapshot is of another model; point checkpoint_dir at a new "
+        "folder for a changed model",
+    )
+    on_snapshot: Callable[[SnapshotTag], object] | None = None
+    if snapshots is not None:
+        snapshotter = Snapshotter(store, snapshots.folder, snapshots.keep, name=mesh.task_id)
+        on_snapshot = snapshotter.save
+        if snapshots.resume is not None:
+            if snapshotter.restore(snapshots.resume) is not None:
+                # Resumed: rank 0's INIT must not overwrite the restored values and slots.
+                store.policy = InitPolicy.KEEP
+            else:
+                log.warning(
+                    "%s: no snapshot for %s in %s; rank 0 seeds it from the trainers' "
+                    "checkpoint and the optimizer slots start afresh",
+                    name, snapshots.resume, snapshots.folder,
+                )  # fmt: skip
     return PSServer(
         store,
         MeshConnections(mesh),
@@ -363,4 +419,5 @@ def job_server(mesh: Mesh, trainers: Sequence[str], synchronous: bool) -> PSServ
         timeout=mesh.timeout,
         trainers=trainers,
         synchronous=synchronous,
+        on_snapshot=on_snapshot,
     )

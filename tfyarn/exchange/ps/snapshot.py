@@ -13,14 +13,18 @@ restores the newest snapshot into the store at start, writes one when a counter 
 (periodically, soon after :meth:`Snapshotter.soon`, and once more at
 :meth:`Snapshotter.close`). A service's ps uses it; so can any ps that must survive a
 restart, as long as its folder outlives the process.
+
+A job's ps roles that checkpoint (``tfyarn.run(checkpoint_dir=...)``) write *tagged*
+snapshots instead: rank 0 asks for one (SNAPSHOT, :class:`~tfyarn.exchange.ps.wire.SnapshotTag`)
+right before it writes a trainer checkpoint, and a restarted attempt restores the snapshot
+whose tag is the checkpoint the trainers resume from (:class:`SnapshotPlan`), so that ps
+and trainers continue from the same step.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -31,11 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from tfyarn.errors import ConfigError
+from tfyarn.exchange.npzfiles import matching_files, prune, raw_bytes, write_atomically
 from tfyarn.exchange.ps.store import BucketState, ShardStore
-from tfyarn.exchange.ps.wire import OptimizerConfig, np_dtype
+from tfyarn.exchange.ps.wire import OptimizerConfig, SnapshotTag, np_dtype
 
 __all__ = [
     "Snapshot",
+    "SnapshotPlan",
     "Snapshotter",
     "latest_snapshot",
     "read_snapshot",
@@ -50,20 +56,20 @@ _SNAPSHOT = re.compile(r"^snapshot-(\d{8})\.npz$")
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A ps's saved state: its sequence number and every bucket it held."""
+    """A ps's saved state: its sequence number, every bucket it held, and its tag.
+
+    ``tag`` names the trainer checkpoint the snapshot was taken for (None: a periodic
+    snapshot of a service's ps).
+    """
 
     seq: int
     buckets: dict[int, BucketState] = field(default_factory=dict)
+    tag: SnapshotTag | None = None
 
     @property
     def updates(self) -> dict[int, int]:
         """Update counter of each bucket."""
         return {b: s.updates for b, s in self.buckets.items()}
-
-
-def _raw(a: np.ndarray) -> np.ndarray:
-    # Saved as bytes plus a dtype name: bfloat16 (ml_dtypes) would otherwise need pickle.
-    return np.ascontiguousarray(a).view(np.uint8)
 
 
 def _header(snapshot: Snapshot) -> dict[str, object]:
@@ -79,45 +85,36 @@ def _header(snapshot: Snapshot) -> dict[str, object]:
         }
         for b, s in snapshot.buckets.items()
     }
-    return {"seq": snapshot.seq, "buckets": buckets}
+    header: dict[str, object] = {"seq": snapshot.seq, "buckets": buckets}
+    if snapshot.tag is not None:
+        header["tag"] = snapshot.tag.to_dict()
+    return header
 
 
 def write_snapshot(folder: Path, snapshot: Snapshot, keep: int) -> Path:
     """Write ``snapshot`` atomically into ``folder``; delete all but the newest ``keep``."""
-    folder.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     for b, s in snapshot.buckets.items():
-        arrays[f"b{b}_values"] = _raw(s.values)
+        arrays[f"b{b}_values"] = raw_bytes(s.values)
         for k, slot in enumerate(s.slots):
-            arrays[f"b{b}_slot{k}"] = _raw(slot)
-    arrays["meta"] = np.frombuffer(json.dumps(_header(snapshot)).encode(), np.uint8)
-    final = folder / f"snapshot-{snapshot.seq:08d}.npz"
-    tmp = folder / f".{final.name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, allow_pickle=False, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    for old in snapshot_files(folder)[:-keep]:
-        with contextlib.suppress(OSError):
-            old.unlink()
+            arrays[f"b{b}_slot{k}"] = raw_bytes(slot)
+    name = f"snapshot-{snapshot.seq:08d}.npz"
+    final = write_atomically(folder / name, arrays, _header(snapshot))
+    prune(snapshot_files(folder), keep)
     return final
 
 
 def snapshot_files(folder: Path) -> list[Path]:
     """The snapshot files in ``folder``, oldest first (none if it cannot be listed)."""
-    try:
-        names = [p for p in folder.iterdir() if _SNAPSHOT.match(p.name)]
-    except OSError:
-        return []
-    return sorted(names)
+    return matching_files(folder, _SNAPSHOT)
 
 
 def read_snapshot(path: Path) -> Snapshot:
     """Load one snapshot file (raises on a torn or foreign file)."""
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(z["meta"].tobytes())
-        snap = Snapshot(seq=int(meta["seq"]))
+        tag = meta.get("tag")
+        snap = Snapshot(int(meta["seq"]), tag=None if tag is None else SnapshotTag.from_dict(tag))
         for key, m in meta["buckets"].items():
             b = int(key)
             dt = np_dtype(m["dtype"])
@@ -135,15 +132,54 @@ def read_snapshot(path: Path) -> Snapshot:
     return snap
 
 
-def latest_snapshot(folder: Path) -> tuple[Snapshot | None, list[str]]:
-    """The newest readable snapshot in ``folder`` and what was wrong with newer ones."""
+def latest_snapshot(
+    folder: Path, tag: SnapshotTag | None = None
+) -> tuple[Snapshot | None, list[str]]:
+    """The newest readable snapshot in ``folder`` and what was wrong with newer ones.
+
+    With ``tag``, the newest readable one taken for that trainer checkpoint (others are
+    passed over silently: they belong to other checkpoints).
+    """
     problems: list[str] = []
     for path in reversed(snapshot_files(folder)):
         try:
-            return read_snapshot(path), problems
+            snap = read_snapshot(path)
         except Exception as exc:  # a torn write, a foreign file: fall back to the previous
             problems.append(f"{path.name}: {exc}")
+            continue
+        if tag is None or snap.tag == tag:
+            return snap, problems
     return None, problems
+
+
+def _seq_of(path: Path) -> int:
+    match = _SNAPSHOT.match(path.name)
+    return int(match.group(1)) if match else 0
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    """How a job's ps role snapshots: where, how many, and what it restores at start.
+
+    Parameters
+    ----------
+    folder : Path
+        This ps's folder (``<checkpoint_dir>/ps-<index>``).
+    keep : int
+        Snapshots kept (at least 1).
+    resume : SnapshotTag or None
+        The trainer checkpoint this attempt resumes from: the ps restores the snapshot
+        taken for it. None (a first attempt, or nothing to resume): start empty, whatever
+        the folder holds.
+    """
+
+    folder: Path
+    keep: int
+    resume: SnapshotTag | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep < 1:
+            raise ConfigError(f"a ps must keep at least 1 snapshot, not {self.keep}")
 
 
 class Snapshotter:
@@ -177,32 +213,43 @@ class Snapshotter:
         self._due = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def restore(self) -> Snapshot | None:
-        """Load the newest readable snapshot into the store (newer torn ones are logged)."""
-        snap, problems = latest_snapshot(self.folder)
+    def restore(self, tag: SnapshotTag | None = None) -> Snapshot | None:
+        """Load the newest readable snapshot into the store (newer torn ones are logged).
+
+        With ``tag``, the newest one taken for that trainer checkpoint. Later snapshots
+        are numbered after every file in the folder, whichever was restored.
+        """
+        snap, problems = latest_snapshot(self.folder, tag)
         for problem in problems:
             log.warning("%s: skipping unreadable snapshot %s", self.name, problem)
+        files = snapshot_files(self.folder)
+        with self._lock:
+            self._seq = max([self._seq, *(_seq_of(p) for p in files)])
         if snap is None:
-            log.info("%s: no snapshot in %s, starting empty", self.name, self.folder)
+            wanted = "" if tag is None else f" for {tag}"
+            log.info("%s: no snapshot%s in %s, starting empty", self.name, wanted, self.folder)
             return None
         with self._lock:
             self.store.load(snap.buckets)
-            self._seq, self._saved, self.restored = snap.seq, snap.updates, snap
+            self._saved, self.restored = snap.updates, snap
         log.info(
             "%s: restored snapshot %d (%d buckets, updates %s)",
             self.name, snap.seq, len(snap.buckets), snap.updates,
         )  # fmt: skip
         return snap
 
-    def save(self) -> Path | None:
-        """Write a snapshot if any update counter moved since the last one; return its path."""
+    def save(self, tag: SnapshotTag | None = None) -> Path | None:
+        """Write a snapshot if any update counter moved since the last one; return its path.
+
+        A ``tag`` (a trainer checkpoint's) always writes one: the restore looks for it.
+        """
         with self._lock:
             # The counters first: an idle ps must not copy its whole model every interval.
-            if not self.store.shards() or self.store.updates() == self._saved:
+            if tag is None and (not self.store.shards() or self.store.updates() == self._saved):
                 return None
             state = self.store.states()
             self._seq += 1
-            path = write_snapshot(self.folder, Snapshot(self._seq, state), self.keep)
+            path = write_snapshot(self.folder, Snapshot(self._seq, state, tag), self.keep)
             self._saved = {b: s.updates for b, s in state.items()}
             log.info("%s: snapshot %d written (updates %s)", self.name, self._seq, self._saved)
             return path

@@ -12,12 +12,19 @@ GRAD       gradient                               values after the update
 ELASTIC    the worker's weights ``x``; ``alpha``  ``d = alpha (x - c)``, after ``c += d``
 ADD        delta                                  values after ``c += delta``
 BYE        (none)                                 ``Reply.ACK`` (the trainer is done)
+SNAPSHOT   :class:`SnapshotTag`                   :class:`Reply` (REFUSED: then a message)
 =========  =====================================  =======================================
 
 INIT answers ``ACK`` when the server stored the values, ``KEPT`` when it already held
 that bucket and keeps it (a long-lived server: the trainer then starts from the held
 values), or ``REFUSED`` followed by a message frame (the held bucket has another size or
 dtype). Both ends of this module only ever see flat buckets, never variables or models.
+
+SNAPSHOT (one per ps, not per bucket) comes from rank 0 of a job that checkpoints, right
+before it writes a trainer checkpoint: the ps writes a snapshot tagged with that
+checkpoint's global step and attempt, so that a restarted attempt restores the ps state
+that matches the trainers' checkpoint. Only a job's own ps roles are asked (a service's
+ps snapshots on its own schedule), so the op needs no new :data:`PROTOCOL` version.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ __all__ = [
     "Op",
     "OptimizerConfig",
     "Reply",
+    "SnapshotTag",
     "as_bytes",
     "np_dtype",
     "optimizer_config",
@@ -67,10 +75,11 @@ class Op(enum.IntEnum):
     ELASTIC = 4
     ADD = 5
     BYE = 6
+    SNAPSHOT = 7
 
 
 class Reply(bytes, enum.Enum):
-    """One-byte answers: to INIT (all three) and to BYE (``ACK``)."""
+    """One-byte answers: to INIT (all three), SNAPSHOT (``ACK``, ``REFUSED``) and BYE."""
 
     ACK = b"\x01"
     KEPT = b"\x02"
@@ -296,3 +305,67 @@ class InitMeta:
         except (ValueError, KeyError, TypeError) as exc:
             raise FrameError(f"malformed ps INIT metadata ({exc}): {data[:80]!r}") from exc
         return cls(dtype, OptimizerConfig.from_dict(optimizer))
+
+
+@dataclass(frozen=True)
+class SnapshotTag:
+    """Which trainer checkpoint a ps snapshot goes with (the SNAPSHOT request's frame).
+
+    Parameters
+    ----------
+    global_step : int
+        The checkpoint's global step (steps since the start of training, all attempts).
+    attempt : int
+        The attempt that wrote it (1, 2, ...).
+
+    Raises
+    ------
+    ConfigError
+        A negative step or an attempt below 1.
+    """
+
+    global_step: int
+    attempt: int
+
+    def __post_init__(self) -> None:
+        if self.global_step < 0 or self.attempt < 1:
+            raise ConfigError(
+                f"a snapshot tag needs global_step >= 0 and attempt >= 1, not "
+                f"{self.global_step} and {self.attempt}"
+            )
+
+    def to_dict(self) -> dict[str, int]:
+        """The JSON form (on the wire, in snapshot headers)."""
+        return {"global_step": self.global_step, "attempt": self.attempt}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> SnapshotTag:
+        """Parse the JSON form.
+
+        Raises
+        ------
+        FrameError
+            Not an object with integer ``global_step`` and ``attempt``.
+        """
+        try:
+            step, attempt = data["global_step"], data["attempt"]
+            if not isinstance(step, int) or not isinstance(attempt, int):
+                raise TypeError("global_step and attempt must be integers")
+            return cls(step, attempt)
+        except (KeyError, TypeError, ConfigError) as exc:
+            raise FrameError(f"malformed snapshot tag ({exc}): {dict(data)!r}") from exc
+
+    def encode(self) -> bytes:
+        """The JSON frame SNAPSHOT sends after its header."""
+        return json.dumps(self.to_dict()).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SnapshotTag:
+        """Parse the frame (raises :class:`FrameError` on anything else)."""
+        try:
+            meta = json.loads(data)
+        except ValueError as exc:
+            raise FrameError(f"malformed snapshot request ({exc}): {data[:80]!r}") from exc
+        if not isinstance(meta, dict):
+            raise FrameError(f"a snapshot request is a JSON object, got {data[:80]!r}")
+        return cls.from_dict(meta)
