@@ -277,16 +277,22 @@ def load_resume_point(policy: CheckpointPolicy | None, attempt: int, who: str) -
     return ckpt
 
 
-def optimizer_variables(optimizer: Any, trainable: Sequence[Variable]) -> list[Variable]:
-    """The variables of a Keras-style ``optimizer`` (none for None), built first if need be.
+def optimizer_variables(
+    optimizer: Any, trainable: Sequence[Variable], saved: Sequence[np.ndarray] | None = None
+) -> list[Variable]:
+    """The variables of a Keras-style ``optimizer`` (none for None), built if need be.
 
     A restore needs them before the first step, when Keras would build the optimizer
-    lazily: an unbuilt one (``built`` False) is built for ``trainable``.
+    lazily: an unbuilt one (``built`` False) is built for ``trainable`` unless its
+    variables already match the ``saved`` ones in number (a distributed optimizer whose
+    parameter servers run the update never builds its slots, and was saved so).
     """
     if optimizer is None:
         return []
-    if not getattr(optimizer, "built", True):
-        optimizer.build(list(trainable))
+    current = list(optimizer.variables)
+    if getattr(optimizer, "built", True) or (saved is not None and len(saved) == len(current)):
+        return current
+    optimizer.build(list(trainable))
     return list(optimizer.variables)
 
 

@@ -90,7 +90,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self.checkpointer.resume is None:
             return
         optimizer = getattr(model, "optimizer", None)
-        opt_vars = optimizer_variables(optimizer, list(model.trainable_variables))
+        saved = self.checkpointer.resume.optimizer
+        opt_vars = optimizer_variables(optimizer, list(model.trainable_variables), saved)
         self.checkpointer.restore(list(model.weights), opt_vars)
         if steps_per_epoch:
             # Keras reads this after on_train_begin (the way BackupAndRestore resumes).

@@ -281,8 +281,9 @@ class ExchangeStrategy:
             self.checkpointer = self.new_checkpointer()
             self.checkpointer.steps_per_epoch = steps_per_epoch
             if self.resume is not None:
-                trainable = list(model.trainable_weights)
-                self.checkpointer.restore(list(model.weights), optimizer_variables(opt, trainable))
+                trainable, saved = list(model.trainable_weights), self.resume.optimizer
+                opt_vars = optimizer_variables(opt, trainable, saved)
+                self.checkpointer.restore(list(model.weights), opt_vars)
         self.synchronise_start(model, opt)
         return self.start_step
 
