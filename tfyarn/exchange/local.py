@@ -241,11 +241,13 @@ def run_local(
     TFYarnError
         The job did not finish within ``timeout``.
     ConfigError
-        No training role, or ``env`` with ``threads``.
+        No training role, ``env`` with ``threads``, or an attempt below 1.
     """
     import cloudpickle
 
     roles = _roles(workers, ps, chief)
+    if attempt < 1:
+        raise ConfigError(f"run_local(attempt={attempt}): attempts count from 1")
     if threads:
         if env:
             raise ConfigError(
