@@ -26,7 +26,7 @@ from tfyarn.cluster import partitioning, validate
 from tfyarn.cluster.attempts import Attempt
 from tfyarn.cluster.options import DEFAULT_SILENT_FAIL_AFTER, LaunchOptions, launch_options
 from tfyarn.cluster.plan import data_roles, describe, plan_job
-from tfyarn.cluster.progress import ProgressDisplay, ProgressServer, RoleState
+from tfyarn.cluster.progress import ProgressDisplay, ProgressServer, RoleState, timeout_message
 from tfyarn.cluster.restarts import (
     AttemptProgress,
     LivenessWatch,
@@ -34,7 +34,10 @@ from tfyarn.cluster.restarts import (
     pick_cause,
     run_attempts,
 )
+from tfyarn.cluster.spark_errors import lost_role, parse_stage_failure
 from tfyarn.errors import RoleFailedError, RoleLostError, TFYarnError
+from tfyarn.node import code_pickle
+from tfyarn.node.failure import RoleFailure, likeliest_cause
 from tfyarn.node.job import InputMode, JobSpec
 from tfyarn.transport.auth import new_job_secret
 
@@ -394,7 +397,7 @@ def _launch(
         job_id=job_id,
         plan=plan,
         trainers=trainers,
-        train_fn=cloudpickle.dumps(train_fn),
+        train_fn=code_pickle.dumps(train_fn),  # its tracebacks name the user's file
         secret=secret,
         driver_address=server.address,
         strategy=options.strategy,
@@ -544,15 +547,15 @@ def _run_stage(
                 )
             if timeout is not None and time.monotonic() - begun > timeout:
                 raise TFYarnError(
-                    f"the job did not finish within timeout={timeout:.0f} s and was cancelled; "
-                    "raise timeout= if training legitimately takes longer"
+                    timeout_message(timeout, server.snapshot(), job.heartbeat_interval)
                 )
     except BaseException:
         sc.cancelJobGroup(group)
         thread.join(timeout=60)
         raise
     if "error" in box:
-        raise _stage_error(box["error"], job, server) from box["error"]
+        # Not chained: Spark's text (JVM stack) is on the error's spark_error instead.
+        raise _stage_error(box["error"], job, server)
     return box["rows"], stage_started
 
 
@@ -587,30 +590,53 @@ def _retried_error(job: JobSpec, sc: Any) -> RoleLostError:
     return error
 
 
-def _role_error(failed: RoleState, job: JobSpec, server: ProgressServer) -> RoleFailedError:
-    """The error for a role that reported its failure over the heartbeat channel."""
-    error = RoleFailedError(
-        failed.task_id,
-        failed.host or "?",
-        (failed.traceback or failed.error or "").strip()[-8000:],
-        f"role {failed.task_id} on host {failed.host} failed: {failed.error}",
-    )
+def _with_job(error: RoleFailedError, job: JobSpec, server: ProgressServer) -> RoleFailedError:
+    """``error`` with the job's id and the roles' TensorFlow ports (for cleanup checks)."""
     error.job_id = job.job_id
     error.ports = [p for s in server.snapshot() if (p := s.metrics.get("tf_port"))]
     return error
 
 
+def _role_error(failed: RoleState, job: JobSpec, server: ProgressServer) -> RoleFailedError:
+    """The error for a role whose failure was reported over the heartbeat channel.
+
+    By the role (its own exception: :class:`RoleFailedError`) or by its task (a role
+    process killed or exited: :class:`~tfyarn.errors.RoleLostError` when lost).
+    """
+    host = failed.host or "?"
+    failure = failed.failure or RoleFailure(
+        failed.task_id,
+        host,
+        f"role {failed.task_id} on host {host} failed: {failed.error}",
+        failed.traceback or failed.error or "",
+    )
+    return _with_job(failure.error(), job, server)
+
+
 def _stage_error(exc: BaseException, job: JobSpec, server: ProgressServer) -> TFYarnError:
-    """Turn Spark's stage failure into the role's own error where we know it."""
-    failed = server.failed_role()
-    if failed is not None:
-        return _role_error(failed, job, server)
+    """Turn Spark's stage failure into the failed role's error; Spark's text kept apart.
+
+    What failed, from the likeliest cause first (:func:`~tfyarn.node.failure.likeliest_cause`):
+    the roles' reports over the heartbeat channel, the record the failed task left in
+    Spark's text, or the role whose executor or Python worker Spark says was lost. The
+    error's message is ours; Spark's whole text (JVM stack, SQLSTATE) is its
+    ``spark_error``. A failure none of these explain keeps Spark's error as its cause.
+    """
     text = str(exc)
-    marker = "RoleFailedError: "
-    if marker in text:
-        tail = text[text.index(marker) + len(marker) :]
-        return TFYarnError(tail.strip()[-8000:])
-    return TFYarnError(f"the tfyarn barrier stage failed: {text[-8000:]}")
+    stage = parse_stage_failure(text)
+    blamed = stage.record
+    if blamed is None and stage.partition is not None and stage.partition < len(job.plan):
+        task_id = job.plan[stage.partition].task_id
+        hosts = {s.task_id: s.host for s in server.snapshot()}
+        blamed = lost_role(stage, task_id, hosts.get(task_id) or "?")
+    reported = server.failed_role()
+    known = [f for f in (reported.failure if reported else None, blamed) if f is not None]
+    cause = likeliest_cause(known)
+    if cause is None:
+        error = TFYarnError(f"the tfyarn barrier stage failed: {stage.reason[-8000:]}")
+        error.__cause__ = exc  # nothing of ours explains it: Spark's error is all there is
+        return error
+    return _with_job(cause.error(spark_error=text), job, server)
 
 
 def _result(

@@ -5,6 +5,11 @@ Roles connect once (HMAC handshake on the job secret) and send newline-delimited
 launcher polls it for errors (a failed role is reported here seconds before Spark's own
 task failure reaches the driver) and the display renders it. The same connections carry
 the driver's ``finish`` to the serving roles when training is over (:meth:`tell`).
+
+A failure arrives as an ``error`` message, from the role itself (its own exception) or
+from its barrier task (a role process that was killed or exited: a
+:class:`~tfyarn.node.failure.RoleFailure` record); a role's first report is the one kept.
+:func:`timeout_message` says what a job that ran out of time was waiting for.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tfyarn.node.failure import RoleFailure, likeliest_cause
 from tfyarn.transport.auth import server_handshake
 
-__all__ = ["ProgressDisplay", "ProgressServer", "RoleState"]
+__all__ = ["ProgressDisplay", "ProgressServer", "RoleState", "describe_roles", "timeout_message"]
 
 log = logging.getLogger("tfyarn")
 
@@ -44,6 +50,11 @@ class RoleState:
     ready_at: float | None = None
     error: str | None = None
     traceback: str | None = None
+    #: How the role failed (the first report), and when that report arrived.
+    failure: RoleFailure | None = None
+    failed_at: float | None = None
+    #: When the role's step last changed (monotonic clock); None before its first step.
+    step_at: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     warned_silent: bool = False
     _rate_mark: tuple[float, int] | None = None
@@ -62,14 +73,14 @@ class RoleState:
         elif kind == "done":
             self.state = "done"
         elif kind == "error":
-            self.state = "failed"
-            self.error = message.get("error")
-            self.traceback = message.get("traceback")
+            self._fail(message, now)
         elif kind == "metrics":
             if message.get("state"):
                 self.state = str(message["state"])
             if message.get("step") is not None:
-                self.step = int(message["step"])
+                step = int(message["step"])
+                if step != self.step:
+                    self.step, self.step_at = step, now
             if message.get("loss") is not None:
                 self.loss = float(message["loss"])
             samples = message.get("samples")
@@ -77,6 +88,29 @@ class RoleState:
                 self._count_samples(now, int(samples))
             skip = {"task", "kind", "time", "state", "samples"}
             self.metrics.update({k: v for k, v in message.items() if k not in skip})
+
+    def _fail(self, message: dict[str, Any], now: float) -> None:
+        """Record the role's failure; a later report (its task's, after its own) is ignored."""
+        if self.state == "failed":
+            return
+        self.state, self.failed_at = "failed", now
+        self.error = message.get("error")
+        self.traceback = message.get("traceback")
+        record = message.get("failure")
+        if isinstance(record, dict):
+            try:
+                self.failure = RoleFailure.from_json(record)
+                return
+            except ValueError as exc:
+                log.warning("tfyarn: %s sent a bad failure record: %s", self.task_id, exc)
+        host = self.host or "?"
+        self.failure = RoleFailure(
+            self.task_id,
+            host,
+            f"role {self.task_id} on host {host} failed: {self.error}",
+            str(self.traceback or self.error or ""),
+            peer_lost=bool(message.get("peer_lost")),
+        )
 
     def _count_samples(self, now: float, samples: int) -> None:
         if self._rate_mark is not None:
@@ -180,12 +214,20 @@ class ProgressServer:
             return all(self.roles[t].state == "done" for t in tasks)
 
     def failed_role(self) -> RoleState | None:
-        """The first role that reported an error, if any."""
+        """The failed role whose failure is the likeliest cause, if any role failed.
+
+        Of the failures reported so far, in the order they arrived, a lost role comes
+        before a role's own error, which comes before a lost connection to a peer (see
+        :func:`~tfyarn.node.failure.likeliest_cause`).
+        """
         with self._lock:
-            for state in self.roles.values():
-                if state.state == "failed":
-                    return state
-        return None
+            failed = [s for s in self.roles.values() if s.state == "failed"]
+        failed.sort(key=lambda s: s.failed_at or 0.0)
+        by_failure = {id(s.failure): s for s in failed if s.failure is not None}
+        cause = likeliest_cause(s.failure for s in failed if s.failure is not None)
+        if cause is not None:
+            return by_failure[id(cause)]
+        return failed[0] if failed else None
 
     def all_ready_at(self) -> float | None:
         """When the last role became ready (monotonic clock), or None."""
@@ -223,6 +265,66 @@ class ProgressServer:
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=2)
+
+
+def _describe(state: RoleState, now: float, silent_after: float) -> tuple[bool, str]:
+    """Whether the job waits on ``state``'s role, and what that role is doing."""
+    task, quiet = state.task_id, now - state.last_seen
+    if state.state == "done":
+        return False, f"{task} is done"
+    if state.state == "failed":
+        return True, f"{task} failed"
+    if quiet > silent_after:
+        return True, f"{task} has sent no heartbeat for {quiet:.0f} s"
+    if state.state == "starting":
+        return True, f"{task} is still starting"
+    if state.state == "serving":
+        return False, f"{task} is serving"
+    since = state.step_at if state.step_at is not None else state.ready_at
+    still = now - (since if since is not None else state.last_seen)
+    return True, f"{task} has been running with no step progress for {still:.0f} s"
+
+
+def describe_roles(states: Iterable[RoleState], now: float, silent_after: float) -> str:
+    """One clause per role, the roles the job waits on first.
+
+    E.g. ``"worker:1 has been running with no step progress for 42 s; worker:0 is
+    done"``. A running role's time counts from its last step change (from when it became
+    ready, before its first step); a role not heard from for ``silent_after`` seconds is
+    named as silent instead.
+    """
+    waiting: list[str] = []
+    others: list[str] = []
+    for state in states:
+        waits, text = _describe(state, now, silent_after)
+        (waiting if waits else others).append(text)
+    return "; ".join(waiting + others)
+
+
+def timeout_message(
+    timeout: float, states: Iterable[RoleState], heartbeat_interval: float, now: float | None = None
+) -> str:
+    """What a job cancelled after ``timeout`` seconds says: what it was waiting for.
+
+    Parameters
+    ----------
+    timeout : float
+        The job's ``timeout=``.
+    states : iterable of RoleState
+        The roles as the progress server last saw them.
+    heartbeat_interval : float
+        Seconds between heartbeats; a role silent for three of them (at least 10 s) is
+        named as silent.
+    now : float, optional
+        The monotonic clock's time (default: now).
+    """
+    now = time.monotonic() if now is None else now
+    roles = describe_roles(states, now, max(3 * heartbeat_interval, 10.0))
+    return (
+        f"the job did not finish within timeout={timeout:.0f} s and was cancelled: {roles}. "
+        "Raise timeout= if training legitimately takes longer; a role with no step progress "
+        "is blocked (on a peer, on data) or does not report its steps (ctx.report(step=...))"
+    )
 
 
 class ProgressDisplay:

@@ -7,6 +7,11 @@ stopped, and it dies with its task: a watchdog thread notices when the parent (t
 Python worker) is gone, for whatever reason (task killed, job cancelled, executor lost),
 removes the role's workspace and exits at once.
 
+A role that fails leaves its Python traceback in ``error.txt`` (its task reports that,
+not the role's last output, which holds unrelated log lines too), at start-up as well as
+in ``train_fn``; ``train_fn`` comes pickled by :mod:`tfyarn.node.code_pickle`, so the
+traceback names the user's file and line.
+
 Usage (by :mod:`tfyarn.node.task` only)::
 
     python -m tfyarn.node.role_process WORKDIR CONTROL_IN CONTROL_OUT TF_PORT_FD PARENT_PID
@@ -29,6 +34,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import cloudpickle
 
 from tfyarn.cluster.plan import RoleSpec
+from tfyarn.errors import TransportError
 from tfyarn.node.context import NodeContext
 from tfyarn.node.control import ControlPipe
 from tfyarn.node.heartbeat import HeartbeatClient
@@ -144,6 +150,13 @@ def _say(control: ControlPipe, message: Message, workdir: Path) -> None:
         _orphaned_exit(workdir)
 
 
+def _leave_traceback(workdir: Path, text: str) -> None:
+    """Leave ``text`` (the role's traceback) for the task to report, and in the log."""
+    with contextlib.suppress(OSError):
+        (workdir / "error.txt").write_text(text)
+    print(text, file=sys.stderr, flush=True)
+
+
 def _refuse(workdir: Path, exc: MessageError) -> NoReturn:
     """End the role over a protocol error, leaving the report its task passes on."""
     text = (
@@ -152,9 +165,7 @@ def _refuse(workdir: Path, exc: MessageError) -> NoReturn:
         "come from the same tfyarn, so this is a bug (or a mixed installation); please "
         "report it with this message.\n"
     )
-    with contextlib.suppress(OSError):
-        (workdir / "error.txt").write_text(text)
-    print(text, file=sys.stderr, flush=True)
+    _leave_traceback(workdir, text)
     os._exit(EXIT_FAILED)
 
 
@@ -237,10 +248,15 @@ def _run_role(job: JobSpec, wired: _Wired, workdir: Path, tf_port: ReservedPort)
     except BaseException as exc:
         status = EXIT_FAILED
         text = traceback.format_exc()
-        with contextlib.suppress(OSError):
-            (workdir / "error.txt").write_text(text)
-        heartbeat.send("error", error=f"{type(exc).__name__}: {exc}", traceback=text)
-        print(text, file=sys.stderr, flush=True)
+        _leave_traceback(workdir, text)
+        # A lost connection to a peer is most likely that peer's failure, not this role's:
+        # the driver reports the peer's failure first when it has one.
+        heartbeat.send(
+            "error",
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=text,
+            peer_lost=isinstance(exc, TransportError),
+        )
     finally:
         with contextlib.suppress(Exception):
             ctx.close()
@@ -262,11 +278,14 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _watch_parent(workdir, int(argv[5]))
     os.chdir(workdir)  # relative paths (ps_data.SHARD_DIR) resolve per role
-    job = JobSpec.load(workdir / "job.pkl")
     try:
+        job = JobSpec.load(workdir / "job.pkl")
         wired = _wire(control, job, workdir)
     except MessageError as exc:
         _refuse(workdir, exc)
+    except Exception:  # e.g. the transport cannot listen here: the task reports why
+        _leave_traceback(workdir, traceback.format_exc())
+        os._exit(EXIT_FAILED)
     status = _run_role(job, wired, workdir, tf_port)
     sys.stdout.flush()
     sys.stderr.flush()

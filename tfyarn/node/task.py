@@ -6,6 +6,10 @@ starts the role process (:mod:`tfyarn.node.role_process`), wires the cluster wit
 stage and kills every other task); when the trainers are done, the final ``barrier``
 releases the serving roles (ps, evaluator), which are told to finish and then stopped.
 Whatever happens, the role process is stopped and the workspace removed on the way out.
+
+A failure leaves as a :class:`~tfyarn.node.failure.RoleFailure`: sent to the driver over
+the heartbeat channel and carried, as a note, in the exception the task raises (which
+Spark reports), so that the driver raises the same error either way.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +38,8 @@ from tfyarn.errors import RoleFailedError, TFYarnError
 from tfyarn.node import feed
 from tfyarn.node.address import resolve_address
 from tfyarn.node.control import ControlPipe
+from tfyarn.node.failure import RoleFailure, exit_failure
+from tfyarn.node.heartbeat import HeartbeatClient
 from tfyarn.node.job import InputMode, JobSpec
 from tfyarn.node.messages import Cluster, Endpoint, Hello, Member, MessageError, Setup
 from tfyarn.node.ports import reserve_port
@@ -215,16 +222,54 @@ class _RoleProcess:
         self._pump.join(timeout=2)
 
 
-def _role_failure(role: RoleSpec, host: str, workdir: Path, proc: _RoleProcess) -> RoleFailedError:
-    """The error for a role process that exited non-zero, with its traceback."""
-    error_file = workdir / "error.txt"
-    text = error_file.read_text() if error_file.exists() else proc.output_tail()
-    return RoleFailedError(
-        role.task_id,
-        host,
-        text.strip()[-8000:] or "(no output)",
-        f"role {role.task_id} on host {host} failed (exit status {proc.proc.returncode})",
+def _role_failure(
+    role: RoleSpec, host: str, workdir: Path, proc: _RoleProcess, *, starting: bool
+) -> RoleFailure:
+    """How a role process that ended non-zero failed: its traceback, else its last output."""
+    error_file, written = workdir / "error.txt", ""
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        # The role writes its traceback here; its output holds unrelated log lines too.
+        written = error_file.read_text() if error_file.exists() else ""
+    returncode = proc.proc.returncode
+    assert returncode is not None  # the caller waited for the process
+    return exit_failure(
+        role.task_id, host, returncode, written, proc.output_tail(), starting=starting
     )
+
+
+def _failed(job: JobSpec, failure: RoleFailure) -> RoleFailedError:
+    """The exception that fails the task; the driver hears of ``failure`` at once too.
+
+    The heartbeat report reaches the driver before Spark's own report of the failed
+    task does (it decides between a lost role and its peers' errors); the note carries
+    the same record inside the text Spark reports, should the heartbeat not get through.
+    """
+    with contextlib.suppress(Exception):  # best effort: Spark's report still follows
+        client = HeartbeatClient(job.driver_address, job.secret, failure.role, interval=3600)
+        client.send(
+            "error", error=failure.message, traceback=failure.traceback, failure=failure.to_json()
+        )
+        client.close()
+    return failure.carrier()
+
+
+def _setup_failure(
+    task_id: str, host: str, exc: Exception, starting: bool = True
+) -> RoleFailedError:
+    """The error for a task that failed itself (while setting its role up, usually).
+
+    Not reported over the heartbeat channel: a task whose peer failed fails here too
+    (Spark stops the stage), and Spark reports the task that failed first.
+    """
+    first = (str(exc).strip().splitlines() or [""])[0]
+    verb = "failed to start" if starting else "failed"
+    failure = RoleFailure(
+        task_id,
+        host,
+        f"role {task_id} on host {host} {verb}: {type(exc).__name__}: {first}",
+        traceback.format_exc(),
+    )
+    return failure.carrier()
 
 
 @dataclass(frozen=True)
@@ -314,16 +359,28 @@ def _hello(job: JobSpec, place: _Placement, proc: _RoleProcess, workdir: Path) -
         hello = proc.control.receive(Hello, timeout=job.startup_timeout)
     except MessageError as exc:
         task_id = place.role.task_id
-        raise RoleFailedError(
+        failure = RoleFailure(
             task_id,
             place.host,
-            f"{type(exc).__name__}: {exc}",
             f"role {task_id} on host {place.host} broke the control protocol: {exc}",
-        ) from None
+            f"{type(exc).__name__}: {exc}",
+        )
+        raise _failed(job, failure) from None
     if hello is None:  # the role process ended before it was wired
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.proc.wait(timeout=10)
-        raise _role_failure(place.role, place.host, workdir, proc)
+        if proc.proc.returncode is None:  # it closed its pipe yet lives on: a broken role
+            proc.stop(grace=5)
+            task_id = place.role.task_id
+            failure = RoleFailure(
+                task_id,
+                place.host,
+                f"role {task_id} on host {place.host} closed its control pipe while starting "
+                "but did not exit; it was stopped",
+                proc.output_tail(),
+            )
+            raise _failed(job, failure)
+        raise _failed(job, _role_failure(place.role, place.host, workdir, proc, starting=True))
     return hello
 
 
@@ -346,7 +403,7 @@ def _wire(
     return hello
 
 
-def _outcome(place: _Placement, proc: _RoleProcess, workdir: Path) -> bytes:
+def _outcome(job: JobSpec, place: _Placement, proc: _RoleProcess, workdir: Path) -> bytes:
     """Wait for the role to end; its pickled result (chief only), or a failure."""
     # No Spark barrier() while the role runs: killing a task blocked in barrier() makes
     # Spark's Python barrier server thread die with TaskKilledException, which takes the
@@ -354,7 +411,7 @@ def _outcome(place: _Placement, proc: _RoleProcess, workdir: Path) -> bytes:
     # driver over the heartbeat channel instead, once every trainer reported done.
     proc.proc.wait()
     if proc.proc.returncode != 0:
-        raise _role_failure(place.role, place.host, workdir, proc)
+        raise _failed(job, _role_failure(place.role, place.host, workdir, proc, starting=False))
     result_file = workdir / "result.pkl"
     return result_file.read_bytes() if result_file.exists() else b""
 
@@ -380,13 +437,21 @@ def run_barrier_task(job: JobSpec, batches: Iterator[pa.RecordBatch]) -> Iterato
 
     started = time.time()
     bctx = BarrierTaskContext.get()
-    place = _place(job, bctx)
-    root = workspace_root(job)
-    sweep_stale_workspaces(root.parent, keep=root)
-    workdir = root / place.role.task_id.replace(":", "-")
-    _make_workspace(workdir)
+    partition = bctx.partitionId()
+    try:
+        place = _place(job, bctx)
+        root = workspace_root(job)
+        sweep_stale_workspaces(root.parent, keep=root)
+        workdir = root / place.role.task_id.replace(":", "-")
+        _make_workspace(workdir)
+        tf_port = reserve_port(place.host)
+    except Exception as exc:
+        spark_host = bctx.getTaskInfos()[partition].address.rsplit(":", 1)[0]
+        known = partition < len(job.plan)  # not when _place found the plan's size wrong
+        task_id = job.role(partition).task_id if known else f"partition:{partition}"
+        raise _setup_failure(task_id, spark_host, exc) from None
     proc: _RoleProcess | None = None
-    tf_port = reserve_port(place.host)
+    wired_at: float | None = None
     try:
         job.save(workdir / "job.pkl")
         proc = _RoleProcess(job, workdir, tf_port.fileno(), gpu_env(bctx.resources()))
@@ -405,7 +470,7 @@ def run_barrier_task(job: JobSpec, batches: Iterator[pa.RecordBatch]) -> Iterato
         hello = _wire(bctx, job, place, proc, workdir, me, cached.path)
         tf_port.release()  # the role process holds its own copy until TensorFlow binds
         wired_at = time.time()
-        result = _outcome(place, proc, workdir)
+        result = _outcome(job, place, proc, workdir)
         info = {
             "started": started,
             "cached": cached_at,
@@ -416,6 +481,10 @@ def run_barrier_task(job: JobSpec, batches: Iterator[pa.RecordBatch]) -> Iterato
             "tf_port": me.tf_port,
         }
         yield _result_batch(place, result, info)
+    except RoleFailedError:
+        raise
+    except Exception as exc:
+        raise _setup_failure(place.role.task_id, place.host, exc, wired_at is None) from None
     finally:
         tf_port.release()
         if proc is not None:
