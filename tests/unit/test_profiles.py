@@ -51,6 +51,9 @@ def _options(**over: object) -> argparse.Namespace:
         interface=None,
         service=None,
         output_json=None,
+        max_restarts=None,
+        checkpoint_dir=None,
+        checkpoint_every=None,
     )
     base.update(over)
     return argparse.Namespace(**base)

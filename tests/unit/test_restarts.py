@@ -230,3 +230,32 @@ def test_each_attempt_has_its_own_workspace() -> None:
     )
     with pytest.raises(ValueError, match=r"JobSpec\.attempt counts from 1, got 0"):
         JobSpec("j", (role,), (role,), b"", b"s", ("h", 1), attempt=0)
+
+
+def test_submit_options_and_profile_defaults() -> None:
+    import argparse
+
+    from tfyarn.cli.submit import build_plan
+
+    def plan(profile: str, **given: Any) -> dict[str, str]:
+        options = argparse.Namespace(
+            profile=profile, conf_dir=None, workers=2, ps=0, chief=False, no_chief=True,
+            evaluator=False, transport=None, interface=None, service=None, output_json=None,
+            max_restarts=None, checkpoint_dir=None, checkpoint_every=None,
+        )  # fmt: skip
+        vars(options).update(given)
+        env = {"TFYARN_SPARK_MASTER": "spark://m:7077", "HADOOP_CONF_DIR": "/etc/hadoop"}
+        return build_plan(options, [], "t.py", [], env).properties
+
+    assert plan("yarn-client")["spark.tfyarn.maxRestarts"] == "3"
+    assert plan("yarn-cluster")["spark.tfyarn.maxRestarts"] == "3"
+    assert "spark.tfyarn.maxRestarts" not in plan("local-cluster")
+    given = plan("local-cluster", max_restarts=2, checkpoint_dir="/s/ck", checkpoint_every="30s")
+    assert (
+        given["spark.tfyarn.maxRestarts"],
+        given["spark.tfyarn.checkpoint.dir"],
+        given["spark.tfyarn.checkpoint.every"],
+    ) == ("2", "/s/ck", "30s")
+    assert plan("yarn-client", max_restarts=0)["spark.tfyarn.maxRestarts"] == "0"
+    with pytest.raises(ConfigError, match="--max-restarts must be 0 or more, got -2"):
+        plan("local-cluster", max_restarts=-2)

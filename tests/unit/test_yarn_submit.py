@@ -31,6 +31,9 @@ def _options(profile: str, workers: int = 2, ps: int = 1) -> argparse.Namespace:
         interface=None,
         service=None,
         output_json=None,
+        max_restarts=None,
+        checkpoint_dir=None,
+        checkpoint_every=None,
     )
 
 

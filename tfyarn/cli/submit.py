@@ -107,6 +107,22 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         "(`tfyarn service launch`) instead of starting ps roles (with --ps 0)",
     )
     parser.add_argument(
+        "--max-restarts",
+        type=int,
+        help="restarts after a role is lost (killed, preempted, executor or node lost, "
+        "silent), each from the last checkpoint (default: the profile's "
+        "spark.tfyarn.maxRestarts: 3 on YARN profiles, else 0)",
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        help="folder of the trainers' checkpoints, on storage every node reaches "
+        "(default: <model_dir>/checkpoints when restarts are on)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        help="checkpoint every N steps (100) or this long (60s, 5m; default 60s)",
+    )
+    parser.add_argument(
         "--output-json",
         help="write the run's result (status, roles, metrics, wall time, transport) to this file",
     )
@@ -169,11 +185,29 @@ def build_plan(
         props["spark.tfyarn.interface"] = options.interface
     if options.service:
         props["spark.tfyarn.service"] = options.service
+    props.update(_restart_props(options))
     if options.output_json:
         props["spark.tfyarn.outputJson"] = str(Path(options.output_json).resolve())
     run_env.update(profiles.local_ip_env(props, run_env))
     argv = profiles.spark_submit_argv(_spark_submit(), props, passthrough, script, script_args)
     return profiles.SubmitPlan(argv=argv, env=run_env, properties=props, overrides=overrides)
+
+
+def _restart_props(options: argparse.Namespace) -> dict[str, str]:
+    """``spark.tfyarn.*`` settings of ``--max-restarts/--checkpoint-dir/--checkpoint-every``.
+
+    Only those given: the profile's ``spark.tfyarn.maxRestarts`` stays otherwise.
+    """
+    props = {}
+    if options.max_restarts is not None:
+        if options.max_restarts < 0:
+            raise ConfigError(f"--max-restarts must be 0 or more, got {options.max_restarts}")
+        props["spark.tfyarn.maxRestarts"] = str(options.max_restarts)
+    if options.checkpoint_dir:
+        props["spark.tfyarn.checkpoint.dir"] = options.checkpoint_dir
+    if options.checkpoint_every:
+        props["spark.tfyarn.checkpoint.every"] = options.checkpoint_every
+    return props
 
 
 def _roles(options: argparse.Namespace) -> tuple[RoleSpec, ...]:
