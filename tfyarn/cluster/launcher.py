@@ -566,12 +566,25 @@ def _settled(
     job: JobSpec,
     server: ProgressServer,
 ) -> RoleFailedError:
-    """The attempt's cause, once the stage had a moment to fail with its own error."""
+    """The attempt's cause, once the stage had a moment to fail with its own error.
+
+    The first role to fail in time (not in plan order: its peers fail because it did),
+    unless a role was lost meanwhile (:func:`~tfyarn.cluster.restarts.pick_cause`).
+    """
     thread.join(timeout=_SETTLE_SECONDS)
-    if "error" not in box:
-        return error
-    stage_error = _stage_error(box["error"], job, server)
-    return pick_cause(error, [stage_error])
+    failed = sorted((s for s in server.snapshot() if s.state == "failed"), key=_failed_at)
+    reported = [_role_error(s, job, server) for s in failed] or [error]
+    others: list[BaseException] = list(reported[1:])
+    if "error" in box:
+        others.append(_stage_error(box["error"], job, server))
+    return pick_cause(reported[0], others)
+
+
+def _failed_at(state: RoleState) -> tuple[bool, float]:
+    # When the role failed (its task's later report does not count), a lost connection to
+    # a peer after the others: it follows from the peer's failure.
+    peer_lost = state.failure is not None and state.failure.peer_lost
+    return peer_lost, state.failed_at if state.failed_at is not None else state.last_seen
 
 
 def _retried_error(job: JobSpec, sc: Any) -> RoleLostError:

@@ -1,0 +1,285 @@
+"""Jobs survive the loss of a role: the fault matrix on the local Spark cluster (issue 12).
+
+Every fault job is the same 2-worker ``allreduce`` Keras ``model.fit`` on scikit-learn's
+digits, checkpointing every few steps. A thread of the test injects the fault into the
+running job: SIGKILL of a worker's role process, SIGKILL of its executor's JVM, SIGSTOP
+of a role (silent), a kill in every attempt (restarts exhausted), a user exception (no
+restart). Where the job must survive it ends SUCCEEDED, its held-out accuracy within one
+point of an uninterrupted run of the same seed (trained once per module), it redoes at
+most one checkpoint interval of steps, and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import tfyarn
+from tfyarn.errors import RestartsExhaustedError, RoleFailedError
+
+pytestmark = pytest.mark.integration
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_launcher import _assert_nothing_left, _role_processes  # noqa: E402
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+EPOCHS, BATCH = 8, 32
+#: Checkpoint interval (steps) of the fault jobs; a restart redoes at most this many.
+EVERY = 8
+#: The fault strikes once the victim's global step passed this.
+STRIKE_AFTER = 12
+
+
+def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    return tuple(train_test_split(x, y, test_size=0.2, random_state=0, stratify=y))  # type: ignore[return-value]
+
+
+def _frame(spark: Any) -> Any:
+    x_train, _, y_train, _ = _split()
+    table = pa.table(
+        {
+            "x": pa.FixedSizeListArray.from_arrays(pa.array(x_train.reshape(-1)), 64),
+            "y": pa.array(y_train),
+        }
+    )
+    return spark.createDataFrame(table)
+
+
+def _train_fn(marks: str, fail_in: str = "") -> Callable[[Any], dict[str, Any]]:
+    """The fault jobs' ``train_fn``; each role writes ``pid global_step`` to ``marks``.
+
+    ``fail_in``: the role that raises a ValueError once past :data:`STRIKE_AFTER`.
+    """
+
+    def train(ctx: Any) -> dict[str, Any]:
+        import keras
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        keras.utils.set_random_seed(0)
+        strategy = ctx.strategy()
+        model = keras.Sequential(
+            [keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)]
+        )
+        model.compile(
+            optimizer=strategy.distributed_optimizer(keras.optimizers.Adam(1e-2)),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        start = ctx.resume.global_step if ctx.resume is not None else 0
+        mark = Path(marks) / f"{ctx.task_id.replace(':', '-')}.a{ctx.attempt}"
+
+        class Marks(keras.callbacks.Callback):
+            done = 0
+
+            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+                self.done += 1
+                step = start + self.done
+                if self.done == 1:  # when this attempt's training got going
+                    (mark.parent / f"{mark.name}.first").write_text(str(time.time()))
+                mark.write_text(f"{os.getpid()} {step}")
+                ctx.report(global_step=step)
+                if ctx.task_id == fail_in and step > STRIKE_AFTER:
+                    raise ValueError(f"deliberate failure at step {step}")
+                time.sleep(0.02)  # room for the fault to strike mid-epoch
+
+        steps = ctx.steps_per_epoch(BATCH)
+        model.fit(
+            ctx.dataset(BATCH, epochs=EPOCHS, features="x", label="y", seed=ctx.trainer_rank),
+            epochs=EPOCHS,
+            steps_per_epoch=steps,
+            callbacks=[*strategy.callbacks(), Marks()],
+            verbose=0,
+        )
+        out: dict[str, Any] = {"steps_per_epoch": steps}
+        if ctx.is_chief:
+            _, x_test, _, y_test = _split()
+            out["accuracy"] = float(model.evaluate(x_test, y_test, verbose=0)[1])
+        return out
+
+    return train
+
+
+def _run(spark: Any, marks: Path, **options: Any) -> Any:
+    marks.mkdir(exist_ok=True)
+    fail_in = options.pop("fail_in", "")
+    return tfyarn.run(
+        spark,
+        _train_fn(str(marks), fail_in),
+        workers=2,
+        chief=False,
+        strategy="allreduce",
+        transport="tcp",
+        data=_frame(spark),
+        progress=False,
+        heartbeat_interval=1.0,
+        timeout=900,
+        **options,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> float:
+    """Held-out accuracy of the same job, uninterrupted."""
+    result = _run(spark, tmp_path_factory.mktemp("reference") / "marks")
+    assert [a.kind for a in result.attempts] == [None]
+    return float(result.value["accuracy"])
+
+
+def _read_mark(path: Path) -> tuple[int, int] | None:
+    try:
+        pid, step = path.read_text().split()
+        return int(pid), int(step)
+    except (OSError, ValueError):
+        return None
+
+
+def _executor_jvm(pid: int) -> int:
+    """The executor JVM above a role process (role <- Python worker <- daemon <- JVM)."""
+    while pid > 1:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"CoarseGrainedExecutorBackend" in cmdline:
+            return pid
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    raise AssertionError("no executor JVM above the role process")
+
+
+@dataclass
+class Fault:
+    """Strikes ``victim`` in the given attempts once its global step passed a mark."""
+
+    marks: Path
+    victim: str
+    attempts: tuple[int, ...]
+    strike: Callable[[int], None]
+    struck_at: list[float]
+
+    def start(self) -> None:
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        deadline = time.monotonic() + 800
+        for attempt in self.attempts:
+            path = self.marks / f"{self.victim.replace(':', '-')}.a{attempt}"
+            first: int | None = None
+            while time.monotonic() < deadline:
+                mark = _read_mark(path)
+                if mark is not None:
+                    first = mark[1] if first is None else first
+                    if mark[1] > max(STRIKE_AFTER, first + 3):
+                        self.strike(mark[0])
+                        self.struck_at.append(time.time())
+                        break
+                time.sleep(0.05)
+
+
+def _fault(marks: Path, how: str, attempts: tuple[int, ...] = (1,)) -> Fault:
+    def strike(pid: int) -> None:
+        if how == "kill-role":
+            os.kill(pid, signal.SIGKILL)
+        elif how == "kill-executor":
+            os.kill(_executor_jvm(pid), signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGSTOP)
+
+    fault = Fault(marks, "worker:1", attempts, strike, [])
+    fault.start()
+    return fault
+
+
+def _shm() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if "tfyarn" in n or "ucx" in n}
+
+
+def _check_survived(result: Any, reference: float, kind: str, fault: Fault) -> None:
+    attempts = result.attempts
+    assert [a.kind for a in attempts] == [kind, None], [a.describe() for a in attempts]
+    lost, resumed = attempts
+    assert lost.role == "worker:1" and lost.host == "127.0.0.1"
+    assert lost.executor.startswith("127.0.0.1:")
+    assert resumed.resumed_from_step is not None and resumed.resumed_from_step >= EVERY
+    assert resumed.steps_redone is not None and 0 <= resumed.steps_redone <= EVERY
+    assert abs(result.value["accuracy"] - reference) <= 0.01, (result.value, reference)
+    first = (fault.marks / "worker-1.a2.first").read_text()
+    recovery = float(first) - fault.struck_at[0]
+    print(
+        f"\n{kind}: training resumed {recovery:.1f} s after the fault, "
+        f"resumed from step {resumed.resumed_from_step}, {resumed.steps_redone} steps redone, "
+        f"attempt 2 took {resumed.duration:.1f} s; accuracy {result.value['accuracy']:.4f} "
+        f"vs {reference:.4f}"
+    )
+    _assert_nothing_left(result.job_id, [r["tf_port"] for r in result.roles.values()])
+
+
+@pytest.mark.parametrize("how", ["kill-role", "kill-executor"])
+def test_a_killed_worker_or_executor_restarts_from_the_checkpoint(
+    spark: Any, tmp_path: Path, reference: float, how: str
+) -> None:
+    shm = _shm()
+    fault = _fault(tmp_path / "marks", how)
+    result = _run(spark, tmp_path / "marks", max_restarts=2, checkpoint_every=EVERY)
+    assert fault.struck_at, "the fault never struck"
+    _check_survived(result, reference, "lost", fault)
+    assert _shm() <= shm
+
+
+def test_a_stopped_role_is_taken_for_silent_and_restarted(
+    spark: Any, tmp_path: Path, reference: float
+) -> None:
+    fault = _fault(tmp_path / "marks", "stop")
+    result = _run(
+        spark, tmp_path / "marks", max_restarts=1, checkpoint_every=EVERY, silent_fail_after=10.0
+    )
+    assert fault.struck_at, "the fault never struck"
+    assert result.attempts[0].duration < fault.struck_at[0] - result.attempts[0].started + 60
+    _check_survived(result, reference, "silent", fault)
+
+
+def test_exhausted_restarts_name_every_attempt(spark: Any, tmp_path: Path) -> None:
+    fault = _fault(tmp_path / "marks", "kill-role", attempts=(1, 2))
+    with pytest.raises(RestartsExhaustedError) as caught:
+        _run(spark, tmp_path / "marks", max_restarts=1, checkpoint_every=EVERY)
+    error = caught.value
+    assert len(fault.struck_at) == 2
+    assert [(a.number, a.kind, a.role) for a in error.attempts] == [  # type: ignore[attr-defined]
+        (1, "lost", "worker:1"),
+        (2, "lost", "worker:1"),
+    ]
+    text = str(error)
+    assert text.startswith("the job failed in all 2 attempts (max_restarts=1); what ended each:")
+    assert "\n- attempt 1 (" in text and "\n- attempt 2 (" in text
+    assert error.last.role == "worker:1"
+    _assert_nothing_left(error.last.job_id, error.last.ports)
+
+
+def test_a_user_exception_fails_at_once_without_restart(spark: Any, tmp_path: Path) -> None:
+    before = set(_role_processes().values())
+    with pytest.raises(RoleFailedError) as caught:
+        _run(spark, tmp_path / "marks", max_restarts=3, checkpoint_every=EVERY, fail_in="worker:1")
+    error = caught.value
+    assert type(error) is RoleFailedError and not error.restartable
+    assert error.role == "worker:1"
+    assert "ValueError: deliberate failure at step" in error.remote_traceback
+    assert {p.name.split(".")[1] for p in (tmp_path / "marks").iterdir()} == {"a1"}
+    assert set(_role_processes().values()) - before <= {error.job_id}
+    _assert_nothing_left(error.job_id, error.ports)
