@@ -351,6 +351,23 @@ class NodeContext:
             self._strategy = exchange.for_context(self)
         return self._strategy
 
+    def checkpoint_manager(
+        self, checkpoint: Any, max_to_keep: int | None = None, step_counter: Any = None
+    ) -> Any:
+        """A ``tf.train.CheckpointManager`` over ``checkpoint_dir`` that resumes a restart.
+
+        For TF-native custom loops (``"ps"``, ``"mwms"``): the chief writes, the other
+        MWMS workers save into a private folder, and on ``attempt > 1`` the newest
+        checkpoint is restored first (see :func:`tfyarn.node.tf_checkpoint.checkpoint_manager`).
+        """
+        from tfyarn.node.tf_checkpoint import checkpoint_manager, non_writer_dir
+
+        return checkpoint_manager(
+            checkpoint, self.checkpoint, attempt=self.attempt, is_writer=self.is_chief,
+            temp_dir=non_writer_dir(self.workdir), max_to_keep=max_to_keep,
+            step_counter=step_counter,
+        )  # fmt: skip
+
     def close(self) -> None:
         """Release what the strategy holds (exchange connections); idempotent."""
         strategy, self._strategy = self._strategy, None

@@ -77,6 +77,18 @@ def _watch_parent(workdir: Path, parent: int, interval: float = 0.25) -> None:
     threading.Thread(target=watch, name="tfyarn-parent-watchdog", daemon=True).start()
 
 
+def _continue_when_orphaned() -> None:
+    """Have Linux send this process SIGCONT when its parent task dies (PR_SET_PDEATHSIG).
+
+    A stopped role (SIGSTOP: the driver's silence limit ends its attempt) cannot run its
+    watchdog; resumed when the task is killed, it sees the lost parent and cleans up.
+    """
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGCONT)  # 1: PR_SET_PDEATHSIG
+
+
 def _open_listener(job: JobSpec, host: str, peer_hosts: list[str]) -> tuple[Listener, str]:
     """Bind this role's transport listener, on the transport chosen for this cluster."""
     from tfyarn import transport
@@ -276,6 +288,7 @@ def main(argv: list[str]) -> int:
     # Spark's Python daemon sends SIGHUP to its whole process group when the executor
     # stops; the watchdog below cleans up and exits instead of dying mid-way.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _continue_when_orphaned()
     _watch_parent(workdir, int(argv[5]))
     os.chdir(workdir)  # relative paths (ps_data.SHARD_DIR) resolve per role
     try:

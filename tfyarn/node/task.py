@@ -442,7 +442,7 @@ def run_barrier_task(job: JobSpec, batches: Iterator[pa.RecordBatch]) -> Iterato
         place = _place(job, bctx)
         root = workspace_root(job)
         sweep_stale_workspaces(root.parent, keep=root)
-        workdir = root / place.role.task_id.replace(":", "-")
+        workdir = root / job.workspace_name(place.role)
         _make_workspace(workdir)
         tf_port = reserve_port(place.host)
     except Exception as exc:
