@@ -18,7 +18,8 @@ def ansible_env(root: Path, **settings: str) -> dict[str, str]:
 
     Inherited ``ANSIBLE_*`` and ``PYTHON*`` variables are dropped (a developer's settings
     must not change a test); Ansible's home and temp dirs go under ``root``; output is
-    plain text with one JSON line per result. ``settings`` are added last.
+    plain text with one JSON line per result; modules are pipelined. ``settings`` are added
+    last.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "PYTHON"))}
     env.update(
@@ -29,6 +30,9 @@ def ansible_env(root: Path, **settings: str) -> dict[str, str]:
         ANSIBLE_LOCALHOST_WARNING="0",
         ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
         ANSIBLE_DEPRECATION_WARNINGS="0",
+        # Each task's module goes to the local python on stdin: no temp dir, copy and
+        # cleanup commands per task (ansible.cfg pipelines only ssh connections).
+        ANSIBLE_PIPELINING="1",
     )
     env.update(settings)
     return env

@@ -8,10 +8,12 @@ environment archive is packed (or taken from the cache) once as well.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tfyarn.errors import YarnError
+from tfyarn.yarn import maven
 from tfyarn.yarn.devcluster import DevYarn, DevYarnState, free_ports
 from tfyarn.yarn.envpack import PackedEnv, ensure_env_archive
 from tfyarn.yarn.hadoop_conf import PORT_NAMES, DevYarnSettings
@@ -73,6 +77,24 @@ class DevYarnFixture:
         return self.rm.wait_for_state(app_id, timeout_s=120.0)
 
 
+def _fetch_jars_in_background(services: bool) -> threading.Thread:
+    """Fetch (or find cached) the Hadoop jars of one kind of dev YARN in a thread.
+
+    On a fresh machine each kind is a Maven download, bound by the network, which then
+    overlaps disk- and CPU-bound work here instead of adding to it. A failure is left to
+    the code that needs the jars: its own ``ensure_hadoop_jars`` call retries and reports
+    it, and waits on the cache's file lock while a download is in progress.
+    """
+
+    def fetch() -> None:
+        with contextlib.suppress(YarnError, OSError):
+            maven.ensure_hadoop_jars(services=services)
+
+    thread = threading.Thread(target=fetch, name=f"hadoop-jars-{services}", daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.fixture(scope="session")
 def dev_yarn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevYarnFixture]:
     """Start the dev YARN once for the session; stop it and remove its folder at the end."""
@@ -82,9 +104,15 @@ def dev_yarn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevYarnFixtur
     # requests can be scheduled and accounted for by the real RM without GPUs. With the
     # YARN Services API (Hadoop 3.4.2), so that one YARN serves jobs and services alike.
     cluster = DevYarn(DevYarnSettings(base_dir=base, ports=ports, nm_gpus=2, services=True))
-    # Pack before starting the daemons: both are heavy, one at a time is faster on 2 cores.
+    # The session's jars download while the environment is packed; the daemons start after
+    # packing (both are heavy, one at a time is faster on 2 cores).
+    fetching = _fetch_jars_in_background(services=True)
     packed = ensure_env_archive()
+    fetching.join()
     state = cluster.up(timeout_s=300.0)
+    # The default Hadoop's jars (the plain cluster of `tfyarn yarn-dev up`, `tfyarn logs`)
+    # meanwhile: after the first download, as Maven 3.8 does not lock its local repository.
+    prefetch = _fetch_jars_in_background(services=False)
     how = f"packed in {packed.pack_s:.1f} s" if packed.pack_s else "cached"
     print(f"\ndev YARN up in {state.startup_s:.1f} s; env archive {packed.path.name} ({how})")
     env = dict(os.environ)
@@ -103,6 +131,8 @@ def dev_yarn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevYarnFixtur
     try:
         yield DevYarnFixture(cluster, state, ResourceManagerClient(state.rm_web_url), env, packed)
     finally:
+        # A download cut short at exit would leave a partial folder behind.
+        prefetch.join(timeout=600.0)
         stopping = time.monotonic()
         cluster.down(timeout_s=30.0)
         stopped = time.monotonic()
