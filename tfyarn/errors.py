@@ -15,6 +15,8 @@ __all__ = [
     "RestartsExhaustedError",
     "RoleFailedError",
     "RoleLostError",
+    "RoleSilentError",
+    "RoleStuckError",
     "TFYarnError",
     "TransportError",
     "TransportUnavailableError",
@@ -101,6 +103,14 @@ class RoleLostError(RoleFailedError):
     """
 
     restartable = True
+
+
+class RoleSilentError(RoleLostError):
+    """A role sent no heartbeat past ``silent_fail_after``: stopped, frozen or cut off."""
+
+
+class RoleStuckError(RoleLostError):
+    """A role kept sending heartbeats but made no step progress past ``stall_fail_after``."""
 
 
 class RestartsExhaustedError(TFYarnError):

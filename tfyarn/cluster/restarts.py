@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from tfyarn.cluster.attempts import Attempt, AttemptKind
-from tfyarn.errors import ConfigError, RestartsExhaustedError, RoleFailedError, RoleLostError
+from tfyarn.errors import (
+    ConfigError,
+    RestartsExhaustedError,
+    RoleFailedError,
+    RoleLostError,
+    RoleSilentError,
+    RoleStuckError,
+)
 
 if TYPE_CHECKING:
     from tfyarn.cluster.progress import RoleState
@@ -52,14 +59,6 @@ __all__ = [
 log = logging.getLogger("tfyarn")
 
 R = TypeVar("R")
-
-
-class RoleSilentError(RoleLostError):
-    """A role sent no heartbeat past ``silent_fail_after``: stopped, frozen or cut off."""
-
-
-class RoleStuckError(RoleLostError):
-    """A role kept sending heartbeats but made no step progress past ``stall_fail_after``."""
 
 
 @dataclass(frozen=True)
