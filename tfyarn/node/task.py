@@ -43,6 +43,7 @@ from tfyarn.node.heartbeat import HeartbeatClient
 from tfyarn.node.job import InputMode, JobSpec
 from tfyarn.node.messages import Cluster, Endpoint, Hello, Member, MessageError, Setup
 from tfyarn.node.ports import reserve_port
+from tfyarn.processes import pid_alive
 
 if TYPE_CHECKING:
     from pyspark import BarrierTaskContext
@@ -85,14 +86,6 @@ def workspace_root(job: JobSpec) -> Path:
         parent = Path(tempfile.gettempdir())
     return parent / f"tfyarn-{job.job_id}"
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -115,7 +108,7 @@ def sweep_stale_workspaces(parent: Path, *, keep: Path | None = None) -> list[Pa
             continue
         with contextlib.suppress(OSError, ValueError):
             pids = [int(p) for p in owner.read_text().split()]
-            if not any(_pid_alive(p) for p in pids):
+            if not any(pid_alive(p) for p in pids):
                 shutil.rmtree(owner.parent, ignore_errors=True)
                 removed.append(owner.parent)
     now = time.time()

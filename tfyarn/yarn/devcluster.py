@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tfyarn.errors import YarnError
+from tfyarn.processes import pid_alive
 from tfyarn.yarn import hadoop_conf, maven
 from tfyarn.yarn.hadoop_conf import DevYarnSettings
 from tfyarn.yarn.rest import ResourceManagerClient
@@ -465,19 +466,4 @@ def _terminate_group(pid: int, timeout_s: float) -> None:
 
 
 def _exists(pid: int) -> bool:
-    # Reap it if it is our child (started in this process), else just probe.
-    with contextlib.suppress(ChildProcessError, OSError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return pid_alive(pid, reap=True)  # reap it if it is our child (started here)
