@@ -29,6 +29,7 @@ Measure tfyarn's transports and distributed training against baselines measured 
 same run, and write the results (JSON, a markdown report and PNG plots) to --out.
 
   tfyarn bench transport --scale 0.25     # a quick run
+  tfyarn bench recovery --params 10e6     # kill -> training resumed, checkpoint cost
   tfyarn bench all --out results          # every benchmark with its defaults
 
 `tfyarn bench NAME --help` lists a benchmark's options. The benchmarks come with a source
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, str] = {
     "transport": "benchmarks.transport_bench",
     "exchange": "benchmarks.exchange_bench",
     "reproduce": "benchmarks.reproductions",
+    "recovery": "benchmarks.recovery_bench",
 }
 
 
