@@ -223,8 +223,8 @@ class RecoveryReport:
         Per-worker batch and steps, as ``model.fit`` ran them.
     interval : str
         The checkpoint interval of runs (b) and (c), as given to :func:`tfyarn.run`.
-    interval_seconds : float or None
-        That interval in seconds, when it is a time.
+    every : tuple
+        That interval as (steps, seconds): one of them set, the other None.
     plain, checkpointed : FitRun
         Runs (a) and (b).
     resumed : FitRun or None
@@ -242,7 +242,7 @@ class RecoveryReport:
     steps_per_epoch: int
     epochs: int
     interval: str
-    interval_seconds: float | None
+    every: tuple[int | None, float | None]
     plain: FitRun
     checkpointed: FitRun
     resumed: FitRun | None = None
@@ -253,6 +253,26 @@ class RecoveryReport:
     def __post_init__(self) -> None:
         if (self.recovery is None) == (not self.skipped):
             raise ValueError("RecoveryReport: give the recovery figures or why there are none")
+        if sum(x is not None for x in self.every) != 1:
+            raise ValueError(
+                f"RecoveryReport: every is (steps, None) or (None, seconds), not {self.every}"
+            )
+
+    @property
+    def interval_seconds(self) -> float | None:
+        """The checkpoint interval in seconds, when it is a time."""
+        return self.every[1]
+
+    @property
+    def interval_steps(self) -> float:
+        """The checkpoint interval in steps (for a time: at run (a)'s speed).
+
+        A restart redoes at most this many steps: those since the last checkpoint.
+        """
+        steps, seconds = self.every
+        if steps is not None:
+            return float(steps)
+        return float(seconds or 0.0) / self.plain.step_seconds
 
     @property
     def overhead(self) -> float:
@@ -323,6 +343,7 @@ def _recovery_lines(r: RecoveryReport) -> list[list[str]]:
          f"{rec.killed_at_step} / {rec.resumed_from_step}", "", ""],
         ["steps redone (marks; driver's heartbeat figure)",
          f"{rec.steps_redone} ({rec.steps_redone_driver})", "", ""],
+        [f"steps redone at most (one interval, {r.interval})", f"{r.interval_steps:.0f}", "", ""],
     ]  # fmt: skip
     if r.resumed is not None:
         lines.append(["fit of attempt 2", f"{r.resumed.fit_seconds:.1f} s "
@@ -361,6 +382,7 @@ def report_json(r: RecoveryReport) -> dict[str, Any]:
             "params": r.params, "workers": WORKERS, "batch": r.batch,
             "steps_per_epoch": r.steps_per_epoch, "epochs": r.epochs,
             "interval": r.interval, "interval_seconds": r.interval_seconds,
+            "interval_steps": r.interval_steps,
         },
         "runs": {
             "plain": asdict(r.plain),
@@ -527,13 +549,16 @@ class Killer:
 
     Waiting for a checkpoint makes run (c) measure a resume from one, not a restart from
     scratch; the first step that satisfies both is struck, so the steps redone are what
-    that kill point costs at the interval.
+    that kill point costs at the interval. Never at or past ``total_steps``: the
+    checkpoint written when the fit ends would leave the next attempt nothing to train.
     """
 
     marks: Path
     checkpoint_dir: Path
     kill_step: int
+    total_steps: int
     killed_at: float | None = None
+    missed: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
@@ -542,14 +567,20 @@ class Killer:
     def _due(self, step: int) -> bool:
         from tfyarn.exchange.checkpoint import checkpoint_files
 
-        return step >= self.kill_step and bool(checkpoint_files(self.checkpoint_dir))
+        return self.kill_step <= step < self.total_steps and bool(
+            checkpoint_files(self.checkpoint_dir)
+        )
 
     def _watch(self) -> None:
         path = _mark_path(self.marks, VICTIM, 1, "step")
         while not self.stop.is_set():
             mark = _read_step(path)
             if mark is not None and self._due(mark[1]):
-                os.kill(mark[0], signal.SIGKILL)
+                try:
+                    os.kill(mark[0], signal.SIGKILL)
+                except ProcessLookupError:  # the role ended between its mark and the kill
+                    self.missed = f"worker:1's role (pid {mark[0]}) was gone at step {mark[1]}"
+                    return
                 self.killed_at = time.time()
                 return
             time.sleep(0.02)
@@ -618,7 +649,7 @@ def _killed_run(
 ) -> tuple[FitRun | None, Recovery | None, str]:
     """Run (c): the fit with worker:1 killed; its figures, or why there are none."""
     marks, ckpt = tmp / "c-marks", tmp / "c-checkpoints"
-    killer = Killer(marks, ckpt, kill_step=max(1, int(total_steps * s.kill_at)))
+    killer = Killer(marks, ckpt, max(1, int(total_steps * s.kill_at)), total_steps)
     killer.start()
     try:
         result = _run_job(spark, s, data, marks, max_restarts=1, checkpoint_dir=str(ckpt),
@@ -629,10 +660,11 @@ def _killed_run(
         return (
             None,
             None,
-            (
+            killer.missed
+            or (
                 f"the fit ended before worker:1 passed step {killer.kill_step} with a checkpoint "
-                "written: give more steps (--epochs, --steps-per-epoch) or a shorter "
-                "--checkpoint-every"
+                f"written (only the one at the end, step {total_steps}): give more steps "
+                "(--epochs, --steps-per-epoch) or a shorter --checkpoint-every"
             ),
         )
     if [a.kind for a in result.attempts] != ["lost", None]:
@@ -644,10 +676,11 @@ def _killed_run(
     return _fit_run("killed + resumed", result), _recovery(result, killer, marks), ""
 
 
-def _interval_seconds(every: int | float | str) -> float | None:
+def _interval(every: int | float | str) -> tuple[int | None, float | None]:
+    """``checkpoint_every`` as (steps, seconds), as :func:`tfyarn.run` reads it."""
     from tfyarn.exchange.checkpoint import CheckpointPolicy
 
-    return CheckpointPolicy.parse_every(every)[1]
+    return CheckpointPolicy.parse_every(every)
 
 
 def measure(args: argparse.Namespace) -> RecoveryReport:
@@ -679,7 +712,7 @@ def measure(args: argparse.Namespace) -> RecoveryReport:
     load["end"] = tuple(round(x, 1) for x in os.getloadavg())
     return RecoveryReport(
         mlp_params(s.width), s.batch, plain.steps // s.epochs, s.epochs, str(every),
-        _interval_seconds(every), plain, checkpointed, resumed, recovery, why, load,
+        _interval(every), plain, checkpointed, resumed, recovery, why, load,
     )  # fmt: skip
 
 
@@ -691,8 +724,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=float, default=10e6,
                         help="parameters of the MLP (default 10e6)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=3, help="epochs of every fit (default 3)")
-    parser.add_argument("--steps-per-epoch", type=int, default=80,
-                        help="steps per epoch and worker (default 80)")  # fmt: skip
+    parser.add_argument("--steps-per-epoch", type=int, default=160,
+                        help="steps per epoch and worker (default 160)")  # fmt: skip
     parser.add_argument("--batch", type=int, default=64, help="batch per worker (default 64)")
     parser.add_argument(
         "--checkpoint-every",
@@ -726,7 +759,7 @@ def _check(args: argparse.Namespace) -> None:
     try:
         hidden_width(args.params)
         if args.checkpoint_every:
-            _interval_seconds(args.checkpoint_every)
+            _interval(args.checkpoint_every)
     except (ValueError, ConfigError) as exc:
         problems.append(str(exc))
     if problems:

@@ -39,7 +39,7 @@ def _report(**over: object) -> rb.RecoveryReport:
         "steps_per_epoch": 80,
         "epochs": 3,
         "interval": "60s",
-        "interval_seconds": 60.0,
+        "every": (None, 60.0),
         "plain": rb.FitRun("no checkpoints", 80.0, 240, (), 95.0),
         "checkpointed": rb.FitRun("checkpoints", 82.0, 240, (0.5, 0.7), 97.0),
         "resumed": rb.FitRun("killed + resumed", 30.0, 110, (0.6,), 130.0),
@@ -94,17 +94,20 @@ def test_checkpoint_figures() -> None:
     assert r.write_share == pytest.approx(1.2 / 82.0)
     assert r.mean_checkpoint_seconds == pytest.approx(0.6)
     assert r.steady_share == pytest.approx(0.6 / 60.6)
-    steps = _report(interval="100", interval_seconds=None)
-    assert steps.steady_share is None
+    assert r.interval_steps == pytest.approx(60.0 / (80.0 / 240))
+    steps = _report(interval="100", every=(100, None))
+    assert steps.steady_share is None and steps.interval_steps == 100.0
     none = _report(checkpointed=rb.FitRun("checkpoints", 82.0, 240))
     assert none.mean_checkpoint_seconds is None and none.write_share == 0.0
 
 
-def test_a_report_needs_the_recovery_or_why_not() -> None:
+def test_a_report_needs_the_recovery_or_why_not_and_one_interval() -> None:
     with pytest.raises(ValueError, match="why there are none"):
         _report(recovery=None)
     with pytest.raises(ValueError, match="why there are none"):
         _report(skipped="because")
+    with pytest.raises(ValueError, match=r"every is \(steps, None\) or \(None, seconds\)"):
+        _report(every=(None, None))
 
 
 def test_markdown_lists_every_figure_with_targets() -> None:
@@ -123,6 +126,7 @@ def test_markdown_lists_every_figure_with_targets() -> None:
         "| recovery without the TensorFlow import | 8.0 s | <= 15 s | met |",
         "| killed at step / resumed from step | 130 / 125 |  |  |",
         "| steps redone (marks; driver's heartbeat figure) | 5 (4) |  |  |",
+        "| steps redone at most (one interval, 60s) | 180 |  |  |",
         "| fit of attempt 2 | 30.0 s (110 steps) |  |  |",
     ]:
         assert line in text.splitlines(), line
@@ -187,6 +191,45 @@ def test_registered_as_tfyarn_bench_recovery() -> None:
     assert (args.params, args.epochs, args.steps_per_epoch, args.checkpoint_every) == (
         10e6,
         3,
-        80,
+        160,
         None,
     )
+
+
+def _victim_marks(marks: Path, pid: int, step: int) -> None:
+    marks.mkdir(exist_ok=True)
+    (marks / "worker-1.a1.step").write_text(f"{pid} {step}")
+
+
+def test_the_killer_waits_for_the_step_and_a_checkpoint_and_spares_a_finished_fit(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import time
+
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        marks, ckpt = tmp_path / "marks", tmp_path / "ckpt"
+        ckpt.mkdir()
+        killer = rb.Killer(marks, ckpt, kill_step=5, total_steps=10)
+        killer.start()
+        _victim_marks(marks, victim.pid, 7)  # past the step, but no checkpoint yet
+        time.sleep(0.3)
+        assert victim.poll() is None and killer.killed_at is None
+        (ckpt / "ckpt-000000000006.npz").write_bytes(b"")
+        assert victim.wait(timeout=10) == -9
+        assert killer.killed_at is not None
+    finally:
+        victim.kill()
+        victim.wait()
+    spared = subprocess.Popen(["sleep", "60"])
+    try:
+        late = rb.Killer(marks, ckpt, kill_step=5, total_steps=10)
+        _victim_marks(marks, spared.pid, 10)  # the fit's last step: its final checkpoint
+        late.start()
+        time.sleep(0.3)
+        assert spared.poll() is None and late.killed_at is None
+        late.stop.set()
+    finally:
+        spared.kill()
+        spared.wait()
