@@ -28,7 +28,16 @@ from typing import Any
 from tfyarn.node.failure import RoleFailure, likeliest_cause
 from tfyarn.transport.auth import server_handshake
 
-__all__ = ["ProgressDisplay", "ProgressServer", "RoleState", "describe_roles", "timeout_message"]
+__all__ = [
+    "AttemptNumber",
+    "ProgressDisplay",
+    "ProgressServer",
+    "RoleState",
+    "describe_roles",
+    "progress_line",
+    "roles_table",
+    "timeout_message",
+]
 
 log = logging.getLogger("tfyarn")
 
@@ -327,6 +336,75 @@ def timeout_message(
     )
 
 
+@dataclass(frozen=True)
+class AttemptNumber:
+    """Which attempt of a run the display shows: ``number`` of at most ``of``.
+
+    Parameters
+    ----------
+    number : int
+        The attempt, from 1.
+    of : int
+        The most attempts the run makes (``max_restarts + 1``).
+    """
+
+    number: int = 1
+    of: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.number <= self.of:
+            raise ValueError(
+                f"attempt {self.number} of {self.of} is not an attempt: the number counts "
+                "from 1 up to max_restarts + 1"
+            )
+
+    @property
+    def label(self) -> str:
+        """``"attempt 2 of 4"``; empty for a run that cannot restart (one attempt only)."""
+        # Without restarts every run is "attempt 1 of 1": saying so is noise.
+        return "" if self.of == 1 else f"attempt {self.number} of {self.of}"
+
+
+def progress_line(states: Iterable[RoleState], attempt: AttemptNumber) -> str:
+    """The periodic progress line of a display that is not a terminal.
+
+    E.g. ``"tfyarn progress (attempt 2 of 3): worker:0:running step=40 loss=0.3120
+    worker:1:running step=38"``; without restarts there is no attempt in it.
+    """
+    parts = []
+    for s in states:
+        step = "" if s.step is None else f" step={s.step}"
+        loss = "" if s.loss is None else f" loss={s.loss:.4f}"
+        parts.append(f"{s.task_id}:{s.state}{step}{loss}")
+    where = f" ({attempt.label})" if attempt.label else ""
+    return f"tfyarn progress{where}: " + "  ".join(parts)
+
+
+def roles_table(states: Iterable[RoleState], attempt: AttemptNumber, now: float) -> Any:
+    """The live display's table (a ``rich.table.Table``): one row per role.
+
+    Its title names the attempt when the run can restart (``tfyarn roles, attempt 2 of
+    3``); ``now`` is the monotonic clock's time, for the "last seen" column.
+    """
+    from rich.table import Table
+
+    title = "tfyarn roles" + (f", {attempt.label}" if attempt.label else "")
+    table = Table(title=title, expand=False)
+    for column in ("role", "host", "state", "step", "samples/s", "loss", "last seen"):
+        table.add_column(column)
+    for s in states:
+        table.add_row(
+            s.task_id,
+            s.host or "-",
+            s.state,
+            "-" if s.step is None else str(s.step),
+            "-" if s.samples_per_s is None else f"{s.samples_per_s:,.0f}",
+            "-" if s.loss is None else f"{s.loss:.4f}",
+            f"{now - s.last_seen:.0f}s ago",
+        )
+    return table
+
+
 class ProgressDisplay:
     """Live table of the roles (rich) on a terminal; a periodic log line elsewhere.
 
@@ -338,13 +416,22 @@ class ProgressDisplay:
         Seconds without a heartbeat after which a role is named in a warning.
     enabled : bool
         False: show nothing (warnings are still logged).
+    attempt : AttemptNumber
+        The attempt shown (its number is in the table's title and the log line).
     """
 
-    def __init__(self, server: ProgressServer, silent_after: float, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        server: ProgressServer,
+        silent_after: float,
+        enabled: bool = True,
+        attempt: AttemptNumber | None = None,
+    ) -> None:
         from rich.console import Console
 
         self._server = server
         self._silent_after = silent_after
+        self._attempt = attempt or AttemptNumber()
         self._console = Console(stderr=True)
         self._enabled = enabled
         self._live: Any = None
@@ -356,23 +443,7 @@ class ProgressDisplay:
             self._live.start()
 
     def _table(self) -> Any:
-        from rich.table import Table
-
-        table = Table(title="tfyarn roles", expand=False)
-        for column in ("role", "host", "state", "step", "samples/s", "loss", "last seen"):
-            table.add_column(column)
-        now = time.monotonic()
-        for s in self._server.snapshot():
-            table.add_row(
-                s.task_id,
-                s.host or "-",
-                s.state,
-                "-" if s.step is None else str(s.step),
-                "-" if s.samples_per_s is None else f"{s.samples_per_s:,.0f}",
-                "-" if s.loss is None else f"{s.loss:.4f}",
-                f"{now - s.last_seen:.0f}s ago",
-            )
-        return table
+        return roles_table(self._server.snapshot(), self._attempt, time.monotonic())
 
     def refresh(self) -> None:
         """Redraw, and warn about silent roles."""
@@ -387,12 +458,8 @@ class ProgressDisplay:
             self._live.update(self._table())
         elif self._enabled and time.monotonic() - self._last_line > 10:
             self._last_line = time.monotonic()
-            parts = []
-            for s in self._server.snapshot():
-                step = "" if s.step is None else f" step={s.step}"
-                loss = "" if s.loss is None else f" loss={s.loss:.4f}"
-                parts.append(f"{s.task_id}:{s.state}{step}{loss}")
-            print("tfyarn progress: " + "  ".join(parts), file=sys.stderr, flush=True)
+            line = progress_line(self._server.snapshot(), self._attempt)
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         """Stop the live display."""
