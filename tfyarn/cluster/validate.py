@@ -34,6 +34,7 @@ __all__ = [
     "check_rdma_here",
     "check_spark_conf",
     "check_transport",
+    "spark_stopped",
     "static_executor_limit",
     "wait_for_slots",
 ]
@@ -141,6 +142,26 @@ def _executor_count(sc: SparkContext) -> int:
     return max(0, len(sc.statusTracker().getExecutorInfos()) - 1)
 
 
+def spark_stopped(sc: SparkContext) -> bool:
+    """Whether the Spark application has ended (its SparkContext stopped).
+
+    On YARN this is what a killed application looks like from a client-mode driver: the
+    scheduler backend stops the context once the ResourceManager reports the end.
+    """
+    try:
+        return bool(sc._jsc.sc().isStopped())
+    except Exception:  # the JVM gateway itself is gone
+        return True
+
+
+def _check_running(sc: SparkContext) -> None:
+    if spark_stopped(sc):
+        raise AllocationError(
+            "the Spark application has ended (its SparkContext is stopped: killed on YARN, "
+            "or stopped by the program), so no attempt can start; submit the job again"
+        )
+
+
 def _slot_count(sc: SparkContext) -> int:
     """Task slots of the default resource profile, as the barrier scheduler counts them."""
     jsc = sc._jsc.sc()
@@ -155,15 +176,18 @@ def wait_for_slots(sc: SparkContext, needed: int, timeout: float) -> int:
     ------
     AllocationError
         Fewer executors than roles after ``timeout`` seconds; at once when the cluster's
-        size is fixed below ``needed`` (:func:`static_executor_limit`).
+        size is fixed below ``needed`` (:func:`static_executor_limit`), or when the Spark
+        application has ended meanwhile (:func:`spark_stopped`).
     ConfigError
         Executors offer more than one task slot each (two roles could share one).
     """
+    _check_running(sc)
     check_capacity(needed, static_executor_limit(sc.master or "", dict(sc.getConf().getAll())))
     deadline = time.monotonic() + timeout
     executors = _executor_count(sc)
     while executors < needed and time.monotonic() < deadline:
         time.sleep(0.5)
+        _check_running(sc)
         executors = _executor_count(sc)
     if executors < needed:
         raise AllocationError(
