@@ -1,12 +1,21 @@
 """Jobs survive the loss of a role: the fault matrix on the local Spark cluster (issue 12).
 
-Every fault job is the same 2-worker ``allreduce`` Keras ``model.fit`` on scikit-learn's
-digits, checkpointing every few steps. A thread of the test injects the fault into the
-running job: SIGKILL of a worker's role process, SIGKILL of its executor's JVM, SIGSTOP
-of a role (silent), a kill in every attempt (restarts exhausted), a user exception (no
-restart). Where the job must survive it ends SUCCEEDED, its held-out accuracy within one
-point of an uninterrupted run of the same seed (trained once per module), it redoes at
-most one checkpoint interval of steps, and leaves nothing behind.
+Every fault job is the same 2-worker Keras ``model.fit`` on scikit-learn's digits,
+checkpointing every few steps: under ``allreduce`` (no chief: worker:0 is rank 0, the
+checkpoint writer) or under ``sync_ps`` with one parameter server. A thread of the test
+injects the fault into the running job: SIGKILL of a worker's role process, SIGKILL of
+its executor's JVM, SIGSTOP of a role (silent), SIGKILL of the chief (rank 0), SIGKILL
+of the ps, a kill in every attempt (restarts exhausted), a user exception (no restart).
+Where the job must survive it ends SUCCEEDED, its held-out accuracy within one point of
+an uninterrupted run of the same strategy and seed (trained once per module), it redoes
+at most one checkpoint interval of steps, and leaves nothing behind.
+
+Why the chief's case is rank 0 under ``allreduce``: the exchange strategies have no role
+that only coordinates; a dedicated chief (``chief=True``) is one more trainer, rank 0,
+exactly what worker:0 is without one (same writer, same resume path). The dedicated
+chief of TF-native ``ps`` runs the ClusterCoordinator loop, whose resume is the user's
+``ctx.checkpoint_manager`` loop, not tfyarn's: the one that tests tfyarn's recovery of
+its checkpoint writer is rank 0 of an exchange strategy.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import pytest
 
 import tfyarn
 from tfyarn.errors import RestartsExhaustedError, RoleFailedError
+from tfyarn.exchange.checkpoint import checkpoint_files, read_checkpoint
+from tfyarn.exchange.ps.snapshot import read_snapshot, snapshot_files
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +48,8 @@ from test_launcher import _assert_nothing_left, _role_processes  # noqa: E402
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 EPOCHS, BATCH = 8, 32
+#: Epochs of the sync_ps jobs: it converges in fewer, and each step costs a ps round trip.
+PS_EPOCHS = 4
 #: Checkpoint interval (steps) of the fault jobs; a restart redoes at most this many.
 EVERY = 8
 #: The fault strikes once the victim's global step passed this.
@@ -64,8 +77,10 @@ def _frame(spark: Any) -> Any:
     return spark.createDataFrame(table)
 
 
-def _train_fn(marks: str, fail_in: str = "") -> Callable[[Any], dict[str, Any]]:
-    """The fault jobs' ``train_fn``; each role writes ``pid global_step`` to ``marks``.
+def _train_fn(
+    marks: str, fail_in: str = "", epochs: int = EPOCHS
+) -> Callable[[Any], dict[str, Any]]:
+    """The fault jobs' ``train_fn``; each trainer writes ``pid global_step`` to ``marks``.
 
     ``fail_in``: the role that raises a ValueError once past :data:`STRIKE_AFTER`.
     """
@@ -104,8 +119,8 @@ def _train_fn(marks: str, fail_in: str = "") -> Callable[[Any], dict[str, Any]]:
 
         steps = ctx.steps_per_epoch(BATCH)
         model.fit(
-            ctx.dataset(BATCH, epochs=EPOCHS, features="x", label="y", seed=ctx.trainer_rank),
-            epochs=EPOCHS,
+            ctx.dataset(BATCH, epochs=epochs, features="x", label="y", seed=ctx.trainer_rank),
+            epochs=epochs,
             steps_per_epoch=steps,
             callbacks=[*strategy.callbacks(), Marks()],
             verbose=0,
@@ -119,15 +134,18 @@ def _train_fn(marks: str, fail_in: str = "") -> Callable[[Any], dict[str, Any]]:
     return train
 
 
-def _run(spark: Any, marks: Path, **options: Any) -> Any:
+def _run(spark: Any, marks: Path, strategy: str = "allreduce", **options: Any) -> Any:
+    """The fault job under ``strategy`` (``sync_ps``: one ps, :data:`PS_EPOCHS` epochs)."""
     marks.mkdir(exist_ok=True)
     fail_in = options.pop("fail_in", "")
+    epochs = PS_EPOCHS if strategy == "sync_ps" else EPOCHS
     return tfyarn.run(
         spark,
-        _train_fn(str(marks), fail_in),
+        _train_fn(str(marks), fail_in, epochs),
         workers=2,
+        ps=1 if strategy == "sync_ps" else 0,
         chief=False,
-        strategy="allreduce",
+        strategy=strategy,
         transport="tcp",
         data=_frame(spark),
         progress=False,
@@ -137,12 +155,26 @@ def _run(spark: Any, marks: Path, **options: Any) -> Any:
     )
 
 
+def _uninterrupted(spark: Any, marks: Path, strategy: str) -> float:
+    result = _run(spark, marks, strategy)
+    assert [a.kind for a in result.attempts] == [None]
+    return float(result.value["accuracy"])
+
+
 @pytest.fixture(scope="module")
 def reference(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> float:
     """Held-out accuracy of the same job, uninterrupted."""
-    result = _run(spark, tmp_path_factory.mktemp("reference") / "marks")
-    assert [a.kind for a in result.attempts] == [None]
-    return float(result.value["accuracy"])
+    return _uninterrupted(spark, tmp_path_factory.mktemp("reference") / "marks", "allreduce")
+
+
+@pytest.fixture(scope="module")
+def ps_reference(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> float:
+    """Held-out accuracy of the sync_ps job, uninterrupted (same seed)."""
+    accuracy = _uninterrupted(spark, tmp_path_factory.mktemp("ps-reference") / "marks", "sync_ps")
+    # Converged, as the allreduce job does in 8 epochs: a resume that lost the model's or
+    # the ps's state would land well outside one point of it.
+    assert accuracy > 0.9, accuracy
+    return accuracy
 
 
 def _read_mark(path: Path) -> tuple[int, int] | None:
@@ -166,7 +198,10 @@ def _executor_jvm(pid: int) -> int:
 
 @dataclass
 class Fault:
-    """Strikes ``victim`` in the given attempts once its global step passed a mark."""
+    """Strikes in the given attempts once trainer ``victim``'s global step passed a mark.
+
+    ``strike`` gets the pid of ``victim``'s role process (a fault of a ps finds its own).
+    """
 
     marks: Path
     victim: str
@@ -193,7 +228,9 @@ class Fault:
                 time.sleep(0.05)
 
 
-def _fault(marks: Path, how: str, attempts: tuple[int, ...] = (1,)) -> Fault:
+def _fault(
+    marks: Path, how: str, attempts: tuple[int, ...] = (1,), victim: str = "worker:1"
+) -> Fault:
     def strike(pid: int) -> None:
         if how == "kill-role":
             os.kill(pid, signal.SIGKILL)
@@ -202,28 +239,57 @@ def _fault(marks: Path, how: str, attempts: tuple[int, ...] = (1,)) -> Fault:
         else:
             os.kill(pid, signal.SIGSTOP)
 
-    fault = Fault(marks, "worker:1", attempts, strike, [])
+    fault = Fault(marks, victim, attempts, strike, [])
     fault.start()
     return fault
+
+
+def _wait_dead(pid: int, within: float = 10.0) -> None:
+    """Wait until ``pid`` is gone or a zombie (dead, not yet reaped by its task)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} still runs {within:.0f} s after SIGKILL")
+
+
+def _new_role_process(workspace: str, before: set[int]) -> int:
+    """The pid of the role process started since ``before`` whose workspace is named so."""
+    for pid in set(_role_processes()) - before:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # python -m tfyarn.node.role_process WORKDIR ...: the workspace is the role's.
+        if len(argv) > 3 and Path(argv[3].decode()).name == workspace:
+            return pid
+    raise AssertionError(f"no role process of workspace {workspace} is running")
 
 
 def _shm() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if "tfyarn" in n or "ucx" in n}
 
 
-def _check_survived(result: Any, reference: float, kind: str, fault: Fault) -> None:
+def _check_survived(
+    result: Any, reference: float, kind: str, fault: Fault, lost_role: str = "worker:1"
+) -> None:
     attempts = result.attempts
     assert [a.kind for a in attempts] == [kind, None], [a.describe() for a in attempts]
     lost, resumed = attempts
-    assert lost.role == "worker:1" and lost.host == "127.0.0.1"
+    assert lost.role == lost_role and lost.host == "127.0.0.1"
     assert lost.executor.startswith("127.0.0.1:")
     assert resumed.resumed_from_step is not None and resumed.resumed_from_step >= EVERY
     assert resumed.steps_redone is not None and 0 <= resumed.steps_redone <= EVERY
     assert abs(result.value["accuracy"] - reference) <= 0.01, (result.value, reference)
-    first = (fault.marks / "worker-1.a2.first").read_text()
+    first = (fault.marks / f"{fault.victim.replace(':', '-')}.a2.first").read_text()
     recovery = float(first) - fault.struck_at[0]
     print(
-        f"\n{kind}: training resumed {recovery:.1f} s after the fault, "
+        f"\n{kind} {lost_role}: training resumed {recovery:.1f} s after the fault, "
         f"resumed from step {resumed.resumed_from_step}, {resumed.steps_redone} steps redone, "
         f"attempt 2 took {resumed.duration:.1f} s; accuracy {result.value['accuracy']:.4f} "
         f"vs {reference:.4f}"
@@ -283,3 +349,69 @@ def test_a_user_exception_fails_at_once_without_restart(spark: Any, tmp_path: Pa
     assert {p.name.split(".")[1] for p in (tmp_path / "marks").iterdir()} == {"a1"}
     assert set(_role_processes().values()) - before <= {error.job_id}
     _assert_nothing_left(error.job_id, error.ports)
+
+
+def test_a_killed_chief_restarts_from_the_last_checkpoint_it_completed(
+    spark: Any, tmp_path: Path, reference: float
+) -> None:
+    """SIGKILL of rank 0, the checkpoint writer; a torn newer checkpoint is never loaded.
+
+    Right after the kill the newest checkpoint in the folder must be whole (the writer
+    renames a fsynced file into place); the test then tears a newer one, as a writer
+    on storage without atomic renames could leave it. The resumed attempt starts from
+    the whole one.
+    """
+    folder = tmp_path / "checkpoints"
+    seen: list[int] = []
+
+    def kill_the_writer(pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+        _wait_dead(pid)  # a rename it was making lands before the folder is looked at
+        newest = read_checkpoint(checkpoint_files(folder)[-1])  # raises if it is torn
+        assert newest.attempt == 1 and newest.global_step % EVERY == 0, newest
+        seen.append(newest.global_step)
+        torn = folder / f"ckpt-{newest.global_step + EVERY:012d}.npz"
+        torn.write_bytes(checkpoint_files(folder)[-1].read_bytes()[:1000])
+
+    fault = Fault(tmp_path / "marks", "worker:0", (1,), kill_the_writer, [])
+    fault.start()
+    result = _run(
+        spark, tmp_path / "marks", max_restarts=1, checkpoint_every=EVERY,
+        checkpoint_dir=str(folder),
+    )  # fmt: skip
+    assert fault.struck_at and seen, "the fault never struck"
+    _check_survived(result, reference, "lost", fault, lost_role="worker:0")
+    assert result.attempts[1].resumed_from_step == seen[0]
+
+
+def test_a_killed_ps_restores_the_snapshot_of_the_resumed_checkpoint(
+    spark: Any, tmp_path: Path, ps_reference: float
+) -> None:
+    """SIGKILL of the ps under sync_ps: it comes back with the state the trainers resume at.
+
+    The ps applies one optimizer step per synchronous step, so each snapshot's
+    optimizer step equals its tag's global step only if the restarted ps restored the
+    snapshot of the checkpoint the trainers resumed from (started empty, its steps would
+    count from the resume point).
+    """
+    folder = tmp_path / "checkpoints"
+    before = set(_role_processes())
+
+    def kill_the_ps(_: int) -> None:
+        os.kill(_new_role_process("ps-0", before), signal.SIGKILL)
+
+    fault = Fault(tmp_path / "marks", "worker:0", (1,), kill_the_ps, [])
+    fault.start()
+    result = _run(
+        spark, tmp_path / "marks", "sync_ps", max_restarts=1, checkpoint_every=EVERY,
+        checkpoint_dir=str(folder),
+    )  # fmt: skip
+    assert fault.struck_at, "the fault never struck"
+    _check_survived(result, ps_reference, "lost", fault, lost_role="ps:0")
+    snapshots = [read_snapshot(p) for p in snapshot_files(folder / "ps-0")]
+    resumed = [s for s in snapshots if s.tag is not None and s.tag.attempt == 2]
+    assert resumed, [s.tag for s in snapshots]
+    for snap in snapshots:
+        assert snap.tag is not None
+        steps = {b: state.step for b, state in snap.buckets.items()}
+        assert set(steps.values()) == {snap.tag.global_step}, (snap.tag, steps)
