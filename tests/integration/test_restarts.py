@@ -415,3 +415,28 @@ def test_a_killed_ps_restores_the_snapshot_of_the_resumed_checkpoint(
         assert snap.tag is not None
         steps = {b: state.step for b, state in snap.buckets.items()}
         assert set(steps.values()) == {snap.tag.global_step}, (snap.tag, steps)
+
+
+def test_every_attempt_gets_the_same_shard_in_the_same_order(spark: Any) -> None:
+    """A resumed feed skips the rows it had seen only if its shard comes in the same order.
+
+    Spark delivers a shuffle's rows in the order it fetched the map outputs, at random:
+    the spread sorts each trainer's shard back into the input's order.
+    """
+    from tfyarn.cluster.partitioning import KEY_COLUMN, routing_keys, spread
+    from tfyarn.errors import ConfigError
+
+    df = spark.range(0, 2000, numPartitions=4)
+    keys = routing_keys(spark, 3)
+
+    def shards() -> list[list[int]]:
+        spread_df = spread(df, 3, [0, 1], keys)
+        assert spread_df.columns == ["id", KEY_COLUMN]
+        return spread_df.rdd.glom().map(lambda rows: [r.id for r in rows]).collect()
+
+    first = shards()
+    assert first == shards()
+    assert first[2] == [] and sorted(first[0] + first[1]) == list(range(2000))
+    assert all(shard == sorted(shard) for shard in first)
+    with pytest.raises(ConfigError, match="already has a column named '_tfyarn_order'"):
+        spread(df.withColumnRenamed("id", "_tfyarn_order"), 3, [0, 1], keys)

@@ -62,12 +62,19 @@ def spread(
     """
     from pyspark.sql import functions as F
 
-    if KEY_COLUMN in df.columns:
-        raise ConfigError(f"the DataFrame already has a column named {KEY_COLUMN!r}; rename it")
+    order = "_tfyarn_order"
+    for taken in (KEY_COLUMN, order):
+        if taken in df.columns:
+            raise ConfigError(f"the DataFrame already has a column named {taken!r}; rename it")
     if not targets:
         raise ConfigError("the job has no training roles to receive data")
     # Cast: Spark hashes an int literal differently from the long the keys were found as.
     target_keys = F.array(*[F.lit(keys[t]).cast("long") for t in targets])
-    slot = F.pmod(F.monotonically_increasing_id(), F.lit(len(targets))).cast("int") + 1
-    routed = df.withColumn(KEY_COLUMN, F.element_at(target_keys, slot))
-    return routed.repartition(num_partitions, KEY_COLUMN)
+    # The row's place in the input (partition index and position): deterministic for the
+    # same input, unlike the order a shuffle delivers rows in (Spark fetches map outputs
+    # in random order). Sorting on it gives every run and every restarted attempt the
+    # same shard in the same order, so a resumed feed skips exactly the rows it had seen.
+    ordered = df.withColumn(order, F.monotonically_increasing_id())
+    slot = F.pmod(F.col(order), F.lit(len(targets))).cast("int") + 1
+    routed = ordered.withColumn(KEY_COLUMN, F.element_at(target_keys, slot))
+    return routed.repartition(num_partitions, KEY_COLUMN).sortWithinPartitions(order).drop(order)
