@@ -26,7 +26,13 @@ from tfyarn.cluster import partitioning, validate
 from tfyarn.cluster.attempts import Attempt
 from tfyarn.cluster.options import DEFAULT_SILENT_FAIL_AFTER, LaunchOptions, launch_options
 from tfyarn.cluster.plan import data_roles, describe, plan_job
-from tfyarn.cluster.progress import ProgressDisplay, ProgressServer, RoleState, timeout_message
+from tfyarn.cluster.progress import (
+    AttemptNumber,
+    ProgressDisplay,
+    ProgressServer,
+    RoleState,
+    timeout_message,
+)
 from tfyarn.cluster.restarts import (
     AttemptProgress,
     LivenessWatch,
@@ -417,7 +423,10 @@ def _launch(
         attempt=attempt.number,
         checkpoint=attempt.checkpoint,
     )
-    display = ProgressDisplay(server, options.silent_warning_after, enabled=options.progress)
+    shown = AttemptNumber(attempt.number, options.max_restarts + 1)
+    display = ProgressDisplay(
+        server, options.silent_warning_after, enabled=options.progress, attempt=shown
+    )
     watch = _Watch(
         LivenessWatch(options.silent_fail_after, options.stall_fail_after),
         progress,
