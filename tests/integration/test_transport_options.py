@@ -61,8 +61,13 @@ def _probe(ctx: Any) -> dict[str, dict[str, Any]] | None:
         if ctx.task_id == "worker:1":
             with mesh.connect("worker:0", "facts") as out:
                 out.send(json.dumps(facts).encode())
+                # Close only once worker:0 has the facts: a gRPC comm closed right after
+                # a send cancels its call, which can drop what gRPC had not sent yet.
+                out.recv()
             return None
-        theirs = json.loads(bytes(mesh.accept("worker:1", "facts").recv()))
+        with mesh.accept("worker:1", "facts") as back:
+            theirs = json.loads(bytes(back.recv()))
+            back.send(b"ok")
         return {"worker:0": facts, "worker:1": theirs}
     finally:
         mesh.close()
