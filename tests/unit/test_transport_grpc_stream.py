@@ -144,3 +144,25 @@ def test_listener_close_leaves_no_threads() -> None:
         time.sleep(0.05)
         left = [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
     assert not [t.name for t in left if t.name.startswith("tfyarn")]
+
+
+def test_a_close_right_after_send_delivers_everything_and_ends_promptly() -> None:
+    # A client's close used to cancel the call as soon as gRPC had taken the last
+    # message from the queue: what gRPC had not yet written was lost. Now the server
+    # ends the RPC once it has read the client's half-close, and the close waits for it.
+    secret = auth.new_job_secret()
+    payload = bytes(range(256)) * 4096  # 1 MiB: several chunks, some still in flight
+    with gt.listen("grpc://127.0.0.1:0", secret=secret) as lis:
+        for round_ in range(5):
+            c = gt.connect(lis.address, secret=secret, timeout=10)
+            srv = lis.accept(timeout=10)
+            for i in range(4):
+                c.send(payload[i:])
+            started = time.monotonic()
+            c.close()
+            closed_in = time.monotonic() - started
+            got = [bytes(srv.recv()) for _ in range(4)]
+            assert got == [payload[i:] for i in range(4)], f"round {round_}"
+            srv.close()
+            # The server's side ended with the client's requests, without its user.
+            assert closed_in < gt._FLUSH_TIMEOUT, closed_in

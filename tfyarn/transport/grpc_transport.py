@@ -83,9 +83,14 @@ class GrpcByteStream:
     The gRPC side consumes :meth:`outgoing` (the request or response iterator) and the
     incoming message iterator is pumped by a thread into a queue, so that
     :meth:`recv_into` can honour a timeout and :meth:`close` can wake a blocked reader.
+
+    A close is a full close, as on a socket. The server's side (``end_with_peer``) ends
+    the RPC as soon as the client's requests end, and the client's close waits for that
+    end before it cancels the call: cancelling at once would discard what gRPC had taken
+    from the queue but not yet written to the connection.
     """
 
-    def __init__(self, chunk_bytes: int = DEFAULT_CHUNK) -> None:
+    def __init__(self, chunk_bytes: int = DEFAULT_CHUNK, *, end_with_peer: bool = False) -> None:
         if chunk_bytes < 1024:
             raise ConfigError(f"chunk_bytes must be >= 1024, got {chunk_bytes}")
         self._chunk = chunk_bytes
@@ -101,6 +106,8 @@ class GrpcByteStream:
         self._reader: threading.Thread | None = None
         self._consuming = False
         self._ended = False
+        self._end_with_peer = end_with_peer
+        self._rpc_done = threading.Event()
 
     def start(self, incoming: Iterator[bytes], on_close: Callable[[], Any] | None = None) -> None:
         """Begin pumping ``incoming``; ``on_close`` runs once when the stream is closed."""
@@ -123,6 +130,11 @@ class GrpcByteStream:
             self._in.put(ConnectionError(f"gRPC stream failed: {exc!r}"))
         finally:
             self._in.put(_EOF)
+            if self._end_with_peer:
+                # The client closed (or vanished): nothing more can reach it, so end our
+                # responses too (after what is queued) and let the RPC finish.
+                self._ended = True
+                self._out.put(_EOF)
 
     def outgoing(self) -> Iterator[bytes]:
         """The messages to hand to gRPC, until the stream is closed."""
@@ -213,9 +225,14 @@ class GrpcByteStream:
         or closing the channel from there can deadlock): that is left to :meth:`close`.
         """
         self._ended = True
+        self._rpc_done.set()
         self._flushed.set()
         self._in.put(_EOF)
         self._out.put(_EOF)
+
+    def wait_rpc_end(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the RPC to finish; whether it did."""
+        return self._rpc_done.wait(timeout)
 
     def shutdown(self, how: int, /) -> None:
         """End the stream (both directions), as :meth:`close`."""
@@ -323,7 +340,7 @@ class GrpcListener(StreamListener):
     def _open(
         self, request_iterator: Iterator[bytes], context: grpc.ServicerContext, method: bytes
     ) -> Iterator[bytes]:
-        stream = GrpcByteStream(self.options.chunk_bytes)
+        stream = GrpcByteStream(self.options.chunk_bytes, end_with_peer=True)
         stream.start(request_iterator)
         # A client that cancels (or a server stop) ends the RPC: close our side too, so
         # that the outgoing() generator and any reader wake up.
@@ -418,6 +435,9 @@ def _open_stream(
     call = multi(stream.outgoing())
 
     def finish() -> None:
+        # The server ends the RPC once it has read our last message and the half-close
+        # after it; cancel only a call that a dead or stuck server leaves open.
+        stream.wait_rpc_end(_FLUSH_TIMEOUT)
         call.cancel()
         if on_close is not None:
             on_close()
