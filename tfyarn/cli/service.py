@@ -100,10 +100,13 @@ def _launch(args: argparse.Namespace) -> int:
 
 def _print_status(status: dict[str, Any]) -> None:
     from tfyarn.service.attach import ps_hosts
+    from tfyarn.service.client import effective_state
     from tfyarn.service.spec import PROPERTY_KEYS
 
     name = status.get("name", "?")
-    print(f"service {name}: {status.get('state')} (application {status.get('id', '-')})")
+    state, reported = effective_state(status), status.get("state")
+    lag = f", YARN still reports {reported}" if state != reported else ""
+    print(f"service {name}: {state} (application {status.get('id', '-')}{lag})")
     for comp in status.get("components") or []:
         containers = comp.get("containers") or []
         ready = sum(1 for c in containers if c.get("state") == "READY")

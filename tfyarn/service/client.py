@@ -164,18 +164,43 @@ class ServicesClient:
                 status = {"state": "NOT_FOUND", "components": []}
             counts = ready_counts(status)
             wanted = dict(ready) if ready is not None else configured_counts(status)
-            if status.get("state") in states and all(
+            if effective_state(status) in states and all(
                 counts.get(c, 0) == n for c, n in wanted.items()
             ):
                 return status
             if time.monotonic() > deadline:
                 raise YarnError(
-                    f"service {name} is {status.get('state')} with READY containers {counts} "
+                    f"service {name} is {status.get('state')} (components "
+                    f"{component_states(status)}) with READY containers {counts} "
                     f"after {timeout_s:.0f} s, wanted {sorted(states)} with {wanted}; "
                     f"`tfyarn service status {name}` shows the containers, "
                     f"`tfyarn logs <application id>` their output"
                 )
             time.sleep(poll_s)
+
+
+def effective_state(status: Mapping[str, Any]) -> str:
+    """The service's state, STABLE when every component is STABLE.
+
+    The service AM re-evaluates its own state only when a container's READY count
+    changes, and reads the components' states at that moment; when the last container
+    turns READY just before its component's state is updated (seen on a loaded 2-core
+    machine), the service stays STARTED for good although every component is STABLE
+    with all its containers READY. The components' states are the ones kept current,
+    so they decide.
+    """
+    state = str(status.get("state", ""))
+    components = status.get("components") or []
+    if state == "STARTED" and components and all(
+        c.get("state") == "STABLE" for c in components
+    ):
+        return "STABLE"
+    return state
+
+
+def component_states(status: Mapping[str, Any]) -> dict[str, str]:
+    """Each component's state (``STABLE``, ``FLEXING``, ...) in a service status."""
+    return {c["name"]: str(c.get("state", "-")) for c in status.get("components") or []}
 
 
 def configured_counts(status: Mapping[str, Any]) -> dict[str, int]:
