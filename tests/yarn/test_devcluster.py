@@ -83,7 +83,7 @@ def test_plain_spark_submit_runs_on_the_dev_yarn(dev_yarn: DevYarnFixture) -> No
         timeout=600,
     )
     output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-4000:]
+    assert proc.returncode == 0, _failed_app_story(dev_yarn, output)
     assert "plain-app sums=[(0, 2450), (1, 2500)]" in output
     match = re.search(r"plain-app driver_pid=(\d+) executor_pids=\[([\d, ]+)\]", output)
     assert match, output[-3000:]
@@ -94,6 +94,25 @@ def test_plain_spark_submit_runs_on_the_dev_yarn(dev_yarn: DevYarnFixture) -> No
     report = dev_yarn.final(app_id.group(0))
     assert (report.state, report.final_status) == ("FINISHED", "SUCCEEDED")
     assert report.name == "tfyarn-yarn-plain"
+
+
+def _failed_app_story(dev_yarn: DevYarnFixture, output: str) -> str:
+    """Why a spark-submit failed: the RM's diagnostics and the lines that name an error.
+
+    Spark's own tail is its shutdown noise; the cause (an AM container that exited, a
+    refused submission) is in the RM's report and in the first ERROR lines.
+    """
+    app_id = re.search(r"application_\d+_\d+", output)
+    diagnostics = "-"
+    if app_id:
+        diagnostics = dev_yarn.final(app_id.group(0)).diagnostics or "-"
+    errors = [line for line in output.splitlines() if " ERROR " in line or "Exception" in line]
+    return (
+        f"RM diagnostics: {diagnostics}\nerror lines:\n"
+        + "\n".join(errors[:30])
+        + "\n--- tail ---\n"
+        + output[-2000:]
+    )
 
 
 def test_yarn_dev_cli_up_status_down(
