@@ -191,9 +191,7 @@ def effective_state(status: Mapping[str, Any]) -> str:
     """
     state = str(status.get("state", ""))
     components = status.get("components") or []
-    if state == "STARTED" and components and all(
-        c.get("state") == "STABLE" for c in components
-    ):
+    if state == "STARTED" and components and all(c.get("state") == "STABLE" for c in components):
         return "STABLE"
     return state
 
