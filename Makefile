@@ -31,7 +31,7 @@ check: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest $(PYTEST_ARGS)
+	PY=$(PY) bash scripts/test-suite.sh $(PYTEST_ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -29,6 +29,28 @@ FOLDER_MARKERS: dict[str, str] = {
 }
 
 
+#: ``make test`` (scripts/test-suite.sh) runs two pytest sessions at once, one per group:
+#: ``--test-group yarn`` (one dev YARN, and a local Spark cluster for the service's jobs)
+#: and ``--test-group spark`` (one local Spark cluster). The two take about as long as each
+#: other; on 2 cores the JVM start-ups, YARN localisation and polling of one overlap the
+#: other's computing. Plain ``pytest`` runs every group in one session.
+TEST_GROUPS: dict[str, str] = {
+    "unit": "spark",
+    "integration": "spark",
+    "deploy": "yarn",
+    "yarn": "yarn",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--test-group",
+        choices=sorted(set(TEST_GROUPS.values())),
+        default=None,
+        help="run only the tests of this group (tests/conftest.py TEST_GROUPS)",
+    )
+
+
 def folder_marker(path: Path) -> str | None:
     """The marker a test file gets from its folder under ``tests/`` (None for unit tests).
 
@@ -49,10 +71,30 @@ def folder_marker(path: Path) -> str | None:
     return FOLDER_MARKERS[folder]
 
 
+def _select_group(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the tests outside ``--test-group`` (if given)."""
+    group = config.getoption("--test-group")
+    if group is None:
+        return
+    keep, drop = [], []
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        folder = path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else ""
+        if folder not in TEST_GROUPS:  # a new folder must not drop out of make test
+            raise pytest.UsageError(
+                f"{path} is in no test group: add its folder to TEST_GROUPS in tests/conftest.py"
+            )
+        (keep if TEST_GROUPS[folder] == group else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 # First: ``-m`` deselects in another implementation of this hook, which must see the marks.
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every collected test by its folder (see :data:`FOLDER_MARKERS`)."""
+    """Mark every collected test by its folder (see :data:`FOLDER_MARKERS`); pick a group."""
+    _select_group(config, items)
     for item in items:
         path = Path(str(item.path))
         if not path.resolve().is_relative_to(TESTS):

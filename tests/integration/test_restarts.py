@@ -31,11 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
-import numpy as np
-import pyarrow as pa
 import pytest
 
-import tfyarn
 from tfyarn.errors import RestartsExhaustedError, RoleFailedError
 from tfyarn.exchange.checkpoint import checkpoint_files, read_checkpoint
 from tfyarn.exchange.ps.snapshot import read_snapshot, snapshot_files
@@ -43,116 +40,12 @@ from tfyarn.exchange.ps.snapshot import read_snapshot, snapshot_files
 pytestmark = pytest.mark.integration
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fault_job import EVERY, STRIKE_AFTER  # noqa: E402
+from fault_job import run as _run  # noqa: E402
+from leftovers import leaked_shm, shm_entries  # noqa: E402
 from test_launcher import _assert_nothing_left, _role_processes  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-EPOCHS, BATCH = 8, 32
-#: Epochs of the sync_ps jobs: it converges in fewer, and each step costs a ps round trip.
-PS_EPOCHS = 4
-#: Checkpoint interval (steps) of the fault jobs; a restart redoes at most this many.
-EVERY = 8
-#: The fault strikes once the victim's global step passed this.
-STRIKE_AFTER = 12
-
-
-def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int64)
-    return tuple(train_test_split(x, y, test_size=0.2, random_state=0, stratify=y))  # type: ignore[return-value]
-
-
-def _frame(spark: Any) -> Any:
-    x_train, _, y_train, _ = _split()
-    table = pa.table(
-        {
-            "x": pa.FixedSizeListArray.from_arrays(pa.array(x_train.reshape(-1)), 64),
-            "y": pa.array(y_train),
-        }
-    )
-    return spark.createDataFrame(table)
-
-
-def _train_fn(
-    marks: str, fail_in: str = "", epochs: int = EPOCHS
-) -> Callable[[Any], dict[str, Any]]:
-    """The fault jobs' ``train_fn``; each trainer writes ``pid global_step`` to ``marks``.
-
-    ``fail_in``: the role that raises a ValueError once past :data:`STRIKE_AFTER`.
-    """
-
-    def train(ctx: Any) -> dict[str, Any]:
-        import keras
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        keras.utils.set_random_seed(0)
-        strategy = ctx.strategy()
-        model = keras.Sequential(
-            [keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)]
-        )
-        model.compile(
-            optimizer=strategy.distributed_optimizer(keras.optimizers.Adam(1e-2)),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-        )
-        start = ctx.resume.global_step if ctx.resume is not None else 0
-        mark = Path(marks) / f"{ctx.task_id.replace(':', '-')}.a{ctx.attempt}"
-
-        class Marks(keras.callbacks.Callback):
-            done = 0
-
-            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-                self.done += 1
-                step = start + self.done
-                if self.done == 1:  # when this attempt's training got going
-                    (mark.parent / f"{mark.name}.first").write_text(str(time.time()))
-                mark.write_text(f"{os.getpid()} {step}")
-                ctx.report(global_step=step)
-                if ctx.task_id == fail_in and step > STRIKE_AFTER:
-                    raise ValueError(f"deliberate failure at step {step}")
-                time.sleep(0.02)  # room for the fault to strike mid-epoch
-
-        steps = ctx.steps_per_epoch(BATCH)
-        model.fit(
-            ctx.dataset(BATCH, epochs=epochs, features="x", label="y", seed=ctx.trainer_rank),
-            epochs=epochs,
-            steps_per_epoch=steps,
-            callbacks=[*strategy.callbacks(), Marks()],
-            verbose=0,
-        )
-        out: dict[str, Any] = {"steps_per_epoch": steps}
-        if ctx.is_chief:
-            _, x_test, _, y_test = _split()
-            out["accuracy"] = float(model.evaluate(x_test, y_test, verbose=0)[1])
-        return out
-
-    return train
-
-
-def _run(spark: Any, marks: Path, strategy: str = "allreduce", **options: Any) -> Any:
-    """The fault job under ``strategy`` (``sync_ps``: one ps, :data:`PS_EPOCHS` epochs)."""
-    marks.mkdir(exist_ok=True)
-    fail_in = options.pop("fail_in", "")
-    epochs = PS_EPOCHS if strategy == "sync_ps" else EPOCHS
-    return tfyarn.run(
-        spark,
-        _train_fn(str(marks), fail_in, epochs),
-        workers=2,
-        ps=1 if strategy == "sync_ps" else 0,
-        chief=False,
-        strategy=strategy,
-        transport="tcp",
-        data=_frame(spark),
-        progress=False,
-        heartbeat_interval=1.0,
-        timeout=900,
-        **options,
-    )
 
 
 def _uninterrupted(spark: Any, marks: Path, strategy: str) -> float:
@@ -258,9 +151,9 @@ def _wait_dead(pid: int, within: float = 10.0) -> None:
     raise AssertionError(f"process {pid} still runs {within:.0f} s after SIGKILL")
 
 
-def _new_role_process(workspace: str, before: set[int]) -> int:
+def _new_role_process(workspace: str, before: set[int], app_id: str) -> int:
     """The pid of the role process started since ``before`` whose workspace is named so."""
-    for pid in set(_role_processes()) - before:
+    for pid in set(_role_processes(app_id=app_id)) - before:
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
@@ -272,7 +165,7 @@ def _new_role_process(workspace: str, before: set[int]) -> int:
 
 
 def _shm() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if "tfyarn" in n or "ucx" in n}
+    return shm_entries("tfyarn", "ucx")
 
 
 def _check_survived(
@@ -306,7 +199,7 @@ def test_a_killed_worker_or_executor_restarts_from_the_checkpoint(
     result = _run(spark, tmp_path / "marks", max_restarts=2, checkpoint_every=EVERY)
     assert fault.struck_at, "the fault never struck"
     _check_survived(result, reference, "lost", fault)
-    assert _shm() <= shm
+    assert not leaked_shm(shm, "tfyarn", "ucx")
 
 
 def test_a_stopped_role_is_taken_for_silent_and_restarted(
@@ -339,7 +232,8 @@ def test_exhausted_restarts_name_every_attempt(spark: Any, tmp_path: Path) -> No
 
 
 def test_a_user_exception_fails_at_once_without_restart(spark: Any, tmp_path: Path) -> None:
-    before = set(_role_processes().values())
+    app = spark.sparkContext.applicationId
+    before = set(_role_processes(app_id=app).values())
     with pytest.raises(RoleFailedError) as caught:
         _run(spark, tmp_path / "marks", max_restarts=3, checkpoint_every=EVERY, fail_in="worker:1")
     error = caught.value
@@ -347,7 +241,7 @@ def test_a_user_exception_fails_at_once_without_restart(spark: Any, tmp_path: Pa
     assert error.role == "worker:1"
     assert "ValueError: deliberate failure at step" in error.remote_traceback
     assert {p.name.split(".")[1] for p in (tmp_path / "marks").iterdir()} == {"a1"}
-    assert set(_role_processes().values()) - before <= {error.job_id}
+    assert set(_role_processes(app_id=app).values()) - before <= {error.job_id}
     _assert_nothing_left(error.job_id, error.ports)
 
 
@@ -395,10 +289,11 @@ def test_a_killed_ps_restores_the_snapshot_of_the_resumed_checkpoint(
     count from the resume point).
     """
     folder = tmp_path / "checkpoints"
-    before = set(_role_processes())
+    app = spark.sparkContext.applicationId
+    before = set(_role_processes(app_id=app))
 
     def kill_the_ps(_: int) -> None:
-        os.kill(_new_role_process("ps-0", before), signal.SIGKILL)
+        os.kill(_new_role_process("ps-0", before, app), signal.SIGKILL)
 
     fault = Fault(tmp_path / "marks", "worker:0", (1,), kill_the_ps, [])
     fault.start()

@@ -21,10 +21,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
+from leftovers import leaked_shm, shm_entries
 
 SECRET_HEX = "5f" * 32
 SIZES = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20]
@@ -247,8 +247,7 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[list[dict], str]:
 
 
 def _shm_entries() -> set[str]:
-    shm = Path("/dev/shm")
-    return {p.name for p in shm.iterdir() if "ucx" in p.name.lower()} if shm.exists() else set()
+    return shm_entries("ucx")
 
 
 @contextlib.contextmanager
@@ -322,7 +321,7 @@ def test_ucx_between_processes(config):
         assert rec["rma"] == "emulated"
     if config.startswith("posix"):
         assert rec["rma"] == "hardware"
-    assert _shm_entries() <= shm_before  # no shared-memory segment left behind
+    assert not leaked_shm(shm_before, "ucx")  # no shared-memory segment left behind
 
 
 def test_messages_are_put_back_in_sender_order():

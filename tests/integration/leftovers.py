@@ -1,0 +1,63 @@
+"""What a test may find left behind on this host, scoped to what the test itself made.
+
+``make test`` runs two groups of tests at once (tests/conftest.py ``XDIST_GROUPS``), so
+/dev/shm may gain entries of the other group's live jobs while a test runs. A leaked
+segment is one that appeared during the test and that no live process maps any more.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SHM = Path("/dev/shm")
+
+
+def shm_entries(*needles: str) -> set[str]:
+    """Names in /dev/shm that contain any of ``needles`` (case-insensitive)."""
+    if not SHM.exists():
+        return set()
+    wanted = [n.lower() for n in needles]
+    return {p.name for p in SHM.iterdir() if any(n in p.name.lower() for n in wanted)}
+
+
+def mapped_shm() -> set[str]:
+    """Names of /dev/shm files that some live process has mapped."""
+    names: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:  # gone, or not ours to read
+            continue
+        for line in maps.splitlines():
+            _, sep, path = line.partition("/dev/shm/")
+            if sep:
+                names.add(path.split(" ", 1)[0])
+    return names
+
+
+def leaked_shm(before: set[str], *needles: str) -> set[str]:
+    """Entries named by ``needles`` that are new since ``before`` and mapped by no one."""
+    new = shm_entries(*needles) - before
+    return new - mapped_shm() if new else set()
+
+
+def spark_app_of(pid: int) -> str | None:
+    """The Spark application id of the executor JVM above ``pid`` (None: under none).
+
+    Role processes of the other test group's jobs (YARN containers, its own local Spark
+    cluster) run on this host too; a test that looks for "new role processes" keeps those
+    of its own session's application.
+    """
+    while pid > 1:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if any(b"CoarseGrainedExecutorBackend" in a for a in argv):
+                return argv[argv.index(b"--app-id") + 1].decode()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (OSError, ValueError, IndexError):  # gone, or a JVM without --app-id
+            return None
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return None
