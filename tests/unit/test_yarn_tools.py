@@ -9,7 +9,12 @@ import pytest
 
 from tfyarn.errors import ConfigError, YarnError
 from tfyarn.yarn import envpack, logs, maven
-from tfyarn.yarn.rest import AppReport, ResourceManagerClient, check_app_id
+from tfyarn.yarn.rest import (
+    AppReport,
+    ResourceManagerClient,
+    check_app_id,
+    check_container_id,
+)
 
 
 def test_app_report_from_rest_json() -> None:
@@ -37,6 +42,21 @@ def test_bad_application_ids_are_rejected(bad: str) -> None:
     with pytest.raises(YarnError, match="not a YARN application id"):
         check_app_id(bad)
     check_app_id("application_1795291040070_0002")
+
+
+@pytest.mark.parametrize(
+    "bad", ["container_1_2_3", "container_x_1_01_000002", "application_1_2", "container_e1_1_2"]
+)
+def test_bad_container_ids_are_rejected_before_any_call(bad: str) -> None:
+    with pytest.raises(YarnError, match="not a YARN container id"):
+        check_container_id(bad)
+    client = ResourceManagerClient("http://127.0.0.1:9")
+    with pytest.raises(YarnError, match="not a YARN container id"):
+        client.signal_container(bad)
+    with pytest.raises(YarnError, match="unknown container signal 'KILL'; one of"):
+        client.signal_container("container_1795291040070_0002_01_000003", "KILL")
+    check_container_id("container_1795291040070_0002_01_000003")
+    check_container_id("container_e17_1410901177871_0001_01_000005")  # after an RM restart
 
 
 def test_rest_client_needs_http_and_says_when_unreachable() -> None:

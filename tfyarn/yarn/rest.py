@@ -21,11 +21,13 @@ from typing import Any
 from tfyarn.errors import YarnError
 
 __all__ = [
+    "CONTAINER_SIGNALS",
     "FINAL_STATES",
     "AppReport",
     "HTTPStatusError",
     "ResourceManagerClient",
     "check_app_id",
+    "check_container_id",
     "http_json",
 ]
 
@@ -168,6 +170,21 @@ class ResourceManagerClient:
         check_app_id(app_id)
         self._call("PUT", f"/apps/{app_id}/state", {"state": "KILLED"})
 
+    def signal_container(self, container_id: str, command: str = "FORCEFUL_SHUTDOWN") -> None:
+        """Have the container's NodeManager signal it, through the RM.
+
+        ``POST /containers/{id}/signal/{command}``: ``FORCEFUL_SHUTDOWN`` kills it (SIGKILL,
+        as the RM's preemption and an operator's ``yarn container -signal`` do),
+        ``GRACEFUL_SHUTDOWN`` sends SIGTERM first, ``OUTPUT_THREAD_DUMP`` asks a JVM for
+        its threads (in the container's stdout).
+        """
+        check_container_id(container_id)
+        if command not in CONTAINER_SIGNALS:
+            raise YarnError(
+                f"unknown container signal {command!r}; one of {', '.join(CONTAINER_SIGNALS)}"
+            )
+        self._call("POST", f"/containers/{container_id}/signal/{command}")
+
     def wait_for_state(
         self,
         app_id: str,
@@ -245,6 +262,23 @@ def http_json(method: str, url: str, body: Any = None, timeout_s: float = 10.0) 
     except urllib.error.HTTPError as exc:
         raise HTTPStatusError(exc.code, exc.read().decode(errors="replace")[:500]) from exc
     return json.loads(text) if text.strip() else {}
+
+
+#: The commands of :meth:`ResourceManagerClient.signal_container` (YARN's
+#: SignalContainerCommand).
+CONTAINER_SIGNALS = ("OUTPUT_THREAD_DUMP", "GRACEFUL_SHUTDOWN", "FORCEFUL_SHUTDOWN")
+
+
+def check_container_id(container_id: str) -> None:
+    """Raise :class:`YarnError` unless it looks like ``container_[e<n>_]<n>_<n>_<n>_<n>``."""
+    parts = container_id.split("_")
+    if parts and len(parts) == 6 and parts[1].startswith("e"):
+        parts = [parts[0], *parts[2:]]  # the epoch of an RM restart, as in container_e17_...
+    if len(parts) != 5 or parts[0] != "container" or not all(p.isdigit() for p in parts[1:]):
+        raise YarnError(
+            f"{container_id!r} is not a YARN container id "
+            "(expected container_<digits>_<digits>_<digits>_<digits>)"
+        )
 
 
 def check_app_id(app_id: str) -> None:
