@@ -1,0 +1,119 @@
+"""The fault matrix on the dev YARN (issue 12): an executor's container killed by YARN.
+
+The shared fault job (tests/integration/fault_job.py) runs under ``tfyarn submit
+--profile yarn-client``: once uninterrupted, then with restarts and checkpoints while
+this test has the ResourceManager kill the container of worker:1's executor
+(``POST /ws/v1/cluster/containers/{id}/signal/FORCEFUL_SHUTDOWN``: the RM tells the
+NodeManager, which kills the container as preemption does). Spark's YARN allocator
+replaces the executor; tfyarn restarts the attempt from the last checkpoint. The job
+ends SUCCEEDED, within one point of the uninterrupted run, redoing at most one
+checkpoint interval, and the killed container leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tfyarn.yarn.submit_support import APP_ID_RE
+
+from .conftest import APPS, REPO, TFYARN, DevYarnFixture
+from .test_submit_yarn import _role_pids
+
+pytestmark = pytest.mark.yarn
+
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+from fault_job import EVERY, STRIKE_AFTER  # noqa: E402
+
+
+def _container_of(pid: int) -> str:
+    """The YARN container a process runs in (``CONTAINER_ID`` of it or an ancestor)."""
+    while pid > 1:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        for item in environ:
+            if item.startswith(b"CONTAINER_ID="):
+                return item.split(b"=", 1)[1].decode()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    raise AssertionError("the role process runs in no YARN container")
+
+
+def _read_mark(path: Path) -> tuple[int, int] | None:
+    try:
+        pid, step = path.read_text().split()
+        return int(pid), int(step)
+    except (OSError, ValueError):
+        return None
+
+
+def _strike(dev_yarn: DevYarnFixture, victim: Path, proc: subprocess.Popen[str]) -> str:
+    """Kill the victim role's container once it is past the strike step; its id."""
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        mark = _read_mark(victim)
+        if mark is not None and mark[1] > STRIKE_AFTER:
+            container = _container_of(mark[0])
+            dev_yarn.rm.signal_container(container, "FORCEFUL_SHUTDOWN")
+            return container
+        time.sleep(0.1)
+    raise AssertionError(f"{victim.name} never passed step {STRIKE_AFTER}")
+
+
+def test_a_container_killed_through_the_rm_restarts_from_the_checkpoint(
+    dev_yarn: DevYarnFixture, tmp_path: Path
+) -> None:
+    marks, out = tmp_path / "marks", tmp_path / "result.json"
+    proc = subprocess.Popen(
+        [TFYARN, "submit", "--profile", "yarn-client", "--workers", "2", "--no-chief",
+         str(APPS / "restart_app.py"), str(marks), str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dev_yarn.env, cwd=REPO, start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    # Drain the output all along: a full pipe would block spark-submit.
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        try:
+            container = _strike(dev_yarn, marks / "faulted" / "worker-1.a1", proc)
+        except AssertionError as exc:
+            proc.wait(timeout=60)
+            reader.join(timeout=30)
+            raise AssertionError(f"{exc}; the job said:\n{''.join(lines)[-5000:]}") from None
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(timeout=30)
+    output = "".join(lines)
+    assert proc.returncode == 0, output[-6000:]
+    app = APP_ID_RE.search(output)
+    assert app is not None, output[-3000:]
+    assert app.group(0).removeprefix("application_") in container, container
+    report = dev_yarn.final(app.group(0))
+    assert (report.state, report.final_status) == ("FINISHED", "SUCCEEDED")
+
+    runs = json.loads(out.read_text())
+    reference, faulted = runs["reference"], runs["faulted"]
+    assert [a["kind"] for a in reference["attempts"]] == [None]
+    lost, resumed = faulted["attempts"]
+    assert (lost["kind"], lost["role"], resumed["kind"]) == ("lost", "worker:1", None), lost
+    assert resumed["resumed_from_step"] is not None and resumed["resumed_from_step"] >= EVERY
+    assert resumed["steps_redone"] is not None and 0 <= resumed["steps_redone"] <= EVERY
+    accuracy, expected = faulted["value"]["accuracy"], reference["value"]["accuracy"]
+    assert abs(accuracy - expected) <= 0.01, (accuracy, expected)
+    # The killed container's processes (executor, Python workers, role) are all gone.
+    app_dir = Path(dev_yarn.state.base_dir, "nm-local/usercache", getpass.getuser(), "appcache")
+    assert _role_pids(app_dir / app.group(0) / container) == []
+    print(
+        f"\ncontainer {container} killed through the RM: {lost['cause']}; resumed from step "
+        f"{resumed['resumed_from_step']}, {resumed['steps_redone']} steps redone, accuracy "
+        f"{accuracy:.4f} (uninterrupted {expected:.4f})"
+    )
