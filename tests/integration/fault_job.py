@@ -34,6 +34,15 @@ EVERY = 8
 STRIKE_AFTER = 12
 
 
+def read_mark(path: Path) -> tuple[int, int] | None:
+    """``(pid, global step)`` from a trainer's marks file; None before it is whole."""
+    try:
+        pid, step = path.read_text().split()
+        return int(pid), int(step)
+    except (OSError, ValueError):
+        return None
+
+
 def split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

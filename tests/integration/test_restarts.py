@@ -41,6 +41,7 @@ pytestmark = pytest.mark.integration
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_job import EVERY, STRIKE_AFTER  # noqa: E402
+from fault_job import read_mark as _read_mark  # noqa: E402
 from fault_job import run as _run  # noqa: E402
 from leftovers import leaked_shm, shm_entries  # noqa: E402
 from test_launcher import _assert_nothing_left, _role_processes  # noqa: E402
@@ -68,14 +69,6 @@ def ps_reference(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> float:
     # the ps's state would land well outside one point of it.
     assert accuracy > 0.9, accuracy
     return accuracy
-
-
-def _read_mark(path: Path) -> tuple[int, int] | None:
-    try:
-        pid, step = path.read_text().split()
-        return int(pid), int(step)
-    except (OSError, ValueError):
-        return None
 
 
 def _executor_jvm(pid: int) -> int:

@@ -30,7 +30,7 @@ from .test_submit_yarn import _role_pids
 pytestmark = pytest.mark.yarn
 
 sys.path.insert(0, str(REPO / "tests" / "integration"))
-from fault_job import EVERY, STRIKE_AFTER  # noqa: E402
+from fault_job import EVERY, STRIKE_AFTER, read_mark  # noqa: E402
 
 
 def _container_of(pid: int) -> str:
@@ -45,19 +45,11 @@ def _container_of(pid: int) -> str:
     raise AssertionError("the role process runs in no YARN container")
 
 
-def _read_mark(path: Path) -> tuple[int, int] | None:
-    try:
-        pid, step = path.read_text().split()
-        return int(pid), int(step)
-    except (OSError, ValueError):
-        return None
-
-
 def _strike(dev_yarn: DevYarnFixture, victim: Path, proc: subprocess.Popen[str]) -> str:
     """Kill the victim role's container once it is past the strike step; its id."""
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
-        mark = _read_mark(victim)
+        mark = read_mark(victim)
         if mark is not None and mark[1] > STRIKE_AFTER:
             container = _container_of(mark[0])
             dev_yarn.rm.signal_container(container, "FORCEFUL_SHUTDOWN")
