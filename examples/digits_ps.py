@@ -14,7 +14,6 @@ It prints the test accuracy and where the model was saved.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 import numpy as np
@@ -91,9 +90,7 @@ def make_train_fn(epochs: int, batch_size: int, learning_rate: float):
         local.set_weights([v.numpy() for v in model.weights])
         predictions = np.argmax(local.predict(x_test, verbose=0), axis=1)
         accuracy = float(np.mean(predictions == y_test))
-        os.makedirs(ctx.model_dir, exist_ok=True)
-        path = os.path.join(ctx.model_dir, "digits.keras")
-        local.save(path)
+        path = ctx.save_model(local, "digits.keras")  # model_dir may be on HDFS
         return {"test_accuracy": accuracy, "model_path": path, "final_loss": loss}
 
     return train

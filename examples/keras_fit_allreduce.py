@@ -22,7 +22,6 @@ It prints the held-out accuracy, the transport used and where the model was save
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 import numpy as np
@@ -82,9 +81,7 @@ def make_train_fn(epochs: int, batch_size: int, learning_rate: float) -> Any:
         if ctx.is_chief:
             _, x_test, _, y_test = load_split()
             _, accuracy = model.evaluate(x_test, y_test, verbose=0)
-            os.makedirs(ctx.model_dir, exist_ok=True)
-            path = os.path.join(ctx.model_dir, "digits.keras")
-            model.save(path)
+            path = ctx.save_model(model, "digits.keras")  # model_dir may be on HDFS
             result.update(test_accuracy=float(accuracy), model_path=path)
         return result
 

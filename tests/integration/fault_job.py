@@ -116,6 +116,7 @@ def train_fn(
         if ctx.is_chief:
             _, x_test, _, y_test = split()
             out["accuracy"] = float(model.evaluate(x_test, y_test, verbose=0)[1])
+            out["model_path"] = ctx.save_model(model, "fault.keras")  # HDFS on the dev YARN
         return out
 
     return train

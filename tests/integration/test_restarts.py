@@ -258,7 +258,7 @@ def test_a_killed_chief_restarts_from_the_last_checkpoint_it_completed(
         assert newest.attempt == 1 and newest.global_step % EVERY == 0, newest
         seen.append(newest.global_step)
         torn = folder / f"ckpt-{newest.global_step + EVERY:012d}.npz"
-        torn.write_bytes(checkpoint_files(folder)[-1].read_bytes()[:1000])
+        torn.write_bytes(Path(checkpoint_files(folder)[-1]).read_bytes()[:1000])
 
     fault = Fault(tmp_path / "marks", "worker:0", (1,), kill_the_writer, [])
     fault.start()

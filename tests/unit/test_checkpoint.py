@@ -50,7 +50,7 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
 def test_only_the_newest_are_kept_and_no_temporary_file_stays(tmp_path: Path) -> None:
     for g in (5, 10, 15, 20):
         write_checkpoint(tmp_path, _ckpt(g), keep=2)
-    assert [p.name for p in checkpoint_files(tmp_path)] == [
+    assert [Path(p).name for p in checkpoint_files(tmp_path)] == [
         "ckpt-000000000015.npz",
         "ckpt-000000000020.npz",
     ]
@@ -62,7 +62,7 @@ def test_only_the_newest_are_kept_and_no_temporary_file_stays(tmp_path: Path) ->
 
 def test_a_torn_checkpoint_is_never_loaded(tmp_path: Path) -> None:
     write_checkpoint(tmp_path, _ckpt(10), keep=5)
-    newest = write_checkpoint(tmp_path, _ckpt(20), keep=5)
+    newest = Path(write_checkpoint(tmp_path, _ckpt(20), keep=5))
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
     ckpt, problems = resume_point(tmp_path, attempt=2)
     assert ckpt is not None and ckpt.global_step == 10
@@ -190,7 +190,7 @@ def test_a_resumed_fit_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> N
     # Attempt 1 dies at global step 13 (epoch 1, step 5); its last checkpoint is step 10.
     _, died_after, _ = _fit(policy, 1, kill_at=13)
     assert died_after == 13
-    assert [p.name for p in checkpoint_files(tmp_path)] == [
+    assert [Path(p).name for p in checkpoint_files(tmp_path)] == [
         "ckpt-000000000005.npz",
         "ckpt-000000000010.npz",
     ]

@@ -166,7 +166,7 @@ def test_a_torn_newest_checkpoint_is_skipped_and_the_ps_matches_the_older_one(
     policy = CheckpointPolicy(str(tmp_path), every_steps=EVERY, keep=2)
     with pytest.raises(RoleFailedError):
         _run("sync_ps", 1, _loop(KILL), attempt=1, checkpoint=policy)
-    newest = checkpoint_files(tmp_path)[-1]
+    newest = Path(checkpoint_files(tmp_path)[-1])
     assert newest.name == "ckpt-000000000006.npz"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
     resumed = _run("sync_ps", 1, _loop(None), attempt=2, checkpoint=policy)

@@ -9,7 +9,7 @@ import pytest
 
 from tfyarn.errors import ConfigError
 from tfyarn.yarn import hadoop_conf
-from tfyarn.yarn.hadoop_conf import DEFAULT_PORTS, PORT_NAMES, DevYarnSettings
+from tfyarn.yarn.hadoop_conf import DEFAULT_PORTS, HDFS_PORT_NAMES, PORT_NAMES, DevYarnSettings
 
 
 def _parse(xml: str) -> dict[str, str]:
@@ -107,7 +107,7 @@ def test_services_add_the_api_the_registry_zookeeper_and_placement(tmp_path: Pat
     assert "yarn.webapp.api-service.enable" not in hadoop_conf.yarn_site(plain)
     assert "zoo.cfg" not in hadoop_conf.conf_files(plain)
     s = DevYarnSettings(base_dir=tmp_path, services=True, ports={"zookeeper": 21810})
-    assert s.port_names == PORT_NAMES
+    assert s.port_names == tuple(n for n in PORT_NAMES if n not in HDFS_PORT_NAMES)
     site = hadoop_conf.yarn_site(s)
     assert site["yarn.webapp.api-service.enable"] == "true"
     assert site["yarn.service.base.path"] == str(tmp_path / "services")
@@ -118,3 +118,39 @@ def test_services_add_the_api_the_registry_zookeeper_and_placement(tmp_path: Pat
     assert "clientPort=21810" in zoo and "clientPortAddress=127.0.0.1" in zoo
     assert "admin.enableServer=false" in zoo  # else a web server on 0.0.0.0:8080
     assert f"dataDir={tmp_path / 'zookeeper'}" in zoo
+
+
+def test_hdfs_is_the_cluster_file_system_bound_to_the_host(tmp_path: Path) -> None:
+    plain = DevYarnSettings(base_dir=tmp_path)
+    assert not set(HDFS_PORT_NAMES) & set(plain.port_names)
+    assert hadoop_conf.core_site(plain)["fs.defaultFS"] == "file:///"
+    assert "hdfs-site.xml" not in hadoop_conf.conf_files(plain)
+    ports = {name: 30000 + i for i, name in enumerate(PORT_NAMES)}
+    s = DevYarnSettings(base_dir=tmp_path, hdfs=True, services=True, ports=ports)
+    assert s.port_names == PORT_NAMES
+    files = hadoop_conf.conf_files(s)
+    core = _parse(files["core-site.xml"])
+    assert core["fs.defaultFS"] == f"hdfs://127.0.0.1:{ports['namenode']}" == s.default_fs
+    hdfs = _parse(files["hdfs-site.xml"])
+    assert hdfs["dfs.namenode.rpc-address"] == f"127.0.0.1:{ports['namenode']}"
+    assert hdfs["dfs.namenode.http-address"] == f"127.0.0.1:{ports['namenode_http']}"
+    assert s.webhdfs_url == f"http://127.0.0.1:{ports['namenode_http']}"
+    for key in ("dfs.datanode.address", "dfs.datanode.http.address", "dfs.datanode.ipc.address"):
+        assert hdfs[key].startswith("127.0.0.1:"), key
+    # WebHDFS redirects clients to the DataNode under the name it registers with.
+    assert hdfs["dfs.datanode.hostname"] == "127.0.0.1"
+    assert hdfs["dfs.replication"] == "1"
+    assert hdfs["dfs.namenode.name.dir"] == f"file://{tmp_path}/hdfs/name"
+    assert hdfs["dfs.datanode.data.dir"] == f"file://{tmp_path}/hdfs/data"
+    assert "dfs.permissions.enabled" not in hdfs  # on, as on a production cluster
+
+
+def test_site_property_reads_a_rendered_file(tmp_path: Path) -> None:
+    (tmp_path / "hdfs-site.xml").write_text(
+        hadoop_conf.render_site_xml({"dfs.namenode.http-address": "nn:9870"})
+    )
+    assert hadoop_conf.site_property(tmp_path, "dfs.namenode.http-address", "hdfs-site.xml") == (
+        "nn:9870"
+    )
+    assert hadoop_conf.site_property(tmp_path, "missing", "hdfs-site.xml") is None
+    assert hadoop_conf.site_property(tmp_path, "x", "absent.xml") is None

@@ -169,6 +169,9 @@ def test_dev_cluster_properties_fill_only_unset_keys() -> None:
     assert ys.dev_cluster_properties({}, marker, "/spark")["spark.yarn.jars"] == (
         "local:/spark/jars/*"
     )
+    # With HDFS the staging dir is Spark's default on it, as on a real cluster.
+    on_hdfs = {**marker, "default_fs": "hdfs://127.0.0.1:8020"}
+    assert "spark.yarn.stagingDir" not in ys.dev_cluster_properties({}, on_hdfs, "/spark")
     assert ys.dev_cluster_uri("/a/b.tar#x") == "viewfs://tfyarn/a/b.tar#x"
     assert ys.dev_cluster_uri("hdfs:///a/b.tar") == "hdfs:///a/b.tar"
 
@@ -213,3 +216,17 @@ def test_app_id_pattern() -> None:
     match = ys.APP_ID_RE.search(line)
     assert match and match.group(0) == "application_1795291040070_0002"
     assert ys.APP_ID_RE.search("appattempt_1_2") is None
+
+
+def test_the_cluster_file_system_comes_from_core_site(tmp_path: Path) -> None:
+    from tfyarn.yarn.envpack import cluster_env_url
+    from tfyarn.yarn.hadoop_conf import render_site_xml
+
+    conf = _hadoop_conf(tmp_path, dev=False)
+    assert ys.cluster_default_fs({"HADOOP_CONF_DIR": str(conf)}) == "file:///"
+    assert ys.cluster_default_fs({}) == "file:///"
+    (conf / "core-site.xml").write_text(render_site_xml({"fs.defaultFS": "hdfs://nn:8020"}))
+    assert ys.cluster_default_fs({"HADOOP_CONF_DIR": str(conf)}) == "hdfs://nn:8020"
+    assert cluster_env_url("hdfs://nn:8020/", "alice", "env-ab12.tar") == (
+        "hdfs://nn:8020/user/alice/.tfyarn/envs/env-ab12.tar"
+    )

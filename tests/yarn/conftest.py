@@ -1,7 +1,8 @@
 """The real dev YARN shared by every test in tests/yarn: started once per test session.
 
-A ResourceManager and a NodeManager (separate ``java`` processes, Hadoop jars from Maven
-Central, cached under ``~/.cache/tfyarn``) on free ports of 127.0.0.1, in a temp folder
+A ResourceManager and a NodeManager, and a NameNode and a DataNode whose HDFS is the
+cluster file system (separate ``java`` processes, Hadoop jars from Maven Central, cached
+under ``~/.cache/tfyarn``) on free ports of 127.0.0.1, in a temp folder
 that is removed at the end, together with everything the cluster started. The Python
 environment archive is packed (or taken from the cache) once as well.
 """
@@ -76,6 +77,20 @@ class DevYarnFixture:
         """The application's report once it reached a final state."""
         return self.rm.wait_for_state(app_id, timeout_s=120.0)
 
+    def hdfs(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run Hadoop's own client, ``hadoop fs ARGS`` (FsShell), against the dev HDFS.
+
+        The reference for what tfyarn wrote over WebHDFS: Hadoop's RPC client reads the
+        NameNode and the DataNode directly.
+        """
+        cmd = self.cluster.client_command("org.apache.hadoop.fs.FsShell", *args)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"hadoop fs {' '.join(args)}: exit {proc.returncode}\n{proc.stderr}"
+            )
+        return proc
+
 
 def _fetch_jars_in_background(services: bool) -> threading.Thread:
     """Fetch (or find cached) the Hadoop jars of one kind of dev YARN in a thread.
@@ -103,7 +118,10 @@ def dev_yarn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevYarnFixtur
     # Two yarn.io/gpu (a countable resource: no GPU plugin, no devices) so that GPU
     # requests can be scheduled and accounted for by the real RM without GPUs. With the
     # YARN Services API (Hadoop 3.4.2), so that one YARN serves jobs and services alike.
-    cluster = DevYarn(DevYarnSettings(base_dir=base, ports=ports, nm_gpus=2, services=True))
+    # HDFS as the cluster file system, as on a production cluster.
+    cluster = DevYarn(
+        DevYarnSettings(base_dir=base, ports=ports, nm_gpus=2, services=True, hdfs=True)
+    )
     # The session's jars download while the environment is packed; the daemons start after
     # packing (both are heavy, one at a time is faster on 2 cores).
     fetching = _fetch_jars_in_background(services=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tfyarn import storage
 from tfyarn.yarn.checks import check_yarn
 from tfyarn.yarn.devcluster import DevYarnState
 from tfyarn.yarn.hadoop_conf import DevYarnSettings
@@ -118,7 +119,7 @@ def _failed_app_story(dev_yarn: DevYarnFixture, output: str) -> str:
 def test_yarn_dev_cli_up_status_down(
     dev_yarn: DevYarnFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A second, small cluster through the CLI; stopping it leaves the session's alone."""
+    """A second, small cluster with HDFS through the CLI; stopping it leaves the session's alone."""
     base = tmp_path / "cli-yarn"
 
     def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -129,13 +130,15 @@ def test_yarn_dev_cli_up_status_down(
             timeout=timeout,
         )
 
-    up = cli("up", "--free-ports", "--memory-mb", "2048", "--vcores", "2")
+    up = cli("up", "--free-ports", "--hdfs", "--memory-mb", "2048", "--vcores", "2")
+    daemons = ("namenode", "datanode", "resourcemanager", "nodemanager")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"export HADOOP_CONF_DIR={base / 'conf'}" in up.stdout
         assert (base / "conf" / "yarn-site.xml").is_file()
         state = DevYarnState(**json.loads((base / "state.json").read_text()))
-        assert state.alive() == {"resourcemanager": True, "nodemanager": True}
+        assert state.alive() == dict.fromkeys(daemons, True)
+        assert f"HDFS: {state.default_fs}" in up.stdout
 
         status = cli("status", "--json")
         assert status.returncode == 0, status.stderr
@@ -144,9 +147,15 @@ def test_yarn_dev_cli_up_status_down(
         assert [(n["state"], n["memory_mb"], n["vcores"]) for n in info["nodes"]] == [
             ("RUNNING", 2048, 2)
         ]
-
-        # tfyarn doctor: this plain cluster answers, but has no Services API.
+        assert info["default_fs"] == state.default_fs
+        # Its HDFS takes files, with a home for the user, found through HADOOP_CONF_DIR.
         monkeypatch.setenv("HADOOP_CONF_DIR", str(base / "conf"))
+        monkeypatch.delenv(storage.WEBHDFS_ENV, raising=False)
+        home = f"{state.default_fs}/user/{storage.hdfs_user()}"
+        storage.write_bytes_atomically(f"{home}/probe.txt", b"hello hdfs")
+        assert storage.read_bytes(f"{home}/probe.txt") == b"hello hdfs"
+
+        # tfyarn doctor: this cluster answers, but has no Services API.
         checks = {c.name: c for c in check_yarn()}
         assert checks["yarn"].ok
         assert not checks["yarn services api"].ok
@@ -159,14 +168,12 @@ def test_yarn_dev_cli_up_status_down(
         down = cli("down")
     assert down.returncode == 0, down.stderr
     assert "stopped" in down.stdout
-    assert state.alive() == {"resourcemanager": False, "nodemanager": False}
+    assert state.alive() == dict.fromkeys(daemons, False)
     assert cli("status").returncode == 3
     # The session's cluster is untouched.
-    assert dev_yarn.state.alive() == {
-        "zookeeper": True,
-        "resourcemanager": True,
-        "nodemanager": True,
-    }
+    assert dev_yarn.state.alive() == dict.fromkeys(
+        ("namenode", "datanode", "zookeeper", "resourcemanager", "nodemanager"), True
+    )
     assert dev_yarn.rm.running_nodes()
 
 

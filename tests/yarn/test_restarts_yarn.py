@@ -101,6 +101,17 @@ def test_a_container_killed_through_the_rm_restarts_from_the_checkpoint(
     assert resumed["steps_redone"] is not None and 0 <= resumed["steps_redone"] <= EVERY
     accuracy, expected = faulted["value"]["accuracy"], reference["value"]["accuracy"]
     assert abs(accuracy - expected) <= 0.01, (accuracy, expected)
+    # model_dir and checkpoints defaulted to the cluster file system (HDFS), where
+    # Hadoop's own client finds them; the environment archive came from there too.
+    fs = dev_yarn.state.default_fs
+    model_dir = faulted["model_dir"]
+    assert model_dir.startswith(f"{fs}/user/{getpass.getuser()}/tfyarn/"), model_dir
+    saved = faulted["value"]["model_path"]
+    assert saved == f"{model_dir}/fault.keras"
+    assert int(dev_yarn.hdfs("-stat", "%b", saved).stdout) > 0
+    ckpts = dev_yarn.hdfs("-ls", "-C", f"{model_dir}/checkpoints").stdout.split()
+    assert ckpts and all(c.rsplit("/", 1)[-1].startswith("ckpt-") for c in ckpts), ckpts
+    assert f"{fs}/user/{getpass.getuser()}/.tfyarn/envs/" in output, output[-3000:]
     # The killed container's processes (executor, Python workers, role) are all gone.
     app_dir = Path(dev_yarn.state.base_dir, "nm-local/usercache", getpass.getuser(), "appcache")
     assert _role_pids(app_dir / app.group(0) / container) == []

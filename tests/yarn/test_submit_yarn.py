@@ -43,32 +43,17 @@ def _logs(dev_yarn: DevYarnFixture, app_id: str, *extra: str) -> str:
 
 
 def test_yarn_client_runs_the_digits_example(dev_yarn: DevYarnFixture, tmp_path: Path) -> None:
-    env_tmp = {"TMPDIR": str(tmp_path)}  # the chief saves the model under the driver's tmp
-    dev_yarn.env.update(env_tmp)
-    try:
-        run = dev_yarn.submit(
-            [
-                "--profile",
-                "yarn-client",
-                "--workers",
-                "2",
-                "--ps",
-                "1",
-                str(EXAMPLE),
-                "--epochs",
-                "3",
-            ]
-        )
-    finally:
-        dev_yarn.env.pop("TMPDIR")
+    run = dev_yarn.submit(
+        ["--profile", "yarn-client", "--workers", "2", "--ps", "1", str(EXAMPLE), "--epochs", "3"]
+    )
     assert run.returncode == 0, run.output[-6000:]
     assert run.app_id is not None
     assert f"tfyarn: YARN application {run.app_id}" in run.output
     assert re.search(r"tfyarn: tracking URL: http://127\.0\.0\.1:\d+/", run.output)
     assert f"tfyarn: {run.app_id} FINISHED/SUCCEEDED" in run.output
     assert _accuracy(run.output) >= 0.8
-    saved = re.search(r"model saved to: (\S+)", run.output)
-    assert saved and Path(saved.group(1)).is_file() and str(tmp_path) in saved.group(1)
+    _assert_saved_on_hdfs(dev_yarn, run.output)
+    assert ".tar" not in _uploads(run.output)  # the archive is used in place from HDFS
     report = dev_yarn.final(run.app_id)
     assert (report.state, report.final_status) == ("FINISHED", "SUCCEEDED")
     assert report.raw["applicationType"] == "SPARK"
@@ -89,8 +74,6 @@ def test_yarn_cluster_runs_the_example_in_the_shipped_environment(
             "--py-files",
             str(EXAMPLE),
             str(APPS / "digits_in_env.py"),
-            "--model-tmp",
-            str(tmp_path),
             "--epochs",
             "3",
         ]
@@ -99,15 +82,16 @@ def test_yarn_cluster_runs_the_example_in_the_shipped_environment(
     assert run.app_id is not None
     assert f"tfyarn: YARN application {run.app_id}" in run.output
     assert "tracking URL: http://" in run.output
-    # The archive is used in place (viewfs://), not copied into each application's staging.
-    assert f"Not copying viewfs://tfyarn{dev_yarn.packed.path}#{ENV_ALIAS}" in run.output
+    # The archive is used in place from HDFS (uploaded there once by the first submit),
+    # not copied into each application's staging dir.
+    on_hdfs = f"{dev_yarn.state.default_fs}/user/{getpass.getuser()}/.tfyarn/envs"
+    assert f"Not copying {on_hdfs}/{dev_yarn.packed.path.name}#{ENV_ALIAS}" in run.output
     assert ".tar" not in _uploads(run.output)
     report = dev_yarn.final(run.app_id)
     assert (report.state, report.final_status) == ("FINISHED", "SUCCEEDED")
     driver = _logs(dev_yarn, run.app_id, "--am", "--log-files", "stdout")
     assert _accuracy(driver) >= 0.8
-    saved = re.search(r"model saved to: (\S+)", driver)
-    assert saved and Path(saved.group(1)).is_file() and str(tmp_path) in saved.group(1)
+    _assert_saved_on_hdfs(dev_yarn, driver)
     drivers = re.findall(r"env-probe driver=(\S+)", driver)
     executors = re.findall(r"env-probe executor=(\S+)", driver)
     assert len(drivers) == 1 and drivers[0].endswith(ENV_PYTHON), driver[-3000:]
@@ -117,6 +101,15 @@ def test_yarn_cluster_runs_the_example_in_the_shipped_environment(
         {Path(drivers[0]).parents[2].name}
     )
     print(f"yarn-cluster submit -> finish: {run.seconds:.1f} s")
+
+
+def _assert_saved_on_hdfs(dev_yarn: DevYarnFixture, output: str) -> None:
+    """The example's model went to the default model_dir on HDFS; Hadoop's client sees it."""
+    saved = re.search(r"model saved to: (\S+)", output)
+    assert saved, output[-3000:]
+    home = f"{dev_yarn.state.default_fs}/user/{getpass.getuser()}/tfyarn/"
+    assert saved.group(1).startswith(home) and saved.group(1).endswith("/digits.keras")
+    assert int(dev_yarn.hdfs("-stat", "%b", saved.group(1)).stdout) > 0
 
 
 def _uploads(output: str) -> str:

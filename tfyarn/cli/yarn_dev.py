@@ -1,8 +1,10 @@
 """``tfyarn yarn-dev up|down|status``: a real Hadoop YARN on 127.0.0.1 for development.
 
 ``up`` starts a ResourceManager and a NodeManager (separate ``java`` processes, Hadoop jars
-fetched once from Maven Central and cached), waits until the NodeManager is RUNNING and
-prints the ``HADOOP_CONF_DIR`` to export. ``down`` stops what ``up`` started.
+fetched once from Maven Central and cached), with ``--hdfs`` also a NameNode and a
+DataNode whose HDFS becomes the cluster file system (``fs.defaultFS``), waits until the
+NodeManager is RUNNING and prints the ``HADOOP_CONF_DIR`` to export. ``down`` stops what
+``up`` started.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ def register(subparsers: Any) -> None:
         "as `tfyarn service` needs (Hadoop 3.4.2: the newest with services jars)",
     )
     parser.add_argument(
+        "--hdfs",
+        action="store_true",
+        help="with HDFS (a NameNode and a DataNode) as the cluster file system: "
+        "hdfs:// model_dir, checkpoints and environment archive, logs aggregated into it",
+    )
+    parser.add_argument(
         "--free-ports",
         action="store_true",
         help="use free ephemeral ports instead of Hadoop's defaults (8088, 8032, ...)",
@@ -67,6 +75,7 @@ def _cluster(args: argparse.Namespace) -> Any:
         state = DevYarn(DevYarnSettings(base_dir=base)).load_state()
         ports = dict(state.ports) if state else {}
         args.services = bool(state and state.services)
+        args.hdfs = bool(state and state.hdfs)
     if args.memory_mb < 1024:
         raise ConfigError(f"--memory-mb {args.memory_mb} is too small: give at least 1024")
     settings = DevYarnSettings(
@@ -76,6 +85,7 @@ def _cluster(args: argparse.Namespace) -> Any:
         nm_vcores=args.vcores,
         nm_gpus=args.gpus,
         services=args.services,
+        hdfs=args.hdfs,
     )
     return DevYarn(settings)
 
@@ -92,6 +102,8 @@ def _main(args: argparse.Namespace) -> int:
         print(f"ResourceManager UI/REST: {state.rm_web_url}")
         if state.services:
             print(f"YARN Services API: {state.rm_web_url}/app/v1/services")
+        if state.hdfs:
+            print(f"HDFS: {state.default_fs} (NameNode UI/WebHDFS: {state.webhdfs_url})")
         print("export for spark-submit / tfyarn submit --profile yarn-client|yarn-cluster:")
         print(f"export HADOOP_CONF_DIR={state.conf_dir}")
         return 0
@@ -107,6 +119,8 @@ def _main(args: argparse.Namespace) -> int:
     else:
         print(f"dev YARN: running (Hadoop {status['hadoop_version']}), {status['rm_web_url']}")
         print(f"HADOOP_CONF_DIR={status['hadoop_conf_dir']}")
+        if status.get("hdfs"):
+            print(f"HDFS: {status['default_fs']} (WebHDFS: {status['webhdfs_url']})")
         for node in status.get("nodes", []):
             print(
                 f"node {node['id']}: {node['state']}, {node['memory_mb']} MB, "

@@ -11,19 +11,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from tfyarn.cluster import partitioning, validate
 from tfyarn.cluster.attempts import Attempt
+from tfyarn.cluster.cluster_fs import default_model_dir, role_storage_env, spark_hadoop_conf
 from tfyarn.cluster.options import DEFAULT_SILENT_FAIL_AFTER, LaunchOptions, launch_options
 from tfyarn.cluster.plan import data_roles, describe, plan_job
 from tfyarn.cluster.progress import (
@@ -344,8 +344,13 @@ def _launch_attempts(
 ) -> RunResult:
     """The body of :func:`run` (which adds the ``--output-json`` report): the attempts."""
     job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    model_dir = options.model_dir or os.path.join(tempfile.gettempdir(), f"tfyarn-model-{job_id}")
+    hadoop = spark_hadoop_conf(spark)
+    model_dir = options.model_dir or default_model_dir(
+        job_id, hadoop("fs.defaultFS"), spark.sparkContext.sparkUser(), tempfile.gettempdir()
+    )
     policy = options.checkpoint_policy(model_dir)
+    paths = [model_dir, policy.directory if policy else "", *options.files]
+    options = replace(options, env={**role_storage_env(paths, hadoop), **options.env})
 
     def launch(number: int, progress: AttemptProgress) -> RunResult:
         attempt = _Attempt(job_id, model_dir, number, policy)

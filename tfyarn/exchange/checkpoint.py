@@ -30,14 +30,21 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tfyarn import storage
 from tfyarn.errors import ConfigError, TFYarnError
 from tfyarn.exchange import tensors
-from tfyarn.exchange.npzfiles import matching_files, prune, raw_bytes, write_atomically
+from tfyarn.exchange.npzfiles import (
+    file_name,
+    load_npz,
+    matching_files,
+    prune,
+    raw_bytes,
+    write_atomically,
+)
 from tfyarn.exchange.ps.wire import np_dtype
 from tfyarn.exchange.tensors import Variable
 
@@ -166,9 +173,12 @@ def _layout(arrays: Sequence[np.ndarray]) -> list[dict[str, object]]:
     return [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in arrays]
 
 
-def write_checkpoint(folder: str | os.PathLike[str], ckpt: Checkpoint, keep: int) -> Path:
-    """Write ``ckpt`` atomically into ``folder``; delete all but the newest ``keep``."""
-    path = Path(folder)
+def write_checkpoint(folder: str | os.PathLike[str], ckpt: Checkpoint, keep: int) -> str:
+    """Write ``ckpt`` atomically into ``folder``; delete all but the newest ``keep``.
+
+    ``folder`` is a local path or a cluster file system URL (``hdfs://``).
+    """
+    path = os.fspath(folder)
     header = {
         "format": FORMAT,
         "epoch": ckpt.epoch,
@@ -180,12 +190,14 @@ def write_checkpoint(folder: str | os.PathLike[str], ckpt: Checkpoint, keep: int
     }
     arrays = {f"w{i}": raw_bytes(a) for i, a in enumerate(ckpt.weights)}
     arrays.update({f"o{i}": raw_bytes(a) for i, a in enumerate(ckpt.optimizer)})
-    final = write_atomically(path / f"ckpt-{ckpt.global_step:012d}.npz", arrays, header)
+    final = write_atomically(
+        storage.join(path, f"ckpt-{ckpt.global_step:012d}.npz"), arrays, header
+    )
     prune(checkpoint_files(path), keep)
     return final
 
 
-def checkpoint_files(folder: str | os.PathLike[str]) -> list[Path]:
+def checkpoint_files(folder: str | os.PathLike[str]) -> list[str]:
     """The checkpoint files in ``folder``, oldest first (none if it cannot be listed)."""
     return matching_files(folder, _NAME)
 
@@ -200,7 +212,7 @@ def _arrays(z: Any, prefix: str, layout: list[dict[str, Any]]) -> list[np.ndarra
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Load one checkpoint file (raises on a torn, foreign or newer-format file)."""
-    with np.load(path, allow_pickle=False) as z:
+    with load_npz(path) as z:
         meta = json.loads(z["meta"].tobytes())
         if meta.get("format") != FORMAT:
             raise ValueError(f"checkpoint format {meta.get('format')!r}, expected {FORMAT}")
@@ -229,7 +241,7 @@ def resume_point(
         try:
             ckpt = read_checkpoint(path)
         except Exception as exc:  # torn write, foreign file: fall back to the one before
-            problems.append(f"{path.name}: {exc}")
+            problems.append(f"{file_name(path)}: {exc}")
             continue
         if ckpt.attempt < attempt:
             return ckpt, problems
@@ -409,7 +421,7 @@ class Checkpointer:
         if self.global_step != self._saved_at:
             self.save(weights, optimizer)
 
-    def save(self, weights: Sequence[Variable], optimizer: Sequence[Variable]) -> Path | None:
+    def save(self, weights: Sequence[Variable], optimizer: Sequence[Variable]) -> str | None:
         """Write a checkpoint of the variables now (rank 0; the others only note it).
 
         Returns

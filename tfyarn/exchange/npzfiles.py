@@ -2,23 +2,29 @@
 
 Both the trainers' checkpoints (:mod:`tfyarn.exchange.checkpoint`) and the parameter
 servers' snapshots (:mod:`tfyarn.exchange.ps.snapshot`) are one file per save, written to
-a temporary name, fsynced and renamed, so that a reader sees a whole file or none; arrays
-are stored as raw bytes with their dtype named in the header (bfloat16 from ml_dtypes
-would otherwise need pickle), and only the newest few files are kept.
+a temporary name, made durable and renamed, so that a reader sees a whole file or none;
+arrays are stored as raw bytes with their dtype named in the header (bfloat16 from
+ml_dtypes would otherwise need pickle), and only the newest few files are kept.
+
+Folders are local paths or cluster file system URLs (``hdfs://``): every access goes
+through :mod:`tfyarn.storage`, and files are named by ``str`` (a ``pathlib.Path`` would
+fold ``hdfs://`` into ``hdfs:/``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["matching_files", "prune", "raw_bytes", "write_atomically"]
+from tfyarn import storage
+
+__all__ = ["file_name", "load_npz", "matching_files", "prune", "raw_bytes", "write_atomically"]
 
 
 def raw_bytes(a: np.ndarray) -> np.ndarray:
@@ -26,36 +32,53 @@ def raw_bytes(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
 
 
+def file_name(path: str | os.PathLike[str]) -> str:
+    """The last part of a local path or URL."""
+    return os.fspath(path).rstrip("/").rsplit("/", 1)[-1]
+
+
 def write_atomically(
-    final: Path, arrays: Mapping[str, np.ndarray], header: Mapping[str, object]
-) -> Path:
+    final: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], header: Mapping[str, object]
+) -> str:
     """Write ``arrays`` and ``header`` (as array ``meta``) to ``final``, atomically.
 
     The folder is created if need be; the temporary file is named after this process, so
-    two writers never share one.
+    two writers never share one. A local file is streamed to disk; a remote one is built
+    in memory first (one upload, then the rename).
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
     data = dict(arrays)
     data["meta"] = np.frombuffer(json.dumps(dict(header)).encode(), np.uint8)
-    tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, allow_pickle=False, **data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    return final
+    target = os.fspath(final)
+    if storage.is_local(target) and not target.startswith("file:"):
+        folder = os.path.dirname(target) or "."
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(target)}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, allow_pickle=False, **data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        return target
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **data)
+    return storage.write_bytes_atomically(target, buffer.getvalue())
 
 
-def matching_files(folder: str | os.PathLike[str], pattern: re.Pattern[str]) -> list[Path]:
+def load_npz(path: str | os.PathLike[str]) -> Any:
+    """``numpy.load`` of a local or remote ``.npz`` file (a context manager)."""
+    return np.load(storage.read_npz_source(os.fspath(path)), allow_pickle=False)
+
+
+def matching_files(folder: str | os.PathLike[str], pattern: re.Pattern[str]) -> list[str]:
     """The files of ``folder`` whose names match ``pattern``, sorted (none if unlistable)."""
-    try:
-        return sorted(p for p in Path(folder).iterdir() if pattern.match(p.name))
-    except OSError:
-        return []
+    base = os.fspath(folder)
+    return [storage.join(base, n) for n in storage.list_names(base) if pattern.match(n)]
 
 
-def prune(files: Sequence[Path], keep: int) -> None:
+def prune(files: Sequence[str], keep: int) -> None:
     """Delete all but the last ``keep`` of ``files`` (oldest first); ignore vanished ones."""
     for old in list(files)[: max(len(files) - keep, 0)]:
-        with contextlib.suppress(OSError):
-            old.unlink()
+        try:
+            storage.remove(old)
+        except OSError:
+            continue

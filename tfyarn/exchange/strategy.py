@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tfyarn import storage
 from tfyarn.errors import ConfigError
 from tfyarn.exchange.algorithms import COMMON_OPTIONS, Algorithm, make_algorithm
 from tfyarn.exchange.checkpoint import Checkpointer, optimizer_variables
@@ -350,7 +350,7 @@ def ps_snapshot_plan(ctx: ExchangeContext) -> SnapshotPlan | None:
         return None
     resume = ctx.resume
     tag = SnapshotTag(resume.global_step, resume.attempt) if resume is not None else None
-    return SnapshotPlan(Path(policy.directory) / f"ps-{ctx.index}", policy.keep + 1, tag)
+    return SnapshotPlan(storage.join(policy.directory, f"ps-{ctx.index}"), policy.keep + 1, tag)
 
 
 def serve_ps(ctx: ExchangeContext) -> None:

@@ -368,6 +368,26 @@ class NodeContext:
             step_counter=step_counter,
         )  # fmt: skip
 
+    def save_model(self, model: Any, name: str = "model.keras") -> str:
+        """Save the Keras ``model`` as ``<model_dir>/<name>``; return where it is.
+
+        ``model_dir`` may be on HDFS (the default on a YARN cluster with one), where Keras
+        cannot write: the model is then saved into this role's workspace first and
+        uploaded (atomically: a reader never sees half a model).
+        """
+        from tfyarn import storage
+
+        target = storage.join(self.model_dir, name)
+        if storage.is_local(self.model_dir):
+            _, local_dir = storage.filesystem(self.model_dir)
+            os.makedirs(local_dir, exist_ok=True)
+            model.save(os.path.join(local_dir, name))
+            return target
+        local = os.path.join(self.workdir, name)
+        model.save(local)
+        storage.upload(local, target)
+        return target
+
     def close(self) -> None:
         """Release what the strategy holds (exchange connections); idempotent."""
         strategy, self._strategy = self._strategy, None

@@ -83,13 +83,22 @@ def checkpoint_manager(
     ConfigError
         The job has no checkpoints (``tfyarn.run(checkpoint_dir=...)`` not given).
     """
-    import tensorflow as tf
-
     if policy is None:
         raise ConfigError(
             "ctx.checkpoint_manager() needs the job's checkpoints: pass "
             "tfyarn.run(checkpoint_dir=..., checkpoint_every=...)"
         )
+    from tfyarn import storage
+
+    if not storage.is_local(policy.directory):
+        raise ConfigError(
+            f"checkpoint_dir={policy.directory}: TensorFlow 2.21 cannot write hdfs:// itself "
+            "(its HDFS file system moved to tensorflow-io, which is not built for 2.21), so "
+            "ctx.checkpoint_manager() needs a local or shared (NFS) checkpoint_dir; the "
+            "exchange strategies' checkpoints, written by tfyarn, do go to HDFS"
+        )
+    import tensorflow as tf
+
     directory = policy.directory if is_writer else temp_dir
     interval = policy.every_steps if step_counter is not None else None
     manager = tf.train.CheckpointManager(

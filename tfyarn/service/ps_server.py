@@ -170,7 +170,7 @@ class ServicePSServer:
         """Update counter of every bucket held now."""
         return self.store.updates()
 
-    def snapshot(self) -> Path | None:
+    def snapshot(self) -> str | None:
         """Write a snapshot if anything changed since the last one; return its path."""
         return self.snapshots.save()
 

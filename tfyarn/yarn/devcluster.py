@@ -1,9 +1,11 @@
 """A real, pseudo-distributed Hadoop YARN on 127.0.0.1 for development and tests.
 
 :class:`DevYarn` starts a ResourceManager and a NodeManager as two separate ``java``
-processes, from the Hadoop jars that :mod:`tfyarn.yarn.maven` caches, with the
+processes (with ``hdfs`` also a NameNode and a DataNode, HDFS being then the cluster file
+system), from the Hadoop jars that :mod:`tfyarn.yarn.maven` caches, with the
 configuration that :mod:`tfyarn.yarn.hadoop_conf` renders. ``up`` returns once the RM
-reports the NodeManager RUNNING; ``down`` stops exactly the processes ``up`` started
+reports the NodeManager RUNNING (and HDFS has a live DataNode, out of safe mode);
+``down`` stops exactly the processes ``up`` started
 (their pids and command lines are kept in ``state.json``), plus any container process
 left behind under this cluster's NodeManager folders.
 
@@ -39,9 +41,14 @@ DEV_MARKER = "tfyarn-dev-yarn.json"
 _RM_CLASS = "org.apache.hadoop.yarn.server.resourcemanager.ResourceManager"
 _NM_CLASS = "org.apache.hadoop.yarn.server.nodemanager.NodeManager"
 _ZK_CLASS = "org.apache.zookeeper.server.ZooKeeperServerMain"
+_NN_CLASS = "org.apache.hadoop.hdfs.server.namenode.NameNode"
+_DN_CLASS = "org.apache.hadoop.hdfs.server.datanode.DataNode"
 
-#: Main class of each daemon, in start order (ZooKeeper only on a cluster with services).
+#: Main class of each daemon, in start order (HDFS first: the NodeManager writes its
+#: aggregated logs to the cluster file system; ZooKeeper only on a cluster with services).
 _DAEMONS: dict[str, str] = {
+    "namenode": _NN_CLASS,
+    "datanode": _DN_CLASS,
     "zookeeper": _ZK_CLASS,
     "resourcemanager": _RM_CLASS,
     "nodemanager": _NM_CLASS,
@@ -77,12 +84,23 @@ log4j.logger.org.apache.hadoop.util.NativeCodeLoader=ERROR
 log4j.logger.org.apache.hadoop.yarn.server.nodemanager.containermanager.monitor=WARN
 log4j.logger.org.eclipse.jetty=WARN
 log4j.logger.com.sun.jersey=WARN
+log4j.logger.org.apache.hadoop.hdfs.StateChange=WARN
+log4j.logger.org.apache.hadoop.hdfs.server.datanode.DataNode.clienttrace=WARN
+log4j.logger.BlockStateChange=WARN
 """
+
+#: How long a NameNode format may take (a few seconds: it writes an empty fsimage).
+_FORMAT_TIMEOUT_S = 120.0
 
 
 def _daemon_names(settings: DevYarnSettings) -> list[str]:
     """The daemons this cluster runs, in start order."""
-    return [n for n in _DAEMONS if settings.services or n != "zookeeper"]
+    return [
+        n
+        for n in _DAEMONS
+        if (settings.services or n != "zookeeper")
+        and (settings.hdfs or n not in ("namenode", "datanode"))
+    ]
 
 
 def default_base_dir() -> Path:
@@ -167,6 +185,7 @@ class DevYarnState:
     hadoop_version: str = ""
     startup_s: float = 0.0
     services: bool = False
+    hdfs: bool = False
 
     @property
     def conf_dir(self) -> Path:
@@ -177,6 +196,16 @@ class DevYarnState:
     def rm_web_url(self) -> str:
         """Base URL of the RM web app and REST API."""
         return f"http://{self.host}:{self.ports['rm_webapp']}"
+
+    @property
+    def default_fs(self) -> str:
+        """The cluster file system: ``hdfs://host:port`` with HDFS, else ``file:///``."""
+        return f"hdfs://{self.host}:{self.ports['namenode']}" if self.hdfs else "file:///"
+
+    @property
+    def webhdfs_url(self) -> str:
+        """The NameNode's web app (WebHDFS under ``/webhdfs/v1``); empty without HDFS."""
+        return f"http://{self.host}:{self.ports['namenode_http']}" if self.hdfs else ""
 
     def alive(self) -> dict[str, bool]:
         """Whether each started daemon is still the process we started."""
@@ -223,10 +252,22 @@ class DevYarn:
         for name, text in hadoop_conf.conf_files(s).items():
             (conf / name).write_text(text)
         (conf / "log4j.properties").write_text(_LOG4J)
+        if s.hdfs:
+            # The NameNode and DataNode web servers (JMX, WebHDFS) start from folders
+            # webapps/<name> on the classpath; Maven's hadoop-hdfs jar leaves out their
+            # HTML pages, so the conf dir (first on the classpath) provides empty ones.
+            for app in ("hdfs", "datanode", "static"):
+                folder = conf / "webapps" / app
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "index.html").write_text(
+                    f"<html><body>tfyarn dev HDFS ({app}): no web UI pages in the Maven "
+                    "jars; JMX at /jmx, WebHDFS at /webhdfs/v1</body></html>\n"
+                )
         marker = {
             "base_dir": str(s.base_dir),
             "rm_web_url": s.rm_web_url,
             "staging_dir": str(s.staging_dir),
+            "default_fs": s.default_fs,
         }
         (conf / DEV_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         return conf
@@ -237,6 +278,8 @@ class DevYarn:
         if name == "zookeeper":
             # Its config file lies in the cluster folder, which is what alive() looks for.
             own, args = ["-Xmx128m"], [str(s.conf_dir / "zoo.cfg")]
+        elif name == "namenode-format":
+            own, args = ["-Xmx256m", *_JAVA17_OPENS], ["-format", "-nonInteractive", "-force"]
         else:
             own = [
                 _DAEMON_HEAP,
@@ -255,6 +298,27 @@ class DevYarn:
             *own,
             *hadoop_conf.DEV_JVM_FLAGS,
             f"-Dlog4j.configuration=file:{s.conf_dir / 'log4j.properties'}",
+            "-cp",
+            maven.hadoop_classpath(s.conf_dir, jars),
+            main_class,
+            *args,
+        ]
+
+    def client_command(self, main_class: str, *args: str) -> list[str]:
+        """A Hadoop client tool of this cluster as a command line (its jars, its conf).
+
+        For example ``client_command("org.apache.hadoop.fs.FsShell", "-ls", "/")`` is
+        ``hadoop fs -ls /`` against this cluster's HDFS.
+        """
+        s = self.settings
+        jars = maven.ensure_hadoop_jars(services=s.services)
+        return [
+            _java(),
+            "-Xmx256m",
+            *hadoop_conf.DEV_JVM_FLAGS,
+            *_JAVA17_OPENS,
+            f"-Dlog4j.configuration=file:{s.conf_dir / 'log4j.properties'}",
+            "-Dhadoop.root.logger=WARN,console",
             "-cp",
             maven.hadoop_classpath(s.conf_dir, jars),
             main_class,
@@ -285,9 +349,15 @@ class DevYarn:
             )
         jars = maven.ensure_hadoop_jars(services=s.services)
         java = _java()
-        dirs = [s.log_dir, s.nm_local_dir, s.nm_log_dir, s.remote_log_dir, s.staging_dir]
+        dirs = [s.log_dir, s.nm_local_dir, s.nm_log_dir, s.staging_dir]
+        if not s.hdfs:
+            dirs.append(s.remote_log_dir)
+        if s.services and not s.hdfs:
+            dirs.append(s.services_dir)
         if s.services:
-            dirs += [s.zookeeper_dir, s.services_dir]
+            dirs.append(s.zookeeper_dir)
+        if s.hdfs:
+            dirs += [s.hdfs_name_dir.parent, s.hdfs_data_dir]
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
         self.write_conf()
@@ -306,10 +376,13 @@ class DevYarn:
             ports={n: s.port(n) for n in s.port_names},
             hadoop_version=maven.hadoop_version(s.services),
             services=s.services,
+            hdfs=s.hdfs,
         )
         started = time.monotonic()
         procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
+            if s.hdfs:
+                self._format_namenode(java, jars, env)
             for name in _daemon_names(s):
                 cls = _DAEMONS[name]
                 with open(s.log_dir / f"{name}.log", "wb") as log:
@@ -327,6 +400,9 @@ class DevYarn:
                 state.pids[name] = proc.pid
                 self._save_state(state)
             self._wait_running(procs, started + timeout_s)
+            if s.hdfs:
+                self._wait_hdfs(procs, started + timeout_s)
+                self._make_hdfs_home()
         except BaseException:
             self._stop_daemons(state)
             raise
@@ -348,13 +424,68 @@ class DevYarn:
             time.sleep(0.5)
         raise YarnError("the dev YARN's NodeManager was not RUNNING in time\n" + self.log_tails())
 
+    def _format_namenode(self, java: str, jars: Path, env: dict[str, str]) -> None:
+        """Format the NameNode's metadata folder once (a restarted cluster keeps its files)."""
+        s = self.settings
+        if (s.hdfs_name_dir / "current" / "VERSION").is_file():
+            return
+        log_path = s.log_dir / "namenode-format.log"
+        with open(log_path, "wb") as log:
+            code = subprocess.run(
+                self._daemon_cmd(java, jars, _NN_CLASS, "namenode-format"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=s.base_dir,
+                timeout=_FORMAT_TIMEOUT_S,
+                check=False,
+            ).returncode
+        if code != 0:
+            tail = log_path.read_text(errors="replace").splitlines()[-20:]
+            raise YarnError(
+                f"formatting the dev HDFS NameNode failed (exit {code}):\n" + "\n".join(tail)
+            )
+
+    def _wait_hdfs(self, procs: dict[str, subprocess.Popen[bytes]], deadline: float) -> None:
+        """Wait until the NameNode has a live DataNode and is out of safe mode."""
+        state: tuple[str, int] | None = None
+        while time.monotonic() < deadline:
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                raise YarnError(
+                    f"the dev YARN's {', '.join(dead)} exited at start-up\n" + self.log_tails()
+                )
+            state = _namenode_state(self.settings.webhdfs_url)
+            if state is not None and state[0] == "Operational" and state[1] >= 1:
+                return
+            time.sleep(0.5)
+        seen = f"{state[0]}, {state[1]} live DataNode(s)" if state else "not answering"
+        raise YarnError(
+            f"the dev HDFS was not ready in time (NameNode: {seen})\n" + self.log_tails()
+        )
+
+    def _make_hdfs_home(self) -> None:
+        """``/user/<name>`` for the user (as on a cluster) and a world-writable ``/tmp``."""
+        from tfyarn.storage import hdfs_user, webhdfs
+
+        fs = webhdfs(self.settings.webhdfs_url)
+        user = hdfs_user()
+        fs.makedirs(f"/user/{user}", exist_ok=True)
+        fs.makedirs("/tmp", exist_ok=True)
+        fs.chmod("/tmp", 0o1777)
+
     def log_tails(self, lines: int = 20) -> str:
         """The last lines of both daemons' logs (for error messages)."""
         out = []
         for name in _daemon_names(self.settings):
             path = self.settings.log_dir / f"{name}.log"
             try:
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
+                # A daemon's STARTUP_MSG lists its whole classpath on one line.
+                tail = [
+                    line if len(line) < 400 else line[:400] + " ..."
+                    for line in path.read_text(errors="replace").splitlines()[-lines:]
+                ]
             except OSError:
                 tail = ["(no log)"]
             out.append(f"--- {path} ---\n" + "\n".join(tail))
@@ -377,7 +508,11 @@ class DevYarn:
             "startup_s": state.startup_s,
             "hadoop_version": state.hadoop_version,
             "services": state.services,
+            "hdfs": state.hdfs,
         }
+        if state.hdfs:
+            info["default_fs"] = state.default_fs
+            info["webhdfs_url"] = state.webhdfs_url
         if info["running"]:
             rm = ResourceManagerClient(state.rm_web_url, timeout_s=3.0)
             try:
@@ -414,8 +549,9 @@ class DevYarn:
         return was_running
 
     def _stop_daemons(self, state: DevYarnState, timeout_s: float = 30.0) -> None:
-        # NM first: it stops its containers while the RM still answers it.
-        for name in ("nodemanager", "resourcemanager", "zookeeper"):
+        # NM first: it stops its containers while the RM still answers it; HDFS last, as
+        # the NM aggregates the last logs into it.
+        for name in ("nodemanager", "resourcemanager", "zookeeper", "datanode", "namenode"):
             pid = state.pids.get(name)
             if pid is None or not state.alive().get(name):
                 continue
@@ -446,6 +582,24 @@ class DevYarn:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.5)
+
+
+def _namenode_state(web_url: str) -> tuple[str, int] | None:
+    """``(FSState, live DataNodes)`` from the NameNode's JMX servlet; None if it is silent.
+
+    ``FSState`` is ``"Operational"`` once the NameNode left safe mode.
+    """
+    import urllib.error
+    import urllib.request
+
+    url = f"{web_url}/jmx?qry=Hadoop:service=NameNode,name=FSNamesystemState"
+    try:
+        with urllib.request.urlopen(url, timeout=3.0) as resp:
+            beans = json.loads(resp.read()).get("beans") or [{}]
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    bean = beans[0]
+    return str(bean.get("FSState", "")), int(bean.get("NumLiveDataNodes", 0))
 
 
 def _terminate_group(pid: int, timeout_s: float) -> None:

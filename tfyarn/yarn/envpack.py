@@ -49,8 +49,10 @@ __all__ = [
     "DEV_TOOLS",
     "ENV_ALIAS",
     "PackedEnv",
+    "cluster_env_url",
     "ensure_env_archive",
     "env_fingerprint",
+    "publish_env_archive",
 ]
 
 #: Name of the folder YARN unpacks the archive into (the ``#alias`` of ``--archives``).
@@ -270,6 +272,40 @@ def ensure_env_archive(
         return PackedEnv(
             target, fingerprint, target.stat().st_size, round(time.monotonic() - started, 1)
         )
+
+
+def cluster_env_url(default_fs: str, user: str, name: str) -> str:
+    """Where an archive named ``name`` lives on the cluster file system (pure)."""
+    return f"{default_fs.rstrip('/')}/user/{user}/.tfyarn/envs/{name}"
+
+
+def publish_env_archive(local: Path, default_fs: str, user: str | None = None) -> str:
+    """Put the archive ``local`` on the cluster file system once; return its URL there.
+
+    On a cluster with HDFS, shipping a local archive makes spark-submit upload it (GBs)
+    into every application's staging dir, and every NodeManager localises it again per
+    application. Uploaded once under ``/user/<user>/.tfyarn/envs/`` and world-readable,
+    it is used in place and localised as a PUBLIC resource: once per NodeManager, shared
+    by every later application. Archive names carry the environment's fingerprint, so
+    one with the same name and size is the same archive.
+    """
+    from tfyarn import storage
+
+    url = cluster_env_url(default_fs, user or storage.hdfs_user(), local.name)
+    fs, path = storage.filesystem(url)
+    try:
+        if int(fs.info(path)["size"]) == local.stat().st_size:
+            return url
+    except FileNotFoundError:
+        pass
+    started = time.monotonic()
+    storage.upload(local, url, mode=0o644)
+    print(
+        f"tfyarn: uploaded the Python environment to {url} in "
+        f"{time.monotonic() - started:.0f} s (later submits use it in place)",
+        file=sys.stderr,
+    )
+    return url
 
 
 def _prune(cache_dir: Path, keep: Path) -> None:

@@ -1,14 +1,17 @@
 """Hadoop configuration of the dev YARN, rendered from settings (pure functions).
 
 The dev YARN is a pseudo-distributed YARN on one host: one ResourceManager and one
-NodeManager, each a plain ``java`` process, sharing the local file system (no HDFS:
-``fs.defaultFS`` is ``file:///``, which works because the client, the RM and the NM all
-see the same disk). Everything here is a pure function of :class:`DevYarnSettings`, so the
-rendered files are unit-tested without starting anything.
+NodeManager, each a plain ``java`` process. Without HDFS they share the local file system
+(``fs.defaultFS`` is ``file:///``, which works because the client, the RM and the NM all
+see the same disk); with ``hdfs=True`` a NameNode and a DataNode run beside them and
+``fs.defaultFS`` is that HDFS, as on a production cluster. Everything here is a pure
+function of :class:`DevYarnSettings`, so the rendered files are unit-tested without
+starting anything.
 """
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +21,15 @@ from tfyarn.errors import ConfigError
 
 __all__ = [
     "DEV_JVM_FLAGS",
+    "HDFS_PORT_NAMES",
     "PORT_NAMES",
     "VIEWFS_MOUNT_TABLE",
     "DevYarnSettings",
     "core_site",
+    "hdfs_site",
     "render_site_xml",
     "resource_types_xml",
+    "site_property",
     "yarn_site",
 ]
 
@@ -39,6 +45,20 @@ PORT_NAMES: tuple[str, ...] = (
     "nm_webapp",
     "nm_collector",
     "zookeeper",  # the YARN registry's ZooKeeper (only with ``services=True``)
+    "namenode",  # HDFS client <-> NameNode RPC (only with ``hdfs=True``, as the rest below)
+    "namenode_http",  # NameNode web UI and WebHDFS
+    "datanode",  # block data transfer
+    "datanode_http",  # DataNode web, where WebHDFS redirects reads and writes
+    "datanode_ipc",
+)
+
+#: The ports that only a cluster with HDFS listens on.
+HDFS_PORT_NAMES: tuple[str, ...] = (
+    "namenode",
+    "namenode_http",
+    "datanode",
+    "datanode_http",
+    "datanode_ipc",
 )
 
 #: JVM flags of the dev YARN's daemons and of the NodeManager's resource localizers.
@@ -68,6 +88,11 @@ DEFAULT_PORTS: dict[str, int] = {
     "nm_webapp": 8042,
     "nm_collector": 8048,
     "zookeeper": 2181,
+    "namenode": 8020,
+    "namenode_http": 9870,
+    "datanode": 9866,
+    "datanode_http": 9864,
+    "datanode_ipc": 9867,
 }
 
 
@@ -110,6 +135,10 @@ class DevYarnSettings:
         jars with the services profile (:data:`~tfyarn.yarn.maven.SERVICES_HADOOP_VERSION`).
     service_am_memory_mb : int
         Memory of each service's ApplicationMaster container.
+    hdfs : bool
+        Run HDFS (one NameNode, one DataNode, replication 1) and make it the cluster file
+        system (``fs.defaultFS``): aggregated logs, the services' base path and every
+        path without a scheme then live on HDFS.
     extra : Mapping[str, str]
         Further yarn-site properties, applied last.
     """
@@ -126,6 +155,7 @@ class DevYarnSettings:
     pmem_check: bool = True
     services: bool = False
     service_am_memory_mb: int = 512
+    hdfs: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -155,8 +185,12 @@ class DevYarnSettings:
 
     @property
     def port_names(self) -> tuple[str, ...]:
-        """The ports this cluster listens on (ZooKeeper only with services)."""
-        return tuple(n for n in PORT_NAMES if self.services or n != "zookeeper")
+        """The ports this cluster listens on (ZooKeeper only with services, HDFS's with hdfs)."""
+        return tuple(
+            n
+            for n in PORT_NAMES
+            if (self.services or n != "zookeeper") and (self.hdfs or n not in HDFS_PORT_NAMES)
+        )
 
     def address(self, name: str) -> str:
         """``host:port`` for the port ``name``."""
@@ -198,6 +232,26 @@ class DevYarnSettings:
         return self.base_dir / "services"
 
     @property
+    def hdfs_name_dir(self) -> Path:
+        """The NameNode's metadata (fsimage, edits), with hdfs."""
+        return self.base_dir / "hdfs" / "name"
+
+    @property
+    def hdfs_data_dir(self) -> Path:
+        """The DataNode's block storage, with hdfs."""
+        return self.base_dir / "hdfs" / "data"
+
+    @property
+    def default_fs(self) -> str:
+        """``fs.defaultFS``: ``hdfs://host:port`` with hdfs, else ``file:///``."""
+        return f"hdfs://{self.address('namenode')}" if self.hdfs else "file:///"
+
+    @property
+    def webhdfs_url(self) -> str:
+        """Base URL of the NameNode's web app (WebHDFS under ``/webhdfs/v1``), with hdfs."""
+        return f"http://{self.address('namenode_http')}"
+
+    @property
     def staging_dir(self) -> Path:
         """Spark's ``spark.yarn.stagingDir`` and YARN's AM staging dir."""
         return self.base_dir / "staging"
@@ -227,10 +281,23 @@ def render_site_xml(properties: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def site_property(conf_dir: Path, name: str, file: str = "yarn-site.xml") -> str | None:
+    """The value of ``name`` in ``conf_dir/file`` (a Hadoop ``*-site.xml``), or None."""
+    path = conf_dir / file
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    for prop in root.iter("property"):
+        if (prop.findtext("name") or "").strip() == name:
+            return (prop.findtext("value") or "").strip()
+    return None
+
+
 def core_site(settings: DevYarnSettings) -> dict[str, str]:
-    """core-site properties: the local file system is the cluster file system."""
+    """core-site properties: HDFS (with ``hdfs``) or the local file system is the cluster's."""
     return {
-        "fs.defaultFS": "file:///",
+        "fs.defaultFS": settings.default_fs,
         "hadoop.tmp.dir": str(settings.base_dir / "tmp"),
         # Simple auth as the submitting user; no Kerberos on a dev cluster.
         "hadoop.security.authentication": "simple",
@@ -244,6 +311,44 @@ def core_site(settings: DevYarnSettings) -> dict[str, str]:
         # Staging dir and archive both on viewfs:// are used in place, and the NM's
         # cache keeps the unpacked archive across applications.
         f"fs.viewfs.mounttable.{VIEWFS_MOUNT_TABLE}.linkFallback": "file:///",
+    }
+
+
+def hdfs_site(settings: DevYarnSettings) -> dict[str, str]:
+    """hdfs-site properties of the one-NameNode, one-DataNode HDFS (with ``hdfs``).
+
+    Permissions stay on, as on a production cluster: the user who starts the NameNode is
+    HDFS's superuser, and ``DevYarn.up`` makes ``/user/<name>`` and a world-writable
+    ``/tmp`` for everybody else.
+    """
+    s = settings
+    return {
+        "dfs.namenode.rpc-address": s.address("namenode"),
+        "dfs.namenode.rpc-bind-host": s.host,
+        "dfs.namenode.http-address": s.address("namenode_http"),
+        "dfs.namenode.http-bind-host": s.host,
+        "dfs.namenode.servicerpc-bind-host": s.host,
+        "dfs.datanode.address": s.address("datanode"),
+        "dfs.datanode.http.address": s.address("datanode_http"),
+        "dfs.datanode.ipc.address": s.address("datanode_ipc"),
+        # The DataNode registers under this name: WebHDFS redirects clients to it.
+        "dfs.datanode.hostname": s.host,
+        "dfs.namenode.name.dir": f"file://{s.hdfs_name_dir}",
+        "dfs.datanode.data.dir": f"file://{s.hdfs_data_dir}",
+        "dfs.replication": "1",
+        "dfs.webhdfs.enabled": "true",
+        # One DataNode: leave safe mode at once instead of 30 s after the block threshold.
+        "dfs.namenode.safemode.extension": "0",
+        # Register and report quickly (defaults: 3 s heartbeats, 6 h block reports).
+        "dfs.heartbeat.interval": "1",
+        "dfs.namenode.heartbeat.recheck-interval": "15000",
+        # Few handler threads on a 2-core box; a dev NameNode serves one client at a time.
+        "dfs.namenode.handler.count": "4",
+        "dfs.namenode.service.handler.count": "2",
+        "dfs.datanode.handler.count": "3",
+        # Shared dev disks fill up: refuse writes only when almost nothing is left.
+        "dfs.namenode.resource.du.reserved": str(256 * 2**20),
+        "dfs.datanode.du.reserved": str(256 * 2**20),
     }
 
 
@@ -395,4 +500,6 @@ def conf_files(settings: DevYarnSettings) -> dict[str, str]:
         files["resource-types.xml"] = render_site_xml(types)
     if settings.services:
         files["zoo.cfg"] = zookeeper_cfg(settings)
+    if settings.hdfs:
+        files["hdfs-site.xml"] = render_site_xml(hdfs_site(settings))
     return files

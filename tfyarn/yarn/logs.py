@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tfyarn.errors import ConfigError, YarnError
 from tfyarn.yarn import maven
+from tfyarn.yarn.hadoop_conf import site_property
 from tfyarn.yarn.rest import ResourceManagerClient
 
 __all__ = [
@@ -27,19 +27,6 @@ __all__ = [
 ]
 
 _LOGS_CLI = "org.apache.hadoop.yarn.client.cli.LogsCLI"
-
-
-def site_property(conf_dir: Path, name: str, file: str = "yarn-site.xml") -> str | None:
-    """The value of ``name`` in ``conf_dir/file`` (a Hadoop ``*-site.xml``), or None."""
-    path = conf_dir / file
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError):
-        return None
-    for prop in root.iter("property"):
-        if (prop.findtext("name") or "").strip() == name:
-            return (prop.findtext("value") or "").strip()
-    return None
 
 
 def rm_web_url(conf_dir: Path) -> str:

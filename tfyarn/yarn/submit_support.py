@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from tfyarn.errors import ConfigError, YarnError
 from tfyarn.yarn.devcluster import DEV_MARKER
-from tfyarn.yarn.envpack import ENV_ALIAS, ensure_env_archive
-from tfyarn.yarn.hadoop_conf import VIEWFS_MOUNT_TABLE
+from tfyarn.yarn.envpack import ENV_ALIAS, ensure_env_archive, publish_env_archive
+from tfyarn.yarn.hadoop_conf import VIEWFS_MOUNT_TABLE, site_property
 from tfyarn.yarn.logs import fetch_logs, rm_web_url
 from tfyarn.yarn.rest import ResourceManagerClient
 
@@ -40,6 +40,7 @@ __all__ = [
     "APP_ID_RE",
     "GPU_SCRIPT_ALIAS",
     "YarnAppWatcher",
+    "cluster_default_fs",
     "dev_cluster_marker",
     "dev_cluster_properties",
     "dev_cluster_uri",
@@ -152,12 +153,15 @@ def dev_cluster_properties(
 
     Every container runs on this host, so Spark's jars are used where they are
     (``local:``) instead of being zipped and uploaded for each application, and every
-    Spark process binds 127.0.0.1.
+    Spark process binds 127.0.0.1. Without HDFS the staging dir is the cluster's own
+    folder under its ``viewfs://`` name.
     """
     wanted = {
         "spark.yarn.jars": f"local:{spark_home}/jars/*",
         # viewfs:// (the local FS under another name, see hadoop_conf.core_site): resources
-        # on it are used in place, not copied per application.
+        # on it are used in place, not copied per application. With HDFS the staging dir
+        # is Spark's default on it (/user/<name>/.sparkStaging), as on a real cluster:
+        # resources on the staging dir's file system are used in place, others copied.
         "spark.yarn.stagingDir": dev_cluster_uri(str(marker["staging_dir"])),
         "spark.yarn.appMasterEnv.SPARK_LOCAL_IP": "127.0.0.1",
         "spark.executorEnv.SPARK_LOCAL_IP": "127.0.0.1",
@@ -165,6 +169,8 @@ def dev_cluster_properties(
         "spark.executor.extraJavaOptions": _DEV_JAVA_OPTS,
         "spark.yarn.am.extraJavaOptions": _DEV_JAVA_OPTS,
     }
+    if str(marker.get("default_fs", "file:///")).startswith("hdfs://"):
+        del wanted["spark.yarn.stagingDir"]
     return {k: v for k, v in wanted.items() if k not in properties}
 
 
@@ -209,9 +215,7 @@ def prepare_plan(plan: SubmitPlan) -> SubmitPlan:
             setting = env["TFYARN_ENV_ARCHIVE"]
         if setting.lower() == "auto":
             packed = ensure_env_archive()
-            archive_arg = packed.archives_arg
-            if marker is not None:
-                archive_arg = dev_cluster_uri(archive_arg)
+            setting = str(packed.path)
             print(
                 f"tfyarn: shipping the Python environment {packed.path} "
                 f"({packed.size_bytes / 2**30:.1f} GiB"
@@ -219,16 +223,37 @@ def prepare_plan(plan: SubmitPlan) -> SubmitPlan:
                 + ")",
                 file=sys.stderr,
             )
-        else:
-            archive_arg = setting if "#" in setting else f"{setting}#{ENV_ALIAS}"
-            if marker is not None:
-                archive_arg = dev_cluster_uri(archive_arg)
+        archive_arg = _archive_arg(setting, env, dev=marker is not None)
+        print(f"tfyarn: environment archive {archive_arg}", file=sys.stderr)
         python = env.get("PYSPARK_DRIVER_PYTHON") or sys.executable
         additions.update(env_archive_properties({**props, **additions}, archive_arg, python))
     additions.update(gpu_properties({**props, **additions}, gpu_script_path()))
     props.update(additions)
     argv = _rebuild_argv(plan.argv, plan.properties, props)
     return replace(plan, argv=argv, env=env, properties=props)
+
+
+def cluster_default_fs(env: Mapping[str, str]) -> str:
+    """``fs.defaultFS`` of the cluster whose HADOOP_CONF_DIR is in ``env`` (``file:///``)."""
+    conf = env.get("HADOOP_CONF_DIR") or env.get("YARN_CONF_DIR")
+    found = site_property(Path(conf), "fs.defaultFS", "core-site.xml") if conf else None
+    return found or "file:///"
+
+
+def _archive_arg(setting: str, env: Mapping[str, str], *, dev: bool) -> str:
+    """``ARCHIVE#tfyarn-env`` for spark.yarn.dist.archives from a path or URL.
+
+    A local archive goes to the cluster file system once when that is HDFS
+    (:func:`~tfyarn.yarn.envpack.publish_env_archive`); on the dev YARN without HDFS it
+    is used in place through its viewfs:// name.
+    """
+    path, _, alias = setting.partition("#")
+    default_fs = cluster_default_fs(env)
+    if "://" not in path and default_fs.startswith("hdfs://"):
+        path = publish_env_archive(Path(path), default_fs)
+    elif dev:
+        path = dev_cluster_uri(path)
+    return f"{path}#{alias or ENV_ALIAS}"
 
 
 def _rebuild_argv(argv: list[str], old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:

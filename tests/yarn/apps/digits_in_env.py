@@ -5,15 +5,11 @@ the driver's stdout (the application master's container log).
 """
 
 import sys
-import tempfile
 
 from pyspark.sql import SparkSession
 
-# ``--model-tmp DIR`` (ours, first): where tfyarn.run's default model dir goes, so the test
-# can find and remove the saved model; the other arguments are the example's.
-if sys.argv[1:2] == ["--model-tmp"]:
-    tempfile.tempdir = sys.argv[2]
-    del sys.argv[1:3]
+# The arguments are the example's; its model goes to tfyarn.run's default model_dir, on
+# the dev YARN's HDFS.
 
 spark = SparkSession.builder.appName("tfyarn-digits-ps").getOrCreate()
 sc = spark.sparkContext

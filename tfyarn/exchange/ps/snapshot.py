@@ -25,17 +25,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from tfyarn import storage
 from tfyarn.errors import ConfigError
-from tfyarn.exchange.npzfiles import matching_files, prune, raw_bytes, write_atomically
+from tfyarn.exchange.npzfiles import (
+    file_name,
+    load_npz,
+    matching_files,
+    prune,
+    raw_bytes,
+    write_atomically,
+)
 from tfyarn.exchange.ps.store import BucketState, ShardStore
 from tfyarn.exchange.ps.wire import OptimizerConfig, SnapshotTag, np_dtype
 
@@ -50,6 +58,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("tfyarn.exchange.ps")
+
+#: A snapshot folder or file: a local path, or a cluster file system URL as ``str``.
+StoragePath = str | os.PathLike[str]
 
 _SNAPSHOT = re.compile(r"^snapshot-(\d{8})\.npz$")
 
@@ -91,7 +102,7 @@ def _header(snapshot: Snapshot) -> dict[str, object]:
     return header
 
 
-def write_snapshot(folder: Path, snapshot: Snapshot, keep: int) -> Path:
+def write_snapshot(folder: StoragePath, snapshot: Snapshot, keep: int) -> str:
     """Write ``snapshot`` atomically into ``folder``; delete all but the newest ``keep``."""
     arrays: dict[str, np.ndarray] = {}
     for b, s in snapshot.buckets.items():
@@ -99,19 +110,19 @@ def write_snapshot(folder: Path, snapshot: Snapshot, keep: int) -> Path:
         for k, slot in enumerate(s.slots):
             arrays[f"b{b}_slot{k}"] = raw_bytes(slot)
     name = f"snapshot-{snapshot.seq:08d}.npz"
-    final = write_atomically(folder / name, arrays, _header(snapshot))
+    final = write_atomically(storage.join(os.fspath(folder), name), arrays, _header(snapshot))
     prune(snapshot_files(folder), keep)
     return final
 
 
-def snapshot_files(folder: Path) -> list[Path]:
+def snapshot_files(folder: StoragePath) -> list[str]:
     """The snapshot files in ``folder``, oldest first (none if it cannot be listed)."""
     return matching_files(folder, _SNAPSHOT)
 
 
-def read_snapshot(path: Path) -> Snapshot:
+def read_snapshot(path: StoragePath) -> Snapshot:
     """Load one snapshot file (raises on a torn or foreign file)."""
-    with np.load(path, allow_pickle=False) as z:
+    with load_npz(path) as z:
         meta = json.loads(z["meta"].tobytes())
         tag = meta.get("tag")
         snap = Snapshot(int(meta["seq"]), tag=None if tag is None else SnapshotTag.from_dict(tag))
@@ -133,7 +144,7 @@ def read_snapshot(path: Path) -> Snapshot:
 
 
 def latest_snapshot(
-    folder: Path, tag: SnapshotTag | None = None
+    folder: StoragePath, tag: SnapshotTag | None = None
 ) -> tuple[Snapshot | None, list[str]]:
     """The newest readable snapshot in ``folder`` and what was wrong with newer ones.
 
@@ -145,15 +156,15 @@ def latest_snapshot(
         try:
             snap = read_snapshot(path)
         except Exception as exc:  # a torn write, a foreign file: fall back to the previous
-            problems.append(f"{path.name}: {exc}")
+            problems.append(f"{file_name(path)}: {exc}")
             continue
         if tag is None or snap.tag == tag:
             return snap, problems
     return None, problems
 
 
-def _seq_of(path: Path) -> int:
-    match = _SNAPSHOT.match(path.name)
+def _seq_of(path: str) -> int:
+    match = _SNAPSHOT.match(file_name(path))
     return int(match.group(1)) if match else 0
 
 
@@ -163,8 +174,8 @@ class SnapshotPlan:
 
     Parameters
     ----------
-    folder : Path
-        This ps's folder (``<checkpoint_dir>/ps-<index>``).
+    folder : str or Path
+        This ps's folder (``<checkpoint_dir>/ps-<index>``), local or ``hdfs://``.
     keep : int
         Snapshots kept (at least 1).
     resume : SnapshotTag or None
@@ -173,7 +184,7 @@ class SnapshotPlan:
         the folder holds.
     """
 
-    folder: Path
+    folder: StoragePath
     keep: int
     resume: SnapshotTag | None = None
 
@@ -189,15 +200,16 @@ class Snapshotter:
     ----------
     store : ShardStore
         What is saved and restored.
-    folder : Path
-        This ps's snapshot folder (one per ps: sequence numbers are per folder).
+    folder : str or Path
+        This ps's snapshot folder (one per ps: sequence numbers are per folder), local or
+        ``hdfs://``.
     keep : int
         Snapshots kept (at least 1).
     name : str
         The ps, as the log names it.
     """
 
-    def __init__(self, store: ShardStore, folder: Path, keep: int, *, name: str) -> None:
+    def __init__(self, store: ShardStore, folder: StoragePath, keep: int, *, name: str) -> None:
         if keep < 1:
             raise ConfigError(f"a ps must keep at least 1 snapshot, not {keep}")
         self.store = store
@@ -238,7 +250,7 @@ class Snapshotter:
         )  # fmt: skip
         return snap
 
-    def save(self, tag: SnapshotTag | None = None) -> Path | None:
+    def save(self, tag: SnapshotTag | None = None) -> str | None:
         """Write a snapshot if any update counter moved since the last one; return its path.
 
         A ``tag`` (a trainer checkpoint's) always writes one: the restore looks for it.
@@ -265,7 +277,7 @@ class Snapshotter:
         )
         self._thread.start()
 
-    def close(self) -> Path | None:
+    def close(self) -> str | None:
         """Stop the loop and write a last snapshot; return its path (None: nothing new)."""
         self._stop.set()
         self._due.set()
