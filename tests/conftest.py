@@ -25,6 +25,7 @@ TESTS = Path(__file__).resolve().parent
 FOLDER_MARKERS: dict[str, str] = {
     "integration": "integration",
     "deploy": "integration",
+    "multihost": "integration",
     "yarn": "yarn",
 }
 
@@ -38,6 +39,7 @@ TEST_GROUPS: dict[str, str] = {
     "unit": "spark",
     "integration": "spark",
     "deploy": "yarn",
+    "multihost": "yarn",  # its own Spark standalone cluster; the shorter group has room
     "yarn": "yarn",
 }
 

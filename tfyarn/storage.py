@@ -223,8 +223,13 @@ def endpoints_env(
     return {WEBHDFS_ENV: json.dumps(mapping, sort_keys=True)} if mapping else {}
 
 
-def filesystem(url: str | os.PathLike[str]) -> tuple[AbstractFileSystem, str]:
+def filesystem(
+    url: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> tuple[AbstractFileSystem, str]:
     """The file system holding ``url`` and the path on it.
+
+    ``env`` is where ``$TFYARN_WEBHDFS`` and ``$HADOOP_CONF_DIR`` are looked up
+    (default: this process's environment).
 
     Raises
     ------
@@ -239,7 +244,7 @@ def filesystem(url: str | os.PathLike[str]) -> tuple[AbstractFileSystem, str]:
         path = parts.path if parts.scheme == "file" else text
         return LocalFileSystem(), path
     if parts.scheme == "hdfs":
-        return webhdfs(webhdfs_url_for(parts.netloc)), parts.path or "/"
+        return webhdfs(webhdfs_url_for(parts.netloc, env)), parts.path or "/"
     raise ConfigError(
         f"{text}: tfyarn reads and writes local paths, file:// and hdfs:// URLs, not "
         f"{parts.scheme}://; put the job's files on the cluster file system"

@@ -115,3 +115,27 @@ def test_inside_a_yarn_container_the_conf_spark_shipped_is_used(
     _conf(shipped, "nn:8020", "nn:50070")
     monkeypatch.chdir(tmp_path)
     assert storage.webhdfs_url_for("nn:8020", {}) == "http://nn:50070"
+
+
+def test_input_files_are_read_by_path_or_url_in_every_format(tmp_path: Path) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from tfyarn.node.feed import read_files
+
+    table = pa.table({"x": np.arange(5.0), "y": np.arange(5)})
+    pq.write_table(table, tmp_path / "a.parquet")
+    pacsv.write_csv(table, tmp_path / "b.csv")
+    with (
+        pa.OSFile(str(tmp_path / "c.arrow"), "wb") as sink,
+        pa.ipc.new_file(sink, table.schema) as writer,
+    ):
+        writer.write_table(table)
+    files = [f"file://{tmp_path}/a.parquet", str(tmp_path / "b.csv"), f"{tmp_path}/c.arrow"]
+    batches = list(read_files(files, env={}))
+    x = np.concatenate([b.column("x").to_numpy().astype(float) for b in batches])
+    np.testing.assert_array_equal(x, np.tile(np.arange(5.0), 3))
+    with pytest.raises(ConfigError, match=r"tfyarn reads \.parquet"):
+        list(read_files([str(tmp_path / "d.tfrecord")]))

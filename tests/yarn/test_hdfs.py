@@ -2,20 +2,22 @@
 
 tfyarn reaches HDFS over WebHDFS (tfyarn.storage); Hadoop's FsShell (``hadoop fs``, RPC to
 the NameNode, block transfer from the DataNode) is the reference that reads back what
-tfyarn wrote and writes what tfyarn must read. The job-level use (default model_dir,
-checkpoints and the environment archive on HDFS during a restart) is in
-test_restarts_yarn.py.
+tfyarn wrote and writes what tfyarn must read; a job on the dev YARN reads its
+InputMode.FILES input from HDFS. The default model_dir, checkpoints and the environment
+archive on HDFS during a restart are in test_restarts_yarn.py.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from tests.yarn.conftest import DevYarnFixture
 from tfyarn import storage
 from tfyarn.exchange.checkpoint import (
     Checkpoint,
@@ -24,6 +26,8 @@ from tfyarn.exchange.checkpoint import (
     resume_point,
     write_checkpoint,
 )
+
+from .conftest import APPS, DevYarnFixture
 
 
 @pytest.fixture(autouse=True)
@@ -106,3 +110,34 @@ def test_checkpoints_on_hdfs_are_atomic_pruned_and_a_torn_one_is_skipped(
     found, problems = resume_point(folder, attempt=2)
     assert found is not None and found.global_step == 24
     assert len(problems) == 1 and problems[0].startswith("ckpt-000000000032.npz"), problems
+
+
+def test_input_files_on_hdfs_feed_each_trainer_its_share(
+    dev_yarn: DevYarnFixture, tmp_path: Path
+) -> None:
+    """InputMode.FILES with hdfs:// Parquet files, in a job on the dev YARN."""
+    folder = _folder(dev_yarn)
+    rng = np.random.default_rng(3)
+    parts = [rng.standard_normal(n) for n in (50, 70, 90)]
+    urls = []
+    for i, x in enumerate(parts):
+        local = tmp_path / f"part-{i}.parquet"
+        pq.write_table(pa.table({"x": x, "y": np.zeros(len(x))}), local)
+        urls.append(storage.join(folder, local.name))
+    dev_yarn.hdfs("-mkdir", "-p", folder)
+    dev_yarn.hdfs("-put", *(str(tmp_path / f"part-{i}.parquet") for i in range(3)), folder)
+    out = tmp_path / "out"
+    run = dev_yarn.submit(
+        ["--profile", "yarn-client", "--workers", "2", "--no-chief",
+         str(APPS / "files_app.py"), ",".join(urls), str(out)]
+    )  # fmt: skip
+    assert run.returncode == 0, run.output[-6000:]
+    for rank, task in enumerate(("worker-0", "worker-1")):
+        seen = json.loads((out / f"{task}.json").read_text())
+        mine = parts[rank::2]  # round robin, as feed.shard_files deals them
+        assert seen["files"] == urls[rank::2]
+        assert seen["rows"] == sum(len(x) for x in mine)
+        assert abs(seen["total"] - float(np.concatenate(mine).sum())) < 1e-9
+    result = json.loads((out / "result.json").read_text())
+    assert result["model_dir"].startswith(f"{dev_yarn.state.default_fs}/user/")
+    print(f"\nInputMode.FILES from HDFS on YARN: {run.seconds:.1f} s")

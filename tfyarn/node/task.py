@@ -311,7 +311,8 @@ def _cache_input(
     elif job.input_mode is InputMode.FILES and job.is_trainer(role):
         rank = job.trainers.index(role)
         files = feed.shard_files(job.files, rank, len(job.trainers))
-        info = feed.write_cache(feed.read_files(files), target)
+        # The job's environment carries the NameNodes' web addresses for hdfs:// files.
+        info = feed.write_cache(feed.read_files(files, {**os.environ, **job.env}), target)
     else:
         for _ in batches:  # Spark expects the input consumed
             pass

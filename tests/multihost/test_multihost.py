@@ -1,0 +1,99 @@
+"""Training across several hosts: network namespaces joined by a bridge, Spark standalone.
+
+Three "hosts" (namespaces made here, see netns_cluster.py): the driver's, with the Spark
+standalone master, and two worker hosts, each with its own standalone worker bound to
+its own address. One driver process runs a data-parallel job per transport (tcp, grpc
+over the NIC named ``tfy0``, ucx over tcp, auto); each job's two trainers land on the two
+worker hosts. Checked for every job: the roles ran on their hosts' addresses and
+TensorFlow's cluster spec and tfyarn's peers carry those addresses (never 127.0.0.1); the
+transport is the one asked for (auto: tcp across hosts, said why); and the weights
+equal, on both trainers, single-process SGD on the two trainers' combined batches (a
+missing or broken exchange would leave the trainers apart).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "apps"))
+from netns_cluster import NIC, SUBNET, NetnsCluster
+
+APP = Path(__file__).parent / "apps" / "multihost_job.py"
+JOBS = ("tcp", f"grpc:{NIC}", "ucx", "auto")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
+    if shutil.which("ip") is None or os.geteuid() != 0:
+        pytest.fail("the multi-host tests create network namespaces: they need iproute2 and root")
+    started = time.monotonic()
+    with NetnsCluster(tmp_path_factory.mktemp("multihost")) as c:
+        print(f"\n3 hosts and Spark standalone up in {time.monotonic() - started:.1f} s")
+        yield c
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"tfm{c.tag}-" not in left, left
+
+
+def _reference() -> list[np.ndarray]:
+    """Single-process SGD on the mean gradient of both trainers' batches, step by step."""
+    import multihost_job as job
+
+    model = job.Model()
+    w = [v.numpy() for v in model.trainable_weights]
+    for step in range(job.STEPS):
+        g = [job.grads(w, *job.batch(rank, step)) for rank in (0, 1)]
+        w = [a - job.LR * (b0 + b1) / 2 for a, b0, b1 in zip(w, *g, strict=True)]
+    return w
+
+
+def test_jobs_train_across_hosts_on_every_transport(cluster: NetnsCluster, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    started = time.monotonic()
+    proc = subprocess.run(
+        cluster.netns(0, sys.executable, str(APP), cluster.master_url, str(out), *JOBS),
+        capture_output=True, text=True, env=cluster.env(0), timeout=540,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, _story(proc.stderr, cluster)
+    want = _reference()
+    worker_hosts = {cluster.address(1), cluster.address(2)}
+    for n, entry in enumerate(JOBS):
+        transport = entry.partition(":")[0]
+        roles = [json.loads((out / f"{n}-worker-{i}.json").read_text()) for i in (0, 1)]
+        assert {r["host"] for r in roles} == worker_hosts, (entry, roles)
+        for r in roles:
+            addresses = [a for task in r["cluster"].values() for a in task]
+            assert addresses and all(a.startswith(f"{SUBNET}.") for a in addresses), r
+            assert r["peers"] and all(p and "127.0.0.1" not in p for p in r["peers"].values())
+            assert r["transport"] == ("tcp" if transport == "auto" else transport), (entry, r)
+            for got, expected in zip(r["weights"], want, strict=True):
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6, err_msg=entry)
+        result = json.loads((out / f"{n}-result.json").read_text())
+        assert result["transport"] == roles[0]["transport"]
+    # auto says why it took tcp: the peers are on two hosts.
+    assert "auto: tcp (peers on 2 hosts" in cluster.logs(lines=10_000) + _executor_logs(cluster)
+    print(f"\n{len(JOBS)} jobs across hosts ({', '.join(JOBS)}): {seconds:.1f} s")
+
+
+def _story(stderr: str, cluster: NetnsCluster) -> str:
+    """What a failed driver said: its error lines first, then its end and the executors'."""
+    errors = [ln for ln in stderr.splitlines() if "Error" in ln or ln.startswith("tfyarn")]
+    return "\n".join(
+        ["error lines:", *errors[:40], "--- driver tail ---", stderr[-3000:],
+         "--- executors ---", _executor_logs(cluster)[-4000:]]
+    )  # fmt: skip
+
+
+def _executor_logs(cluster: NetnsCluster) -> str:
+    """The executors' stderr (the roles' own lines go there), from the workers' work dirs."""
+    return "\n".join(p.read_text(errors="replace") for p in cluster.base.glob("work-*/*/*/stderr"))
