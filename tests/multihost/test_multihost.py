@@ -44,13 +44,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
     assert f"tfm{c.tag}-" not in left, left
 
 
-def _reference() -> list[np.ndarray]:
+def _reference(steps: int | None = None) -> list[np.ndarray]:
     """Single-process SGD on the mean gradient of both trainers' batches, step by step."""
     import multihost_job as job
 
     model = job.Model()
     w = [v.numpy() for v in model.trainable_weights]
-    for step in range(job.STEPS):
+    for step in range(job.STEPS if steps is None else steps):
         g = [job.grads(w, *job.batch(rank, step)) for rank in (0, 1)]
         w = [a - job.LR * (b0 + b1) / 2 for a, b0, b1 in zip(w, *g, strict=True)]
     return w
@@ -97,3 +97,58 @@ def _story(stderr: str, cluster: NetnsCluster) -> str:
 def _executor_logs(cluster: NetnsCluster) -> str:
     """The executors' stderr (the roles' own lines go there), from the workers' work dirs."""
     return "\n".join(p.read_text(errors="replace") for p in cluster.base.glob("work-*/*/*/stderr"))
+
+
+def test_a_host_whose_link_goes_down_mid_training_is_restarted_from_the_checkpoint(
+    cluster: NetnsCluster, tmp_path: Path
+) -> None:
+    """worker:1's host loses its link (``ip link set tfy0 down`` in its namespace) for 12 s.
+
+    Its role falls silent to the driver, which ends the attempt after 6 s of silence
+    (``silent_fail_after``); the link comes back, and the second attempt resumes from the
+    last checkpoint on both hosts and ends with the uninterrupted run's weights.
+    """
+    import multihost_job as job
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        cluster.netns(0, sys.executable, str(APP), cluster.master_url, str(out), "linkcut"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cluster.env(0),
+    )  # fmt: skip
+    started = time.monotonic()
+    mark = out / "0-worker-1.mark"
+    try:
+        host = None
+        while time.monotonic() - started < 240 and proc.poll() is None:
+            text = mark.read_text().split() if mark.exists() else []
+            if len(text) == 3 and int(text[2]) >= 15:
+                host = cluster.address_index(text[0])
+                break
+            time.sleep(0.1)
+        assert host is not None, "worker:1 never passed step 15"
+        cut = time.monotonic()
+        cluster.link(host, up=False)
+        time.sleep(12)
+        cluster.link(host, up=True)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        cluster.link_all_up()
+    assert proc.returncode == 0, _story(stderr, cluster)
+    result = json.loads((out / "0-result.json").read_text())
+    first, second = result["attempts"]
+    assert first["kind"] == "silent" and first["role"] == "worker:1", first
+    assert second["kind"] is None and second["resumed_from_step"] >= job.LINKCUT_EVERY, second
+    want = _reference(job.LINKCUT_STEPS)
+    for i in (0, 1):
+        role = json.loads((out / f"0-worker-{i}.json").read_text())
+        assert role["start"] == second["resumed_from_step"]
+        for got, expected in zip(role["weights"], want, strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    print(
+        f"\nlink of {cluster.address(host)} down for 12 s at step >= 15: "
+        f"{first['cause']}; resumed from step {second['resumed_from_step']}, "
+        f"{second['steps_redone']} steps redone; cut -> end {time.monotonic() - cut:.1f} s"
+    )

@@ -5,10 +5,12 @@ trainers (one per worker host) train a linear model with tfyarn's all-reduce exc
 a NumPy loop (no TensorFlow: the test is about the wiring across hosts). Each role writes
 ``OUT_DIR/<n>-<task>.json``: its host, the TensorFlow cluster it was given, the
 transport it used and its final weights; the driver writes ``OUT_DIR/<n>-result.json``.
+The entry ``linkcut`` is a longer job that restarts from its checkpoints (see _options).
 """
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from tfyarn.exchange import tensors
 from tfyarn.exchange.tensors import ArrayVariable
 
 STEPS, LR = 12, 0.05
+LINKCUT_STEPS, LINKCUT_EVERY = 60, 5
 TRUE_KERNEL = np.array([[1.0, -2.0], [0.5, 0.0], [3.0, 1.0]], np.float32)
 
 
@@ -46,29 +49,61 @@ class Model:
         self.weights = list(self.trainable_weights)
 
 
-def make_train(out: Path, n: int) -> Any:
+def make_train(out: Path, n: int, steps: int = STEPS, pause: float = 0.0) -> Any:
     def train(ctx: Any) -> dict[str, Any]:
         s = ctx.strategy()
         m = Model()
-        s.begin(m)  # rank 0's weights to every rank (no optimizer state: plain SGD)
-        for step in range(STEPS):
+        # Resume (when restarted), then rank 0's weights to every rank (plain SGD: no
+        # optimizer state).
+        start = s.begin(m)
+        name = ctx.task_id.replace(":", "-")
+        host = ctx.members[ctx.task_id].host
+        for step in range(start, steps):
             w = [v.numpy() for v in m.trainable_weights]
             g = s.algorithm.exchange_gradients(grads(w, *batch(s.rank, step)))
             tensors.assign(m.trainable_weights, [a - LR * b for a, b in zip(w, g, strict=True)])
             s.step_end(m)
+            if pause:  # the link-cut test strikes mid-training, by this mark
+                (out / f"{n}-{name}.mark").write_text(f"{host} {ctx.attempt} {step}")
+                time.sleep(pause)
         s.end(m)
         seen = {
             "task": ctx.task_id,
-            "host": ctx.members[ctx.task_id].host,
+            "host": host,
             "cluster": ctx.cluster_spec,
             "peers": ctx.peers,
             "transport": ctx.transport,
+            "start": start,
             "weights": [v.numpy().tolist() for v in m.weights],
         }
-        (out / f"{n}-{ctx.task_id.replace(':', '-')}.json").write_text(json.dumps(seen))
+        (out / f"{n}-{name}.json").write_text(json.dumps(seen))
         return seen
 
     return train
+
+
+def _options(entry: str, out: Path, n: int) -> dict[str, Any]:
+    """tfyarn.run's arguments for one command-line entry.
+
+    ``TRANSPORT[:INTERFACE]``, or ``linkcut``: a longer tcp job that restarts once from
+    its checkpoints when a host goes silent (the test takes its link down meanwhile).
+    """
+    if entry == "linkcut":
+        return {
+            "train_fn": make_train(out, n, steps=LINKCUT_STEPS, pause=0.2),
+            "transport": "tcp",
+            "max_restarts": 1,
+            "checkpoint_dir": str(out / f"{n}-checkpoints"),
+            "checkpoint_every": LINKCUT_EVERY,
+            "heartbeat_interval": 1.0,
+            "silent_fail_after": 6.0,
+        }
+    transport, _, interface = entry.partition(":")
+    return {
+        "train_fn": make_train(out, n),
+        "transport": transport,
+        "interface": interface or None,
+    }
 
 
 def main() -> None:
@@ -85,17 +120,14 @@ def main() -> None:
         .getOrCreate()
     )
     for n, entry in enumerate(sys.argv[3:]):
-        transport, _, interface = entry.partition(":")
         result = tfyarn.run(
             spark,
-            make_train(out, n),
             workers=2,
             chief=False,
             strategy="allreduce",
-            transport=transport,
-            interface=interface or None,
             progress=False,
             timeout=300,
+            **_options(entry, out, n),
         )
         (out / f"{n}-result.json").write_text(json.dumps(result.to_json()))
     spark.stop()

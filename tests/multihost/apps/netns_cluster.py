@@ -51,6 +51,20 @@ class NetnsCluster:
         """The cluster address of host ``host`` (0: the driver)."""
         return f"{SUBNET}.{10 + host}"
 
+    def address_index(self, address: str) -> int:
+        """The host whose cluster address is ``address``."""
+        return next(i for i in range(len(self.hosts)) if self.address(i) == address)
+
+    def link(self, host: int, *, up: bool) -> None:
+        """Take host ``host``'s cluster NIC down (a cut cable, a dead switch port) or up."""
+        _ip("-n", self.hosts[host], "link", "set", NIC, "up" if up else "down")
+
+    def link_all_up(self) -> None:
+        """Every host's link up again (after a test that cut one)."""
+        for i in range(len(self.hosts)):
+            with contextlib.suppress(RuntimeError):
+                self.link(i, up=True)
+
     @property
     def master_url(self) -> str:
         return f"spark://{self.address(0)}:7077"
