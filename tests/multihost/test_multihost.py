@@ -1,14 +1,15 @@
 """Training across several hosts: network namespaces joined by a bridge, Spark standalone.
 
-Three "hosts" (namespaces made here, see netns_cluster.py): the driver's, with the Spark
-standalone master, and two worker hosts, each with its own standalone worker bound to
-its own address. One driver process runs a data-parallel job per transport (tcp, grpc
-over the NIC named ``tfy0``, ucx over tcp, auto); each job's two trainers land on the two
-worker hosts. Checked for every job: the roles ran on their hosts' addresses and
-TensorFlow's cluster spec and tfyarn's peers carry those addresses (never 127.0.0.1); the
-transport is the one asked for (auto: tcp across hosts, said why); and the weights
-equal, on both trainers, single-process SGD on the two trainers' combined batches (a
-missing or broken exchange would leave the trainers apart).
+Three "hosts" (namespaces made here, see apps/netns_cluster.py): the driver's, with the
+Spark standalone master, and two worker hosts, each with its own standalone worker bound
+to its own address. One driver process runs a data-parallel job per transport (tcp,
+grpc over the NIC named ``tfy0``, ucx over tcp, auto) and one during which a host's link
+goes down; each job's two trainers land on the two worker hosts. Checked for every job:
+the roles ran on their hosts' addresses and TensorFlow's cluster spec and tfyarn's peers
+carry those addresses (never 127.0.0.1); the transport is the one asked for (auto: tcp
+across hosts, said why); and the weights equal, on both trainers, single-process SGD on
+the two trainers' combined batches (a missing or broken exchange would leave the
+trainers apart).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,9 @@ sys.path.insert(0, str(Path(__file__).parent / "apps"))
 from netns_cluster import NIC, SUBNET, NetnsCluster
 
 APP = Path(__file__).parent / "apps" / "multihost_job.py"
-JOBS = ("tcp", f"grpc:{NIC}", "ucx", "auto")
+JOBS = ("tcp", f"grpc:{NIC}", "ucx", "auto", "linkcut")
+LINKCUT = JOBS.index("linkcut")
+CUT_S = 8.0
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +60,58 @@ def _reference(steps: int | None = None) -> list[np.ndarray]:
     return w
 
 
-def test_jobs_train_across_hosts_on_every_transport(cluster: NetnsCluster, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    started = time.monotonic()
-    proc = subprocess.run(
+@dataclass
+class Runs:
+    """The driver's one run of every job (see :data:`JOBS`), and the link cut."""
+
+    returncode: int
+    stderr: str
+    out: Path
+    seconds: float
+    cut_host: int | None
+    cut_to_end: float
+
+
+@pytest.fixture(scope="module")
+def runs(cluster: NetnsCluster, tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    """Run every job in one driver (one Spark application); cut a link during the last.
+
+    Once worker:1 of the link-cut job passed step 15, its host's NIC goes down for
+    :data:`CUT_S` seconds.
+    """
+    out = tmp_path_factory.mktemp("multihost-out")
+    proc = subprocess.Popen(
         cluster.netns(0, sys.executable, str(APP), cluster.master_url, str(out), *JOBS),
-        capture_output=True, text=True, env=cluster.env(0), timeout=540,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cluster.env(0),
     )  # fmt: skip
-    seconds = time.monotonic() - started
-    assert proc.returncode == 0, _story(proc.stderr, cluster)
-    want = _reference()
+    started = time.monotonic()
+    mark = out / f"{LINKCUT}-worker-1.mark"
+    host, cut = None, started
+    try:
+        while time.monotonic() - started < 300 and proc.poll() is None:
+            text = mark.read_text().split() if mark.exists() else []
+            if len(text) == 3 and int(text[2]) >= 15:
+                host, cut = cluster.address_index(text[0]), time.monotonic()
+                cluster.link(host, up=False)
+                time.sleep(CUT_S)
+                cluster.link(host, up=True)
+                break
+            time.sleep(0.1)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        cluster.link_all_up()
+    ended = time.monotonic()
+    return Runs(proc.returncode, stderr, out, ended - started, host, ended - cut)
+
+
+def test_jobs_train_across_hosts_on_every_transport(cluster: NetnsCluster, runs: Runs) -> None:
+    assert runs.returncode == 0, _story(runs.stderr, cluster)
+    out, want = runs.out, _reference()
     worker_hosts = {cluster.address(1), cluster.address(2)}
-    for n, entry in enumerate(JOBS):
+    for n, entry in enumerate(JOBS[:LINKCUT]):
         transport = entry.partition(":")[0]
         roles = [json.loads((out / f"{n}-worker-{i}.json").read_text()) for i in (0, 1)]
         assert {r["host"] for r in roles} == worker_hosts, (entry, roles)
@@ -81,8 +125,38 @@ def test_jobs_train_across_hosts_on_every_transport(cluster: NetnsCluster, tmp_p
         result = json.loads((out / f"{n}-result.json").read_text())
         assert result["transport"] == roles[0]["transport"]
     # auto says why it took tcp: the peers are on two hosts.
-    assert "auto: tcp (peers on 2 hosts" in cluster.logs(lines=10_000) + _executor_logs(cluster)
-    print(f"\n{len(JOBS)} jobs across hosts ({', '.join(JOBS)}): {seconds:.1f} s")
+    assert "auto: tcp (peers on 2 hosts" in _executor_logs(cluster)
+    print(f"\n{len(JOBS)} jobs across hosts ({', '.join(JOBS)}): {runs.seconds:.1f} s")
+
+
+def test_a_host_whose_link_goes_down_mid_training_is_restarted_from_the_checkpoint(
+    cluster: NetnsCluster, runs: Runs
+) -> None:
+    """worker:1's host loses its link (``ip link set tfy0 down`` in its namespace).
+
+    Its role falls silent to the driver, which ends the attempt after 4 s of silence
+    (``silent_fail_after``); the link comes back, and the second attempt resumes from the
+    last checkpoint on both hosts and ends with the uninterrupted run's weights.
+    """
+    import multihost_job as job
+
+    assert runs.cut_host is not None, "worker:1 of the link-cut job never passed step 15"
+    assert runs.returncode == 0, _story(runs.stderr, cluster)
+    result = json.loads((runs.out / f"{LINKCUT}-result.json").read_text())
+    first, second = result["attempts"]
+    assert first["kind"] == "silent" and first["role"] == "worker:1", first
+    assert second["kind"] is None and second["resumed_from_step"] >= job.LINKCUT_EVERY, second
+    want = _reference(job.LINKCUT_STEPS)
+    for i in (0, 1):
+        role = json.loads((runs.out / f"{LINKCUT}-worker-{i}.json").read_text())
+        assert role["start"] == second["resumed_from_step"]
+        for got, expected in zip(role["weights"], want, strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    print(
+        f"\nlink of {cluster.address(runs.cut_host)} down for {CUT_S:.0f} s at step >= 15: "
+        f"{first['cause']}; resumed from step {second['resumed_from_step']}; "
+        f"cut -> end of the job {runs.cut_to_end:.1f} s"
+    )
 
 
 def _story(stderr: str, cluster: NetnsCluster) -> str:
@@ -97,58 +171,3 @@ def _story(stderr: str, cluster: NetnsCluster) -> str:
 def _executor_logs(cluster: NetnsCluster) -> str:
     """The executors' stderr (the roles' own lines go there), from the workers' work dirs."""
     return "\n".join(p.read_text(errors="replace") for p in cluster.base.glob("work-*/*/*/stderr"))
-
-
-def test_a_host_whose_link_goes_down_mid_training_is_restarted_from_the_checkpoint(
-    cluster: NetnsCluster, tmp_path: Path
-) -> None:
-    """worker:1's host loses its link (``ip link set tfy0 down`` in its namespace) for 12 s.
-
-    Its role falls silent to the driver, which ends the attempt after 6 s of silence
-    (``silent_fail_after``); the link comes back, and the second attempt resumes from the
-    last checkpoint on both hosts and ends with the uninterrupted run's weights.
-    """
-    import multihost_job as job
-
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        cluster.netns(0, sys.executable, str(APP), cluster.master_url, str(out), "linkcut"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cluster.env(0),
-    )  # fmt: skip
-    started = time.monotonic()
-    mark = out / "0-worker-1.mark"
-    try:
-        host = None
-        while time.monotonic() - started < 240 and proc.poll() is None:
-            text = mark.read_text().split() if mark.exists() else []
-            if len(text) == 3 and int(text[2]) >= 15:
-                host = cluster.address_index(text[0])
-                break
-            time.sleep(0.1)
-        assert host is not None, "worker:1 never passed step 15"
-        cut = time.monotonic()
-        cluster.link(host, up=False)
-        time.sleep(12)
-        cluster.link(host, up=True)
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        cluster.link_all_up()
-    assert proc.returncode == 0, _story(stderr, cluster)
-    result = json.loads((out / "0-result.json").read_text())
-    first, second = result["attempts"]
-    assert first["kind"] == "silent" and first["role"] == "worker:1", first
-    assert second["kind"] is None and second["resumed_from_step"] >= job.LINKCUT_EVERY, second
-    want = _reference(job.LINKCUT_STEPS)
-    for i in (0, 1):
-        role = json.loads((out / f"0-worker-{i}.json").read_text())
-        assert role["start"] == second["resumed_from_step"]
-        for got, expected in zip(role["weights"], want, strict=True):
-            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    print(
-        f"\nlink of {cluster.address(host)} down for 12 s at step >= 15: "
-        f"{first['cause']}; resumed from step {second['resumed_from_step']}, "
-        f"{second['steps_redone']} steps redone; cut -> end {time.monotonic() - cut:.1f} s"
-    )

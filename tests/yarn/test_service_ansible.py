@@ -2,7 +2,7 @@
 
 ``ansible-playbook`` applies the role on localhost (connection local) to the session's
 dev YARN (Hadoop 3.4.2, YARN Services API on). One small service, a ``sleep`` component
-whose artifact is a tiny tarball on this disk, goes through its whole life, and every
+whose artifact is a tiny tarball on the dev YARN's HDFS, goes through its whole life, and every
 step is checked twice: which of the role's API tasks reported a change (from the
 ansible-playbook output), and what the real ``/app/v1/services`` API then answers:
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -207,14 +208,18 @@ def service_role(
         NO_PROXY="127.0.0.1,localhost",
     )
     user = getpass.getuser()
-    artifact = _tiny_tarball(root / "artifact.tar")
+    # On the cluster file system, as YARN's Services API wants it (HDFS on the dev YARN).
+    local_artifact = _tiny_tarball(root / "artifact.tar")
+    artifact = f"{dev_yarn.state.default_fs}/tmp/{SERVICE}-{os.getpid()}/artifact.tar"
+    dev_yarn.hdfs("-mkdir", "-p", artifact.rsplit("/", 1)[0])
+    dev_yarn.hdfs("-put", "-f", str(local_artifact), artifact)
     variables: dict[str, Any] = {
         "ansible_python_interpreter": sys.executable,
         "service_name": SERVICE,
         "service_rm_url": dev_yarn.state.rm_web_url,
         "service_user": user,
         "service_spec_dir": str(root / "spec"),
-        "service_artifact_uri": artifact.as_uri(),
+        "service_artifact_uri": artifact,
         "service_components": [
             {
                 "name": COMPONENT,

@@ -86,6 +86,8 @@ def _launch(args: argparse.Namespace) -> int:
             "`python -c 'from tfyarn.yarn.envpack import ensure_env_archive as e; "
             "print(e().path)'` and put its path in the spec"
         )
+    spec = _environment_on_cluster_fs(spec)
+    document = yarnfile(spec)
     ensure_secret(spec.state_dir)
     if spec.tensorboard.enabled and "://" not in spec.logdir:
         Path(spec.logdir).mkdir(parents=True, exist_ok=True)
@@ -96,6 +98,26 @@ def _launch(args: argparse.Namespace) -> int:
         print(f"service {spec.name} is STABLE")
     _print_status(client.status(spec.name))
     return 0
+
+
+def _environment_on_cluster_fs(spec: Any) -> Any:
+    """The spec with a local environment archive put on HDFS when HDFS is the cluster's FS.
+
+    YARN's Services API localises artifacts from ``fs.defaultFS`` only: with HDFS it
+    refuses a ``file://`` archive ("Wrong FS"). The archive is uploaded once, as
+    ``tfyarn submit`` does (:func:`~tfyarn.yarn.envpack.publish_env_archive`).
+    """
+    from dataclasses import replace
+
+    from tfyarn.yarn.envpack import publish_env_archive
+    from tfyarn.yarn.submit_support import cluster_default_fs
+
+    default_fs = cluster_default_fs(os.environ)
+    if not (spec.environment.startswith("/") and default_fs.startswith("hdfs://")):
+        return spec
+    url = publish_env_archive(Path(spec.environment), default_fs)
+    print(f"environment archive: {url}")
+    return replace(spec, environment=url)
 
 
 def _print_status(status: dict[str, Any]) -> None:

@@ -90,13 +90,13 @@ def _options(entry: str, out: Path, n: int) -> dict[str, Any]:
     """
     if entry == "linkcut":
         return {
-            "train_fn": make_train(out, n, steps=LINKCUT_STEPS, pause=0.2),
+            "train_fn": make_train(out, n, steps=LINKCUT_STEPS, pause=0.1),
             "transport": "tcp",
             "max_restarts": 1,
             "checkpoint_dir": str(out / f"{n}-checkpoints"),
             "checkpoint_every": LINKCUT_EVERY,
             "heartbeat_interval": 1.0,
-            "silent_fail_after": 6.0,
+            "silent_fail_after": 4.0,
         }
     transport, _, interface = entry.partition(":")
     return {
