@@ -38,7 +38,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from tfyarn.errors import ConfigError
@@ -295,28 +295,41 @@ def write_bytes_atomically(url: str, data: bytes) -> str:
     and on the NameNode alike.
     """
     fs, path = filesystem(url)
-    folder, name = posixpath.split(path) if not is_local(url) else os.path.split(path)
-    tmp_name = f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     if is_local(url):
+        folder, name = os.path.split(path)
         os.makedirs(folder or ".", exist_ok=True)
-        tmp = os.path.join(folder, tmp_name)
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         return url
-    tmp = posixpath.join(folder, tmp_name)
+    _write_remote(fs, path, lambda f: f.write(data))
+    return url
+
+
+def _write_remote(
+    fs: AbstractFileSystem, path: str, fill: Callable[[Any], object], mode: int | None = None
+) -> None:
+    """Write ``path`` on a remote file system atomically: a temporary name, then a rename.
+
+    ``fill`` writes the content into the open file; ``mode`` sets its permissions before
+    the rename. The temporary file is removed if anything fails.
+    """
+    folder, name = posixpath.split(path)
+    tmp = posixpath.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     fs.makedirs(folder, exist_ok=True)
     try:
         with fs.open(tmp, "wb", block_size=_UPLOAD_CHUNK) as f:
-            f.write(data)
+            fill(f)
+        if mode is not None:
+            fs.chmod(tmp, f"{mode:o}")
         _rename(fs, tmp, path)
     except BaseException:
         with contextlib.suppress(Exception):
             fs.rm_file(tmp)
         raise
-    return url
 
 
 def _rename(fs: AbstractFileSystem, src: str, dst: str) -> None:
@@ -344,18 +357,8 @@ def upload(local: str | os.PathLike[str], url: str, *, mode: int = 0o644) -> str
         os.chmod(tmp, mode)
         os.replace(tmp, path)
         return url
-    folder = posixpath.dirname(path)
-    tmp = posixpath.join(folder, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
-    fs.makedirs(folder, exist_ok=True)
-    try:
-        with open(local, "rb") as src, fs.open(tmp, "wb", block_size=_UPLOAD_CHUNK) as dst:
-            shutil.copyfileobj(src, dst, _UPLOAD_CHUNK)
-        fs.chmod(tmp, f"{mode:o}")
-        _rename(fs, tmp, path)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            fs.rm_file(tmp)
-        raise
+    with open(local, "rb") as src:
+        _write_remote(fs, path, lambda dst: shutil.copyfileobj(src, dst, _UPLOAD_CHUNK), mode)
     return url
 
 

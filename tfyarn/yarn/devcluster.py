@@ -413,16 +413,20 @@ class DevYarn:
     def _wait_running(self, procs: dict[str, subprocess.Popen[bytes]], deadline: float) -> None:
         rm = ResourceManagerClient(self.settings.rm_web_url, timeout_s=3.0)
         while time.monotonic() < deadline:
-            dead = [n for n, p in procs.items() if p.poll() is not None]
-            if dead:
-                raise YarnError(
-                    f"the dev YARN's {', '.join(dead)} exited at start-up\n" + self.log_tails()
-                )
+            self._fail_if_exited(procs)
             with contextlib.suppress(YarnError):
                 if rm.running_nodes():
                     return
             time.sleep(0.5)
         raise YarnError("the dev YARN's NodeManager was not RUNNING in time\n" + self.log_tails())
+
+    def _fail_if_exited(self, procs: dict[str, subprocess.Popen[bytes]]) -> None:
+        """Raise with the daemons' log tails if any daemon already exited at start-up."""
+        dead = [n for n, p in procs.items() if p.poll() is not None]
+        if dead:
+            raise YarnError(
+                f"the dev YARN's {', '.join(dead)} exited at start-up\n" + self.log_tails()
+            )
 
     def _format_namenode(self, java: str, jars: Path, env: dict[str, str]) -> None:
         """Format the NameNode's metadata folder once (a restarted cluster keeps its files)."""
@@ -451,11 +455,7 @@ class DevYarn:
         """Wait until the NameNode has a live DataNode and is out of safe mode."""
         state: tuple[str, int] | None = None
         while time.monotonic() < deadline:
-            dead = [n for n, p in procs.items() if p.poll() is not None]
-            if dead:
-                raise YarnError(
-                    f"the dev YARN's {', '.join(dead)} exited at start-up\n" + self.log_tails()
-                )
+            self._fail_if_exited(procs)
             state = _namenode_state(self.settings.webhdfs_url)
             if state is not None and state[0] == "Operational" and state[1] >= 1:
                 return
