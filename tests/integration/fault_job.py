@@ -112,7 +112,7 @@ def train_fn(
             callbacks=[*strategy.callbacks(), Marks()],
             verbose=0,
         )
-        out: dict[str, Any] = {"steps_per_epoch": steps}
+        out: dict[str, Any] = {"steps_per_epoch": steps, "trainers": ctx.num_trainers}
         if ctx.is_chief:
             _, x_test, _, y_test = split()
             out["accuracy"] = float(model.evaluate(x_test, y_test, verbose=0)[1])
@@ -130,7 +130,7 @@ def run(spark: Any, marks: Path, strategy: str = "allreduce", **options: Any) ->
     return tfyarn.run(
         spark,
         train_fn(str(marks), fail_in, epochs),
-        workers=2,
+        workers=options.pop("workers", 2),
         ps=1 if strategy == "sync_ps" else 0,
         chief=False,
         strategy=strategy,

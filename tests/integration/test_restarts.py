@@ -328,3 +328,109 @@ def test_every_attempt_gets_the_same_shard_in_the_same_order(spark: Any) -> None
     assert all(shard == sorted(shard) for shard in first)
     with pytest.raises(ConfigError, match="already has a column named '_tfyarn_order'"):
         spread(df.withColumnRenamed("id", "_tfyarn_order"), 3, [0, 1], keys)
+
+
+# -- elastic: the lost executor does not come back ----------------------------------------
+
+
+def _executor_id(jvm: int) -> str:
+    argv = Path(f"/proc/{jvm}/cmdline").read_bytes().decode().split("\0")
+    return argv[argv.index("--executor-id") + 1]
+
+
+def _executor_jvms(app_id: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if any("CoarseGrainedExecutorBackend" in a for a in argv) and app_id in argv:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _wait_executors(spark: Any, count: int, within: float = 120.0) -> None:
+    tracker = spark.sparkContext.statusTracker()
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        # getExecutorInfos lists the driver too.
+        if len(tracker.getExecutorInfos()) - 1 == count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the session did not get to {count} executors in {within:.0f} s")
+
+
+def test_a_restart_without_the_lost_executor_goes_on_with_fewer_workers(
+    spark: Any, tmp_path: Path, reference: float
+) -> None:
+    """min_workers: the cluster manager does not replace the executor it took.
+
+    ``SparkContext.killExecutor`` lowers the application's executor target, so that the
+    standalone master (like YARN under preemption) starts no replacement; the executor's
+    JVM and worker:1's role process are killed with it, as a container kill does. The
+    job's two workers get the session's only two executors, worker:1's is taken
+    mid-training, and the restart goes on with worker:0 alone on all the data, from the
+    checkpoint, to the same total.
+    """
+    backend = spark.sparkContext._jsc.sc()
+    app_id = spark.sparkContext.applicationId
+    jvms = _executor_jvms(app_id)
+    assert len(jvms) == 4, jvms
+    for jvm in jvms[2:]:
+        backend.killExecutor(_executor_id(jvm))
+    try:
+        _wait_executors(spark, 2)
+        marks = tmp_path / "marks"
+
+        def take(pid: int) -> None:
+            # As YARN preempts a container: the cluster lowers the application's executor
+            # target (so the master starts no replacement) and everything in it dies.
+            jvm = _executor_jvm(pid)
+            backend.killExecutor(_executor_id(jvm))
+            os.kill(jvm, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
+
+        fault = Fault(marks, "worker:1", (1,), take, [])
+        fault.start()
+        result = _run(
+            spark, marks, max_restarts=3, checkpoint_every=EVERY, min_workers=1,
+            allocation_timeout=5.0,
+        )  # fmt: skip
+    finally:
+        # Back to the session's 4: the target the kills lowered (from 0 or 4, Spark keeps
+        # it at least 0) goes up by 4, and the master has 4 one-core workers to fill.
+        backend.requestExecutors(4)
+        _wait_executors(spark, 4)
+    assert fault.struck_at, "the fault never struck"
+    lost, *between, smaller = result.attempts
+    assert lost.kind == "lost" and (lost.workers, lost.wanted_workers) == (2, 2), lost
+    # The first role to report is worker:0, whose peer vanished: a loss all the same.
+    assert lost.role in ("worker:1", "worker:0"), lost.describe()
+    # An attempt that counted the lost executor before Spark removed it finds its
+    # barrier stage held back for want of a slot, and ends: the next one counts again.
+    for held in between:
+        assert held.kind == "lost" and "did not start within" in held.cause, held.describe()
+    assert smaller.succeeded and (smaller.workers, smaller.wanted_workers) == (1, 2)
+    assert "with 1 of 2 workers" in smaller.describe()
+    # worker:0 alone read every training row: its epochs are twice as long.
+    assert result.value["trainers"] == 1
+    policy_dir = Path(result.model_dir) / "checkpoints"
+    final = read_checkpoint(checkpoint_files(policy_dir)[-1])
+    # The last checkpoint ends exactly at the run's total, in the one-trainer shard: the
+    # resume position carried the examples trained over (2 x the 2-trainer batches).
+    assert final.trainers == 1 and final.attempt == smaller.number
+    assert final.shard_position == 8 * result.value["steps_per_epoch"]
+    resumed = smaller.resumed_from_step
+    assert resumed is not None and resumed >= EVERY
+    assert final.global_step == resumed + final.shard_position - 2 * resumed
+    # Not the uninterrupted run's model (the last epochs took half the examples per step),
+    # but as good a one.
+    assert abs(result.value["accuracy"] - reference) <= 0.03, (result.value, reference)
+    print(
+        f"\nelastic: attempt {smaller.number} ran with 1 of 2 workers from step {resumed} "
+        f"(position {2 * resumed} of the larger shard); accuracy "
+        f"{result.value['accuracy']:.4f} vs {reference:.4f}; {smaller.describe()}"
+    )

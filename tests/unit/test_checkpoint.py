@@ -16,6 +16,7 @@ import pytest
 from tfyarn.errors import ConfigError
 from tfyarn.exchange.checkpoint import (
     Checkpoint,
+    Checkpointer,
     CheckpointMismatchError,
     CheckpointPolicy,
     check_fits,
@@ -24,6 +25,7 @@ from tfyarn.exchange.checkpoint import (
     resume_point,
     write_checkpoint,
 )
+from tfyarn.exchange.tensors import ArrayVariable
 
 
 def _ckpt(global_step: int, attempt: int = 1, scale: float = 1.0) -> Checkpoint:
@@ -205,3 +207,37 @@ def test_a_resumed_fit_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> N
     # The finished state is checkpointed: a restart after the end redoes nothing.
     final = read_checkpoint(checkpoint_files(tmp_path)[-1])
     assert (final.global_step, final.attempt) == (EPOCHS * STEPS, 2)
+
+
+def test_a_resume_with_another_trainer_count_carries_the_examples_trained(
+    tmp_path: Path,
+) -> None:
+    """Elastic restarts: the shard position moves, the checkpoint's identity does not."""
+    policy = CheckpointPolicy(str(tmp_path), every_steps=4)
+    first = Checkpointer(policy, rank=0, attempt=1, resume=None, trainers=2)
+    first.steps_per_epoch = 10
+    w = [ArrayVariable("w", np.zeros(2, np.float32))]
+    o = [ArrayVariable("o", np.zeros(1, np.float32))]
+    for _ in range(12):
+        first.step(w, o)
+    written, _ = resume_point(tmp_path, attempt=2)
+    assert written is not None and (written.trainers, written.shard_position) == (2, 12)
+    # Two trainers' 12 batches each are one trainer's 24 (of a shard twice as long).
+    alone = written.for_trainers(1)
+    assert (alone.global_step, alone.shard_position, alone.trainers) == (12, 24, 1)
+    assert alone.for_trainers(1) is alone and written.for_trainers(2) is written
+    second = Checkpointer(policy, rank=0, attempt=2, resume=alone, trainers=1)
+    second.steps_per_epoch = 20
+    assert (second.global_step, second.start_step) == (12, 24)
+    for _ in range(4):
+        second.step(w, o)
+    again, _ = resume_point(tmp_path, attempt=3)
+    # Named by the global step (newest last, whatever the trainer count), positioned in
+    # the one-trainer shard: epoch 1, 8 batches in.
+    assert again is not None and (again.global_step, again.shard_position) == (16, 28)
+    assert (again.epoch, again.step, again.trainers) == (1, 8, 1)
+    # Back to two trainers at the next restart: half the batches of the longer shard.
+    assert again.for_trainers(2).shard_position == 14
+    # Files of before trainer counts were recorded resume as they always did.
+    old = _ckpt(30)
+    assert old.for_trainers(3) is old and old.shard_position == 30

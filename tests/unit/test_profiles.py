@@ -52,6 +52,7 @@ def _options(**over: object) -> argparse.Namespace:
         service=None,
         output_json=None,
         max_restarts=None,
+        min_workers=None,
         checkpoint_dir=None,
         checkpoint_every=None,
     )

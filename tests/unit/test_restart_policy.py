@@ -20,6 +20,7 @@ from tfyarn.cluster.restarts import (
     RoleStuckError,
     exhausted_message,
     failure_kind,
+    least_executors,
     pick_cause,
     run_attempts,
     should_restart,
@@ -241,7 +242,7 @@ def test_submit_options_and_profile_defaults() -> None:
         options = argparse.Namespace(
             profile=profile, conf_dir=None, workers=2, ps=0, chief=False, no_chief=True,
             evaluator=False, transport=None, interface=None, service=None, output_json=None,
-            max_restarts=None, checkpoint_dir=None, checkpoint_every=None,
+            max_restarts=None, checkpoint_dir=None, checkpoint_every=None, min_workers=None,
         )  # fmt: skip
         vars(options).update(given)
         env = {"TFYARN_SPARK_MASTER": "spark://m:7077", "HADOOP_CONF_DIR": "/etc/hadoop"}
@@ -259,3 +260,63 @@ def test_submit_options_and_profile_defaults() -> None:
     assert plan("yarn-client", max_restarts=0)["spark.tfyarn.maxRestarts"] == "0"
     with pytest.raises(ConfigError, match="--max-restarts must be 0 or more, got -2"):
         plan("local-cluster", max_restarts=-2)
+    assert plan("yarn-client", min_workers=1)["spark.tfyarn.minWorkers"] == "1"
+    assert "spark.tfyarn.minWorkers" not in plan("yarn-client")
+    with pytest.raises(ConfigError, match="--min-workers must be 1 or more, got 0"):
+        plan("yarn-client", min_workers=0)
+
+
+# -- elastic restarts (min_workers) ----------------------------------------------------------
+
+
+def test_only_a_restart_with_min_workers_may_start_smaller() -> None:
+    # 1 chief + 4 workers + 1 ps = 6 roles; min_workers=2 lets a restart go on with 4.
+    assert least_executors(1, roles=6, workers=4, min_workers=2) is None  # first attempt
+    assert least_executors(2, roles=6, workers=4, min_workers=None) is None
+    assert least_executors(2, roles=6, workers=4, min_workers=4) is None
+    assert least_executors(2, roles=6, workers=4, min_workers=2) == 4
+    assert least_executors(3, roles=2, workers=2, min_workers=1) == 1
+
+
+def test_min_workers_settings_are_checked_and_taken_from_spark() -> None:
+    assert _options({"minWorkers": "1"}, max_restarts=2).min_workers == 1
+    assert _options(max_restarts=2, min_workers=2).min_workers == 2
+    with pytest.raises(ConfigError, match=r"min_workers=3 is more than workers=2"):
+        _options(max_restarts=2, min_workers=3)
+    with pytest.raises(ConfigError, match=r"min_workers must be at least 1, got 0"):
+        _options(max_restarts=2, min_workers=0)
+    with pytest.raises(ConfigError, match=r"min_workers=1 only applies to restarts"):
+        _options(min_workers=1)
+
+
+def test_a_scaled_down_attempt_says_so() -> None:
+    small = Attempt(2, 100.0, 160.0, workers=1, wanted_workers=2, resumed_from_step=16)
+    full = Attempt(2, 100.0, 160.0, workers=2, wanted_workers=2)
+    assert small.scaled_down and not full.scaled_down
+    assert "resumed from step 16, with 1 of 2 workers: succeeded" in small.describe()
+    with pytest.raises(ValueError, match=r"workers must be a count \(0 or more\) or None"):
+        Attempt(1, 100.0, 160.0, workers=-1)
+
+
+def test_a_broken_connection_to_a_peer_is_told_apart_from_the_roles_own_error() -> None:
+    from tfyarn.errors import TransportError
+    from tfyarn.node.role_process import lost_a_peer
+
+    broken = TransportError("peer closed the connection (0 of 24 bytes received)")
+    assert lost_a_peer(broken)
+    try:
+        try:
+            raise broken
+        except TransportError as exc:
+            raise RuntimeError("allreduce failed") from exc
+    except RuntimeError as chained:
+        assert lost_a_peer(chained)
+
+    # What TensorFlow raises for an error inside a tf.py_function: only the text is kept.
+    class UnknownError(Exception):
+        pass
+
+    UnknownError.__module__ = "tensorflow.python.framework.errors_impl"
+    assert lost_a_peer(UnknownError("Graph execution error:\nTransportError: peer closed"))
+    assert not lost_a_peer(UnknownError("Graph execution error:\nValueError: bad shape"))
+    assert not lost_a_peer(ValueError("TransportError: in a user's own message"))

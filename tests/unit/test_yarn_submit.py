@@ -32,6 +32,7 @@ def _options(profile: str, workers: int = 2, ps: int = 1) -> argparse.Namespace:
         service=None,
         output_json=None,
         max_restarts=None,
+        min_workers=None,
         checkpoint_dir=None,
         checkpoint_every=None,
     )

@@ -114,6 +114,13 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         "spark.tfyarn.maxRestarts: 3 on YARN profiles, else 0)",
     )
     parser.add_argument(
+        "--min-workers",
+        type=int,
+        help="a restart that YARN gives fewer executors back within the allocation "
+        "timeout goes on with as few as this many workers instead of failing "
+        "(spark.tfyarn.minWorkers; default: every restart needs every worker)",
+    )
+    parser.add_argument(
         "--checkpoint-dir",
         help="folder of the trainers' checkpoints, on storage every node reaches "
         "(default: <model_dir>/checkpoints when restarts are on)",
@@ -194,7 +201,7 @@ def build_plan(
 
 
 def _restart_props(options: argparse.Namespace) -> dict[str, str]:
-    """``spark.tfyarn.*`` settings of ``--max-restarts/--checkpoint-dir/--checkpoint-every``.
+    """``spark.tfyarn.*`` of ``--max-restarts/--min-workers/--checkpoint-dir/--checkpoint-every``.
 
     Only those given: the profile's ``spark.tfyarn.maxRestarts`` stays otherwise.
     """
@@ -203,6 +210,10 @@ def _restart_props(options: argparse.Namespace) -> dict[str, str]:
         if options.max_restarts < 0:
             raise ConfigError(f"--max-restarts must be 0 or more, got {options.max_restarts}")
         props["spark.tfyarn.maxRestarts"] = str(options.max_restarts)
+    if options.min_workers is not None:
+        if options.min_workers < 1:
+            raise ConfigError(f"--min-workers must be 1 or more, got {options.min_workers}")
+        props["spark.tfyarn.minWorkers"] = str(options.min_workers)
     if options.checkpoint_dir:
         props["spark.tfyarn.checkpoint.dir"] = options.checkpoint_dir
     if options.checkpoint_every:

@@ -51,6 +51,10 @@ class Attempt:
     resumed_from_step : int or None
         The global step of the checkpoint this attempt resumed from; None when it
         started from scratch.
+    workers, wanted_workers : int or None
+        The workers this attempt ran with, and those the run asked for: fewer when an
+        elastic restart (``min_workers``) went on without executors YARN did not give
+        back within ``allocation_timeout``. None where not recorded.
 
     Raises
     ------
@@ -68,6 +72,8 @@ class Attempt:
     executor: str = ""
     steps_redone: int | None = None
     resumed_from_step: int | None = None
+    workers: int | None = None
+    wanted_workers: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,10 +87,10 @@ class Attempt:
             problems.append(f"kind must be one of {', '.join(KINDS)} or None, got {self.kind!r}")
         if (self.kind is None) != (not self.cause):
             problems.append("a failed attempt needs a cause and kind, a successful one neither")
-        for name in ("steps_redone", "resumed_from_step"):
+        for name in ("steps_redone", "resumed_from_step", "workers", "wanted_workers"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
-                problems.append(f"{name} must be a step count or None, got {value!r}")
+                problems.append(f"{name} must be a count (0 or more) or None, got {value!r}")
         if problems:
             raise ValueError("bad Attempt: " + "; ".join(problems))
 
@@ -92,6 +98,13 @@ class Attempt:
     def succeeded(self) -> bool:
         """Whether this attempt finished the run."""
         return self.kind is None
+
+    @property
+    def scaled_down(self) -> bool:
+        """Whether this attempt ran with fewer workers than the run asked for."""
+        return None not in (self.workers, self.wanted_workers) and (
+            self.workers < self.wanted_workers  # type: ignore[operator]
+        )
 
     @property
     def duration(self) -> float:
@@ -109,6 +122,8 @@ class Attempt:
             head += f", resumed from step {self.resumed_from_step}"
         if self.steps_redone is not None:
             head += f", {self.steps_redone} steps redone"
+        if self.scaled_down:
+            head += f", with {self.workers} of {self.wanted_workers} workers"
         if self.succeeded:
             return f"{head}: succeeded"
         where = self.role or "?"

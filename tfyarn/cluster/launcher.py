@@ -25,7 +25,7 @@ from tfyarn.cluster import partitioning, validate
 from tfyarn.cluster.attempts import Attempt
 from tfyarn.cluster.cluster_fs import default_model_dir, role_storage_env, spark_hadoop_conf
 from tfyarn.cluster.options import DEFAULT_SILENT_FAIL_AFTER, LaunchOptions, launch_options
-from tfyarn.cluster.plan import data_roles, describe, plan_job
+from tfyarn.cluster.plan import RoleSpec, data_roles, describe, plan_job
 from tfyarn.cluster.progress import (
     AttemptNumber,
     ProgressDisplay,
@@ -37,6 +37,7 @@ from tfyarn.cluster.restarts import (
     AttemptProgress,
     LivenessWatch,
     RestartPolicy,
+    least_executors,
     pick_cause,
     run_attempts,
 )
@@ -164,6 +165,7 @@ def run(
     retry_on_errors: bool = False,
     silent_fail_after: float | None = DEFAULT_SILENT_FAIL_AFTER,
     stall_fail_after: float | None = None,
+    min_workers: int | None = None,
 ) -> RunResult:
     """Run ``train_fn`` as a TensorFlow cluster, one role per Spark executor.
 
@@ -251,6 +253,13 @@ def run(
         Seconds without step progress (``ctx.report(step=...)``, the Keras progress
         callback) while heartbeats arrive after which a trainer is taken for stuck;
         None (the default): never.
+    min_workers : int, optional
+        Elastic restarts: a restart that gets fewer executors back than the run has
+        roles within ``allocation_timeout`` goes on with as few as this many workers
+        (the data spread over them, the shard position carried over as examples trained)
+        instead of failing; each restart asks for the full size again. Default
+        ``spark.tfyarn.minWorkers``, else none: every restart needs every worker.
+        ``RunResult.attempts`` records the workers each attempt ran with.
 
     Returns
     -------
@@ -301,6 +310,7 @@ def run(
             retry_on_errors=retry_on_errors,
             silent_fail_after=silent_fail_after,
             stall_fail_after=stall_fail_after,
+            min_workers=min_workers,
         )
         result = _launch_attempts(spark, train_fn, options, begun)
     except BaseException as exc:
@@ -382,19 +392,8 @@ def _launch(
 ) -> RunResult:
     """One attempt: one barrier stage of every role."""
     sc = spark.sparkContext
-    plan = plan_job(
-        workers=options.workers,
-        ps=options.ps,
-        chief=options.chief,
-        evaluator=options.evaluator,
-        strategy=options.strategy,
-        submitted_chief=_conf(spark, "chief"),
-    )
-    if attempt.number == 1:
-        print(describe(plan, options.strategy), flush=True)  # the role plan, at every job's start
+    plan = _attempt_plan(spark, options, attempt.number, progress)
     trainers = data_roles(plan, options.strategy)
-    validate.check_spark_conf(sc)
-    validate.wait_for_slots(sc, len(plan), options.allocation_timeout)
     validate.check_transport(sc, options.transport)  # rdma: probed here if executors are local
 
     job_id = attempt.job_id
@@ -436,6 +435,7 @@ def _launch(
         LivenessWatch(options.silent_fail_after, options.stall_fail_after),
         progress,
         [r.task_id for r in trainers],
+        options.allocation_timeout,
     )
     try:
         rows, stage_started = _run_stage(
@@ -448,6 +448,49 @@ def _launch(
     return _result(job, rows, server, stage_started, begun)
 
 
+def _attempt_plan(
+    spark: SparkSession, options: LaunchOptions, number: int, progress: AttemptProgress
+) -> tuple[RoleSpec, ...]:
+    """The roles of attempt ``number``, once the executors for them registered.
+
+    Every attempt asks for the run's full size first, so a run that scaled down grows
+    back at its next restart when the executors returned. With ``min_workers``, a restart
+    that got fewer executors within ``allocation_timeout`` goes on with fewer workers
+    (the data is spread over those) instead of failing.
+    """
+    sc = spark.sparkContext
+
+    def plan_for(workers: int) -> tuple[RoleSpec, ...]:
+        return plan_job(
+            workers=workers,
+            ps=options.ps,
+            chief=options.chief,
+            evaluator=options.evaluator,
+            strategy=options.strategy,
+            submitted_chief=_conf(spark, "chief"),
+        )
+
+    plan = plan_for(options.workers)
+    if number == 1:
+        print(describe(plan, options.strategy), flush=True)  # the role plan, at every job's start
+    validate.check_spark_conf(sc)
+    wanted = sum(r.name == "worker" for r in plan)
+    least = least_executors(number, len(plan), wanted, options.min_workers)
+    got = validate.wait_for_slots(sc, len(plan), options.allocation_timeout, least)
+    progress.workers = progress.wanted_workers = wanted
+    if got >= len(plan):
+        return plan
+    progress.workers = wanted - (len(plan) - got)
+    log.warning(
+        "tfyarn: attempt %d runs with %d of %d workers: %d executors registered within "
+        "allocation_timeout=%g s, not %d (min_workers=%d); the data is spread over the "
+        "workers left, and the next restart asks for all %d again",
+        number, progress.workers, wanted, got, options.allocation_timeout, len(plan),
+        options.min_workers, wanted,
+    )  # fmt: skip
+    return plan_for(progress.workers)
+
+
 @dataclass(frozen=True)
 class _Watch:
     """The attempt's liveness check and progress record, fed by the stage's poll loop."""
@@ -455,6 +498,35 @@ class _Watch:
     liveness: LivenessWatch
     progress: AttemptProgress
     trainers: list[str]
+    start_within: float
+    _idle_since: list[float] = field(default_factory=list)
+
+    def not_started(self, sc: Any, group: str, server: ProgressServer) -> RoleLostError | None:
+        """An error once the job group ran no Spark stage for ``start_within`` seconds.
+
+        Spark holds a barrier stage back, without failing it, while the cluster has fewer
+        free task slots than the stage has tasks, and checks again every 15 s for 10
+        minutes. That happens when an executor counted for the attempt's plan was lost
+        meanwhile (its removal not yet known when the attempt counted); the next attempt
+        counts again.
+        """
+        if any(s.state != "starting" for s in server.snapshot()) or _stage_running(sc, group):
+            self._idle_since.clear()
+            return None
+        if not self._idle_since:
+            self._idle_since.append(time.monotonic())
+        idle = time.monotonic() - self._idle_since[0]
+        if idle <= self.start_within:
+            return None
+        return RoleLostError(
+            "?",
+            "?",
+            "(no traceback: no role started)",
+            f"the barrier stage of the roles did not start within {idle:.0f} s "
+            f"(allocation_timeout={self.start_within:g} s): Spark has fewer free task slots "
+            "than the attempt has roles, e.g. an executor was lost after it was counted; "
+            "a restart counts the executors again",
+        )
 
     def observe(self, server: ProgressServer) -> None:
         self.progress.observe(server.snapshot(), self.trainers)
@@ -475,6 +547,17 @@ class _Watch:
 #: Seconds the driver waits, once a role reported its failure, for the stage to fail
 #: too: a lost role's peers fail right after it, and the loss is the cause to act on.
 _SETTLE_SECONDS = 3.0
+
+
+def _stage_running(sc: Any, group: str) -> bool:
+    """Whether a Spark stage of the job group ``group`` is running now."""
+    tracker = sc.statusTracker()
+    active = set(tracker.getActiveStageIds())
+    for job_id in tracker.getJobIdsForGroup(group):
+        info = tracker.getJobInfo(job_id)
+        if info is not None and active.intersection(info.stageIds):
+            return True
+    return False
 
 
 def _spark_retried(sc: Any, group: str) -> bool:
@@ -539,9 +622,9 @@ def _run_stage(
             failed = server.failed_role()
             if failed is not None:
                 raise _settled(_role_error(failed, job, server), thread, box, job, server)
-            lost = watch.lost(server, job)
+            lost = watch.lost(server, job) or watch.not_started(sc, group, server)
             if lost is not None:
-                raise lost
+                raise _with_job(lost, job, server)
             if _spark_retried(sc, group):
                 raise _retried_error(job, sc)
             if serving and finish_sent is None and server.all_done(trainers):
@@ -591,14 +674,34 @@ def _settled(
     others: list[BaseException] = list(reported[1:])
     if "error" in box:
         others.append(_stage_error(box["error"], job, server))
-    return pick_cause(reported[0], others)
+    cause = pick_cause(reported[0], others)
+    if cause.restartable or not failed or not all(_peer_lost(s) for s in failed):
+        return cause
+    # Every role that failed lost a connection to a peer, and no peer said why: the
+    # peer went away without a word (its executor killed by the cluster manager, its
+    # host gone), which is the infrastructure's doing.
+    return _with_job(
+        RoleLostError(
+            cause.role,
+            cause.host,
+            cause.remote_traceback,
+            f"{str(cause).splitlines()[0]}; no role reported an error of its own, so a "
+            "peer was lost (killed, "
+            "its executor or host gone); a restart can help (max_restarts=)",
+        ),
+        job,
+        server,
+    )
+
+
+def _peer_lost(state: RoleState) -> bool:
+    return state.failure is not None and state.failure.peer_lost
 
 
 def _failed_at(state: RoleState) -> tuple[bool, float]:
     # When the role failed (its task's later report does not count), a lost connection to
     # a peer after the others: it follows from the peer's failure.
-    peer_lost = state.failure is not None and state.failure.peer_lost
-    return peer_lost, state.failed_at if state.failed_at is not None else state.last_seen
+    return _peer_lost(state), state.failed_at if state.failed_at is not None else state.last_seen
 
 
 def _retried_error(job: JobSpec, sc: Any) -> RoleLostError:

@@ -82,6 +82,7 @@ def _restart_problems(options: LaunchOptions) -> list[str]:
             f"silent_fail_after={silent} s would take a role for lost between two heartbeats "
             f"(heartbeat_interval={beat} s): make it more than twice the interval"
         )
+    problems += _min_workers_problems(options)
     if not isinstance(options.retry_on_errors, bool):
         problems.append(f"retry_on_errors must be True or False, got {options.retry_on_errors!r}")
     if options.checkpoint_dir is not None and not (
@@ -92,6 +93,27 @@ def _restart_problems(options: LaunchOptions) -> list[str]:
         CheckpointPolicy.parse_every(options.checkpoint_every)
     except ConfigError as exc:
         problems.append(str(exc))
+    return problems
+
+
+def _min_workers_problems(options: LaunchOptions) -> list[str]:
+    """``min_workers``: a count between 1 and ``workers``, for a run that restarts."""
+    least = options.min_workers
+    if least is None:
+        return []
+    problems = _count_problem("min_workers", least, 1)
+    if problems or not _is_count(options.workers):
+        return problems
+    if least > options.workers:
+        problems.append(
+            f"min_workers={least} is more than workers={options.workers}: a restart may run "
+            "with fewer workers than asked for, never more"
+        )
+    if not options.max_restarts:
+        problems.append(
+            f"min_workers={least} only applies to restarts, and max_restarts is 0: set "
+            "max_restarts (spark.tfyarn.maxRestarts, tfyarn submit --max-restarts)"
+        )
     return problems
 
 
@@ -197,6 +219,7 @@ class LaunchOptions:
     retry_on_errors: bool = False
     silent_fail_after: float | None = DEFAULT_SILENT_FAIL_AFTER
     stall_fail_after: float | None = None
+    min_workers: int | None = None
     service_name: InitVar[str | None] = None
 
     def __post_init__(self, service_name: str | None) -> None:
@@ -322,6 +345,7 @@ def launch_options(
     max_restarts: int | None = None,
     checkpoint_dir: str | None = None,
     checkpoint_every: int | float | str | None = None,
+    min_workers: int | None = None,
     **given: Any,
 ) -> LaunchOptions:
     """Settle :func:`tfyarn.run`'s arguments into checked :class:`LaunchOptions`.
@@ -334,10 +358,11 @@ def launch_options(
         As given to :func:`tfyarn.run`; None: ``spark.tfyarn.<name>``, else the default.
     data, input_mode, strategy
         As given to :func:`tfyarn.run`.
-    max_restarts, checkpoint_dir, checkpoint_every
+    max_restarts, checkpoint_dir, checkpoint_every, min_workers
         As given to :func:`tfyarn.run`; None: ``spark.tfyarn.maxRestarts``,
-        ``spark.tfyarn.checkpoint.dir``, ``spark.tfyarn.checkpoint.every``, else 0
-        restarts and the checkpoint defaults (:meth:`LaunchOptions.checkpoint_policy`).
+        ``spark.tfyarn.checkpoint.dir``, ``spark.tfyarn.checkpoint.every``,
+        ``spark.tfyarn.minWorkers``, else 0 restarts, the checkpoint defaults
+        (:meth:`LaunchOptions.checkpoint_policy`) and no scaling down.
     **given
         :func:`tfyarn.run`'s other arguments, taken as they are.
 
@@ -370,6 +395,7 @@ def launch_options(
         max_restarts=_settle(max_restarts, conf, "maxRestarts", int, 0),
         checkpoint_dir=_settle(checkpoint_dir, conf, "checkpoint.dir", str, None),
         checkpoint_every=_settle(checkpoint_every, conf, "checkpoint.every", _every, None),
+        min_workers=_settle(min_workers, conf, "minWorkers", int, None),
         **given,
     )
     if named is None:

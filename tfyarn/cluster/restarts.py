@@ -50,6 +50,7 @@ __all__ = [
     "Stalled",
     "exhausted_message",
     "failure_kind",
+    "least_executors",
     "pick_cause",
     "run_attempts",
     "should_restart",
@@ -152,11 +153,16 @@ class AttemptProgress:
         The highest global step a trainer reported.
     executors : dict
         Task id -> the Spark executor the role ran in.
+    workers, wanted_workers : int or None
+        The workers the attempt runs with and those the run asked for (set once its
+        executors are there; fewer after an elastic scale-down).
     """
 
     resumed_from: int | None = None
     reached: int | None = None
     executors: dict[str, str] = field(default_factory=dict)
+    workers: int | None = None
+    wanted_workers: int | None = None
 
     def observe(self, states: Iterable[RoleState], trainers: Iterable[str]) -> None:
         """Fold the roles' latest heartbeats in."""
@@ -257,6 +263,18 @@ class LivenessWatch:
         return None
 
 
+def least_executors(number: int, roles: int, workers: int, min_workers: int | None) -> int | None:
+    """The fewest executors attempt ``number`` of a ``roles``-role plan may start with.
+
+    None (every role needs its executor) for a first attempt and without ``min_workers``;
+    a restart with ``min_workers`` may go on with that many workers and every other role
+    (chief, ps, evaluator) once ``allocation_timeout`` passed.
+    """
+    if number <= 1 or min_workers is None or min_workers >= workers:
+        return None
+    return roles - workers + min_workers
+
+
 def _failed(
     number: int,
     started: float,
@@ -275,6 +293,8 @@ def _failed(
         executor=progress.executors.get(error.role, ""),
         steps_redone=redone,
         resumed_from_step=progress.resumed_from,
+        workers=progress.workers,
+        wanted_workers=progress.wanted_workers,
     )
 
 
@@ -339,6 +359,8 @@ def run_attempts(
                 ended=time.time(),
                 steps_redone=steps_redone(previous, progress),
                 resumed_from_step=progress.resumed_from,
+                workers=progress.workers,
+                wanted_workers=progress.wanted_workers,
             )
         )
         return result, attempts

@@ -169,8 +169,11 @@ def _slot_count(sc: SparkContext) -> int:
     return int(jsc.maxNumConcurrentTasks(profile))
 
 
-def wait_for_slots(sc: SparkContext, needed: int, timeout: float) -> int:
+def wait_for_slots(sc: SparkContext, needed: int, timeout: float, least: int | None = None) -> int:
     """Wait until ``needed`` executors are registered, one slot each; return the count.
+
+    With ``least``, fewer than ``needed`` but at least ``least`` after ``timeout`` is
+    enough too (an elastic restart then runs smaller); that count is returned.
 
     Raises
     ------
@@ -189,11 +192,13 @@ def wait_for_slots(sc: SparkContext, needed: int, timeout: float) -> int:
         time.sleep(0.5)
         _check_running(sc)
         executors = _executor_count(sc)
-    if executors < needed:
+    if executors < needed and (least is None or executors < least):
+        also = "" if least is None else f"; at least {least} with min_workers"
         raise AllocationError(
-            f"the job needs {needed} executors (one per role) but only {executors} registered "
-            f"within {timeout:.0f} s. Ask for more (--num-executors / spark.executor.instances, "
-            "or local-cluster[N,...]), or run fewer roles; allocation_timeout= waits longer"
+            f"the job needs {needed} executors (one per role{also}) but only {executors} "
+            f"registered within {timeout:.0f} s. Ask for more (--num-executors / "
+            "spark.executor.instances, or local-cluster[N,...]), or run fewer roles; "
+            "allocation_timeout= waits longer"
         )
     slots = _slot_count(sc)
     if slots > executors:

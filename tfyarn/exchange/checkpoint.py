@@ -23,6 +23,7 @@ NumPy: any :class:`~tfyarn.exchange.tensors.Variable` (Keras, TensorFlow, NumPy)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -154,6 +155,12 @@ class Checkpoint:
         The attempt (1, 2, ...) that wrote it.
     weights, optimizer : list of ndarray
         The model's weights (``model.weights`` order) and optimizer variables.
+    trainers : int
+        How many trainers the writing attempt had (0: not recorded, older files).
+    position : int or None
+        Batches into each trainer's shard (None: ``global_step``, the same as long as
+        the trainer count never changed). An attempt with another trainer count (an
+        elastic restart, ``min_workers``) reads it through :meth:`for_trainers`.
     """
 
     epoch: int
@@ -162,6 +169,29 @@ class Checkpoint:
     attempt: int
     weights: list[np.ndarray]
     optimizer: list[np.ndarray]
+    trainers: int = 0
+    position: int | None = None
+
+    @property
+    def shard_position(self) -> int:
+        """Batches of its shard each trainer had trained on: where the data resumes."""
+        return self.global_step if self.position is None else self.position
+
+    def for_trainers(self, trainers: int) -> Checkpoint:
+        """This checkpoint as an attempt with ``trainers`` trainers resumes it.
+
+        The same weights, optimizer state and global step (the checkpoint's identity:
+        file name, ps snapshot tag). With another trainer count the data was spread over
+        the trainers anew, so the shard position carries over as the examples trained on:
+        ``position * trainers_then / trainers_now`` batches of the new, larger or smaller,
+        shards. The epoch in progress then continues in the new shards' order: a few of
+        its rows may come twice, or not, in that epoch (Horovod's elastic samplers make
+        the same trade).
+        """
+        if not self.trainers or self.trainers == trainers or trainers < 1:
+            return self
+        moved = round(self.shard_position * self.trainers / trainers)
+        return dataclasses.replace(self, position=moved, trainers=trainers)
 
 
 def describe_shapes(arrays: Sequence[np.ndarray]) -> str:
@@ -185,6 +215,8 @@ def write_checkpoint(folder: str | os.PathLike[str], ckpt: Checkpoint, keep: int
         "step": ckpt.step,
         "global_step": ckpt.global_step,
         "attempt": ckpt.attempt,
+        "trainers": ckpt.trainers,
+        "position": ckpt.shard_position,
         "weights": _layout(ckpt.weights),
         "optimizer": _layout(ckpt.optimizer),
     }
@@ -223,6 +255,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             attempt=int(meta["attempt"]),
             weights=_arrays(z, "w", meta["weights"]),
             optimizer=_arrays(z, "o", meta["optimizer"]),
+            trainers=int(meta.get("trainers", 0)),
+            position=int(meta["position"]) if "position" in meta else None,
         )
 
 
@@ -333,7 +367,10 @@ class Checkpointer:
     Attributes
     ----------
     global_step : int
-        Steps since the start of training, over all attempts (the shard position).
+        Steps since the start of training, over all attempts.
+    position : int
+        Batches into this trainer's shard: ``global_step`` unless an elastic restart
+        changed the trainer count (:meth:`Checkpoint.for_trainers`).
     steps_per_epoch : int or None
         Set by the loop when known; checkpoints then record epoch and step in it.
     write_seconds : list of float
@@ -348,13 +385,16 @@ class Checkpointer:
         attempt: int,
         resume: Checkpoint | None,
         before_write: BeforeWrite | None = None,
+        trainers: int = 0,
     ) -> None:
         self.policy = policy
         self.rank = rank
         self.attempt = attempt
         self.resume = resume
         self.before_write = before_write
-        self.global_step = self.start_step
+        self.trainers = trainers
+        self.global_step = resume.global_step if resume is not None else 0
+        self.position = self.start_step
         self.steps_per_epoch: int | None = None
         self.write_seconds: list[float] = []
         self._last_save = time.monotonic()
@@ -362,8 +402,8 @@ class Checkpointer:
 
     @property
     def start_step(self) -> int:
-        """The global step this attempt starts at (0 without a resume point)."""
-        return self.resume.global_step if self.resume is not None else 0
+        """The shard position this attempt starts at (0 without a resume point)."""
+        return self.resume.shard_position if self.resume is not None else 0
 
     def restore(
         self, weights: Sequence[Variable], optimizer: Sequence[Variable] | None
@@ -408,6 +448,7 @@ class Checkpointer:
     ) -> None:
         """Count ``steps`` optimizer steps; checkpoint if that made one due."""
         self.global_step += max(steps, 0)
+        self.position += max(steps, 0)
         if self.due():
             self.save(weights, optimizer)
 
@@ -437,7 +478,7 @@ class Checkpointer:
             self.before_write(self.global_step, self.attempt)
         spe = self.steps_per_epoch
         # Without a known epoch length the whole run counts as epoch 0.
-        epoch, step = divmod(self.global_step, spe) if spe else (0, self.global_step)
+        epoch, step = divmod(self.position, spe) if spe else (0, self.position)
         ckpt = Checkpoint(
             epoch=epoch,
             step=step,
@@ -445,6 +486,8 @@ class Checkpointer:
             attempt=self.attempt,
             weights=tensors.read(weights),
             optimizer=tensors.read(optimizer),
+            trainers=self.trainers,
+            position=self.position,
         )
         path = write_checkpoint(self.policy.directory, ckpt, self.policy.keep)
         self.write_seconds.append(time.perf_counter() - began)

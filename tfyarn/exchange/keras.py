@@ -284,6 +284,7 @@ def callbacks(strategy: ExchangeStrategy, average_metrics: bool = True) -> list[
                 attempt=strategy.attempt,
                 resume=strategy.resume,
                 before_write=strategy.snapshot_parameter_servers,
+                trainers=strategy.size,
             ),
         )
     if average_metrics:

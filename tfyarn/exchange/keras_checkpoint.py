@@ -6,8 +6,8 @@
 ``every_seconds`` seconds (and at each epoch end when neither is set), and stops
 ``model.fit`` once the run's total step count is reached. The total is what matters on a
 resume mid-epoch: the shard is resumed at the checkpoint's position (``ctx.dataset``
-skips ``global_step`` batches), Keras' epoch counter restarts at the checkpoint's epoch,
-and so the resumed run trains on exactly the batches the interrupted one had left; its
+skips its ``shard_position`` batches), Keras' epoch counter restarts at the checkpoint's
+epoch, and so the resumed run trains on exactly the batches the interrupted one had left; its
 Keras epoch boundaries are shifted by the steps the checkpoint was into its epoch.
 
 The saving and restoring itself is :class:`~tfyarn.exchange.checkpoint.Checkpointer`'s,
@@ -55,11 +55,13 @@ class CheckpointCallback(keras.callbacks.Callback):
         attempt: int,
         resume: Checkpoint | None,
         before_write: BeforeWrite | None = None,
+        trainers: int = 0,
     ) -> None:
         super().__init__()
         self.checkpointer = Checkpointer(
-            policy, rank=rank, attempt=attempt, resume=resume, before_write=before_write
-        )
+            policy, rank=rank, attempt=attempt, resume=resume, before_write=before_write,
+            trainers=trainers,
+        )  # fmt: skip
         self._total: int | None = None
         self._seen_in_epoch = 0
 
@@ -95,7 +97,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.checkpointer.restore(list(model.weights), opt_vars)
         if steps_per_epoch:
             # Keras reads this after on_train_begin (the way BackupAndRestore resumes).
-            model._initial_epoch = self.global_step // steps_per_epoch
+            model._initial_epoch = self.checkpointer.position // steps_per_epoch
 
     # -- progress and saving ----------------------------------------------------------
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -108,7 +110,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         done = batch + 1 - self._seen_in_epoch
         self._seen_in_epoch = batch + 1
         self.checkpointer.step(*self._variables(), steps=done)
-        if self._total is not None and self.global_step >= self._total:
+        if self._total is not None and self.checkpointer.position >= self._total:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:

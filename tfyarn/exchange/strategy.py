@@ -208,8 +208,8 @@ class ExchangeStrategy:
     # -- checkpoints ---------------------------------------------------------------------
     @property
     def start_step(self) -> int:
-        """The global step this attempt starts at: the resume point's, else 0."""
-        return self.resume.global_step if self.resume is not None else 0
+        """The shard position this attempt starts at: the resume point's, else 0."""
+        return self.resume.shard_position if self.resume is not None else 0
 
     @property
     def start_epoch(self) -> int:
@@ -233,7 +233,7 @@ class ExchangeStrategy:
             )
         return Checkpointer(
             self.checkpoint, rank=self.rank, attempt=self.attempt, resume=self.resume,
-            before_write=self.snapshot_parameter_servers,
+            before_write=self.snapshot_parameter_servers, trainers=self.size,
         )  # fmt: skip
 
     def snapshot_parameter_servers(self, global_step: int, attempt: int) -> None:
@@ -273,7 +273,9 @@ class ExchangeStrategy:
         Returns
         -------
         int
-            The global step to start at (:attr:`start_step`): skip that many batches.
+            The shard position to start at (:attr:`start_step`): skip that many batches
+            (the resume point's global step, unless an elastic restart changed the
+            trainer count).
         """
         opt = optimizer if optimizer is not None else getattr(model, "optimizer", None)
         self._steps_per_epoch = steps_per_epoch

@@ -155,6 +155,8 @@ class NodeContext:
         from tfyarn.exchange.checkpoint import resume_point
 
         found, problems = resume_point(self.checkpoint.directory, self.attempt)
+        if found is not None:  # an elastic restart may run with fewer or more trainers
+            found = found.for_trainers(self.num_trainers)
         for problem in problems:
             log.warning("tfyarn %s: skipped an unreadable checkpoint: %s", self.task_id, problem)
         if found is not None and self._heartbeat is not None:
@@ -246,7 +248,7 @@ class NodeContext:
             Shuffle seed.
 
         When this attempt resumes from a checkpoint (:attr:`resume`), the pipeline skips
-        the ``resume.global_step`` batches already trained on, and so yields the rest.
+        the ``resume.shard_position`` batches already trained on, and so yields the rest.
         """
         if self._job.strategy == "ps":
             raise ConfigError(
@@ -264,11 +266,11 @@ class NodeContext:
             seed=seed,
         )
         resume = self.resume
-        if resume is None or resume.global_step == 0:
+        if resume is None or resume.shard_position == 0:
             return dataset
         # The shard position: the same seed gives the same order, so skipping the batches
         # the checkpoint already trained on continues exactly where the lost attempt was.
-        return dataset.skip(min(resume.global_step, steps))
+        return dataset.skip(min(resume.shard_position, steps))
 
     def per_worker_dataset(
         self,

@@ -267,7 +267,7 @@ def _run_role(job: JobSpec, wired: _Wired, workdir: Path, tf_port: ReservedPort)
             "error",
             error=f"{type(exc).__name__}: {exc}",
             traceback=text,
-            peer_lost=isinstance(exc, TransportError),
+            peer_lost=lost_a_peer(exc),
         )
     finally:
         with contextlib.suppress(Exception):
@@ -278,6 +278,23 @@ def _run_role(job: JobSpec, wired: _Wired, workdir: Path, tf_port: ReservedPort)
             with contextlib.suppress(Exception):
                 wired.listener.close()
     return status
+
+
+def lost_a_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from a broken connection to a peer (a :class:`TransportError`).
+
+    Raised by tfyarn's own code, or through its causes; TensorFlow re-raises an error of a
+    ``tf.py_function`` (where the exchange runs inside ``model.fit``) as an ``OpError``
+    that keeps only the text, ``TransportError: ...``.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TransportError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return type(exc).__module__.startswith("tensorflow") and "TransportError: " in str(exc)
 
 
 def main(argv: list[str]) -> int:
