@@ -107,22 +107,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def spark() -> Iterator[object]:
+def spark(request: pytest.FixtureRequest) -> Iterator[object]:
     """A SparkSession on ``local-cluster[4,1,1024]``: 4 executor JVMs, 1 core each.
 
-    Started once per test session; integration tests share it.
+    Started once per test session; integration tests share it. The yarn group's session
+    (only the service's two-worker jobs use it) gets 2 executors: two JVMs fewer to start
+    beside the dev YARN.
     """
+    executors = 2 if request.config.getoption("--test-group") == "yarn" else EXECUTORS
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     from pyspark.sql import SparkSession
 
     session = (
-        SparkSession.builder.master(f"local-cluster[{EXECUTORS},1,1024]")
+        SparkSession.builder.master(f"local-cluster[{executors},1,1024]")
         .appName("tfyarn-tests")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", str(EXECUTORS))
+        .config("spark.sql.shuffle.partitions", str(executors))
         .config("spark.task.maxFailures", "1")
         .config("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", "2")
         .getOrCreate()

@@ -56,6 +56,7 @@ __all__ = [
     "filesystem",
     "hdfs_user",
     "is_local",
+    "is_public",
     "join",
     "list_names",
     "makedirs",
@@ -255,6 +256,30 @@ def exists(url: str) -> bool:
     """Whether ``url`` names an existing file or folder."""
     fs, path = filesystem(url)
     return bool(fs.exists(path))
+
+
+def is_public(url: str) -> bool:
+    """Whether YARN may localise ``url`` as a PUBLIC resource (shared by every application).
+
+    The NodeManager's rule (``FSDownload.isPublic``): the file is readable by others and
+    every folder above it is searchable (``o+x``) by others.
+    """
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return False
+    parts = path.rstrip("/").split("/")
+    folders = ["/".join(parts[:i]) or "/" for i in range(1, len(parts))]
+    if _mode(fs, path) & 0o004 == 0:
+        return False
+    return all(_mode(fs, folder) & 0o001 for folder in folders)
+
+
+def _mode(fs: AbstractFileSystem, path: str) -> int:
+    """The permission bits of ``path`` (WebHDFS gives them as an octal string)."""
+    info = fs.info(path)
+    if "permission" in info:
+        return int(str(info["permission"]), 8)
+    return int(info["mode"]) & 0o7777
 
 
 def makedirs(url: str) -> None:

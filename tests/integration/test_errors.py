@@ -136,17 +136,17 @@ def test_a_timed_out_job_names_what_it_was_waiting_for(spark: Any) -> None:
 
     started = time.monotonic()
     with pytest.raises(tfyarn.TFYarnError) as info:
-        tfyarn.run(spark, train, workers=2, chief=False, progress=False, timeout=30)
+        tfyarn.run(spark, train, workers=2, chief=False, progress=False, timeout=20)
     took = time.monotonic() - started
     text = str(info.value)
     found = re.match(
-        r"the job did not finish within timeout=30 s and was cancelled: worker:1 has been "
+        r"the job did not finish within timeout=20 s and was cancelled: worker:1 has been "
         r"running with no step progress for (\d+) s; worker:0 is done\. Raise timeout= ",
         text,
     )
     assert found is not None, text
-    assert 0 < int(found[1]) <= 30
-    assert took < 30 + 15, f"the timeout took {took - 30:.0f} s more to end the job"
+    assert 0 < int(found[1]) <= 20
+    assert took < 20 + 15, f"the timeout took {took - 20:.0f} s more to end the job"
 
 
 def _executor_pid() -> int:

@@ -260,10 +260,13 @@ def test_a_killed_ps_restarts_from_its_snapshot_and_the_trainer_reconnects(
         first.kill()
         first.wait(timeout=10)
         second_box: list[subprocess.Popen[bytes]] = []
-        threading.Thread(
+        starter = threading.Thread(
             target=lambda: second_box.append(_start_ps(tmp_path, port)), daemon=True
-        ).start()
+        )
+        starter.start()
         values = job.push_gradients(MINUS_ONE)  # waits in the reconnect loop, then repeats
+        # The trainer may reconnect before the starter's own port probe sees the listener.
+        starter.join(timeout=60)
         second = second_box[0]
         assert job.reconnects == [
             {

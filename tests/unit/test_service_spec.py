@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,15 @@ def test_the_shipped_spec_loads_and_renders() -> None:
     comps = _components(doc)
     assert list(comps) == ["ps", "tensorboard", "standby"]
     for comp in comps.values():  # the environment archive is localised into ./lib
-        assert comp["artifact"] == {"id": "file:///opt/envs/env-1.tar", "type": "TARBALL"}
+        assert "artifact" not in comp
+        assert comp["configuration"]["files"] == [
+            {
+                "type": "ARCHIVE",
+                "src_file": "file:///opt/envs/env-1.tar",
+                "dest_file": "lib",
+                "visibility": "APPLICATION",
+            }
+        ]
         assert comp["launch_command"].startswith("./lib/bin/python -m tfyarn.service.")
 
 
@@ -92,7 +101,10 @@ def test_uri_environments_are_kept_and_paths_with_spaces_are_quoted() -> None:
         _base(environment="hdfs:///apps/tfyarn/env.tar.gz", state_dir="/shared/my svc"), ENV
     )
     ps = _components(yarnfile(spec))["ps"]
-    assert ps["artifact"]["id"] == "hdfs:///apps/tfyarn/env.tar.gz"
+    assert ps["configuration"]["files"][0]["src_file"] == "hdfs:///apps/tfyarn/env.tar.gz"
+    # An archive all may read is localised once per node, for every application.
+    public = _components(yarnfile(replace(spec, environment_public=True)))["ps"]
+    assert public["configuration"]["files"][0]["visibility"] == "PUBLIC"
     assert "--state-dir '/shared/my svc'" in ps["launch_command"]
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,25 @@ def test_input_files_are_read_by_path_or_url_in_every_format(tmp_path: Path) -> 
     np.testing.assert_array_equal(x, np.tile(np.arange(5.0), 3))
     with pytest.raises(ConfigError, match=r"tfyarn reads \.parquet"):
         list(read_files([str(tmp_path / "d.tfrecord")]))
+
+
+def test_public_means_readable_by_all_under_folders_all_may_search() -> None:
+    """YARN's rule for the PUBLIC cache, checked before a service asks for it."""
+    # Not under tmp_path: pytest's base folder is private to the user (0700).
+    top = Path(tempfile.mkdtemp(prefix="tfyarn-public-"))
+    try:
+        (top / "envs").mkdir()
+        archive = top / "envs" / "env.tar"
+        archive.write_bytes(b"x")
+        top.chmod(0o755)
+        (top / "envs").chmod(0o755)
+        archive.chmod(0o644)
+        assert storage.is_public(f"file://{archive}")
+        archive.chmod(0o640)
+        assert not storage.is_public(str(archive))
+        archive.chmod(0o644)
+        (top / "envs").chmod(0o750)
+        assert not storage.is_public(str(archive))
+        assert not storage.is_public(str(top / "missing.tar"))
+    finally:
+        shutil.rmtree(top)

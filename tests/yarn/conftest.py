@@ -16,10 +16,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tfyarn.errors import YarnError
@@ -159,3 +163,96 @@ def dev_yarn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevYarnFixtur
             f"\ndev YARN down in {stopped - stopping:.1f} s, "
             f"folder removed in {time.monotonic() - stopped:.1f} s"
         )
+
+
+# -- the session's yarn-client application: FILES from HDFS, the fault job struck ---------
+
+
+@dataclass
+class ClientApp:
+    """``apps/restart_app.py`` run once under ``tfyarn submit --profile yarn-client``.
+
+    Its FILES job is test_hdfs.py's, its fault jobs test_restarts_yarn.py's: one YARN
+    application (executors, localisation, TensorFlow import) serves both.
+    """
+
+    returncode: int
+    output: str
+    container: str
+    marks: Path
+    result: Path
+    parts: list[np.ndarray]
+    urls: list[str]
+    files_out: Path
+
+
+def _container_of(pid: int) -> str:
+    """The YARN container a process runs in (``CONTAINER_ID`` of it or an ancestor)."""
+    while pid > 1:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        for item in environ:
+            if item.startswith(b"CONTAINER_ID="):
+                return item.split(b"=", 1)[1].decode()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    raise AssertionError("the role process runs in no YARN container")
+
+
+def _strike(dev_yarn: DevYarnFixture, victim: Path, proc: subprocess.Popen[str]) -> str:
+    """Kill the victim role's container once it is past the strike step; its id."""
+    from fault_job import STRIKE_AFTER, read_mark
+
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        mark = read_mark(victim)
+        if mark is not None and mark[1] > STRIKE_AFTER:
+            container = _container_of(mark[0])
+            dev_yarn.rm.signal_container(container, "FORCEFUL_SHUTDOWN")
+            return container
+        time.sleep(0.1)
+    raise AssertionError(f"{victim.name} never passed step {STRIKE_AFTER}")
+
+
+def _files_on_hdfs(dev_yarn: DevYarnFixture, local: Path) -> tuple[list[np.ndarray], list[str]]:
+    """Three Parquet files of different lengths, put on HDFS with Hadoop's own client."""
+    folder = f"{dev_yarn.state.default_fs}/tmp/tfyarn-files-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(3)
+    parts = [rng.standard_normal(n) for n in (50, 70, 90)]
+    names = []
+    for i, x in enumerate(parts):
+        names.append(local / f"part-{i}.parquet")
+        pq.write_table(pa.table({"x": x, "y": np.zeros(len(x))}), names[-1])
+    dev_yarn.hdfs("-mkdir", "-p", folder)
+    dev_yarn.hdfs("-put", *map(str, names), folder)
+    return parts, [f"{folder}/{n.name}" for n in names]
+
+
+@pytest.fixture(scope="session")
+def client_app(dev_yarn: DevYarnFixture, tmp_path_factory: pytest.TempPathFactory) -> ClientApp:
+    sys.path.insert(0, str(REPO / "tests" / "integration"))
+    root = tmp_path_factory.mktemp("client-app")
+    parts, urls = _files_on_hdfs(dev_yarn, root)
+    marks, out, files_out = root / "marks", root / "result.json", root / "files"
+    proc = subprocess.Popen(
+        [TFYARN, "submit", "--profile", "yarn-client", "--workers", "2", "--no-chief",
+         str(APPS / "restart_app.py"), str(marks), str(out), ",".join(urls), str(files_out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dev_yarn.env, cwd=REPO, start_new_session=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    # Drain the output all along: a full pipe would block spark-submit.
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        try:
+            container = _strike(dev_yarn, marks / "faulted" / "worker-1.a1", proc)
+        except AssertionError as exc:
+            proc.wait(timeout=60)
+            reader.join(timeout=30)
+            raise AssertionError(f"{exc}; the job said:\n{''.join(lines)[-5000:]}") from None
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(timeout=30)
+    return ClientApp(proc.returncode, "".join(lines), container, marks, out, parts, urls, files_out)

@@ -14,8 +14,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tfyarn import storage
@@ -27,7 +25,7 @@ from tfyarn.exchange.checkpoint import (
     write_checkpoint,
 )
 
-from .conftest import APPS, DevYarnFixture
+from .conftest import ClientApp, DevYarnFixture
 
 
 @pytest.fixture(autouse=True)
@@ -113,25 +111,11 @@ def test_checkpoints_on_hdfs_are_atomic_pruned_and_a_torn_one_is_skipped(
 
 
 def test_input_files_on_hdfs_feed_each_trainer_its_share(
-    dev_yarn: DevYarnFixture, tmp_path: Path
+    dev_yarn: DevYarnFixture, client_app: ClientApp
 ) -> None:
-    """InputMode.FILES with hdfs:// Parquet files, in a job on the dev YARN."""
-    folder = _folder(dev_yarn)
-    rng = np.random.default_rng(3)
-    parts = [rng.standard_normal(n) for n in (50, 70, 90)]
-    urls = []
-    for i, x in enumerate(parts):
-        local = tmp_path / f"part-{i}.parquet"
-        pq.write_table(pa.table({"x": x, "y": np.zeros(len(x))}), local)
-        urls.append(storage.join(folder, local.name))
-    dev_yarn.hdfs("-mkdir", "-p", folder)
-    dev_yarn.hdfs("-put", *(str(tmp_path / f"part-{i}.parquet") for i in range(3)), folder)
-    out = tmp_path / "out"
-    run = dev_yarn.submit(
-        ["--profile", "yarn-client", "--workers", "2", "--no-chief",
-         str(APPS / "files_app.py"), ",".join(urls), str(out)]
-    )  # fmt: skip
-    assert run.returncode == 0, run.output[-6000:]
+    """InputMode.FILES with hdfs:// Parquet files, in the session's yarn-client job."""
+    assert client_app.returncode == 0, client_app.output[-6000:]
+    parts, urls, out = client_app.parts, client_app.urls, client_app.files_out
     for rank, task in enumerate(("worker-0", "worker-1")):
         seen = json.loads((out / f"{task}.json").read_text())
         mine = parts[rank::2]  # round robin, as feed.shard_files deals them
@@ -139,5 +123,5 @@ def test_input_files_on_hdfs_feed_each_trainer_its_share(
         assert seen["rows"] == sum(len(x) for x in mine)
         assert abs(seen["total"] - float(np.concatenate(mine).sum())) < 1e-9
     result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "succeeded", result
     assert result["model_dir"].startswith(f"{dev_yarn.state.default_fs}/user/")
-    print(f"\nInputMode.FILES from HDFS on YARN: {run.seconds:.1f} s")

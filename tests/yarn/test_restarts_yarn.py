@@ -1,8 +1,9 @@
 """The fault matrix on the dev YARN (issue 12): an executor's container killed by YARN.
 
 The shared fault job (tests/integration/fault_job.py) runs under ``tfyarn submit
---profile yarn-client``: once uninterrupted, then with restarts and checkpoints while
-this test has the ResourceManager kill the container of worker:1's executor
+--profile yarn-client`` (the session's ``client_app``, whose first job is test_hdfs.py's
+FILES job): once uninterrupted, then with restarts and checkpoints while the fixture has
+the ResourceManager kill the container of worker:1's executor
 (``POST /ws/v1/cluster/containers/{id}/signal/FORCEFUL_SHUTDOWN``: the RM tells the
 NodeManager, which kills the container as preemption does). Spark's YARN allocator
 replaces the executor; tfyarn restarts the attempt from the last checkpoint. The job
@@ -14,78 +15,27 @@ from __future__ import annotations
 
 import getpass
 import json
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from tfyarn.yarn.submit_support import APP_ID_RE
 
-from .conftest import APPS, REPO, TFYARN, DevYarnFixture
+from .conftest import REPO, ClientApp, DevYarnFixture
 from .test_submit_yarn import _role_pids
 
 pytestmark = pytest.mark.yarn
 
 sys.path.insert(0, str(REPO / "tests" / "integration"))
-from fault_job import EVERY, STRIKE_AFTER, read_mark  # noqa: E402
-
-
-def _container_of(pid: int) -> str:
-    """The YARN container a process runs in (``CONTAINER_ID`` of it or an ancestor)."""
-    while pid > 1:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        for item in environ:
-            if item.startswith(b"CONTAINER_ID="):
-                return item.split(b"=", 1)[1].decode()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-    raise AssertionError("the role process runs in no YARN container")
-
-
-def _strike(dev_yarn: DevYarnFixture, victim: Path, proc: subprocess.Popen[str]) -> str:
-    """Kill the victim role's container once it is past the strike step; its id."""
-    deadline = time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline:
-        mark = read_mark(victim)
-        if mark is not None and mark[1] > STRIKE_AFTER:
-            container = _container_of(mark[0])
-            dev_yarn.rm.signal_container(container, "FORCEFUL_SHUTDOWN")
-            return container
-        time.sleep(0.1)
-    raise AssertionError(f"{victim.name} never passed step {STRIKE_AFTER}")
+from fault_job import EVERY  # noqa: E402
 
 
 def test_a_container_killed_through_the_rm_restarts_from_the_checkpoint(
-    dev_yarn: DevYarnFixture, tmp_path: Path
+    dev_yarn: DevYarnFixture, client_app: ClientApp
 ) -> None:
-    marks, out = tmp_path / "marks", tmp_path / "result.json"
-    proc = subprocess.Popen(
-        [TFYARN, "submit", "--profile", "yarn-client", "--workers", "2", "--no-chief",
-         str(APPS / "restart_app.py"), str(marks), str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=dev_yarn.env, cwd=REPO, start_new_session=True,
-    )  # fmt: skip
-    lines: list[str] = []
-    # Drain the output all along: a full pipe would block spark-submit.
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
-    reader.start()
-    try:
-        try:
-            container = _strike(dev_yarn, marks / "faulted" / "worker-1.a1", proc)
-        except AssertionError as exc:
-            proc.wait(timeout=60)
-            reader.join(timeout=30)
-            raise AssertionError(f"{exc}; the job said:\n{''.join(lines)[-5000:]}") from None
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        reader.join(timeout=30)
-    output = "".join(lines)
-    assert proc.returncode == 0, output[-6000:]
+    output, container, out = client_app.output, client_app.container, client_app.result
+    assert client_app.returncode == 0, output[-6000:]
     app = APP_ID_RE.search(output)
     assert app is not None, output[-3000:]
     assert app.group(0).removeprefix("application_") in container, container

@@ -143,7 +143,12 @@ def test_launch_status_and_endpoints(service: Service) -> None:
     ps = next(c for c in raw["components"] if c["name"] == "ps")
     assert ps["restart_policy"] == "ALWAYS"
     assert ps["placement_policy"]["constraints"][0]["type"] == "ANTI_AFFINITY"
-    assert ps["artifact"]["type"] == "TARBALL"
+    # The environment: an ARCHIVE file localised as PUBLIC (the HDFS copy tfyarn
+    # published is readable by all), so the NodeManager reuses the copy it unpacked for
+    # the session's Spark applications instead of unpacking 1-2 GB for this one.
+    (env_file,) = ps["configuration"]["files"]
+    assert (env_file["type"], env_file["dest_file"]) == ("ARCHIVE", "lib")
+    assert env_file["visibility"] == "PUBLIC" and env_file["src_file"].startswith("hdfs://")
     # The ps runs the localised environment's Python from the container's ./lib.
     hello = service.hello()
     exe = os.readlink(f"/proc/{hello['pid']}/exe")

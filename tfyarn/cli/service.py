@@ -103,21 +103,26 @@ def _launch(args: argparse.Namespace) -> int:
 def _environment_on_cluster_fs(spec: Any) -> Any:
     """The spec with a local environment archive put on HDFS when HDFS is the cluster's FS.
 
-    YARN's Services API localises artifacts from ``fs.defaultFS`` only: with HDFS it
+    YARN's Services API localises files from ``fs.defaultFS`` only: with HDFS it
     refuses a ``file://`` archive ("Wrong FS"). The archive is uploaded once, as
-    ``tfyarn submit`` does (:func:`~tfyarn.yarn.envpack.publish_env_archive`).
+    ``tfyarn submit`` does (:func:`~tfyarn.yarn.envpack.publish_env_archive`). An archive
+    on HDFS that all may read is localised as PUBLIC (``environment_public``).
     """
     from dataclasses import replace
 
+    from tfyarn import storage
     from tfyarn.yarn.envpack import publish_env_archive
     from tfyarn.yarn.submit_support import cluster_default_fs
 
     default_fs = cluster_default_fs(os.environ)
-    if not (spec.environment.startswith("/") and default_fs.startswith("hdfs://")):
-        return spec
-    url = publish_env_archive(Path(spec.environment), default_fs)
-    print(f"environment archive: {url}")
-    return replace(spec, environment=url)
+    if spec.environment.startswith("/") and default_fs.startswith("hdfs://"):
+        url = publish_env_archive(Path(spec.environment), default_fs)
+        print(f"environment archive: {url}")
+        spec = replace(spec, environment=url)
+    # Readable by all: the NodeManagers keep one unpacked copy for every application.
+    if spec.environment_uri.startswith("hdfs://") and storage.is_public(spec.environment_uri):
+        spec = replace(spec, environment_public=True)
+    return spec
 
 
 def _print_status(status: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ __all__ = [
     "yarnfile",
 ]
 
-#: Where YARN unpacks a TARBALL artifact inside each container.
+#: Where YARN unpacks the environment archive inside each container.
 ENV_DIR = "lib"
 
 #: YARN Services restart policies (``restart_policy`` of a component).
@@ -196,6 +196,11 @@ class ServiceSpec:
     lifetime_s : int
         Seconds the service lives; -1 until stopped.
     ps, tensorboard, standby : component specs
+    environment_public : bool
+        Localise the environment as a PUBLIC resource: once per NodeManager, shared with
+        every later service and Spark application that uses the same archive (an archive
+        readable by all, as ``tfyarn service launch`` publishes it). Otherwise it is
+        localised again for each application (a restarted service, a new one).
     """
 
     name: str
@@ -209,6 +214,7 @@ class ServiceSpec:
     ps: PSSpec = field(default_factory=PSSpec)
     tensorboard: TensorBoardSpec = field(default_factory=TensorBoardSpec)
     standby: StandbySpec = field(default_factory=StandbySpec)
+    environment_public: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -338,12 +344,14 @@ def _component(
     out: dict[str, Any] = {
         "name": name,
         "number_of_containers": comp.instances,
-        "artifact": {"id": spec.environment_uri, "type": "TARBALL"},
         # One command: YARN appends its stdout/stderr redirection to the end of the line.
         "launch_command": shlex.join(command),
         "resource": comp.resource(),
         "restart_policy": comp.restart_policy,
-        "configuration": {"env": {"PYTHONUNBUFFERED": "1", **(env or {})}},
+        "configuration": {
+            "env": {"PYTHONUNBUFFERED": "1", **(env or {})},
+            "files": [_environment_file(spec)],
+        },
         "dependencies": list(dependencies),
     }
     if readiness is not None:
@@ -351,6 +359,21 @@ def _component(
     if placement is not None:
         out["placement_policy"] = placement
     return out
+
+
+def _environment_file(spec: ServiceSpec) -> dict[str, str]:
+    """The environment archive, unpacked into ``./lib`` of each container.
+
+    A static ARCHIVE file rather than a TARBALL artifact: YARN localises artifacts with
+    APPLICATION visibility only (1-2 GB unpacked again for every service launch), a file
+    with the visibility asked for.
+    """
+    return {
+        "type": "ARCHIVE",
+        "src_file": spec.environment_uri,
+        "dest_file": ENV_DIR,
+        "visibility": "PUBLIC" if spec.environment_public else "APPLICATION",
+    }
 
 
 def _anti_affinity(tag: str) -> dict[str, Any]:
