@@ -491,7 +491,7 @@ def _attempt_plan(
     return plan_for(progress.workers)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Watch:
     """The attempt's liveness check and progress record, fed by the stage's poll loop."""
 
@@ -499,7 +499,7 @@ class _Watch:
     progress: AttemptProgress
     trainers: list[str]
     start_within: float
-    _idle_since: list[float] = field(default_factory=list)
+    idle_since: float | None = None  # since when no role started and no stage ran
 
     def not_started(self, sc: Any, group: str, server: ProgressServer) -> RoleLostError | None:
         """An error once the job group ran no Spark stage for ``start_within`` seconds.
@@ -511,11 +511,11 @@ class _Watch:
         counts again.
         """
         if any(s.state != "starting" for s in server.snapshot()) or _stage_running(sc, group):
-            self._idle_since.clear()
+            self.idle_since = None
             return None
-        if not self._idle_since:
-            self._idle_since.append(time.monotonic())
-        idle = time.monotonic() - self._idle_since[0]
+        now = time.monotonic()
+        self.idle_since = now if self.idle_since is None else self.idle_since
+        idle = now - self.idle_since
         if idle <= self.start_within:
             return None
         return RoleLostError(
@@ -549,15 +549,19 @@ class _Watch:
 _SETTLE_SECONDS = 3.0
 
 
+def _group_stage_ids(tracker: Any, group: str) -> list[int]:
+    """The stage ids of every Spark job of the job group ``group``."""
+    ids: list[int] = []
+    for job_id in tracker.getJobIdsForGroup(group):
+        info = tracker.getJobInfo(job_id)
+        ids += info.stageIds if info is not None else ()
+    return ids
+
+
 def _stage_running(sc: Any, group: str) -> bool:
     """Whether a Spark stage of the job group ``group`` is running now."""
     tracker = sc.statusTracker()
-    active = set(tracker.getActiveStageIds())
-    for job_id in tracker.getJobIdsForGroup(group):
-        info = tracker.getJobInfo(job_id)
-        if info is not None and active.intersection(info.stageIds):
-            return True
-    return False
+    return not set(tracker.getActiveStageIds()).isdisjoint(_group_stage_ids(tracker, group))
 
 
 def _spark_retried(sc: Any, group: str) -> bool:
@@ -568,12 +572,10 @@ def _spark_retried(sc: Any, group: str) -> bool:
     ends the attempt instead of waiting for Spark's retries to run out.
     """
     tracker = sc.statusTracker()
-    for job_id in tracker.getJobIdsForGroup(group):
-        info = tracker.getJobInfo(job_id)
-        for stage_id in info.stageIds if info is not None else ():
-            stage = tracker.getStageInfo(stage_id)
-            if stage is not None and stage.currentAttemptId > 0:
-                return True
+    for stage_id in _group_stage_ids(tracker, group):
+        stage = tracker.getStageInfo(stage_id)
+        if stage is not None and stage.currentAttemptId > 0:
+            return True
     return False
 
 
@@ -686,8 +688,8 @@ def _settled(
             cause.host,
             cause.remote_traceback,
             f"{str(cause).splitlines()[0]}; no role reported an error of its own, so a "
-            "peer was lost (killed, "
-            "its executor or host gone); a restart can help (max_restarts=)",
+            "peer was lost (killed, its executor or host gone); a restart can help "
+            "(max_restarts=)",
         ),
         job,
         server,
