@@ -28,9 +28,9 @@ import pytest
 
 from tfyarn.errors import YarnError
 from tfyarn.yarn import maven
-from tfyarn.yarn.devcluster import DevYarn, DevYarnState, free_ports
+from tfyarn.yarn.devcluster import DevYarn, DevYarnState, up_on_free_ports
 from tfyarn.yarn.envpack import PackedEnv, ensure_env_archive
-from tfyarn.yarn.hadoop_conf import PORT_NAMES, DevYarnSettings
+from tfyarn.yarn.hadoop_conf import DevYarnSettings
 from tfyarn.yarn.rest import AppReport, ResourceManagerClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,20 +118,18 @@ def _fetch_jars_in_background(services: bool) -> threading.Thread:
 def dev_yarn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevYarnFixture]:
     """Start the dev YARN once for the session; stop it and remove its folder at the end."""
     base = tmp_path_factory.mktemp("dev-yarn")
-    ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
     # Two yarn.io/gpu (a countable resource: no GPU plugin, no devices) so that GPU
     # requests can be scheduled and accounted for by the real RM without GPUs. With the
     # YARN Services API (Hadoop 3.4.2), so that one YARN serves jobs and services alike.
     # HDFS as the cluster file system, as on a production cluster.
-    cluster = DevYarn(
-        DevYarnSettings(base_dir=base, ports=ports, nm_gpus=2, services=True, hdfs=True)
-    )
+    settings = DevYarnSettings(base_dir=base, nm_gpus=2, services=True, hdfs=True)
     # The session's jars download while the environment is packed; the daemons start after
     # packing (both are heavy, one at a time is faster on 2 cores).
     fetching = _fetch_jars_in_background(services=True)
     packed = ensure_env_archive()
     fetching.join()
-    state = cluster.up(timeout_s=300.0)
+    # Ports drawn right before the start, fresh ones if one is taken meanwhile.
+    cluster, state = up_on_free_ports(settings, timeout_s=300.0)
     # The default Hadoop's jars (the plain cluster of `tfyarn yarn-dev up`, `tfyarn logs`)
     # meanwhile: after the first download, as Maven 3.8 does not lock its local repository.
     prefetch = _fetch_jars_in_background(services=False)

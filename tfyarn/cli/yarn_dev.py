@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--free-ports",
         action="store_true",
-        help="use free ephemeral ports instead of Hadoop's defaults (8088, 8032, ...)",
+        help="use free ports instead of Hadoop's defaults (8088, 8032, ...)",
     )
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait (180)")
     parser.add_argument("--json", action="store_true", help="status as JSON")
@@ -63,14 +63,13 @@ def register(subparsers: Any) -> None:
 
 
 def _cluster(args: argparse.Namespace) -> Any:
-    from tfyarn.yarn.devcluster import DevYarn, default_base_dir, free_ports
-    from tfyarn.yarn.hadoop_conf import PORT_NAMES, DevYarnSettings
+    from tfyarn.yarn.devcluster import DevYarn, default_base_dir
+    from tfyarn.yarn.hadoop_conf import DevYarnSettings
 
     base = Path(args.dir).expanduser().resolve() if args.dir else default_base_dir()
     ports: dict[str, int] = {}
-    if args.action == "up" and args.free_ports:
-        ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
-    elif args.action != "up":
+    # `up --free-ports` draws its ports at start (up_on_free_ports), not here.
+    if args.action != "up":
         # down/status: the ports of the running cluster are in its state file.
         state = DevYarn(DevYarnSettings(base_dir=base)).load_state()
         ports = dict(state.ports) if state else {}
@@ -93,7 +92,12 @@ def _cluster(args: argparse.Namespace) -> Any:
 def _main(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     if args.action == "up":
-        state = cluster.up(timeout_s=args.timeout)
+        if args.free_ports:
+            from tfyarn.yarn.devcluster import up_on_free_ports
+
+            cluster, state = up_on_free_ports(cluster.settings, timeout_s=args.timeout)
+        else:
+            state = cluster.up(timeout_s=args.timeout)
         print(
             f"dev YARN up in {state.startup_s:.1f} s (Hadoop {state.hadoop_version}): "
             f"ResourceManager pid {state.pids['resourcemanager']}, "

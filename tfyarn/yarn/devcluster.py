@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,14 @@ from tfyarn.yarn import hadoop_conf, maven
 from tfyarn.yarn.hadoop_conf import DevYarnSettings
 from tfyarn.yarn.rest import ResourceManagerClient
 
-__all__ = ["DEV_MARKER", "DevYarn", "DevYarnState", "default_base_dir", "free_ports"]
+__all__ = [
+    "DEV_MARKER",
+    "DevYarn",
+    "DevYarnState",
+    "default_base_dir",
+    "free_ports",
+    "up_on_free_ports",
+]
 
 #: File in the conf dir that marks it as a tfyarn dev YARN (submit helpers look for it).
 DEV_MARKER = "tfyarn-dev-yarn.json"
@@ -108,15 +116,47 @@ def default_base_dir() -> Path:
     return maven.cache_root() / "yarn-dev"
 
 
+#: Where :func:`free_ports` looks when the kernel's ephemeral range cannot be read.
+_EPHEMERAL_DEFAULT = (32768, 60999)
+#: Lowest port :func:`free_ports` hands out (above the well-known and most daemons' ports).
+_LOWEST_FREE_PORT = 15000
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (outgoing connections, ``bind(0)``)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return _EPHEMERAL_DEFAULT
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct ports that were free on ``host`` a moment ago.
 
-    All sockets are held open together so the ports are distinct; another process can
-    still take one before the daemon binds it, in which case ``up`` fails clearly.
+    The ports are drawn at random from below the kernel's ephemeral range: a port from
+    inside it (what ``bind(0)`` gives) is what the kernel hands the next outgoing
+    connection of any process, so between this call and the daemon's own bind it is
+    often taken (CI saw it). Outside that range only a process binding that very port can
+    take it; :func:`up_on_free_ports` retries with fresh ports when that happens.
     """
+    low, _ = _ephemeral_range()
+    pool = list(range(_LOWEST_FREE_PORT, low)) if low - _LOWEST_FREE_PORT > 4 * count else []
+    random.shuffle(pool)
     socks: list[socket.socket] = []
     try:
-        for _ in range(count):
+        # Bounded: at most the pool's size, then the kernel's own choice for what is left.
+        for port in pool:
+            if len(socks) == count:
+                break
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+        while len(socks) < count:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind((host, 0))
             socks.append(s)
@@ -124,6 +164,38 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def _lost_a_port(exc: YarnError) -> bool:
+    """Whether ``up`` failed because a port was taken after it was chosen."""
+    text = str(exc)
+    return any(m in text for m in ("BindException", "Address already in use", "are in use"))
+
+
+def up_on_free_ports(
+    settings: DevYarnSettings, timeout_s: float = 180.0, attempts: int = 3
+) -> tuple[DevYarn, DevYarnState]:
+    """Start a dev YARN on free ports, choosing fresh ones if a port is taken meanwhile.
+
+    ``settings.ports`` is ignored: each try draws its own from :func:`free_ports` right
+    before starting, and a try whose daemon could not bind its port (another process
+    took it in between) is stopped and followed by one on new ports, ``attempts`` in all.
+
+    Returns
+    -------
+    (DevYarn, DevYarnState)
+        The running cluster (its settings carry the ports used) and its state.
+    """
+    names = hadoop_conf.PORT_NAMES
+    for attempt in range(1, attempts + 1):
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
+        cluster = DevYarn(replace(settings, ports=ports))
+        try:
+            return cluster, cluster.up(timeout_s=timeout_s)
+        except YarnError as exc:
+            if attempt == attempts or not _lost_a_port(exc):
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _port_in_use(host: str, port: int) -> bool:
