@@ -245,8 +245,9 @@ def test_a_killed_chief_restarts_from_the_last_checkpoint_it_completed(
 
     Right after the kill the newest checkpoint in the folder must be whole (the writer
     renames a fsynced file into place); the test then tears a newer one, as a writer
-    on storage without atomic renames could leave it. The resumed attempt starts from
-    the whole one.
+    on storage without atomic renames could leave it, and leaves the temporary file a
+    kill in mid-write leaves. The resumed attempt starts from the whole one, and its
+    writer sweeps the temporary file away.
     """
     folder = tmp_path / "checkpoints"
     seen: list[int] = []
@@ -259,6 +260,8 @@ def test_a_killed_chief_restarts_from_the_last_checkpoint_it_completed(
         seen.append(newest.global_step)
         torn = folder / f"ckpt-{newest.global_step + EVERY:012d}.npz"
         torn.write_bytes(Path(checkpoint_files(folder)[-1]).read_bytes()[:1000])
+        # And the temporary file it leaves when the kill falls between open and rename.
+        (folder / f".{torn.name}.{pid}.tmp").write_bytes(torn.read_bytes())
 
     fault = Fault(tmp_path / "marks", "worker:0", (1,), kill_the_writer, [])
     fault.start()
@@ -269,6 +272,8 @@ def test_a_killed_chief_restarts_from_the_last_checkpoint_it_completed(
     assert fault.struck_at and seen, "the fault never struck"
     _check_survived(result, reference, "lost", fault, lost_role="worker:0")
     assert result.attempts[1].resumed_from_step == seen[0]
+    # The next writer swept the killed one's temporary file.
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_a_killed_ps_restores_the_snapshot_of_the_resumed_checkpoint(

@@ -8,6 +8,7 @@ trains exactly as many steps.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,18 @@ def test_only_the_newest_are_kept_and_no_temporary_file_stays(tmp_path: Path) ->
         "ckpt-000000000015.npz",
         "ckpt-000000000020.npz",
     ]
+
+
+def test_a_killed_writers_temporary_files_are_swept_by_the_next_write(tmp_path: Path) -> None:
+    # What a writer SIGKILLed between open and rename leaves: a local one (pid) and a
+    # remote one (pid + 8 hex). Someone else's temporary file and our own stay.
+    left = [".ckpt-000000000012.npz.4242.tmp", ".ckpt-000000000013.npz.4243.0a1b2c3d.tmp"]
+    kept = [".notes.txt.4242.tmp", f".ckpt-000000000099.npz.{os.getpid()}.tmp"]
+    for name in left + kept:
+        (tmp_path / name).write_bytes(b"PK\x03\x04 torn")
+    write_checkpoint(tmp_path, _ckpt(20), keep=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["ckpt-000000000020.npz", *kept])
 
 
 def test_a_torn_checkpoint_is_never_loaded(tmp_path: Path) -> None:

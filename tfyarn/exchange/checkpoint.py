@@ -44,6 +44,7 @@ from tfyarn.exchange.npzfiles import (
     matching_files,
     prune,
     raw_bytes,
+    sweep_temporaries,
     write_atomically,
 )
 from tfyarn.exchange.ps.wire import np_dtype
@@ -226,6 +227,8 @@ def write_checkpoint(folder: str | os.PathLike[str], ckpt: Checkpoint, keep: int
         storage.join(path, f"ckpt-{ckpt.global_step:012d}.npz"), arrays, header
     )
     prune(checkpoint_files(path), keep)
+    # A writer killed mid-write (an earlier attempt's) left its temporary file behind.
+    sweep_temporaries(path, _NAME)
     return final
 
 

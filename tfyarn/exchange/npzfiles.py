@@ -24,7 +24,15 @@ import numpy as np
 
 from tfyarn import storage
 
-__all__ = ["file_name", "load_npz", "matching_files", "prune", "raw_bytes", "write_atomically"]
+__all__ = [
+    "file_name",
+    "load_npz",
+    "matching_files",
+    "prune",
+    "raw_bytes",
+    "sweep_temporaries",
+    "write_atomically",
+]
 
 
 def raw_bytes(a: np.ndarray) -> np.ndarray:
@@ -73,6 +81,34 @@ def matching_files(folder: str | os.PathLike[str], pattern: re.Pattern[str]) -> 
     """The files of ``folder`` whose names match ``pattern``, sorted (none if unlistable)."""
     base = os.fspath(folder)
     return [storage.join(base, n) for n in storage.list_names(base) if pattern.match(n)]
+
+
+#: The temporary names :func:`write_atomically` and :func:`storage.write_bytes_atomically`
+#: give: ``.<final name>.<pid>[.<8 hex>].tmp``.
+_TEMP = re.compile(r"^\.(?P<final>.+)\.(?P<pid>\d+)(?:\.[0-9a-f]{8})?\.tmp$")
+
+
+def sweep_temporaries(folder: str | os.PathLike[str], pattern: re.Pattern[str]) -> list[str]:
+    """Delete the temporary files a killed writer left in ``folder``; return their names.
+
+    A writer killed between creating its temporary file and renaming it (the role was
+    SIGKILLed, its container preempted) leaves a ``.tmp`` file that nothing else would
+    ever remove; on HDFS it also keeps its blocks. The caller must be the folder's only
+    writer (a job's checkpoint writer, one ps shard): then every temporary file for a
+    name matching ``pattern`` that is not this process's own is such a leftover.
+    """
+    base = os.fspath(folder)
+    swept: list[str] = []
+    for name in storage.list_names(base):
+        m = _TEMP.match(name)
+        if m is None or not pattern.match(m["final"]) or int(m["pid"]) == os.getpid():
+            continue
+        try:
+            storage.remove(storage.join(base, name))
+        except OSError:
+            continue
+        swept.append(name)
+    return swept
 
 
 def prune(files: Sequence[str], keep: int) -> None:

@@ -42,6 +42,7 @@ from tfyarn.exchange.npzfiles import (
     matching_files,
     prune,
     raw_bytes,
+    sweep_temporaries,
     write_atomically,
 )
 from tfyarn.exchange.ps.store import BucketState, ShardStore
@@ -112,6 +113,8 @@ def write_snapshot(folder: StoragePath, snapshot: Snapshot, keep: int) -> str:
     name = f"snapshot-{snapshot.seq:08d}.npz"
     final = write_atomically(storage.join(os.fspath(folder), name), arrays, _header(snapshot))
     prune(snapshot_files(folder), keep)
+    # A writer killed mid-write (an earlier attempt's) left its temporary file behind.
+    sweep_temporaries(folder, _SNAPSHOT)
     return final
 
 
