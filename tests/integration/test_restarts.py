@@ -375,10 +375,10 @@ def test_a_restart_without_the_lost_executor_goes_on_with_fewer_workers(
 
     ``SparkContext.killExecutor`` lowers the application's executor target, so that the
     standalone master (like YARN under preemption) starts no replacement; the executor's
-    JVM and worker:1's role process are killed with it, as a container kill does. The
-    job's two workers get the session's only two executors, worker:1's is taken
-    mid-training, and the restart goes on with worker:0 alone on all the data, from the
-    checkpoint, to the same total.
+    JVM is killed with it, as a container kill does, and worker:1's role process ends on
+    its own within a second (its watchdog sees the JVM gone). The job's two workers get
+    the session's only two executors, worker:1's is taken mid-training, and the restart
+    goes on with worker:0 alone on all the data, from the checkpoint, to the same total.
     """
     backend = spark.sparkContext._jsc.sc()
     app_id = spark.sparkContext.applicationId
@@ -390,13 +390,20 @@ def test_a_restart_without_the_lost_executor_goes_on_with_fewer_workers(
         _wait_executors(spark, 2)
         marks = tmp_path / "marks"
 
+        orphaned: list[float] = []
+
         def take(pid: int) -> None:
             # As YARN preempts a container: the cluster lowers the application's executor
-            # target (so the master starts no replacement) and everything in it dies.
+            # target (so the master starts no replacement) and stops the JVM. Its Spark
+            # worker does (SIGTERM; the JVM's shutdown kills the Python daemon without
+            # its SIGHUP to the workers): the Python worker above the role outlives it,
+            # and the role's watchdog must not wait for the driver to end the attempt.
             jvm = _executor_jvm(pid)
             backend.killExecutor(_executor_id(jvm))
-            os.kill(jvm, signal.SIGKILL)
-            os.kill(pid, signal.SIGKILL)
+            _wait_dead(jvm, within=20.0)
+            killed = time.monotonic()
+            _wait_dead(pid, within=10.0)
+            orphaned.append(time.monotonic() - killed)
 
         fault = Fault(marks, "worker:1", (1,), take, [])
         fault.start()
@@ -410,6 +417,8 @@ def test_a_restart_without_the_lost_executor_goes_on_with_fewer_workers(
         backend.requestExecutors(4)
         _wait_executors(spark, 4)
     assert fault.struck_at, "the fault never struck"
+    # The watchdog looks 4 times a second; the driver's reaction takes several.
+    assert orphaned and orphaned[0] < 2.0, orphaned
     lost, *between, smaller = result.attempts
     assert lost.kind == "lost" and (lost.workers, lost.wanted_workers) == (2, 2), lost
     # The first role to report is worker:0, whose peer vanished: a loss all the same.
@@ -437,5 +446,6 @@ def test_a_restart_without_the_lost_executor_goes_on_with_fewer_workers(
     print(
         f"\nelastic: attempt {smaller.number} ran with 1 of 2 workers from step {resumed} "
         f"(position {2 * resumed} of the larger shard); accuracy "
-        f"{result.value['accuracy']:.4f} vs {reference:.4f}; {smaller.describe()}"
+        f"{result.value['accuracy']:.4f} vs {reference:.4f}; {smaller.describe()}; the lost "
+        f"role ended {orphaned[0]:.2f} s after its JVM"
     )

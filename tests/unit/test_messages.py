@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -229,6 +230,23 @@ def test_a_role_whose_task_is_gone_removes_its_workspace(tmp_path: Path) -> None
     control.close()  # the task is gone: the role's hello finds no reader
     proc.communicate(timeout=60)
     assert proc.returncode == EXIT_ORPHANED
+    assert not (tmp_path / "tfyarn-job").exists()
+
+
+def test_a_stopped_role_sent_sigterm_cleans_up_once_resumed(tmp_path: Path) -> None:
+    """As when the driver ends a silent (stopped) role's attempt and its task stops it."""
+    workdir = tmp_path / "tfyarn-job" / "worker-0"
+    proc, control = _start_role(workdir)
+    try:
+        control.send(Setup(partition=1, host="127.0.0.1", peer_hosts=("127.0.0.1",)))
+        assert control.receive(Hello, timeout=60) is not None  # its handlers are in place
+        proc.send_signal(signal.SIGSTOP)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)
+        proc.communicate(timeout=60)
+    finally:
+        control.close()
+    assert proc.returncode == -signal.SIGTERM  # what its task reports: killed by SIGTERM
     assert not (tmp_path / "tfyarn-job").exists()
 
 

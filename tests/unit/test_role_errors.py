@@ -25,7 +25,7 @@ from tfyarn.cluster.progress import ProgressServer, RoleState, timeout_message
 from tfyarn.cluster.spark_errors import lost_role, parse_stage_failure, strip_jvm
 from tfyarn.errors import RoleFailedError, RoleLostError
 from tfyarn.node import code_pickle
-from tfyarn.node.failure import RoleFailure, exit_failure, likeliest_cause
+from tfyarn.node.failure import EXIT_ORPHANED, RoleFailure, exit_failure, likeliest_cause
 from tfyarn.node.heartbeat import HeartbeatClient
 from tfyarn.transport.auth import new_job_secret
 
@@ -62,6 +62,17 @@ def test_a_role_killed_by_sigkill_is_lost_with_its_signal_and_last_output() -> N
         "role ps:0 on host h was killed by signal 15 (SIGTERM) while starting:"
     )
     assert term.remote_traceback == "(no output)"
+
+
+def test_a_role_whose_executor_vanished_is_lost() -> None:
+    error = exit_failure("worker:1", "h", EXIT_ORPHANED, "", "", starting=False).error()
+    assert type(error) is RoleLostError and error.restartable
+    assert error.exit_status == EXIT_ORPHANED and error.signal is None
+    assert str(error).startswith("role worker:1 on host h ended because its executor is gone")
+    # The same status with a traceback is the role's own code (os._exit(3) after an error).
+    tb = "Traceback (most recent call last):\nSystemExit: 3\n"
+    own = exit_failure("worker:1", "h", EXIT_ORPHANED, tb, "", starting=False).error()
+    assert type(own) is RoleFailedError and not own.restartable
 
 
 def test_a_crash_in_native_code_is_the_roles_own_failure() -> None:

@@ -177,6 +177,8 @@ class ClientApp:
     returncode: int
     output: str
     container: str
+    #: The pids of worker:0's and worker:1's role processes (attempt 1) at the kill.
+    struck_pids: tuple[int, int]
     marks: Path
     result: Path
     parts: list[np.ndarray]
@@ -197,16 +199,20 @@ def _container_of(pid: int) -> str:
 
 
 def _strike(dev_yarn: DevYarnFixture, victim: Path, proc: subprocess.Popen[str]) -> str:
-    """Kill the victim role's container once it is past the strike step; its id."""
+    """Kill the victim role's container once it is past the strike step.
+
+    Returns its id and the pids of the victim's and its peer's role processes then.
+    """
     from fault_job import STRIKE_AFTER, read_mark
 
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
         mark = read_mark(victim)
-        if mark is not None and mark[1] > STRIKE_AFTER:
+        peer = read_mark(victim.with_name(victim.name.replace("worker-1", "worker-0")))
+        if mark is not None and peer is not None and mark[1] > STRIKE_AFTER:
             container = _container_of(mark[0])
             dev_yarn.rm.signal_container(container, "FORCEFUL_SHUTDOWN")
-            return container
+            return container, (peer[0], mark[0])
         time.sleep(0.1)
     raise AssertionError(f"{victim.name} never passed step {STRIKE_AFTER}")
 
@@ -231,8 +237,12 @@ def client_app(dev_yarn: DevYarnFixture, tmp_path_factory: pytest.TempPathFactor
     root = tmp_path_factory.mktemp("client-app")
     parts, urls = _files_on_hdfs(dev_yarn, root)
     marks, out, files_out = root / "marks", root / "result.json", root / "files"
+    # spark.task.maxFailures=4 (YARN's own default, which the profile sets to 1), as a
+    # cluster's spark-defaults may say: Spark's retries must not run attempt 1's roles
+    # twice (it aborts a failed barrier result stage; tfyarn restarts the attempt).
     proc = subprocess.Popen(
         [TFYARN, "submit", "--profile", "yarn-client", "--workers", "2", "--no-chief",
+         "--conf", "spark.task.maxFailures=4",
          str(APPS / "restart_app.py"), str(marks), str(out), ",".join(urls), str(files_out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dev_yarn.env, cwd=REPO, start_new_session=True,
@@ -243,7 +253,7 @@ def client_app(dev_yarn: DevYarnFixture, tmp_path_factory: pytest.TempPathFactor
     reader.start()
     try:
         try:
-            container = _strike(dev_yarn, marks / "faulted" / "worker-1.a1", proc)
+            container, struck = _strike(dev_yarn, marks / "faulted" / "worker-1.a1", proc)
         except AssertionError as exc:
             proc.wait(timeout=60)
             reader.join(timeout=30)
@@ -253,4 +263,6 @@ def client_app(dev_yarn: DevYarnFixture, tmp_path_factory: pytest.TempPathFactor
         if proc.poll() is None:
             proc.kill()
         reader.join(timeout=30)
-    return ClientApp(proc.returncode, "".join(lines), container, marks, out, parts, urls, files_out)
+    return ClientApp(
+        proc.returncode, "".join(lines), container, struck, marks, out, parts, urls, files_out
+    )

@@ -6,7 +6,9 @@ FILES job): once uninterrupted, then with restarts and checkpoints while the fix
 the ResourceManager kill the container of worker:1's executor
 (``POST /ws/v1/cluster/containers/{id}/signal/FORCEFUL_SHUTDOWN``: the RM tells the
 NodeManager, which kills the container as preemption does). Spark's YARN allocator
-replaces the executor; tfyarn restarts the attempt from the last checkpoint. The job
+replaces the executor; tfyarn restarts the attempt from the last checkpoint. The app
+runs with ``spark.task.maxFailures=4``: Spark's own retry of the barrier stage must
+neither run a role twice nor hang. The job
 ends SUCCEEDED, within one point of the uninterrupted run, redoing at most one
 checkpoint interval, and the killed container leaves no process behind.
 """
@@ -28,7 +30,7 @@ from .test_submit_yarn import _role_pids
 pytestmark = pytest.mark.yarn
 
 sys.path.insert(0, str(REPO / "tests" / "integration"))
-from fault_job import EVERY  # noqa: E402
+from fault_job import EVERY, read_mark  # noqa: E402
 
 
 def test_a_container_killed_through_the_rm_restarts_from_the_checkpoint(
@@ -49,6 +51,13 @@ def test_a_container_killed_through_the_rm_restarts_from_the_checkpoint(
     assert (lost["kind"], lost["role"], resumed["kind"]) == ("lost", "worker:1", None), lost
     assert resumed["resumed_from_step"] is not None and resumed["resumed_from_step"] >= EVERY
     assert resumed["steps_redone"] is not None and 0 <= resumed["steps_redone"] <= EVERY
+    # Spark was allowed to retry the stage (maxFailures=4), and did not run attempt 1's
+    # roles again: the last to write each trainer's attempt-1 marks are the processes
+    # that ran when the container was killed.
+    assert "overrides the profile's spark.task.maxFailures=1" in output, output[-3000:]
+    for role, pid in zip(("worker-0", "worker-1"), client_app.struck_pids, strict=True):
+        mark = read_mark(client_app.marks / "faulted" / f"{role}.a1")
+        assert mark is not None and mark[0] == pid, (role, mark, pid)
     accuracy, expected = faulted["value"]["accuracy"], reference["value"]["accuracy"]
     assert abs(accuracy - expected) <= 0.01, (accuracy, expected)
     # model_dir and checkpoints defaulted to the cluster file system (HDFS), where

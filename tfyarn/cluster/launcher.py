@@ -567,9 +567,15 @@ def _stage_running(sc: Any, group: str) -> bool:
 def _spark_retried(sc: Any, group: str) -> bool:
     """Whether Spark started the barrier stage of ``group`` again after a task failed.
 
-    Spark retries a failed barrier stage when ``spark.task.maxFailures`` > 1; a tfyarn
-    attempt is exactly one stage run (its roles refuse a second start), so the driver
-    ends the attempt instead of waiting for Spark's retries to run out.
+    A tfyarn attempt is exactly one run of its barrier stage. Spark does not run a failed
+    barrier *result* stage (tfyarn's: ``mapInArrow(barrier=True).collect()``) again,
+    whatever ``spark.task.maxFailures`` says: its DAGScheduler aborts it ("Could not
+    recover from a failed barrier ResultStage"), and tfyarn restarts from the checkpoint
+    itself (tests/yarn/test_restarts_yarn.py runs with maxFailures=4). This check guards
+    against a Spark that starts a second stage attempt anyway (it does for a barrier
+    shuffle-map stage): its tasks would start the attempt's roles a second time, so the
+    driver ends the attempt at its next poll (0.5 s), before those roles can have wired
+    (a role process takes seconds to import TensorFlow).
     """
     tracker = sc.statusTracker()
     for stage_id in _group_stage_ids(tracker, group):

@@ -18,7 +18,18 @@ from dataclasses import asdict, dataclass
 
 from tfyarn.errors import RoleFailedError, RoleLostError
 
-__all__ = ["CRASH_SIGNALS", "MARKER", "RoleFailure", "exit_failure", "likeliest_cause"]
+__all__ = [
+    "CRASH_SIGNALS",
+    "EXIT_ORPHANED",
+    "MARKER",
+    "RoleFailure",
+    "exit_failure",
+    "likeliest_cause",
+]
+
+#: Exit status of a role process whose watchdog found its task or its executor's JVM
+#: gone (:mod:`tfyarn.node.role_process`). A task that outlived its JVM reports it.
+EXIT_ORPHANED = 3
 
 #: Prefix of the one-line record in the task's exception text (see :meth:`RoleFailure.note`).
 MARKER = "tfyarn-role-failure: "
@@ -220,6 +231,13 @@ def exit_failure(
             "preemption, an operator); a restart can help (max_restarts=)"
         )
         return RoleFailure(role, host, message, output, signal=number, lost=True)
+    if returncode == EXIT_ORPHANED and not traceback.strip():
+        message = (
+            f"{where} ended{when} because its executor is gone (its JVM was stopped or "
+            "killed: an executor kill, a container kill or YARN preemption, a lost node); a "
+            "restart can help (max_restarts=)"
+        )
+        return RoleFailure(role, host, message, output, exit_status=returncode, lost=True)
     if traceback.strip():
         last = traceback.strip().splitlines()[-1]
         verb = "failed to start" if starting else "failed"

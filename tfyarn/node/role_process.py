@@ -4,8 +4,8 @@ Why a separate process rather than running TensorFlow inside Spark's Python work
 TensorFlow's servers cannot be shut down in-process, Spark reuses Python workers across
 tasks, and a parameter server never returns on its own. A child process can always be
 stopped, and it dies with its task: a watchdog thread notices when the parent (the Spark
-Python worker) is gone, for whatever reason (task killed, job cancelled, executor lost),
-removes the role's workspace and exits at once.
+Python worker) or the executor's JVM above it is gone, for whatever reason (task killed,
+job cancelled, executor lost), removes the role's workspace and exits at once.
 
 A role that fails leaves its Python traceback in ``error.txt`` (its task reports that,
 not the role's last output, which holds unrelated log lines too), at start-up as well as
@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import sys
 import threading
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from tfyarn.cluster.plan import RoleSpec
 from tfyarn.errors import TransportError
 from tfyarn.node.context import NodeContext
 from tfyarn.node.control import ControlPipe
+from tfyarn.node.failure import EXIT_ORPHANED
 from tfyarn.node.heartbeat import HeartbeatClient
 from tfyarn.node.job import JobSpec
 from tfyarn.node.messages import Cluster, Hello, Member, Message, MessageError, Setup
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound=Message)
 
-#: Exit status when the parent task vanished and the watchdog ended the role.
-EXIT_ORPHANED = 3
 #: Exit status of a role whose code raised.
 EXIT_FAILED = 1
 
@@ -61,18 +60,101 @@ def _orphaned_exit(workdir: Path) -> NoReturn:
     os._exit(EXIT_ORPHANED)
 
 
+@dataclass(frozen=True)
+class _Ancestor:
+    """A process above this one, named by pid and start time (pids are reused)."""
+
+    pid: int
+    started: int  # clock ticks after boot: field 22 of /proc/<pid>/stat
+
+    def alive(self) -> bool:
+        stat = _proc_stat(self.pid)
+        return stat is not None and stat[2] == self.started
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """``(command name, parent pid, start time)`` of ``pid`` from /proc; None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name sits in parentheses and may itself hold spaces or parentheses.
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    return name, int(fields[1]), int(fields[19])
+
+
+def _task_ancestors(parent: int, depth: int = 4) -> list[_Ancestor]:
+    """``parent`` and the processes above it up to the executor's JVM.
+
+    Under Spark that is the Python worker, the Python daemon and the executor JVM. The
+    JVM can die while the worker lives on: killed by ``killExecutor``, by its Spark
+    worker or by YARN, the JVM goes first and the worker, reparented to init, keeps
+    waiting on this process. Without a JVM within ``depth`` (not under Spark) only
+    ``parent`` is watched.
+    """
+    chain: list[_Ancestor] = []
+    pid = parent
+    for _ in range(depth):
+        stat = _proc_stat(pid)
+        if pid <= 1 or stat is None:
+            break
+        name, above, started = stat
+        chain.append(_Ancestor(pid, started))
+        if name == "java":
+            return chain
+        pid = above
+    return chain[:1]
+
+
+def _terminated(workdir: Path) -> NoReturn:
+    """SIGTERM came (the task stopping this role, an operator): clean up, then die of it.
+
+    Dying of the signal, not exiting, keeps what the task reports: killed by SIGTERM.
+    """
+    shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        workdir.parent.rmdir()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+    os._exit(128 + signal.SIGTERM)  # not reached
+
+
+def _sigterm_pipe(workdir: Path) -> int:
+    """Have SIGTERM reach the watchdog at once; the pipe's read end it selects on.
+
+    A Python signal handler runs only when the main thread is back in the interpreter,
+    which under TensorFlow can be many seconds away; a stopped role (SIGSTOP, resumed by
+    its task's death) would otherwise die of a pending SIGTERM without cleaning up. The
+    interpreter's C-level handler writes the signal's number to the wakeup fd at once.
+    """
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    signal.signal(signal.SIGTERM, lambda *_: _terminated(workdir))
+    signal.set_wakeup_fd(write)
+    return read
+
+
 def _watch_parent(workdir: Path, parent: int, interval: float = 0.25) -> None:
-    """End this process as soon as ``parent`` (its barrier task) is gone.
+    """End this process as soon as ``parent`` (its barrier task) or its executor is gone.
 
     ``parent`` comes from the command line rather than ``os.getppid()`` at start-up: the
-    task may already have been killed while this process was still importing.
+    task may already have been killed while this process was still importing. SIGTERM
+    ends it too, cleaning up (:func:`_sigterm_pipe`).
     """
+    ancestors = _task_ancestors(parent)
+    signals = _sigterm_pipe(workdir)
 
     def watch() -> None:
         while True:
-            if os.getppid() != parent:
+            if os.getppid() != parent or not all(a.alive() for a in ancestors):
                 _orphaned_exit(workdir)
-            time.sleep(interval)
+            ready, _, _ = select.select([signals], [], [], interval)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    if signal.SIGTERM in os.read(signals, 512):
+                        _terminated(workdir)
 
     threading.Thread(target=watch, name="tfyarn-parent-watchdog", daemon=True).start()
 
