@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -101,16 +102,19 @@ def _connection_uses(port: int) -> bool:
     return False
 
 
-def _digits_df(spark: Any, rows: int | None = None, partitions: list[int] | None = None) -> Any:
+def _digits_df(
+    spark: Any, rows: int | None = None, partitions: list[int] | None = None, ids: bool = False
+) -> Any:
     x_train, _, y_train, _ = digits_ps.load_split()
     if rows is not None:
         x_train, y_train = x_train[:rows], y_train[:rows]
-    table = pa.table(
-        {
-            "x": pa.FixedSizeListArray.from_arrays(pa.array(x_train.reshape(-1)), 64),
-            "y": pa.array(y_train),
-        }
-    )
+    columns = {
+        "x": pa.FixedSizeListArray.from_arrays(pa.array(x_train.reshape(-1)), 64),
+        "y": pa.array(y_train),
+    }
+    if ids:  # each row's number, to count which rows a trainer was fed
+        columns["id"] = pa.array(np.arange(len(y_train), dtype=np.int64))
+    table = pa.table(columns)
     df = spark.createDataFrame(table)
     if partitions is None:
         return df
@@ -157,14 +161,20 @@ def _mwms_train(ctx: tfyarn.NodeContext) -> dict[str, Any]:
     loss_fn = keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, reduction="sum_over_batch_size"
     )
-    dataset = ctx.dataset(batch, epochs=2, features="x", label="y", seed=ctx.index)
-    dist = strategy.experimental_distribute_dataset(dataset)
+
+    def shard(_: Any = None) -> Any:
+        # features=None: x is a dict of the columns but the label, "id" among them.
+        return ctx.dataset(batch, epochs=2, label="y", seed=ctx.index)
+
+    # The dataset is this worker's shard in per-trainer batches: distributed from a
+    # function, TensorFlow neither shards nor re-batches it.
+    dist = strategy.distribute_datasets_from_function(shard)
 
     @tf.function
     def step(x: Any, y: Any) -> Any:
         def replica(x: Any, y: Any) -> Any:
             with tf.GradientTape() as tape:
-                loss = loss_fn(y, model(x, training=True))
+                loss = loss_fn(y, model(x["x"], training=True))
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             return loss
@@ -172,18 +182,30 @@ def _mwms_train(ctx: tfyarn.NodeContext) -> dict[str, Any]:
         per_replica = strategy.run(replica, args=(x, y))
         return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
-    steps, losses = 0, []
+    steps, losses, seen = 0, [], []
     for x, y in dist:
         losses.append(float(step(x, y)))
+        for ids in strategy.experimental_local_results(x["id"]):
+            seen += [int(i) for i in ids.numpy()]
         steps += 1
+    # experimental_distribute_dataset takes its batches for global ones (split over the
+    # workers' replicas) and auto-shards what it gets unless told not to; ctx.dataset
+    # tells it not to. Only iterated: every row must still come through.
+    fed = []
+    for x, _ in strategy.experimental_distribute_dataset(shard()):
+        for ids in strategy.experimental_local_results(x["id"]):
+            fed += [int(i) for i in ids.numpy()]
     checksum = float(sum(float(tf.reduce_sum(w)) for w in model.weights))
-    ctx.report(steps=steps, checksum=checksum, first_loss=losses[0], last_loss=losses[-1])
+    ctx.report(
+        steps=steps, checksum=checksum, first_loss=losses[0], last_loss=losses[-1], seen=seen,
+        fed=fed, shard=[int(i) for i in ctx.columns()["id"]],
+    )  # fmt: skip
     return {"steps": steps, "checksum": checksum, "losses": losses}
 
 
 def test_multi_worker_mirrored_with_uneven_partitions_runs_equal_steps(spark: Any) -> None:
     # 301 rows from input partitions of 280, 20 and 1 rows: 151/150 rows per worker.
-    df = _digits_df(spark, rows=301, partitions=[280, 20, 1])
+    df = _digits_df(spark, rows=301, partitions=[280, 20, 1], ids=True)
     result = tfyarn.run(
         spark, _mwms_train, workers=2, chief=False, strategy="mwms", data=df, progress=False
     )
@@ -191,6 +213,19 @@ def test_multi_worker_mirrored_with_uneven_partitions_runs_equal_steps(spark: An
     assert sum(rows) == 301 and abs(rows[0] - rows[1]) <= 3  # balanced, nothing dropped
     steps = [result.metrics[f"worker:{i}"]["steps"] for i in range(2)]
     assert steps[0] == steps[1] == 2 * int(np.ceil(max(rows) / 16))
+    # Each worker trained on its own whole shard, twice (2 epochs; the last batches of
+    # the shorter shard run into a third pass); through experimental_distribute_dataset
+    # too, where TensorFlow's auto-sharding, left on, fed each worker every other batch
+    # of its shard (half its rows; the defect before 2026-12-04).
+    shards = [result.metrics[f"worker:{i}"]["shard"] for i in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(301))
+    for shard, i in zip(shards, range(2), strict=True):
+        seen = Counter(result.metrics[f"worker:{i}"]["seen"])
+        assert sum(seen.values()) == steps[i] * 16
+        assert set(seen) == set(shard), f"worker:{i} was not fed its whole shard"
+        assert all(2 <= n <= 3 for n in seen.values()), seen
+        fed = Counter(result.metrics[f"worker:{i}"]["fed"])
+        assert sum(fed.values()) == steps[i] * 16 and set(fed) == set(shard), fed
     # synchronous training: both workers end with the same weights
     assert result.metrics["worker:0"]["checksum"] == pytest.approx(
         result.metrics["worker:1"]["checksum"], rel=1e-6

@@ -27,6 +27,7 @@ from tfyarn.cluster.restarts import (
     steps_redone,
 )
 from tfyarn.errors import ConfigError, RestartsExhaustedError, RoleFailedError, RoleLostError
+from tfyarn.node.failure import EXIT_ORPHANED
 from tfyarn.node.job import JobSpec
 
 
@@ -67,6 +68,18 @@ def test_a_loss_is_the_cause_of_the_errors_it_brings_about() -> None:
     assert pick_cause(peer, [lost]) is lost
     assert pick_cause(peer, [RuntimeError("spark")]) is peer
     assert pick_cause(lost, [peer]) is lost
+
+
+def test_sparks_report_of_a_lost_executor_wins_over_the_orphaned_roles() -> None:
+    orphaned = RoleLostError("worker:1", "h", "", "role worker:1 ... executor is gone")
+    orphaned.exit_status = EXIT_ORPHANED
+    spark = RoleLostError("worker:1", "h", "", "role worker:1 ... (ExecutorLostFailure ...)")
+    spark.spark_error = "ExecutorLostFailure (executor 1 exited ...)"
+    assert pick_cause(orphaned, [_error(), spark]) is spark
+    assert pick_cause(_lost("worker:0"), [spark]).role == "worker:0"  # the first loss
+    other = RoleLostError("worker:0", "h", "", "x")
+    other.spark_error = "ExecutorLostFailure"
+    assert pick_cause(orphaned, [other]) is orphaned  # another role's: not the same loss
 
 
 def _runner(outcomes: list[BaseException | str]) -> Any:

@@ -37,6 +37,7 @@ from tfyarn.errors import (
     RoleSilentError,
     RoleStuckError,
 )
+from tfyarn.node.failure import EXIT_ORPHANED
 
 if TYPE_CHECKING:
     from tfyarn.cluster.progress import RoleState
@@ -120,12 +121,20 @@ def pick_cause(first: RoleFailedError, others: Iterable[BaseException]) -> RoleF
     """The cause of an attempt that several roles failed: the first loss, else ``first``.
 
     A lost role takes its peers down with it (their connections to it break, and they
-    raise); their errors follow from the loss, which a restart can help.
+    raise); their errors follow from the loss, which a restart can help. Of two reports
+    of one role's loss, Spark's (the executor lost, with its reason) says more than the
+    role's task saying the executor is gone (:data:`~tfyarn.node.failure.EXIT_ORPHANED`),
+    which may arrive first.
     """
-    for candidate in (first, *others):
-        if isinstance(candidate, RoleFailedError) and candidate.restartable:
-            return candidate
-    return first
+    losses = [c for c in (first, *others) if isinstance(c, RoleFailedError) and c.restartable]
+    if not losses:
+        return first
+    head = losses[0]
+    if head.exit_status == EXIT_ORPHANED:
+        for other in losses[1:]:
+            if other.role == head.role and other.spark_error:
+                return other
+    return head
 
 
 def exhausted_message(attempts: Sequence[Attempt], policy: RestartPolicy) -> str:

@@ -249,6 +249,12 @@ class NodeContext:
 
         When this attempt resumes from a checkpoint (:attr:`resume`), the pipeline skips
         the ``resume.shard_position`` batches already trained on, and so yields the rest.
+
+        The dataset is already this trainer's shard: TensorFlow's auto-sharding is off.
+        Under ``mwms`` distribute it with ``strategy.distribute_datasets_from_function(
+        lambda _: ctx.dataset(...))`` to keep ``batch_size`` per trainer;
+        ``experimental_distribute_dataset`` takes its batches for global ones and splits
+        each over the workers (every row still comes through, in smaller batches).
         """
         if self._job.strategy == "ps":
             raise ConfigError(
@@ -300,7 +306,7 @@ class NodeContext:
             ds = ds.map(lambda d: _pick(d, *x_y))
             if shuffle:
                 ds = ds.shuffle(10_000, reshuffle_each_iteration=True)
-            return ds.repeat().batch(batch_size, drop_remainder=True).prefetch(2)
+            return feed.unsharded(ds.repeat().batch(batch_size, drop_remainder=True).prefetch(2))
 
         return coordinator.create_per_worker_dataset(dataset_fn)
 

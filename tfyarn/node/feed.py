@@ -253,7 +253,22 @@ def make_dataset(
     ds = tf.data.Dataset.from_tensor_slices(data)
     if shuffle:
         ds = ds.shuffle(rows, seed=seed, reshuffle_each_iteration=True)
-    return ds.repeat().batch(batch_size, drop_remainder=True).take(steps).prefetch(2)
+    ds = ds.repeat().batch(batch_size, drop_remainder=True).take(steps).prefetch(2)
+    return unsharded(ds)
+
+
+def unsharded(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """``ds`` with TensorFlow's auto-sharding off: it already is this trainer's shard.
+
+    Left on, ``MultiWorkerMirroredStrategy.experimental_distribute_dataset`` finds no
+    files to shard by and falls back to sharding by element, feeding each worker every
+    n-th batch of its own shard: the rest of its rows never trained on.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options)
 
 
 def shard_files(files: Sequence[str], rank: int, size: int) -> list[str]:
