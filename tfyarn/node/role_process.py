@@ -52,11 +52,29 @@ M = TypeVar("M", bound=Message)
 EXIT_FAILED = 1
 
 
-def _orphaned_exit(workdir: Path) -> NoReturn:
-    """The task that started us is gone: remove the workspace and end at once."""
+#: Taken, and never given back, by the one path that removes the workspace and ends the
+#: process: the watchdog and a signal handler may both set out to, and the one that ended
+#: the process first would cut the other's removal short.
+_ENDING = threading.Lock()
+
+
+def _remove_workspace(workdir: Path, *, wait: bool) -> bool:
+    """Remove the role's workspace (and the job's folder once empty) unless another path
+    of this process is already at it; whether this call did."""
+    if not _ENDING.acquire(blocking=wait):
+        return False
     shutil.rmtree(workdir, ignore_errors=True)
     with contextlib.suppress(OSError):
         workdir.parent.rmdir()  # the job's directory, once its last role is gone
+    return True
+
+
+def _orphaned_exit(workdir: Path) -> NoReturn:
+    """The task that started us is gone: remove the workspace and end at once.
+
+    Should another path be ending the process, this waits for it to.
+    """
+    _remove_workspace(workdir, wait=True)
     os._exit(EXIT_ORPHANED)
 
 
@@ -107,15 +125,20 @@ def _task_ancestors(parent: int, depth: int = 4) -> list[_Ancestor]:
     return chain[:1]
 
 
-def _terminated(workdir: Path) -> NoReturn:
+def _terminated(workdir: Path) -> None:
     """SIGTERM came (the task stopping this role, an operator): clean up, then die of it.
 
     Dying of the signal, not exiting, keeps what the task reports: killed by SIGTERM.
+    Returns at once where another path is already ending the process (a signal handler
+    must not wait: it may have interrupted that very path).
     """
-    shutil.rmtree(workdir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        workdir.parent.rmdir()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not _remove_workspace(workdir, wait=False):
+        return
+    import ctypes
+
+    # Back to the default action, from whichever thread runs this: Python's own
+    # signal.signal() works in the main thread only, and the watchdog runs this too.
+    ctypes.CDLL(None, use_errno=True).signal(int(signal.SIGTERM), 0)  # 0: SIG_DFL
     os.kill(os.getpid(), signal.SIGTERM)
     os._exit(128 + signal.SIGTERM)  # not reached
 
