@@ -34,6 +34,7 @@ from typing import Any
 import cloudpickle
 import pytest
 
+import tfyarn
 from tfyarn.errors import RestartsExhaustedError, RoleFailedError
 from tfyarn.exchange.checkpoint import checkpoint_files, read_checkpoint
 from tfyarn.exchange.ps.snapshot import read_snapshot, snapshot_files
@@ -458,3 +459,98 @@ def test_a_restart_without_the_lost_executor_goes_on_with_fewer_workers(
         f"{result.value['accuracy']:.4f} vs {reference:.4f}; {smaller.describe()}; the lost "
         f"role ended {orphaned[0]:.2f} s after its JVM"
     )
+
+
+# -- TF-native: a MultiWorkerMirroredStrategy custom loop with ctx.checkpoint_manager --------
+
+_MWMS_STEPS, _MWMS_EVERY, _MWMS_KILL, _MWMS_BATCH = 30, 4, 19, 8
+
+
+def _mwms_batches(rank: int) -> tuple[Any, Any]:
+    """Trainer ``rank``'s batch of every step: a linear target, the same on every attempt."""
+    import numpy as np
+
+    rng = np.random.default_rng(100 + rank)
+    xs = rng.normal(size=(_MWMS_STEPS, _MWMS_BATCH, 3)).astype(np.float32)
+    ys = xs @ np.array([[1.0, 0.0], [2.0, -1.0], [0.5, 0.5]], np.float32)
+    return xs, ys
+
+
+def _mwms_model() -> tuple[Any, Any]:
+    import keras
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def _mwms_resuming_loop(ctx: Any) -> dict[str, Any]:
+    """Each step trains on the batch the step's number picks; worker:1 dies in attempt 1."""
+    import tensorflow as tf
+
+    strategy = ctx.strategy()
+    xs, ys = _mwms_batches(ctx.trainer_rank)
+    with strategy.scope():
+        model, optimizer = _mwms_model()
+        step = tf.Variable(0, dtype=tf.int64)
+    manager = ctx.checkpoint_manager(
+        tf.train.Checkpoint(model=model, optimizer=optimizer, step=step), step_counter=step
+    )
+    started_at = int(step.numpy())  # the restored step on attempt 2
+
+    @tf.function
+    def train_step(x: Any, y: Any) -> None:
+        def replica(x: Any, y: Any) -> None:
+            with tf.GradientTape() as tape:
+                per_row = tf.reduce_mean((model(x) - y) ** 2, axis=1)
+                loss = tf.nn.compute_average_loss(per_row, global_batch_size=2 * _MWMS_BATCH)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+
+        strategy.run(replica, args=(x, y))
+
+    while int(step.numpy()) < _MWMS_STEPS:
+        i = int(step.numpy())
+        train_step(tf.constant(xs[i]), tf.constant(ys[i]))
+        step.assign_add(1)
+        manager.save()  # every _MWMS_EVERY steps (TF's checkpoint_interval); all must call
+        ctx.report(step=i + 1, started_at=started_at)
+        if ctx.attempt == 1 and ctx.task_id == "worker:1" and i + 1 == _MWMS_KILL:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return {"weights": [w.numpy().tolist() for w in model.weights], "started_at": started_at}
+
+
+def test_a_mwms_custom_loop_resumes_from_its_tensorflow_checkpoint(
+    spark: Any, tmp_path: Path
+) -> None:
+    """``ctx.checkpoint_manager`` under ``mwms``: worker:1 is SIGKILLed at step 19, the
+    restart restores model, momentum and step from the chief's newest TensorFlow
+    checkpoint (step 17: TF's interval counts from the first save, at step 1), redoes
+    steps 18-19, and ends with the weights of single-process SGD on the combined batches,
+    which an attempt that started over or lost the optimizer's momentum would not."""
+    import numpy as np
+    import tensorflow as tf
+
+    result = tfyarn.run(
+        spark, _mwms_resuming_loop, workers=2, chief=False, strategy="mwms", progress=False,
+        max_restarts=1, checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=_MWMS_EVERY,
+        timeout=600,
+    )  # fmt: skip
+    lost, resumed = result.attempts
+    assert (lost.kind, lost.role, resumed.kind) == ("lost", "worker:1", None), lost.describe()
+    assert result.value["started_at"] == 17
+    assert {result.metrics[f"worker:{i}"]["started_at"] for i in range(2)} == {17}
+
+    model, optimizer = _mwms_model()
+    (x0, y0), (x1, y1) = _mwms_batches(0), _mwms_batches(1)
+    for i in range(_MWMS_STEPS):
+        x, y = np.concatenate([x0[i], x1[i]]), np.concatenate([y0[i], y1[i]])
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.reduce_mean((model(x) - y) ** 2, axis=1))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+    for got, want in zip(result.value["weights"], model.weights, strict=True):
+        np.testing.assert_allclose(np.array(got), want.numpy(), rtol=1e-5, atol=1e-6)
+    _assert_nothing_left(result.job_id, [r["tf_port"] for r in result.roles.values()])
