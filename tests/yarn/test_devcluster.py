@@ -15,7 +15,7 @@ from tfyarn.yarn.checks import check_yarn
 from tfyarn.yarn.devcluster import DevYarnState
 from tfyarn.yarn.hadoop_conf import DevYarnSettings
 
-from .conftest import APPS, TFYARN, DevYarnFixture
+from .conftest import APPS, TFYARN, DevYarnFixture, spark_ui_start_race
 
 pytestmark = pytest.mark.yarn
 
@@ -55,35 +55,12 @@ def test_plain_spark_submit_runs_on_the_dev_yarn(dev_yarn: DevYarnFixture) -> No
 
     spark_home = Path(pyspark.__file__).parent
     staging = Path(dev_yarn.state.base_dir) / "staging"
-    proc = subprocess.run(
-        [
-            str(spark_home / "bin" / "spark-submit"),
-            "--master",
-            "yarn",
-            "--deploy-mode",
-            "client",
-            "--num-executors",
-            "2",
-            "--executor-memory",
-            "512m",
-            "--conf",
-            f"spark.yarn.jars=local:{spark_home}/jars/*",
-            "--conf",
-            f"spark.yarn.stagingDir=file://{staging}",
-            "--conf",
-            "spark.executorEnv.SPARK_LOCAL_IP=127.0.0.1",
-            "--conf",
-            "spark.yarn.am.extraJavaOptions=-XX:TieredStopAtLevel=1",
-            "--conf",
-            "spark.executor.extraJavaOptions=-XX:TieredStopAtLevel=1",
-            str(APPS / "plain_app.py"),
-        ],
-        capture_output=True,
-        text=True,
-        env=dev_yarn.env,
-        timeout=600,
-    )
-    output = proc.stdout + proc.stderr
+    for launch in (1, 2):
+        proc = _plain_submit(dev_yarn, spark_home, staging)
+        output = proc.stdout + proc.stderr
+        if proc.returncode == 0 or launch == 2 or not spark_ui_start_race(output):
+            break
+        print("the driver hit Spark's yarn-client UI start-up race; launching once more")
     assert proc.returncode == 0, _failed_app_story(dev_yarn, output)
     assert "plain-app sums=[(0, 2450), (1, 2500)]" in output
     match = re.search(r"plain-app driver_pid=(\d+) executor_pids=\[([\d, ]+)\]", output)
@@ -185,3 +162,37 @@ def test_doctor_finds_the_services_api_of_the_session_yarn(
     assert checks["yarn"].ok, checks["yarn"].detail
     services = checks["yarn services api"]
     assert services.ok and "(Hadoop 3.4.2)" in services.detail, services.detail
+
+
+def _plain_submit(
+    dev_yarn: DevYarnFixture, spark_home: Path, staging: Path
+) -> subprocess.CompletedProcess[str]:
+    """Plain ``spark-submit`` of apps/plain_app.py in yarn-client mode."""
+    return subprocess.run(
+        [
+            str(spark_home / "bin" / "spark-submit"),
+            "--master",
+            "yarn",
+            "--deploy-mode",
+            "client",
+            "--num-executors",
+            "2",
+            "--executor-memory",
+            "512m",
+            "--conf",
+            f"spark.yarn.jars=local:{spark_home}/jars/*",
+            "--conf",
+            f"spark.yarn.stagingDir=file://{staging}",
+            "--conf",
+            "spark.executorEnv.SPARK_LOCAL_IP=127.0.0.1",
+            "--conf",
+            "spark.yarn.am.extraJavaOptions=-XX:TieredStopAtLevel=1",
+            "--conf",
+            "spark.executor.extraJavaOptions=-XX:TieredStopAtLevel=1",
+            str(APPS / "plain_app.py"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dev_yarn.env,
+        timeout=600,
+    )
