@@ -36,6 +36,7 @@ __all__ = [
     "read_files",
     "shard_files",
     "steps_per_epoch",
+    "unsharded",
     "write_cache",
 ]
 
