@@ -166,3 +166,24 @@ def test_a_close_right_after_send_delivers_everything_and_ends_promptly() -> Non
             srv.close()
             # The server's side ended with the client's requests, without its user.
             assert closed_in < gt._FLUSH_TIMEOUT, closed_in
+
+
+def test_a_server_close_right_after_send_delivers_everything_before_the_listener_goes() -> None:
+    # The accepting side sends, closes and its process goes on to exit (the listener
+    # stopped): the close must wait until gRPC has finished the RPC, or the last
+    # messages, handed to gRPC but not yet written, are lost (seen in make test as a
+    # peer's "0 of 24 bytes of the frame header received").
+    secret = auth.new_job_secret()
+    payload = bytes(range(256)) * 4096
+    for round_ in range(5):
+        with gt.listen("grpc://127.0.0.1:0", secret=secret) as lis:
+            c = gt.connect(lis.address, secret=secret, timeout=10)
+            srv = lis.accept(timeout=10)
+            for i in range(4):
+                srv.send(payload[i:])
+            srv.close()
+        try:
+            got = [bytes(c.recv()) for _ in range(4)]
+        finally:
+            c.close()
+        assert got == [payload[i:] for i in range(4)], f"round {round_}"

@@ -87,7 +87,8 @@ class GrpcByteStream:
     A close is a full close, as on a socket. The server's side (``end_with_peer``) ends
     the RPC as soon as the client's requests end, and the client's close waits for that
     end before it cancels the call: cancelling at once would discard what gRPC had taken
-    from the queue but not yet written to the connection.
+    from the queue but not yet written to the connection. The server's own close waits
+    for the RPC to finish too, for the same reason.
     """
 
     def __init__(self, chunk_bytes: int = DEFAULT_CHUNK, *, end_with_peer: bool = False) -> None:
@@ -227,7 +228,11 @@ class GrpcByteStream:
         self._ended = True
         self._rpc_done.set()
         self._flushed.set()
-        self._in.put(_EOF)
+        if self._reader is None:
+            # With a reader, the end comes from it, after the messages gRPC still holds
+            # for us: an end put here first would hide them (the last "ok" of a peer
+            # that closed right after sending it).
+            self._in.put(_EOF)
         self._out.put(_EOF)
 
     def wait_rpc_end(self, timeout: float) -> bool:
@@ -247,6 +252,11 @@ class GrpcByteStream:
         self._in.put(_EOF)
         if self._consuming:  # let gRPC take what is queued before the RPC is torn down
             self._flushed.wait(_FLUSH_TIMEOUT)
+            if self._end_with_peer:
+                # The server's side: gRPC took our last message, but writes it, and the
+                # status, only as the RPC finishes. A process that goes on to stop its
+                # listener or exit would lose it: wait for that finish.
+                self._rpc_done.wait(_FLUSH_TIMEOUT)
         if self._on_close is not None:
             self._on_close()
 
