@@ -120,7 +120,8 @@ def _fault(
     marks: Path, how: str, attempts: tuple[int, ...] = (1,), victim: str = "worker:1"
 ) -> Fault:
     """A fault that strikes in ``attempts``; ``how`` names it, or one per attempt ("a,b")."""
-    hows = iter(how.split(",") * len(attempts) if "," not in how else how.split(","))
+    named = how.split(",")
+    hows = iter(named if len(named) > 1 else named * len(attempts))
 
     def strike(pid: int) -> None:
         now = next(hows)

@@ -20,6 +20,7 @@ Usage (by :mod:`tfyarn.node.task` only)::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import shutil
@@ -125,6 +126,11 @@ def _task_ancestors(parent: int, depth: int = 4) -> list[_Ancestor]:
     return chain[:1]
 
 
+def _libc() -> ctypes.CDLL:
+    """The C library this process runs on, for the calls Python does not wrap."""
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _terminated(workdir: Path) -> None:
     """SIGTERM came (the task stopping this role, an operator): clean up, then die of it.
 
@@ -134,11 +140,9 @@ def _terminated(workdir: Path) -> None:
     """
     if not _remove_workspace(workdir, wait=False):
         return
-    import ctypes
-
     # Back to the default action, from whichever thread runs this: Python's own
     # signal.signal() works in the main thread only, and the watchdog runs this too.
-    ctypes.CDLL(None, use_errno=True).signal(int(signal.SIGTERM), 0)  # 0: SIG_DFL
+    _libc().signal(int(signal.SIGTERM), 0)  # 0: SIG_DFL
     os.kill(os.getpid(), signal.SIGTERM)
     os._exit(128 + signal.SIGTERM)  # not reached
 
@@ -188,10 +192,8 @@ def _continue_when_orphaned() -> None:
     A stopped role (SIGSTOP: the driver's silence limit ends its attempt) cannot run its
     watchdog; resumed when the task is killed, it sees the lost parent and cleans up.
     """
-    import ctypes
-
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGCONT)  # 1: PR_SET_PDEATHSIG
+        _libc().prctl(1, signal.SIGCONT)  # 1: PR_SET_PDEATHSIG
 
 
 def _open_listener(job: JobSpec, host: str, peer_hosts: list[str]) -> tuple[Listener, str]:

@@ -252,11 +252,6 @@ class GrpcByteStream:
         self._in.put(_EOF)
         if self._consuming:  # let gRPC take what is queued before the RPC is torn down
             self._flushed.wait(_FLUSH_TIMEOUT)
-            if self._end_with_peer:
-                # The server's side: gRPC took our last message, but writes it, and the
-                # status, only as the RPC finishes. A process that goes on to stop its
-                # listener or exit would lose it: wait for that finish.
-                self._rpc_done.wait(_FLUSH_TIMEOUT)
         if self._on_close is not None:
             self._on_close()
 
