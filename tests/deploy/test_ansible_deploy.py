@@ -13,7 +13,8 @@ What runs for real and what does not:
 - tfyarn: a real venv is created and tfyarn is installed into it from a wheel built from
   this checkout. Its dependencies (TensorFlow, PySpark, ...) are not downloaded again: the
   test's own site-packages, less tfyarn and pip, is put on PYTHONPATH through the role's
-  ``tfyarn_environment`` and pip runs with ``PIP_NO_INDEX``. venv-pack packs the venv for real.
+  ``tfyarn_environment`` and pip runs with ``PIP_NO_INDEX``. ``tfyarn pack-env`` packs the
+  venv (and its interpreter) for real.
 - yarn: merges into a yarn-site.xml the test wrote first.
 - doctor: the installed ``tfyarn doctor --json`` runs for real.
 - service: no YARN ResourceManager runs here, so the service play is exercised in check
@@ -363,10 +364,15 @@ def test_archive_published_where_yarn_localises_it(deployed: tuple[Path, Run, Ru
     published = prefix / "yarn-archives/tfyarn-env.tar.gz"
     assert published.read_bytes() == local.read_bytes()
     with tarfile.open(published) as tar:
-        names = set(tar.getnames())
+        members = {m.name: m for m in tar.getmembers()}
+    names = set(members)
     assert "bin/python" in names
     init = re.compile(r"lib/python3\.\d+/site-packages/tfyarn/__init__\.py")
     assert any(init.fullmatch(n) for n in names)
+    # Self-contained: the interpreter itself and its standard library are inside.
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert members[f"bin/python{version}"].isfile()
+    assert f"lib/python{version}/os.py" in names
 
 
 def test_profiles_load_and_ship_the_archive(deployed: tuple[Path, Run, Run]) -> None:

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tfyarn.errors import YarnError
-from tfyarn.yarn import maven
-from tfyarn.yarn.devcluster import DevYarn, DevYarnState, up_on_free_ports
+from tfyarn.yarn import hide, maven
+from tfyarn.yarn.devcluster import DevYarn, DevYarnState, hide_host_python, up_on_free_ports
 from tfyarn.yarn.envpack import PackedEnv, ensure_env_archive
 from tfyarn.yarn.hadoop_conf import DevYarnSettings
 from tfyarn.yarn.rest import AppReport, ResourceManagerClient
@@ -140,6 +140,14 @@ def dev_yarn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevYarnFixtur
     # YARN Services API (Hadoop 3.4.2), so that one YARN serves jobs and services alike.
     # HDFS as the cluster file system, as on a production cluster.
     settings = DevYarnSettings(base_dir=base, nm_gpus=2, services=True, hdfs=True)
+    # As a node without Python: the NodeManager and its containers do not see the host's
+    # (the venv, its base interpreter, /usr's python3), so every YARN test's executors and
+    # cluster-mode drivers run the archive's own interpreter (test_submit_yarn checks it).
+    why_not = hide.can_hide()
+    if why_not is None:
+        settings = hide_host_python(settings)
+    else:
+        print(f"\nthe dev YARN's NodeManager sees the host's Python: {why_not}")
     # The session's jars download while the environment is packed; the daemons start after
     # packing (both are heavy, one at a time is faster on 2 cores).
     fetching = _fetch_jars_in_background(services=True)

@@ -4,16 +4,19 @@ the packed environment), a failing role, a killed application, ``tfyarn logs``."
 from __future__ import annotations
 
 import getpass
+import importlib.util
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tfyarn.yarn import hide
 from tfyarn.yarn.envpack import ENV_ALIAS
 
 from .conftest import APPS, REPO, TFYARN, DevYarnFixture, spark_ui_start_race
@@ -22,6 +25,13 @@ pytestmark = pytest.mark.yarn
 
 EXAMPLE = REPO / "examples" / "digits_ps.py"
 ENV_PYTHON = f"/{ENV_ALIAS}/bin/python"
+#: Files of the host's Python that a container must not read where the NodeManager hides
+#: it: the base interpreter's os.py and binary, and TensorFlow in the venv.
+_HOST_FILES = (
+    os.path.join(os.path.dirname(os.__file__), "os.py"),
+    os.path.realpath(sys.executable),
+    str(importlib.util.find_spec("tensorflow").origin),  # type: ignore[union-attr]
+)
 
 
 def _accuracy(text: str) -> float:
@@ -73,6 +83,8 @@ def test_yarn_cluster_runs_the_example_in_the_shipped_environment(
             "1",
             "--py-files",
             str(EXAMPLE),
+            "--conf",
+            f"spark.yarn.appMasterEnv.TFYARN_PROBE_HOST_FILES={os.pathsep.join(_HOST_FILES)}",
             str(APPS / "digits_in_env.py"),
             "--epochs",
             "3",
@@ -92,13 +104,23 @@ def test_yarn_cluster_runs_the_example_in_the_shipped_environment(
     driver = _logs(dev_yarn, run.app_id, "--am", "--log-files", "stdout")
     assert _accuracy(driver) >= 0.8
     _assert_saved_on_hdfs(dev_yarn, driver)
-    drivers = re.findall(r"env-probe driver=(\S+)", driver)
-    executors = re.findall(r"env-probe executor=(\S+)", driver)
-    assert len(drivers) == 1 and drivers[0].endswith(ENV_PYTHON), driver[-3000:]
-    assert executors and all(p.endswith(ENV_PYTHON) for p in executors), executors
+    # Where this process may mount, the session's NodeManager hides the host's Python.
+    assert dev_yarn.state.nm_hidden or hide.can_hide() is not None
+    drivers = re.findall(r"env-probe driver=(.+)", driver)
+    executors = re.findall(r"env-probe executor=(.+)", driver)
+    assert len(drivers) == 1 and executors, driver[-3000:]
+    for line in [*drivers, *executors]:
+        python, tfyarn_file, stdlib_file, host_files = line.split()
+        # The archive's interpreter, its standard library and the tfyarn copy inside it.
+        assert python.endswith(ENV_PYTHON), line
+        env_root = python[: -len("/bin/python")]
+        assert tfyarn_file.startswith(f"{env_root}/lib/"), line
+        assert stdlib_file.startswith(f"{env_root}/lib/python3."), line
+        if dev_yarn.state.nm_hidden:  # a node without the host's Python (conftest.py)
+            assert host_files == "-", f"the container read the host's Python: {line}"
     # Executors are other containers than the driver's.
-    assert {Path(p).parents[2].name for p in executors}.isdisjoint(
-        {Path(drivers[0]).parents[2].name}
+    assert {Path(p.split()[0]).parents[2].name for p in executors}.isdisjoint(
+        {Path(drivers[0].split()[0]).parents[2].name}
     )
     print(f"yarn-cluster submit -> finish: {run.seconds:.1f} s")
 

@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from tfyarn.errors import TFYarnError
 
 #: Modules of :mod:`tfyarn.cli` that provide subcommands, in help order.
-SUBCOMMANDS: tuple[str, ...] = ("submit", "doctor", "bench", "yarn_dev", "logs", "service", "data")
+SUBCOMMANDS: tuple[str, ...] = (
+    "submit",
+    "doctor",
+    "bench",
+    "yarn_dev",
+    "logs",
+    "service",
+    "pack_env",
+    "data",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

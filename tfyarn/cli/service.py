@@ -83,8 +83,7 @@ def _launch(args: argparse.Namespace) -> int:
     if spec.environment.startswith("/") and not Path(spec.environment).is_file():
         raise ConfigError(
             f"environment archive {spec.environment} does not exist; pack one with "
-            "`python -c 'from tfyarn.yarn.envpack import ensure_env_archive as e; "
-            "print(e().path)'` and put its path in the spec"
+            "`tfyarn pack-env` (it prints the path) and put its path in the spec"
         )
     spec = _environment_on_cluster_fs(spec)
     document = yarnfile(spec)

@@ -3,8 +3,9 @@
 ``up`` starts a ResourceManager and a NodeManager (separate ``java`` processes, Hadoop jars
 fetched once from Maven Central and cached), with ``--hdfs`` also a NameNode and a
 DataNode whose HDFS becomes the cluster file system (``fs.defaultFS``), waits until the
-NodeManager is RUNNING and prints the ``HADOOP_CONF_DIR`` to export. ``down`` stops what
-``up`` started.
+NodeManager is RUNNING and prints the ``HADOOP_CONF_DIR`` to export; with
+``--hide-python`` the NodeManager and its containers do not see this host's Python, as on
+a node without it. ``down`` stops what ``up`` started.
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def register(subparsers: Any) -> None:
         "hdfs:// model_dir, checkpoints and environment archive, logs aggregated into it",
     )
     parser.add_argument(
+        "--hide-python",
+        action="store_true",
+        help="run the NodeManager as a node without this host's Python (the venv, its base "
+        "interpreter and /usr's python3 hidden in a private mount namespace; needs root): "
+        "jobs must run the environment archive's own interpreter",
+    )
+    parser.add_argument(
         "--free-ports",
         action="store_true",
         help="use free ports instead of Hadoop's defaults (8088, 8032, ...)",
@@ -86,6 +94,10 @@ def _cluster(args: argparse.Namespace) -> Any:
         services=args.services,
         hdfs=args.hdfs,
     )
+    if args.action == "up" and args.hide_python:
+        from tfyarn.yarn.devcluster import hide_host_python
+
+        settings = hide_host_python(settings)
     return DevYarn(settings)
 
 
@@ -108,6 +120,8 @@ def _main(args: argparse.Namespace) -> int:
             print(f"YARN Services API: {state.rm_web_url}/app/v1/services")
         if state.hdfs:
             print(f"HDFS: {state.default_fs} (NameNode UI/WebHDFS: {state.webhdfs_url})")
+        if state.nm_hidden:
+            print(f"hidden from the NodeManager's containers: {' '.join(state.nm_hidden)}")
         print("export for spark-submit / tfyarn submit --profile yarn-client|yarn-cluster:")
         print(f"export HADOOP_CONF_DIR={state.conf_dir}")
         return 0

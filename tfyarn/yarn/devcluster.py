@@ -30,7 +30,7 @@ from typing import Any
 
 from tfyarn.errors import YarnError
 from tfyarn.processes import pid_alive
-from tfyarn.yarn import hadoop_conf, maven
+from tfyarn.yarn import hadoop_conf, hide, maven
 from tfyarn.yarn.hadoop_conf import DevYarnSettings
 from tfyarn.yarn.rest import ResourceManagerClient
 
@@ -40,6 +40,7 @@ __all__ = [
     "DevYarnState",
     "default_base_dir",
     "free_ports",
+    "hide_host_python",
     "up_on_free_ports",
 ]
 
@@ -120,6 +121,23 @@ def default_base_dir() -> Path:
 _EPHEMERAL_DEFAULT = (32768, 60999)
 #: Lowest port :func:`free_ports` hands out (above the well-known and most daemons' ports).
 _LOWEST_FREE_PORT = 15000
+
+
+def hide_host_python(settings: DevYarnSettings) -> DevYarnSettings:
+    """``settings`` whose NodeManager runs as a node without the host's Python.
+
+    Hidden: :func:`~tfyarn.yarn.interpreter.host_python_paths` (the venv, its base
+    Python, every ``python3`` under ``/usr``). Kept: Spark's jars when they lie in the
+    venv (pip's pyspark), as the dev YARN's executors load them in place from there.
+    """
+    import pyspark
+
+    from tfyarn.yarn.interpreter import host_python_paths
+
+    hidden = tuple(host_python_paths())
+    jars = Path(pyspark.__file__).resolve().parent / "jars"
+    kept = (str(jars),) if any(jars.is_relative_to(h) for h in hidden) else ()
+    return replace(settings, nm_hidden=hidden, nm_kept=kept)
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -258,6 +276,8 @@ class DevYarnState:
     startup_s: float = 0.0
     services: bool = False
     hdfs: bool = False
+    #: What the NodeManager and its containers do not see (``nm_hidden``).
+    nm_hidden: list[str] = field(default_factory=list)
 
     @property
     def conf_dir(self) -> Path:
@@ -449,6 +469,7 @@ class DevYarn:
             hadoop_version=maven.hadoop_version(s.services),
             services=s.services,
             hdfs=s.hdfs,
+            nm_hidden=list(s.nm_hidden),
         )
         started = time.monotonic()
         procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -457,9 +478,12 @@ class DevYarn:
                 self._format_namenode(java, jars, env)
             for name in _daemon_names(s):
                 cls = _DAEMONS[name]
+                cmd = self._daemon_cmd(java, jars, cls, name)
+                if name == "nodemanager" and s.nm_hidden:
+                    cmd = self._hiding(cmd)
                 with open(s.log_dir / f"{name}.log", "wb") as log:
                     proc = subprocess.Popen(
-                        self._daemon_cmd(java, jars, cls, name),
+                        cmd,
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
@@ -481,6 +505,16 @@ class DevYarn:
         state.startup_s = round(time.monotonic() - started, 1)
         self._save_state(state)
         return state
+
+    def _hiding(self, cmd: list[str]) -> list[str]:
+        """The NodeManager's command run with ``nm_hidden`` hidden from it (and containers)."""
+        s = self.settings
+        why_not = hide.can_hide()
+        if why_not is not None:
+            raise YarnError(f"cannot hide {list(s.nm_hidden)} from the NodeManager: {why_not}")
+        stage = s.base_dir / "nm-kept"
+        stage.mkdir(exist_ok=True)
+        return hide.hiding_command(cmd, s.nm_hidden, s.nm_kept, stage=stage)
 
     def _wait_running(self, procs: dict[str, subprocess.Popen[bytes]], deadline: float) -> None:
         rm = ResourceManagerClient(self.settings.rm_web_url, timeout_s=3.0)
@@ -581,6 +615,7 @@ class DevYarn:
             "hadoop_version": state.hadoop_version,
             "services": state.services,
             "hdfs": state.hdfs,
+            "nm_hidden": state.nm_hidden,
         }
         if state.hdfs:
             info["default_fs"] = state.default_fs

@@ -24,10 +24,15 @@ What goes in, and why:
 The archive is an uncompressed ``.tar`` (YARN unpacks ``.tar`` as well as ``.tar.gz``):
 packing is I/O only (~10 s instead of minutes of gzip on a 2-core box) and unpacking in the
 NodeManager is faster. It is cached under ``<cache>/envs/`` keyed by the installed
-distributions and tfyarn's own files, so a test session packs once and later sessions not
-at all. Like venv-pack archives in general, the ``python`` inside links to the
-interpreter the venv was made from: nodes need that Python at the same path (true for
-the dev YARN, and for clusters whose nodes are provisioned alike, e.g. by deploy/).
+distributions, the interpreter and tfyarn's own files, so a test session packs once and
+later sessions not at all.
+
+Self-contained: venv-pack archives link ``bin/python`` to the interpreter the venv was
+made from, so nodes would need that Python at the same path. The venv's links are left
+out and :mod:`tfyarn.yarn.interpreter` appends the interpreter itself (binary,
+``libpython``, standard library: ~100 MB, ~2,000 files), so a node needs no Python at all;
+the dev YARN of the test session proves it with the host's Python hidden from its
+NodeManager.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from pathlib import Path
 
 from tfyarn.errors import ConfigError, YarnError
 from tfyarn.yarn import maven
+from tfyarn.yarn.interpreter import VENV_LINKS, add_interpreter, base_interpreter
 
 __all__ = [
     "DEV_TOOLS",
@@ -84,6 +90,10 @@ DEV_TOOLS: tuple[str, ...] = (
 
 #: Archives kept in the cache; older ones are removed (each is ~2 GB).
 _KEEP = 2
+
+#: Version of the archive's layout, part of the fingerprint: a change to what is packed
+#: (2: the interpreter inside) must not reuse archives packed the old way.
+_LAYOUT = 2
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,9 @@ def env_fingerprint(prefix: Path | None = None) -> str:
     if not site.is_dir():
         raise ConfigError(f"{prefix} has no {site.relative_to(prefix)}: not a virtualenv to pack")
     h = hashlib.sha256()
-    h.update(f"{sys.version_info[:3]}|{prefix}|{_excludes(prefix)}".encode())
+    base = base_interpreter()
+    h.update(f"{_LAYOUT}|{sys.version_info[:3]}|{prefix}|{_excludes(prefix)}".encode())
+    h.update(f"{base.executable}|{base.executable.stat().st_mtime_ns}".encode())
     for d in sorted(p.name for p in site.glob("*.dist-info")):
         h.update(d.encode())
     root = _tfyarn_dir()
@@ -179,6 +191,8 @@ def _excludes(prefix: Path) -> list[tuple[str, str]]:
         ("exclude", f"{site}/ansible_test/*"),
         ("exclude", f"{site}/ansible_collections/*"),
         ("exclude", "bin/ruff"),  # the linter's 24 MB binary
+        # links to the host's interpreter: the archive gets the interpreter itself
+        *(("exclude", link) for link in VENV_LINKS),
         *_dev_tool_excludes(str(site)),
     ]
 
@@ -195,21 +209,20 @@ def _dev_tool_excludes(site: str) -> list[tuple[str, str]]:
     return out
 
 
-def _add_tfyarn(tar_path: Path, prefix: Path) -> None:
+def _add_tfyarn(tar: tarfile.TarFile, prefix: Path) -> None:
     """Append tfyarn (package + minimal dist-info) to an uncompressed tar."""
     from tfyarn import __version__ as version
 
     site = _site_packages(prefix).relative_to(prefix)
     root = _tfyarn_dir()
-    with tarfile.open(tar_path, "a") as tar:
-        for f in _package_files(root):
-            tar.add(f, arcname=f"{site}/tfyarn/{f.relative_to(root)}", recursive=False)
-        metadata = f"Metadata-Version: 2.1\nName: tfyarn\nVersion: {version}\n".encode()
-        info = tarfile.TarInfo(f"{site}/tfyarn-{version}.dist-info/METADATA")
-        info.size = len(metadata)
-        info.mtime = int(time.time())
-        info.mode = 0o644
-        tar.addfile(info, io.BytesIO(metadata))
+    for f in _package_files(root):
+        tar.add(f, arcname=f"{site}/tfyarn/{f.relative_to(root)}", recursive=False)
+    metadata = f"Metadata-Version: 2.1\nName: tfyarn\nVersion: {version}\n".encode()
+    info = tarfile.TarInfo(f"{site}/tfyarn-{version}.dist-info/METADATA")
+    info.size = len(metadata)
+    info.mtime = int(time.time())
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(metadata))
 
 
 def ensure_env_archive(
@@ -263,10 +276,13 @@ def ensure_env_archive(
                 format="tar",
                 filters=_excludes(prefix),
             )
-            _add_tfyarn(partial, prefix)
+            # One append for both: opening a 2 GB tar to append reads all its headers (~4 s).
+            with tarfile.open(partial, "a") as tar:
+                _add_tfyarn(tar, prefix)
+                add_interpreter(tar)
         except Exception as exc:
             partial.unlink(missing_ok=True)
-            raise YarnError(f"packing {prefix} with venv-pack failed: {exc}") from exc
+            raise YarnError(f"packing {prefix} failed: {exc}") from exc
         partial.replace(target)
         _prune(cache_dir, keep=target)
         return PackedEnv(

@@ -141,6 +141,14 @@ class DevYarnSettings:
         path without a scheme then live on HDFS.
     extra : Mapping[str, str]
         Further yarn-site properties, applied last.
+    nm_hidden : tuple of str
+        Paths hidden from the NodeManager and every container it launches (a private
+        mount namespace, :mod:`tfyarn.yarn.hide`; needs root): with the host's Python
+        installation (:func:`~tfyarn.yarn.devcluster.hide_host_python`) the NodeManager
+        is a node without Python, whose jobs run the archive's own interpreter.
+    nm_kept : tuple of str
+        Paths inside ``nm_hidden`` that stay visible (Spark's jars, which the dev YARN
+        uses in place).
     """
 
     base_dir: Path
@@ -157,6 +165,8 @@ class DevYarnSettings:
     service_am_memory_mb: int = 512
     hdfs: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
+    nm_hidden: tuple[str, ...] = ()
+    nm_kept: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.ports) - set(PORT_NAMES))
