@@ -61,3 +61,62 @@ def spark_app_of(pid: int) -> str | None:
             return None
         pid = int(stat.rsplit(")", 1)[1].split()[1])
     return None
+
+
+def _ancestors(pid: int) -> set[int]:
+    """``pid`` and the pids above it, up to init (bounded by the depth of the tree)."""
+    seen: set[int] = set()
+    while pid > 1 and pid not in seen:
+        seen.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return seen
+
+
+def _socket_inodes(port: int) -> set[str]:
+    """Inodes of the TCP sockets on local ``port`` that are not connections.
+
+    The kernel's tables list listening sockets (0A) and closed ones still on the port
+    (07); a socket that is only bound, never listening, is in neither.
+    """
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in ("0A", "07"):
+                    inodes.add(fields[9])
+    return inodes
+
+
+def port_held_by_this_session(port: int) -> list[int]:
+    """Pids under this pytest process (its Spark cluster, its roles) listening on ``port``.
+
+    A port a job released may be bound again at once by anyone on the host: the other
+    test group's JVMs and servers pick free ports the kernel hands out. Only a holder
+    descended from this session can be the job's leak.
+    """
+    inodes = _socket_inodes(port)
+    if not inodes:
+        return []
+    me = os.getpid()
+    holders = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # gone, or not ours to read
+            continue
+        links = set()
+        for fd in fds:
+            try:
+                links.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:  # closed meanwhile (the listing's own fd, for one)
+                continue
+        if any(f"socket:[{i}]" in links for i in inodes) and me in _ancestors(int(pid)):
+            holders.append(int(pid))
+    return holders

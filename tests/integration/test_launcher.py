@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from leftovers import spark_app_of
+from leftovers import port_held_by_this_session, spark_app_of
 
 import tfyarn
 
@@ -84,22 +84,11 @@ def _assert_nothing_left(job_id: str, ports: list[int], within: float = 30.0) ->
                 s.bind(("127.0.0.1", port))
                 s.listen()
             except OSError:
-                # Once released, the port may be reused by anyone as the local port of an
-                # outgoing connection; only a bound or listening socket is a leak.
-                assert _connection_uses(port), f"port {port} is still held after the job"
-
-
-def _connection_uses(port: int) -> bool:
-    """Whether a connected (not listening, not merely bound) TCP socket has local ``port``."""
-    listening = "0A"
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                local_port = int(fields[1].rsplit(":", 1)[1], 16)
-                if local_port == port and fields[3] != listening:
-                    return True
-    return False
+                # Once released, the port may be reused by anyone: as the local port of an
+                # outgoing connection, or bound by the other test group's daemons. Only
+                # a listening socket of this session's processes is a leak (a server's).
+                holders = port_held_by_this_session(port)
+                assert not holders, f"port {port} is still held after the job by {holders}"
 
 
 def _digits_df(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tfyarn.errors import ConfigError, TransportUnavailableError
@@ -143,3 +145,17 @@ def test_selection_folds_its_ucx_settings_into_the_job_options() -> None:
     assert merged.ucx_env == {"UCX_TLS": "posix,self"}  # the job's explicit setting wins
     tcp = choose_transport("tcp", **ONE_HOST, rdma_devices=[], have_ucx=True)
     assert tcp.transport_options(job) is job
+
+
+@pytest.mark.parametrize("mode", [0o644, None])
+def test_a_system_python_that_cannot_run_means_no_rdma(tmp_path: Path, mode: int | None) -> None:
+    # A node whose Python is hidden (the dev YARN's NodeManager sees /dev/null there) or
+    # gone: no probe, so no RDMA, said as such; never an OSError out of the role.
+    from tfyarn.transport.rdma import list_devices
+
+    python = tmp_path / "python3"
+    if mode is not None:
+        python.write_text("")
+        python.chmod(mode)
+    with pytest.raises(TransportUnavailableError, match="cannot look for RDMA devices"):
+        list_devices(str(python))

@@ -4,7 +4,9 @@ and the YARN profiles rendered into a spark-submit command."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -231,3 +233,58 @@ def test_the_cluster_file_system_comes_from_core_site(tmp_path: Path) -> None:
     assert cluster_env_url("hdfs://nn:8020/", "alice", "env-ab12.tar") == (
         "hdfs://nn:8020/user/alice/.tfyarn/envs/env-ab12.tar"
     )
+
+
+_RACE_OUTPUT = [
+    "26/12/04 20:52:26 INFO Client: Application report for application_1_0002 (state: RUNNING)\n",
+    "26/12/04 20:52:27 ERROR SparkContext: Error initializing SparkContext.\n",
+    "java.util.ConcurrentModificationException\n",
+    "\tat org.sparkproject.jetty.ee10.servlet.ServletHandler.initialize(ServletHandler.java:687)\n",
+]
+
+
+@pytest.mark.parametrize(
+    ("profile", "lines", "race"),
+    [
+        ("yarn-client", _RACE_OUTPUT, True),
+        ("yarn-cluster", _RACE_OUTPUT, False),  # the cluster-mode driver has no such race
+        ("yarn-client", _RACE_OUTPUT[:2], False),  # another reason the context failed
+        ("yarn-client", [_RACE_OUTPUT[0], _RACE_OUTPUT[2]], False),  # a CME elsewhere
+    ],
+)
+def test_the_watcher_tells_sparks_yarn_client_ui_race(
+    profile: str, lines: list[str], race: bool
+) -> None:
+    plan = build_plan(_options(profile), [], "t.py", [], {})
+    watcher = ys.YarnAppWatcher(plan, out=io.StringIO())
+    for line in lines:
+        watcher.feed(line)
+    assert watcher.hit_ui_start_race is race
+    assert watcher.app_id == "application_1_0002"
+    assert ys.spark_ui_start_race("".join(lines)) is (len(lines) == len(_RACE_OUTPUT))
+
+
+def test_submit_launches_once_more_after_the_ui_race_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # spark-submit's part is played by _run (the race itself cannot be caused at will);
+    # what is under test is tfyarn submit's decision to launch again, and only once.
+    from tfyarn.cli import submit
+
+    launches: list[int] = []
+
+    def run(plan: object, on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
+        launches.append(1)
+        for line in _RACE_OUTPUT:
+            assert on_line is not None
+            on_line(line)
+        return 1, "".join(_RACE_OUTPUT)
+
+    monkeypatch.setattr(submit, "_run", run)
+    monkeypatch.setattr(submit.yarn_submit, "prepare_plan", lambda plan: plan)
+    args = _options("yarn-client")
+    args.passthrough, args.script, args.script_args, args.dry_run = [], "t.py", [], False
+    monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)  # no RM to ask for final states
+    assert submit._main(args) == 1
+    assert len(launches) == 2  # once more after the race, not a third time
+    assert capsys.readouterr().err.count("submitting once more") == 1

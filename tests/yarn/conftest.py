@@ -38,23 +38,6 @@ APPS = Path(__file__).parent / "apps"
 TFYARN = str(Path(sys.executable).parent / "tfyarn")
 
 
-def spark_ui_start_race(output: str) -> bool:
-    """Whether a yarn-client driver failed to start its SparkContext in Spark's UI race.
-
-    Spark 4's driver attaches UI handlers after the application master registered, and
-    the AM's ``AddWebUIFilter`` (the YARN proxy filter), handled on another thread, can
-    modify them meanwhile: ``Error initializing SparkContext`` with a
-    ConcurrentModificationException or "No filter named ...AmIpFilter" (each seen once,
-    in two different tests, in the make test runs of 2026-12-04, with the dev YARN's fast
-    AM). Nothing of the application has run then; a test launches it once more, saying
-    so, and must pass on that launch.
-    """
-    return "Error initializing SparkContext" in output and (
-        "java.util.ConcurrentModificationException" in output
-        or "No filter named org.apache.spark.deploy.yarn.AmIpFilter" in output
-    )
-
-
 @dataclass
 class YarnRun:
     """One ``tfyarn submit`` / ``spark-submit`` run against the dev YARN."""

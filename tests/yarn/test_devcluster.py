@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ import pytest
 from tfyarn import storage
 from tfyarn.yarn.checks import check_yarn
 from tfyarn.yarn.devcluster import DevYarnState
+from tfyarn.yarn.envpack import ENV_ALIAS, publish_env_archive
 from tfyarn.yarn.hadoop_conf import DevYarnSettings
+from tfyarn.yarn.submit_support import spark_ui_start_race
 
-from .conftest import APPS, TFYARN, DevYarnFixture, spark_ui_start_race
+from .conftest import APPS, TFYARN, DevYarnFixture
 
 pytestmark = pytest.mark.yarn
 
@@ -50,13 +53,17 @@ def test_rm_and_nm_are_separate_java_processes_and_the_node_is_running(
             pass
 
 
-def test_plain_spark_submit_runs_on_the_dev_yarn(dev_yarn: DevYarnFixture) -> None:
+def test_plain_spark_submit_runs_on_the_dev_yarn(
+    dev_yarn: DevYarnFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import pyspark
 
     spark_home = Path(pyspark.__file__).parent
     staging = Path(dev_yarn.state.base_dir) / "staging"
+    monkeypatch.setenv("HADOOP_CONF_DIR", dev_yarn.env["HADOOP_CONF_DIR"])
+    archive = publish_env_archive(dev_yarn.packed.path, dev_yarn.state.default_fs)
     for launch in (1, 2):
-        proc = _plain_submit(dev_yarn, spark_home, staging)
+        proc = _plain_submit(dev_yarn, spark_home, staging, archive)
         output = proc.stdout + proc.stderr
         if proc.returncode == 0 or launch == 2 or not spark_ui_start_race(output):
             break
@@ -165,9 +172,14 @@ def test_doctor_finds_the_services_api_of_the_session_yarn(
 
 
 def _plain_submit(
-    dev_yarn: DevYarnFixture, spark_home: Path, staging: Path
+    dev_yarn: DevYarnFixture, spark_home: Path, staging: Path, archive: str
 ) -> subprocess.CompletedProcess[str]:
-    """Plain ``spark-submit`` of apps/plain_app.py in yarn-client mode."""
+    """Plain ``spark-submit`` of apps/plain_app.py in yarn-client mode.
+
+    As a user without tfyarn's launcher would on a node without Python: the session's
+    environment archive, on HDFS (localised once per NodeManager, as a PUBLIC resource),
+    goes with ``--archives`` and the executors run its interpreter.
+    """
     return subprocess.run(
         [
             str(spark_home / "bin" / "spark-submit"),
@@ -175,6 +187,12 @@ def _plain_submit(
             "yarn",
             "--deploy-mode",
             "client",
+            "--archives",
+            f"{archive}#{ENV_ALIAS}",
+            "--conf",
+            f"spark.pyspark.python=./{ENV_ALIAS}/bin/python",
+            "--conf",
+            f"spark.pyspark.driver.python={sys.executable}",
             "--num-executors",
             "2",
             "--executor-memory",

@@ -21,12 +21,11 @@ def test_executor_gpu_amount_is_allocated_as_yarn_io_gpu(
 ) -> None:
     profile = tmp_path / "yarn-gpu.conf"
     base = (Path(__file__).resolve().parents[2] / "conf" / "yarn-client.conf").read_text()
+    # The session's archive (envArchive auto): the NodeManager has no Python of its own.
     profile.write_text(
-        base.replace("spark.tfyarn.yarn.envArchive            auto", "")
+        base
         + "spark.executor.resource.gpu.amount 1\n"
         + f"spark.executor.resource.gpu.discoveryScript {APPS / 'stand_in_gpus.sh'}\n"
-        # Nothing here needs TensorFlow: the local venv's Python is enough (same host).
-        + "spark.tfyarn.yarn.envArchive none\n"
     )
     run = dev_yarn.submit(
         ["--profile", str(profile), "--workers", "1", str(APPS / "gpu_probe.py")], timeout=600

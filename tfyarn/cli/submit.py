@@ -100,7 +100,10 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         choices=TRANSPORT_CHOICES,
         help="tfyarn transport for the exchange",
     )
-    parser.add_argument("--interface", help="network interface or address roles bind to")
+    parser.add_argument(
+        "--interface",
+        help="network interface (ib0), network (10.20.0.0/16) or address the roles bind to",
+    )
     parser.add_argument(
         "--service",
         help="attach to the parameter servers of this long-running service "
@@ -291,10 +294,19 @@ def _main(args: argparse.Namespace) -> int:
         print(" ".join(plan.argv))
         return 0
     started = time.monotonic()
-    watcher = yarn_submit.YarnAppWatcher(plan) if yarn_submit.is_yarn(plan.properties) else None
-    code, tail = _run(plan, watcher.feed if watcher else None)
-    if watcher is not None:
-        code = watcher.finish(code)  # final YARN state; a cluster-mode driver's traceback
+    for launch in (1, 2):
+        watcher = yarn_submit.YarnAppWatcher(plan) if yarn_submit.is_yarn(plan.properties) else None
+        code, tail = _run(plan, watcher.feed if watcher else None)
+        if watcher is not None:
+            code = watcher.finish(code)  # final YARN state; a cluster-mode driver's traceback
+        if code == 0 or watcher is None or not watcher.hit_ui_start_race or launch == 2:
+            break
+        print(
+            "tfyarn: the driver's SparkContext failed to start in Spark's yarn-client UI "
+            f"race ({watcher.app_id}; nothing of the job ran); submitting once more",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.output_json:
         _report(args.output_json, code, tail, time.monotonic() - started, plan)
     return code

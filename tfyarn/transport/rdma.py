@@ -151,6 +151,13 @@ def _probe(system_python: str) -> dict:
         raise TransportUnavailableError(
             f"the RDMA device probe did not finish within {_PROBE_TIMEOUT:.0f} s"
         ) from None
+    except OSError as exc:
+        # There but not runnable (a node whose Python is hidden or not executable): no
+        # probe, so no RDMA; the caller falls back to TCP as for a missing pyverbs.
+        raise TransportUnavailableError(
+            f"cannot look for RDMA devices: {system_python} does not run ({exc}); set "
+            "TFYARN_SYSTEM_PYTHON to the system python3 that has pyverbs"
+        ) from None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise TransportUnavailableError(

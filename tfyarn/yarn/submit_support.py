@@ -49,6 +49,7 @@ __all__ = [
     "gpu_script_path",
     "is_yarn",
     "prepare_plan",
+    "spark_ui_start_race",
 ]
 
 APP_ID_RE = re.compile(r"\bapplication_\d+_\d+\b")
@@ -267,6 +268,22 @@ def _rebuild_argv(argv: list[str], old: Mapping[str, str], new: Mapping[str, str
     return [*spark_submit_argv(argv[0], new, [], "", [])[:-1], *argv[head:]]
 
 
+#: What Spark's yarn-client UI start-up race prints (YarnAppWatcher.hit_ui_start_race).
+_CONTEXT_FAILED = "Error initializing SparkContext"
+_UI_RACE_SIGNS = (
+    "java.util.ConcurrentModificationException",
+    "No filter named org.apache.spark.deploy.yarn.AmIpFilter",
+)
+
+
+def spark_ui_start_race(output: str) -> bool:
+    """Whether a yarn-client driver's ``output`` shows Spark's UI start-up race (pure).
+
+    See :attr:`YarnAppWatcher.hit_ui_start_race`; for output of a plain spark-submit.
+    """
+    return _CONTEXT_FAILED in output and any(sign in output for sign in _UI_RACE_SIGNS)
+
+
 class YarnAppWatcher:
     """Follows spark-submit's output for a YARN application and reports on it.
 
@@ -284,9 +301,28 @@ class YarnAppWatcher:
         self.app_id: str | None = None
         conf = plan.env.get("HADOOP_CONF_DIR") or plan.env.get("YARN_CONF_DIR") or ""
         self.rm = ResourceManagerClient(rm_web_url(Path(conf))) if conf else None
+        self._context_failed = False
+        self._race_sign = False
+
+    @property
+    def hit_ui_start_race(self) -> bool:
+        """Whether a yarn-client driver failed in Spark's UI start-up race (see below).
+
+        Spark 4's yarn-client driver attaches its UI handlers after the application
+        master registered; the AM's ``AddWebUIFilter`` (the YARN proxy filter), handled
+        on another thread, may modify them meanwhile, and ``SparkContext`` fails to
+        start with a ConcurrentModificationException or "No filter named ...AmIpFilter"
+        (a few times in the dev YARN's test runs, with its fast AM). No Spark job has run
+        then: submitting once more is safe, and what a user would do.
+        """
+        return self.plan.deploy_mode == "client" and self._context_failed and self._race_sign
 
     def feed(self, line: str) -> None:
         """Look at one line of spark-submit output; announce the application once."""
+        if _CONTEXT_FAILED in line:
+            self._context_failed = True
+        elif any(sign in line for sign in _UI_RACE_SIGNS):
+            self._race_sign = True
         if self.app_id is not None:
             return
         match = APP_ID_RE.search(line)
