@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tfyarn-installed
 NATIVE_SRC := $(wildcard native/*.c native/*.h)
 PYTEST_ARGS ?=
+# pip extras of the venv: `make setup EXTRAS=gpu,dev` on a GPU host (a fresh .venv).
+EXTRAS ?= tf,dev
 
 .PHONY: setup demo check test lint bench clean
 
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml setup.py scripts/setup-system.sh $(NATIVE_SRC)
 	bash scripts/setup-system.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip setuptools wheel
-	$(PY) -m pip install -q -e '.[tf,dev]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 setup: $(STAMP)
