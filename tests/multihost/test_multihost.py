@@ -3,7 +3,8 @@
 Three "hosts" (namespaces made here, see apps/netns_cluster.py): the driver's, with the
 Spark standalone master, and two worker hosts, each with its own standalone worker bound
 to its own address. One driver process runs a data-parallel job per transport (tcp,
-grpc over the NIC named ``tfy0``, ucx over tcp, auto) and one during which a host's link
+grpc over the NIC named ``tfy0``, ucx over tcp on each host's address in the bridge's
+network, auto) and one during which a host's link
 goes down; each job's two trainers land on the two worker hosts. Checked for every job:
 the roles ran on their hosts' addresses and TensorFlow's cluster spec and tfyarn's peers
 carry those addresses (never 127.0.0.1); the transport is the one asked for (auto: tcp
@@ -31,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).parent / "apps"))
 from netns_cluster import NIC, SUBNET, NetnsCluster
 
 APP = Path(__file__).parent / "apps" / "multihost_job.py"
-JOBS = ("tcp", f"grpc:{NIC}", "ucx", "auto", "linkcut")
+# grpc binds the NIC by name, ucx each host's address in the bridge's network.
+JOBS = ("tcp", f"grpc:{NIC}", f"ucx:{SUBNET}.0/24", "auto", "linkcut")
 LINKCUT = JOBS.index("linkcut")
 CUT_S = 8.0
 

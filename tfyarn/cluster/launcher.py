@@ -203,7 +203,8 @@ def run(
         ``spark.tfyarn.transport``, else ``"auto"`` for exchange strategies and none
         otherwise.
     interface : str, optional
-        Network interface or address the roles bind to; default: Spark's executor address.
+        Network interface (``"ib0"``), network (``"10.20.0.0/16"``: each host's address in
+        it) or address the roles bind to; default: Spark's executor address.
     model_dir : str, optional
         Where the chief saves the model; default a fresh temp dir on the chief's host. Use
         shared storage on a real cluster.
