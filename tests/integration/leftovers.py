@@ -56,11 +56,16 @@ def spark_app_of(pid: int) -> str | None:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             if any(b"CoarseGrainedExecutorBackend" in a for a in argv):
                 return argv[argv.index(b"--app-id") + 1].decode()
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = _parent(pid)
         except (OSError, ValueError, IndexError):  # gone, or a JVM without --app-id
             return None
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
     return None
+
+
+def _parent(pid: int) -> int:
+    """The parent of ``pid`` (OSError when it is gone)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def _ancestors(pid: int) -> set[int]:
@@ -69,10 +74,9 @@ def _ancestors(pid: int) -> set[int]:
     while pid > 1 and pid not in seen:
         seen.add(pid)
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = _parent(pid)
         except OSError:
             break
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
     return seen
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -264,27 +263,10 @@ def test_the_watcher_tells_sparks_yarn_client_ui_race(
     assert ys.spark_ui_start_race("".join(lines)) is (len(lines) == len(_RACE_OUTPUT))
 
 
-def test_submit_launches_once_more_after_the_ui_race_only(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # spark-submit's part is played by _run (the race itself cannot be caused at will);
-    # what is under test is tfyarn submit's decision to launch again, and only once.
-    from tfyarn.cli import submit
+def test_submit_launches_once_more_after_the_ui_race_only() -> None:
+    from tfyarn.cli.submit import launch_again
 
-    launches: list[int] = []
-
-    def run(plan: object, on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
-        launches.append(1)
-        for line in _RACE_OUTPUT:
-            assert on_line is not None
-            on_line(line)
-        return 1, "".join(_RACE_OUTPUT)
-
-    monkeypatch.setattr(submit, "_run", run)
-    monkeypatch.setattr(submit.yarn_submit, "prepare_plan", lambda plan: plan)
-    args = _options("yarn-client")
-    args.passthrough, args.script, args.script_args, args.dry_run = [], "t.py", [], False
-    monkeypatch.delenv("HADOOP_CONF_DIR", raising=False)  # no RM to ask for final states
-    assert submit._main(args) == 1
-    assert len(launches) == 2  # once more after the race, not a third time
-    assert capsys.readouterr().err.count("submitting once more") == 1
+    assert launch_again(1, hit_ui_start_race=True, launch=1)
+    assert not launch_again(1, hit_ui_start_race=True, launch=2)  # never a third launch
+    assert not launch_again(1, hit_ui_start_race=False, launch=1)  # any other failure
+    assert not launch_again(0, hit_ui_start_race=True, launch=1)  # it succeeded after all

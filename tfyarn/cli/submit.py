@@ -264,6 +264,20 @@ def _run(
     return proc.returncode, "".join(tail)
 
 
+#: Launches of one submit at most: the first, and one more after Spark's UI race.
+_LAUNCHES = 2
+
+
+def launch_again(code: int, hit_ui_start_race: bool, launch: int) -> bool:
+    """Whether ``tfyarn submit`` launches once more after launch number ``launch`` (pure).
+
+    Only a failed launch whose driver hit Spark's yarn-client UI start-up race
+    (:attr:`~tfyarn.yarn.submit_support.YarnAppWatcher.hit_ui_start_race`), and only
+    while fewer than :data:`_LAUNCHES` ran: a race seen twice is reported, not retried.
+    """
+    return code != 0 and hit_ui_start_race and launch < _LAUNCHES
+
+
 def _report(path: str, code: int, tail: str, wall: float, plan: profiles.SubmitPlan) -> None:
     """Complete the driver's JSON report (or write one if the driver never got to it)."""
     target = Path(path)
@@ -294,13 +308,14 @@ def _main(args: argparse.Namespace) -> int:
         print(" ".join(plan.argv))
         return 0
     started = time.monotonic()
-    for launch in (1, 2):
+    for launch in range(1, _LAUNCHES + 1):
         watcher = yarn_submit.YarnAppWatcher(plan) if yarn_submit.is_yarn(plan.properties) else None
         code, tail = _run(plan, watcher.feed if watcher else None)
         if watcher is not None:
             code = watcher.finish(code)  # final YARN state; a cluster-mode driver's traceback
-        if code == 0 or watcher is None or not watcher.hit_ui_start_race or launch == 2:
+        if not launch_again(code, watcher is not None and watcher.hit_ui_start_race, launch):
             break
+        assert watcher is not None
         print(
             "tfyarn: the driver's SparkContext failed to start in Spark's yarn-client UI "
             f"race ({watcher.app_id}; nothing of the job ran); submitting once more",
