@@ -7,7 +7,9 @@
 # (groups 18 min 29 s and 19 min 01 s) and 20 min 01 s in CI, where one session took
 # 22 min 07 s.
 # Each session's output goes to $TFYARN_TEST_LOGS/<group>.log, printed when all have
-# ended; the exit status is non-zero when either failed. Extra arguments go to both.
+# ended; the exit status is non-zero when either failed. Extra arguments go to each.
+# Short tracebacks: a CI report keeps only the head and tail of the output, and a long
+# one pushed a failure's own message (its E lines) out of both.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -16,7 +18,7 @@ mkdir -p "$LOGS"
 
 pids=()
 for group in yarn spark light; do
-    "$PY" -m pytest --test-group "$group" --durations=15 "$@" >"$LOGS/$group.log" 2>&1 &
+    "$PY" -m pytest --test-group "$group" --durations=15 --tb=short "$@" >"$LOGS/$group.log" 2>&1 &
     pids+=("$!")
 done
 # Ctrl-C or a CI timeout: SIGINT lets each session run its teardown (Spark, YARN, roles).

@@ -127,6 +127,9 @@ def spark(request: pytest.FixtureRequest) -> Iterator[object]:
         .appName("tfyarn-tests")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.ui.enabled", "false")
+        # Its stage bars fill a failed test's captured output and push the failure out of
+        # a CI report's head and tail.
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", str(executors))
         .config("spark.task.maxFailures", "1")
         .config("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", "2")

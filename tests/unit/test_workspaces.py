@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from tfyarn.node.task import sweep_stale_workspaces
+from tfyarn.node.workspace import remove_workspace, sweep_stale_workspaces
 
 
 def _dead_pid() -> int:
@@ -43,3 +44,32 @@ def test_sweep_removes_only_what_dead_processes_left(tmp_path: Path) -> None:
     assert current.exists()  # the current job is never swept, even with dead pids
     assert young_empty.exists()  # a job whose roles may still be creating workspaces
     assert not old_empty.exists()
+
+
+def test_removal_wins_over_a_thread_still_writing_into_the_workspace(tmp_path: Path) -> None:
+    """A resumed role's own threads may write files while its watchdog removes it."""
+    workdir = _role_dir(tmp_path, "job", "worker-1", [os.getpid()])
+    for i in range(200):
+        (workdir / f"cached-{i}").write_bytes(b"x" * 1024)
+    started, stop = threading.Event(), threading.Event()
+
+    def write() -> None:
+        for i in range(100_000):  # bounded; ends once the folder is gone
+            if stop.is_set():
+                return
+            try:
+                (workdir / f"late-{i}").write_text("traceback")
+            except FileNotFoundError:
+                return
+            started.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    started.wait(timeout=5)
+    try:
+        gone = remove_workspace(workdir)
+    finally:
+        stop.set()
+        writer.join(timeout=10)
+    assert gone and not workdir.exists()
+    assert not workdir.parent.exists()  # the job's folder went with its last role

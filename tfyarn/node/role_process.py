@@ -23,7 +23,6 @@ import contextlib
 import ctypes
 import os
 import select
-import shutil
 import signal
 import sys
 import threading
@@ -43,6 +42,7 @@ from tfyarn.node.heartbeat import HeartbeatClient
 from tfyarn.node.job import JobSpec
 from tfyarn.node.messages import Cluster, Hello, Member, Message, MessageError, Setup
 from tfyarn.node.ports import ReservedPort
+from tfyarn.node.workspace import remove_workspace
 
 if TYPE_CHECKING:
     from tfyarn.transport.base import Listener
@@ -64,9 +64,7 @@ def _remove_workspace(workdir: Path, *, wait: bool) -> bool:
     of this process is already at it; whether this call did."""
     if not _ENDING.acquire(blocking=wait):
         return False
-    shutil.rmtree(workdir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        workdir.parent.rmdir()  # the job's directory, once its last role is gone
+    remove_workspace(workdir)
     return True
 
 

@@ -18,11 +18,9 @@ import collections
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -43,7 +41,12 @@ from tfyarn.node.heartbeat import HeartbeatClient
 from tfyarn.node.job import InputMode, JobSpec
 from tfyarn.node.messages import Cluster, Endpoint, Hello, Member, MessageError, Setup
 from tfyarn.node.ports import reserve_port
-from tfyarn.processes import pid_alive
+from tfyarn.node.workspace import (
+    make_workspace,
+    remove_workspace,
+    sweep_stale_workspaces,
+    workspace_root,
+)
 
 if TYPE_CHECKING:
     from pyspark import BarrierTaskContext
@@ -52,8 +55,6 @@ __all__ = [
     "RESULT_SCHEMA",
     "gpu_env",
     "run_barrier_task",
-    "sweep_stale_workspaces",
-    "workspace_root",
 ]
 
 #: One row per task comes back to the driver.
@@ -70,72 +71,6 @@ RESULT_DDL = "partition long, task string, host string, result binary, info stri
 
 #: Lines of a role's output kept for error messages.
 _TAIL_LINES = 60
-
-
-def workspace_root(job: JobSpec) -> Path:
-    """Parent of this job's role workspaces on this host.
-
-    ``job.tmp_root`` if set; in a YARN container its working directory (YARN deletes it
-    with the container, even when the container is killed outright); else the temp dir.
-    """
-    if job.tmp_root:
-        parent = Path(job.tmp_root)
-    elif os.environ.get("CONTAINER_ID"):
-        parent = Path.cwd()
-    else:
-        parent = Path(tempfile.gettempdir())
-    return parent / f"tfyarn-{job.job_id}"
-
-    return True
-
-
-#: An empty job directory younger than this may belong to a job whose roles are still
-#: creating their workspaces on this host; the sweep leaves it alone.
-_EMPTY_JOB_DIR_GRACE = 120.0
-
-
-def sweep_stale_workspaces(parent: Path, *, keep: Path | None = None) -> list[Path]:
-    """Remove role workspaces whose owning processes are all gone; return what was removed.
-
-    A role process removes its workspace itself when its task dies, but a host crash or a
-    SIGKILL of both can still leave one behind; the next job on the host cleans it up.
-    Empty job directories go too, once they are old enough that no role of theirs can
-    still be starting; ``keep`` (the current job's directory) is never touched.
-    """
-    removed = []
-    for owner in parent.glob("tfyarn-*/*/owner.pid"):
-        if keep is not None and owner.parent.parent == keep:
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            pids = [int(p) for p in owner.read_text().split()]
-            if not any(pid_alive(p) for p in pids):
-                shutil.rmtree(owner.parent, ignore_errors=True)
-                removed.append(owner.parent)
-    now = time.time()
-    for job_dir in parent.glob("tfyarn-*"):
-        if job_dir == keep:
-            continue
-        with contextlib.suppress(OSError):
-            if now - job_dir.stat().st_mtime > _EMPTY_JOB_DIR_GRACE:
-                job_dir.rmdir()  # only succeeds when empty
-    return removed
-
-
-def _make_workspace(workdir: Path, attempts: int = 5) -> None:
-    """Create the role's workspace; retry if its job directory vanishes meanwhile.
-
-    Another role of the same job on this host may remove the (then empty) job directory
-    as it exits (:mod:`tfyarn.node.role_process`), between our creating it and our
-    subdirectory.
-    """
-    for attempt in range(attempts):
-        try:
-            workdir.mkdir(parents=True, exist_ok=True)
-            return
-        except FileNotFoundError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.05)
 
 
 def gpu_env(resources: dict[str, Any]) -> dict[str, str]:
@@ -437,7 +372,7 @@ def run_barrier_task(job: JobSpec, batches: Iterator[pa.RecordBatch]) -> Iterato
         root = workspace_root(job)
         sweep_stale_workspaces(root.parent, keep=root)
         workdir = root / job.workspace_name(place.role)
-        _make_workspace(workdir)
+        make_workspace(workdir)
         tf_port = reserve_port(place.host)
     except Exception as exc:
         spark_host = bctx.getTaskInfos()[partition].address.rsplit(":", 1)[0]
@@ -483,6 +418,4 @@ def run_barrier_task(job: JobSpec, batches: Iterator[pa.RecordBatch]) -> Iterato
         tf_port.release()
         if proc is not None:
             proc.stop(grace=5)
-        shutil.rmtree(workdir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            root.rmdir()
+        remove_workspace(workdir)

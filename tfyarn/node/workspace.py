@@ -1,0 +1,115 @@
+"""Role workspaces: one folder per role and attempt, under one folder per job and host.
+
+A role's workspace holds what its task hands the role process (the job spec, the cached
+input) and what the role leaves for its task (``error.txt``); the role's checkpoint
+temp files go there too. Made by the barrier task, removed by whichever of the task and
+the role process ends last; a crash of both is swept up by the next job on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from tfyarn.node.job import JobSpec
+from tfyarn.processes import pid_alive
+
+__all__ = ["make_workspace", "remove_workspace", "sweep_stale_workspaces", "workspace_root"]
+
+
+def workspace_root(job: JobSpec) -> Path:
+    """Parent of this job's role workspaces on this host.
+
+    ``job.tmp_root`` if set; in a YARN container its working directory (YARN deletes it
+    with the container, even when the container is killed outright); else the temp dir.
+    """
+    if job.tmp_root:
+        parent = Path(job.tmp_root)
+    elif os.environ.get("CONTAINER_ID"):
+        parent = Path.cwd()
+    else:
+        parent = Path(tempfile.gettempdir())
+    return parent / f"tfyarn-{job.job_id}"
+
+    return True
+
+
+#: An empty job directory younger than this may belong to a job whose roles are still
+#: creating their workspaces on this host; the sweep leaves it alone.
+_EMPTY_JOB_DIR_GRACE = 120.0
+
+
+def sweep_stale_workspaces(parent: Path, *, keep: Path | None = None) -> list[Path]:
+    """Remove role workspaces whose owning processes are all gone; return what was removed.
+
+    A role process removes its workspace itself when its task dies, but a host crash or a
+    SIGKILL of both can still leave one behind; the next job on the host cleans it up.
+    Empty job directories go too, once they are old enough that no role of theirs can
+    still be starting; ``keep`` (the current job's directory) is never touched.
+    """
+    removed = []
+    for owner in parent.glob("tfyarn-*/*/owner.pid"):
+        if keep is not None and owner.parent.parent == keep:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            pids = [int(p) for p in owner.read_text().split()]
+            if not any(pid_alive(p) for p in pids):
+                shutil.rmtree(owner.parent, ignore_errors=True)
+                removed.append(owner.parent)
+    now = time.time()
+    for job_dir in parent.glob("tfyarn-*"):
+        if job_dir == keep:
+            continue
+        with contextlib.suppress(OSError):
+            if now - job_dir.stat().st_mtime > _EMPTY_JOB_DIR_GRACE:
+                job_dir.rmdir()  # only succeeds when empty
+    return removed
+
+
+def make_workspace(workdir: Path, attempts: int = 5) -> None:
+    """Create the role's workspace; retry if its job directory vanishes meanwhile.
+
+    Another role of the same job on this host may remove the (then empty) job directory
+    as it exits (:mod:`tfyarn.node.role_process`), between our creating it and our
+    subdirectory.
+    """
+    for attempt in range(attempts):
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
+def remove_workspace(workdir: Path, tries: int = 5) -> bool:
+    """Remove ``workdir``, and the job's folder above it once that is empty; whether gone.
+
+    The role's own threads may still write into the workspace while it goes (a resumed
+    role's training loop leaving its traceback, a checkpoint's temp file). Renamed first,
+    the folder is out of their way at once: a file written by path then fails, where it
+    would otherwise land behind ``rmtree``'s listing and keep the folder. What is written
+    through the role's working directory (the folder itself) can still land, so the
+    removal is tried ``tries`` times.
+    """
+    doomed = workdir.with_name(f".{workdir.name}.removing-{os.getpid()}")
+    try:
+        os.rename(workdir, doomed)
+    except FileNotFoundError:
+        pass  # already removed by the other of task and role process
+    except OSError:
+        doomed = workdir  # e.g. a leftover of that name: remove in place
+    for attempt in range(tries):
+        shutil.rmtree(doomed, ignore_errors=True)
+        if not doomed.exists():
+            break
+        if attempt < tries - 1:
+            time.sleep(0.05)
+    with contextlib.suppress(OSError):
+        workdir.parent.rmdir()  # the job's folder, once its last role on this host is gone
+    return not workdir.exists() and not doomed.exists()
