@@ -8,13 +8,15 @@ child, started here), for each message size:
 * ``round-trip``: the driver sends one message, the server echoes it, ``reps`` times;
   latency = time per round trip, GB/s counts both directions.
 
-Backends: tfyarn's ``tcp``, ``grpc`` and (when built) ``ucx`` over shared memory and over
-tcp; baselines measured in the same run: ``memcpy`` of the same size (NumPy, one
-process), ``raw-socket`` (plain TCP loopback, ``recv_into`` a reused buffer),
-``naive-grpc`` (grpcio unary calls with ``bytes``, limits lifted), ``ucx_perftest``
-(``tag_bw``/``tag_lat`` over shared memory, where installed) and ``tf-grpc``
-(TensorFlow's own runtime: a float32 tensor placed on a remote ``tf.distribute.Server``
-task is pulled to the local task, one-way only).
+Backends: tfyarn's ``tcp``, ``grpc``, the same two over TLS with a per-job certificate
+(``tcp+tls``, ``grpc+tls``) and (when built) ``ucx`` over shared memory and over tcp; every
+tfyarn frame carries its authentication tag (HMAC-SHA256), so ``raw-socket`` against
+``tcp`` shows what framing and tags cost; baselines measured in the same run: ``memcpy``
+of the same size (NumPy, one process), ``raw-socket`` (plain TCP loopback, ``recv_into``
+a reused buffer), ``naive-grpc`` (grpcio unary calls with ``bytes``, limits lifted),
+``ucx_perftest`` (``tag_bw``/``tag_lat`` over shared memory, where installed) and
+``tf-grpc`` (TensorFlow's own runtime: a float32 tensor placed on a remote
+``tf.distribute.Server`` task is pulled to the local task, one-way only).
 
 The report (``transport.json``, ``transport.md``, ``transport.png`` under ``--out``) ends
 with the target ratios at 64 MiB (or the largest size measured).
@@ -46,7 +48,9 @@ BACKENDS = (
     "raw-socket",
     "naive-grpc",
     "tcp",
+    "tcp+tls",
     "grpc",
+    "grpc+tls",
     "ucx-shm",
     "ucx-tcp",
     "ucx_perftest",
@@ -62,6 +66,7 @@ MIN_REPS, MAX_REPS = 3, 2000
 _CTRL = struct.Struct("<QQQ")  # op, size, reps
 _QUIT, _SINK, _ECHO = 0, 1, 2
 _SECRET_ENV = "TFYARN_BENCH_SECRET"
+_TLS_ENV = "TFYARN_BENCH_TLS"  # the certificate file of the +tls backends
 _REPO = Path(__file__).resolve().parent.parent
 
 
@@ -106,12 +111,25 @@ def _serve_raw(sock: socket.socket) -> None:
             conn.sendall(b"k")
 
 
+def _tls_options() -> Any:
+    """TransportOptions with the run's certificate (``tcp+tls``, ``grpc+tls``), else None."""
+    from tfyarn.transport.options import TransportOptions
+    from tfyarn.transport.tls import JobCertificate
+
+    path = os.environ.get(_TLS_ENV)
+    if not path:
+        return None
+    cert, _, key = Path(path).read_bytes().partition(b"-----BEGIN PRIVATE KEY-----")
+    made = JobCertificate(cert_pem=cert, key_pem=b"-----BEGIN PRIVATE KEY-----" + key)
+    return made.apply(TransportOptions())
+
+
 def _serve_tfyarn(address: str) -> None:
     from tfyarn.transport import listen
     from tfyarn.transport.memory import alloc_buffer
 
     secret = bytes.fromhex(os.environ[_SECRET_ENV])
-    with listen(address, secret=secret) as lis:
+    with listen(address, secret=secret, options=_tls_options()) as lis:
         print(f"READY {lis.address}", flush=True)
         comm = lis.accept(timeout=120)
         ctrl = bytearray(_CTRL.size)
@@ -223,7 +241,12 @@ def _drive_stream(kind: str, address: str, sizes: Sequence[int], scale: float) -
     else:
         from tfyarn.transport import connect
 
-        comm = connect(address, secret=bytes.fromhex(os.environ[_SECRET_ENV]), timeout=60)
+        comm = connect(
+            address,
+            secret=bytes.fromhex(os.environ[_SECRET_ENV]),
+            timeout=60,
+            options=_tls_options(),
+        )
 
         def ctrl(op: int, size: int, reps: int) -> None:
             comm.send(_CTRL.pack(op, size, reps))
@@ -398,6 +421,9 @@ def measure_backend(
     server_arg = "127.0.0.1:0"
     if kind in ("tcp", "grpc"):
         server_arg = f"{kind}://127.0.0.1:0"
+    elif kind in ("tcp+tls", "grpc+tls"):
+        server_arg = f"{kind.removesuffix('+tls')}://127.0.0.1:0"
+        extra[_TLS_ENV] = _certificate_file()
     elif kind.startswith("ucx-"):
         why = _ucx_missing()
         if why:
@@ -434,6 +460,21 @@ def measure_backend(
         if line.startswith("ROWS "):
             return [Row(**r) for r in json.loads(line[5:])], ""
     return [], f"driver failed (exit {driver.returncode}): {err.strip()[-2000:]}"
+
+
+def _certificate_file() -> str:
+    """A per-run certificate and key (as a job's), in a private file both children read."""
+    import atexit
+    import tempfile
+
+    from tfyarn.transport.tls import new_job_certificate
+
+    made = new_job_certificate()
+    fd, path = tempfile.mkstemp(prefix="tfyarn-bench-tls-", suffix=".pem")
+    with os.fdopen(fd, "wb") as f:
+        f.write(made.cert_pem + made.key_pem)
+    atexit.register(lambda: Path(path).unlink(missing_ok=True))
+    return path
 
 
 def _ucx_missing() -> str:

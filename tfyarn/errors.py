@@ -11,6 +11,7 @@ __all__ = [
     "AllocationError",
     "AuthenticationError",
     "ConfigError",
+    "ForgedFrameError",
     "FrameError",
     "RestartsExhaustedError",
     "RoleFailedError",
@@ -146,6 +147,13 @@ class AuthenticationError(TransportError):
 
 class FrameError(TransportError):
     """A peer sent a malformed frame (bad magic/version, absurd length, wrong dtype/shape)."""
+
+
+class ForgedFrameError(FrameError, AuthenticationError):
+    """A frame failed its authentication tag: forged, replayed, reordered or altered on the way.
+
+    The connection it arrived on is closed; the listener keeps serving.
+    """
 
 
 class YarnError(TFYarnError):

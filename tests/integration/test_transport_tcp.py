@@ -1,9 +1,14 @@
-"""The tcp backend between two processes over loopback (cases in transport_cases.py)."""
+"""The tcp backend between two processes over loopback, plain and over TLS (cases in
+transport_cases.py)."""
 
 from __future__ import annotations
 
-from transport_cases import BackendCases
+from transport_cases import BackendCases, TlsCases
 
 
 class TestTcp(BackendCases):
+    scheme = "tcp"
+
+
+class TestTcpTls(TlsCases):
     scheme = "tcp"

@@ -2,9 +2,9 @@
 
 Three "hosts" (namespaces made here, see apps/netns_cluster.py): the driver's, with the
 Spark standalone master, and two worker hosts, each with its own standalone worker bound
-to its own address. One driver process runs a data-parallel job per transport (tcp,
-grpc over the NIC named ``tfy0``, ucx over tcp on each host's address in the bridge's
-network, auto) and one during which a host's link
+to its own address. One driver process runs a data-parallel job per transport (tcp with
+TLS and a certificate made for the job, grpc over the NIC named ``tfy0``, ucx over tcp on
+each host's address in the bridge's network, auto) and one during which a host's link
 goes down; each job's two trainers land on the two worker hosts. Checked for every job:
 the roles ran on their hosts' addresses and TensorFlow's cluster spec and tfyarn's peers
 carry those addresses (never 127.0.0.1); the transport is the one asked for (auto: tcp
@@ -33,7 +33,8 @@ from netns_cluster import NIC, SUBNET, NetnsCluster
 
 APP = Path(__file__).parent / "apps" / "multihost_job.py"
 # grpc binds the NIC by name, ucx each host's address in the bridge's network.
-JOBS = ("tcp", f"grpc:{NIC}", f"ucx:{SUBNET}.0/24", "auto", "linkcut")
+# tcp with TLS and a per-job certificate (plain tcp across hosts: auto and linkcut).
+JOBS = ("tcp+tls", f"grpc:{NIC}", f"ucx:{SUBNET}.0/24", "auto", "linkcut")
 LINKCUT = JOBS.index("linkcut")
 CUT_S = 8.0
 

@@ -15,6 +15,7 @@ from tfyarn.exchange import STRATEGY_NAMES
 from tfyarn.exchange.algorithms import SERVICE_STRATEGIES
 from tfyarn.node.job import InputMode
 from tfyarn.service.attach import ServiceAttachment
+from tfyarn.transport.options import TransportOptions
 from tfyarn.transport.select import CHOICES as TRANSPORTS
 
 STRATEGIES = ", ".join((*TF_NATIVE_STRATEGIES, *STRATEGY_NAMES))
@@ -184,3 +185,18 @@ def test_options_are_frozen() -> None:
     options = _build(workers=1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.workers = 5  # type: ignore[misc]
+
+
+def test_tls_is_settled_from_spark_and_needs_a_transport_that_carries_it() -> None:
+    assert _build(workers=2, strategy="allreduce").tls is False
+    assert _build({"tls": "true"}, workers=2, strategy="allreduce").tls is True
+    assert _build({"tls": "TRUE"}, workers=2, strategy="allreduce", tls=False).tls is False
+    with pytest.raises(ConfigError, match=r"spark.tfyarn.tls='yes' is not valid"):
+        _build({"tls": "yes"}, workers=2, strategy="allreduce")
+    with pytest.raises(ConfigError, match="UCX has no TLS"):
+        _build(workers=2, strategy="allreduce", transport="ucx", tls=True)
+    with pytest.raises(ConfigError, match="TensorFlow's own gRPC"):
+        _build(workers=2, strategy="mwms", tls=True)
+    site = TransportOptions(tls_root_certs=b"-----BEGIN CERTIFICATE-----")
+    with pytest.raises(ConfigError, match="give one or the other"):
+        _build(workers=2, strategy="allreduce", transport_options=site, tls=True)

@@ -55,6 +55,7 @@ def _options(**over: object) -> argparse.Namespace:
         min_workers=None,
         checkpoint_dir=None,
         checkpoint_every=None,
+        tls=False,
     )
     base.update(over)
     return argparse.Namespace(**base)
@@ -79,6 +80,8 @@ def test_local_cluster_submit_sizes_the_cluster_to_the_roles(tmp_path: Path) -> 
     attached = build_plan(_options(ps=0, service="tfyarn-ps"), [], "train.py", [], {})
     assert "spark.tfyarn.service=tfyarn-ps" in attached.argv  # tfyarn.run reads it
     assert attached.env["TFYARN_EXECUTORS"] == "3"  # no ps roles: the service has them
+    assert not any(a.startswith("spark.tfyarn.tls=") for a in argv)
+    assert "spark.tfyarn.tls=true" in build_plan(_options(tls=True), [], "t.py", [], {}).argv
 
 
 def test_standalone_profile_needs_the_master_variable() -> None:

@@ -256,6 +256,7 @@ def test_submit_options_and_profile_defaults() -> None:
             profile=profile, conf_dir=None, workers=2, ps=0, chief=False, no_chief=True,
             evaluator=False, transport=None, interface=None, service=None, output_json=None,
             max_restarts=None, checkpoint_dir=None, checkpoint_every=None, min_workers=None,
+            tls=False,
         )  # fmt: skip
         vars(options).update(given)
         env = {"TFYARN_SPARK_MASTER": "spark://m:7077", "HADOOP_CONF_DIR": "/etc/hadoop"}

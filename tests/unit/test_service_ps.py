@@ -8,6 +8,7 @@ it against the real RM): here the ps always comes back on 127.0.0.1.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -33,9 +34,11 @@ from tfyarn.service.ps_server import HELLO, ServicePSServer
 from tfyarn.service.state import (
     BucketState,
     Snapshot,
+    ensure_certificate,
     ensure_secret,
     latest_snapshot,
     ps_dir,
+    read_certificate,
     read_secret,
     write_snapshot,
 )
@@ -305,3 +308,41 @@ def _cmdline(pid: int) -> str:
             return f.read().decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_tls_service_serves_its_certificate_to_jobs_that_trust_it(tmp_path: Path) -> None:
+    """``tls: true``: the ps serve the state dir's certificate (``tfyarn.service.ps_server
+    --tls``), an attachment carrying it trains, one without it cannot connect."""
+    secret = ensure_secret(tmp_path)
+    certificate = ensure_certificate(tmp_path)
+    assert ensure_certificate(tmp_path) == certificate  # made once
+    assert (tmp_path / "tls.pem").stat().st_mode & 0o777 == 0o600
+    assert "key_pem" not in repr(certificate)
+    options = read_certificate(tmp_path).apply(transport.TransportOptions())
+    # A plain client waits for the TLS listener's handshake_timeout: keep it short here.
+    listener = transport.listen(
+        "tcp://127.0.0.1:0", secret=secret, options=options.replace(handshake_timeout=2.0)
+    )
+    assert listener.transport == "tcp+tls"
+    server = ServicePSServer(
+        listener, name="ps-0", folder=ps_dir(tmp_path, 0), snapshot_interval=60.0, keep=2
+    )
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    port = int(listener.address.rsplit(":", 1)[1])
+    try:
+        att = dataclasses.replace(_attachment(port, secret), certificate=certificate)
+        job = _client(att, "job1/chief:0")
+        job.init([np.zeros(4, np.float32)], SGD1)
+        for _ in range(3):
+            values = job.push_gradients(MINUS_ONE)
+        np.testing.assert_array_equal(values[0], np.full(4, 3.0, np.float32))
+        job.close()
+        plain = LocalConnector(_attachment(port, secret, timeout=1.0), "job2/chief:0")
+        with pytest.raises(TransportError):
+            plain.connect("ps-0")  # no TLS: the ps never gets past its TLS handshake
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+        listener.close()
+    assert not thread.is_alive()

@@ -113,3 +113,25 @@ def test_bad_secret_is_a_config_error(bad: object) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_secrets_and_keys_never_show_in_a_repr() -> None:
+    """What is logged or shown in a traceback's locals: the spec, the options, the keys."""
+    from tfyarn.cluster.plan import RoleSpec
+    from tfyarn.node.job import JobSpec
+    from tfyarn.transport.integrity import session_keys
+    from tfyarn.transport.options import TransportOptions
+    from tfyarn.transport.tls import new_job_certificate
+
+    secret = auth.new_job_secret()
+    role = RoleSpec(0, "worker", 0)
+    job = JobSpec("j", (role,), (role,), b"fn", secret, ("127.0.0.1", 1))
+    cert = new_job_certificate()
+    keys = session_keys(secret, b"s" * 32, b"c" * 32, client=True)
+    for obj in (job, cert, cert.apply(TransportOptions()), keys):
+        text = repr(obj)
+        for hidden in (secret, cert.key_pem, keys.send, keys.recv):
+            assert repr(hidden)[2:-1] not in text and hidden.hex() not in text, type(obj)
+    assert b"PRIVATE KEY" in cert.key_pem and "PRIVATE KEY" not in repr(
+        cert.apply(TransportOptions())
+    )

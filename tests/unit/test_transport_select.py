@@ -159,3 +159,15 @@ def test_a_system_python_that_cannot_run_means_no_rdma(tmp_path: Path, mode: int
         python.chmod(mode)
     with pytest.raises(TransportUnavailableError, match="cannot look for RDMA devices"):
         list_devices(str(python))
+
+
+def test_tls_picks_tcp_or_grpc_and_refuses_ucx() -> None:
+    facts = {"rdma_devices": ["mlx5_0"], "have_ucx": True, "tls": True}
+    sel = choose_transport("auto", **ONE_HOST, **facts)  # RDMA and one host: still tcp
+    assert (sel.scheme, sel.transport) == ("tcp", "tcp+tls")
+    assert "UCX has no TLS" in sel.reason
+    sel = choose_transport("grpc", **TWO_HOSTS, **facts)
+    assert (sel.scheme, sel.transport) == ("grpc", "grpc+tls")
+    for asked in ("ucx", "rdma", "shm"):
+        with pytest.raises(ConfigError, match="cannot carry TLS"):
+            choose_transport(asked, **ONE_HOST, **facts)

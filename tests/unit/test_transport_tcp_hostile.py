@@ -6,6 +6,7 @@ play peers that pass authentication and then misbehave.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import struct
@@ -16,9 +17,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from tfyarn.errors import ConfigError, FrameError, TransportError
-from tfyarn.transport import auth, frames, tcp
+from tfyarn.errors import ConfigError, ForgedFrameError, FrameError, TransportError
+from tfyarn.transport import auth, frames, preamble, tcp
+from tfyarn.transport.base import Comm
 from tfyarn.transport.frames import Kind, RmaDesc
+from tfyarn.transport.integrity import TAG_BYTES, FrameAuth
 
 SECRET = auth.new_job_secret()
 
@@ -35,12 +38,20 @@ def listener() -> Iterator[tcp.TcpListener]:
     assert threading.active_count() <= before, "listener left threads behind"
 
 
-def _raw(lis: tcp.TcpListener, channel: bytes = b"data") -> socket.socket:
-    """A socket that passed the handshake and opened ``channel``: free to misbehave."""
-    s = socket.create_connection(("127.0.0.1", int(lis.address.rsplit(":", 1)[1])), timeout=5)
-    auth.client_handshake(s, SECRET, timeout=5)
-    s.sendall(frames.pack_frame_header(Kind.HELLO, len(channel)) + channel)
-    return s
+@contextlib.contextmanager
+def _raw(
+    lis: tcp.TcpListener, channel: bytes = b"data"
+) -> Iterator[tuple[socket.socket, FrameAuth]]:
+    """A socket that passed the handshake and opened ``channel``, and its frame tags: a
+    peer of the job, free to misbehave."""
+    port = int(lis.address.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        yield s, preamble.open_channel(s, SECRET, channel, 5)
+
+
+def _frame(tags: FrameAuth, header: bytes, payload: bytes = b"") -> bytes:
+    """A frame as a peer of the job sends it: header, payload, tag."""
+    return header + payload + tags.signer.tag(header, payload)
 
 
 def _good_round_trip(lis: tcp.TcpListener) -> None:
@@ -52,7 +63,7 @@ def _good_round_trip(lis: tcp.TcpListener) -> None:
 
 
 def test_bad_magic_mid_stream_closes_only_that_comm(listener: tcp.TcpListener) -> None:
-    with _raw(listener) as s:
+    with _raw(listener) as (s, _):
         comm = listener.accept(timeout=5)
         s.sendall(b"XXXX" + bytes(frames.HEADER_SIZE - 4))
         with pytest.raises(FrameError, match="magic"):
@@ -63,7 +74,7 @@ def test_bad_magic_mid_stream_closes_only_that_comm(listener: tcp.TcpListener) -
 
 
 def test_absurd_length_is_refused_without_allocating(listener: tcp.TcpListener) -> None:
-    with _raw(listener) as s:
+    with _raw(listener) as (s, _):
         comm = listener.accept(timeout=5)
         header = bytearray(frames.pack_frame_header(Kind.MSG, 0))
         struct.pack_into("<Q", header, 8, 2**62)
@@ -74,7 +85,7 @@ def test_absurd_length_is_refused_without_allocating(listener: tcp.TcpListener) 
 
 
 def test_truncated_message_is_a_transport_error(listener: tcp.TcpListener) -> None:
-    with _raw(listener) as s:
+    with _raw(listener) as (s, _):
         comm = listener.accept(timeout=5)
         s.sendall(frames.pack_frame_header(Kind.MSG, 100) + b"only ten b")
         s.shutdown(socket.SHUT_WR)
@@ -83,7 +94,7 @@ def test_truncated_message_is_a_transport_error(listener: tcp.TcpListener) -> No
 
 
 def test_rma_frame_on_data_stream_is_refused(listener: tcp.TcpListener) -> None:
-    with _raw(listener) as s:
+    with _raw(listener) as (s, _):
         comm = listener.accept(timeout=5)
         s.sendall(frames.pack_frame_header(Kind.GET, 0, RmaDesc("r", 0, 1)))
         with pytest.raises(FrameError, match="GET frame on the data stream"):
@@ -93,7 +104,10 @@ def test_rma_frame_on_data_stream_is_refused(listener: tcp.TcpListener) -> None:
 def test_unknown_channel_is_dropped_and_logged(
     listener: tcp.TcpListener, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, "tfyarn.transport.tcp"), _raw(listener, b"evil") as s:
+    with (
+        caplog.at_level(logging.WARNING, "tfyarn.transport.tcp"),
+        _raw(listener, b"evil") as (s, _),
+    ):
         assert s.recv(1) == b""  # the listener hung up
     assert "unknown channel" in caplog.text
     _good_round_trip(listener)
@@ -102,15 +116,15 @@ def test_unknown_channel_is_dropped_and_logged(
 def test_hostile_rma_requests(listener: tcp.TcpListener) -> None:
     region = bytearray(64)
     listener.register("w", region)
-    with _raw(listener, b"rma") as s:
+    with _raw(listener, b"rma") as (s, tags):
         # A PUT that lies about its size is refused with an error frame, payload drained.
         header = bytearray(frames.pack_frame_header(Kind.PUT, 8, RmaDesc("w", 0, 8)))
         struct.pack_into("<Q", header, frames.HEADER_SIZE + 8, 4)  # nbytes 4 != length 8
-        s.sendall(header + b"12345678")
+        s.sendall(_frame(tags, bytes(header), b"12345678"))
         reply = s.recv(frames.HEADER_SIZE)
         assert frames.parse_header(reply).kind is Kind.ERROR
         # A data frame on the RMA channel closes the connection.
-        s.sendall(frames.pack_frame_header(Kind.MSG, 0))
+        s.sendall(_frame(tags, frames.pack_frame_header(Kind.MSG, 0)))
         deadline = time.monotonic() + 5
         rest = b""
         while time.monotonic() < deadline:
@@ -320,3 +334,67 @@ def test_op_timeout_ends_a_silent_receive_and_names_the_option(scheme: str) -> N
         with pytest.raises(TransportError, match="is closed"):
             srv.recv()
         assert c.op_timeout is None  # only the listener was given a limit
+
+
+def _refused(comm: Comm, caplog: pytest.LogCaptureFixture) -> ForgedFrameError:
+    """Receive on ``comm``: the frame must be refused as forged, logged, and the comm closed."""
+    with (
+        caplog.at_level(logging.WARNING, "tfyarn.transport.streams"),
+        pytest.raises(ForgedFrameError, match="failed its authentication tag") as err,
+    ):
+        comm.recv_into(bytearray(64))
+    assert "refused a frame" in caplog.text
+    with pytest.raises(TransportError, match="closed"):
+        comm.recv()
+    return err.value
+
+
+def test_a_frame_with_a_changed_byte_is_refused(
+    listener: tcp.TcpListener, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _raw(listener) as (s, tags):
+        comm = listener.accept(timeout=5)
+        s.sendall(_frame(tags, frames.pack_frame_header(Kind.MSG, 5), b"hello"))
+        assert bytes(comm.recv()) == b"hello"  # a good frame passes
+        frame = bytearray(_frame(tags, frames.pack_frame_header(Kind.MSG, 5), b"hello"))
+        frame[frames.HEADER_SIZE] ^= 1  # "iello": an on-path change of one bit
+        s.sendall(frame)
+        assert "frame 2 " in str(_refused(comm, caplog))  # HELLO was 0, "hello" 1
+    _good_round_trip(listener)
+
+
+def test_a_replayed_frame_is_refused(
+    listener: tcp.TcpListener, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _raw(listener) as (s, tags):
+        comm = listener.accept(timeout=5)
+        frame = _frame(tags, frames.pack_frame_header(Kind.MSG, 3), b"pay")
+        s.sendall(frame)
+        assert bytes(comm.recv()) == b"pay"
+        s.sendall(frame)  # the same bytes again: its sequence number is spent
+        _refused(comm, caplog)
+
+
+def test_a_frame_from_another_connection_or_direction_is_refused(
+    listener: tcp.TcpListener, caplog: pytest.LogCaptureFixture
+) -> None:
+    with _raw(listener) as (first, first_tags), _raw(listener) as (second, second_tags):
+        comm_a = listener.accept(timeout=5)
+        comm_b = listener.accept(timeout=5)
+        header = frames.pack_frame_header(Kind.MSG, 4)
+        # Same job, same secret, same position in the stream: tagged for the other
+        # connection (its own nonces) it fails, whichever comm got which socket.
+        first.sendall(_frame(second_tags, header, b"swap"))
+        second.sendall(header + b"back" + first_tags.verifier.start(header, b"back").finalize())
+        _refused(comm_a, caplog)
+        _refused(comm_b, caplog)
+
+
+def test_a_frame_without_a_tag_never_reaches_the_caller(
+    listener: tcp.TcpListener, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a peer of tfyarn 0.1 (frames without tags) or a forger without the keys sends."""
+    with _raw(listener) as (s, _):
+        comm = listener.accept(timeout=5)
+        s.sendall(frames.pack_frame_header(Kind.MSG, 4) + b"evil" + bytes(TAG_BYTES))
+        _refused(comm, caplog)

@@ -36,6 +36,7 @@ def _options(profile: str, workers: int = 2, ps: int = 1) -> argparse.Namespace:
         min_workers=None,
         checkpoint_dir=None,
         checkpoint_every=None,
+        tls=False,
     )
 
 

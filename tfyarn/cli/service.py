@@ -71,7 +71,7 @@ def _launch(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tfyarn.service.spec import load_spec, yarnfile
-    from tfyarn.service.state import ensure_secret
+    from tfyarn.service.state import ensure_certificate, ensure_secret
 
     spec = load_spec(args.spec, os.environ)
     if args.name:
@@ -88,6 +88,8 @@ def _launch(args: argparse.Namespace) -> int:
     spec = _environment_on_cluster_fs(spec)
     document = yarnfile(spec)
     ensure_secret(spec.state_dir)
+    if spec.tls:
+        ensure_certificate(spec.state_dir)
     if spec.tensorboard.enabled and "://" not in spec.logdir:
         Path(spec.logdir).mkdir(parents=True, exist_ok=True)
     client = _client(args)

@@ -105,6 +105,12 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
         help="network interface (ib0), network (10.20.0.0/16) or address the roles bind to",
     )
     parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="encrypt tfyarn's transport traffic with TLS, with a certificate made for the "
+        "job (tcp or grpc; frames are authenticated either way)",
+    )
+    parser.add_argument(
         "--service",
         help="attach to the parameter servers of this long-running service "
         "(`tfyarn service launch`) instead of starting ps roles (with --ps 0)",
@@ -193,6 +199,8 @@ def build_plan(
         props["spark.tfyarn.transport"] = options.transport
     if options.interface:
         props["spark.tfyarn.interface"] = options.interface
+    if options.tls:
+        props["spark.tfyarn.tls"] = "true"
     if options.service:
         props["spark.tfyarn.service"] = options.service
     props.update(_restart_props(options))

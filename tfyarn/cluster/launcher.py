@@ -47,6 +47,8 @@ from tfyarn.node import code_pickle
 from tfyarn.node.failure import RoleFailure, likeliest_cause
 from tfyarn.node.job import InputMode, JobSpec
 from tfyarn.transport.auth import new_job_secret
+from tfyarn.transport.options import TransportOptions
+from tfyarn.transport.tls import new_job_certificate
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -54,7 +56,6 @@ if TYPE_CHECKING:
     from tfyarn.exchange.checkpoint import CheckpointPolicy
     from tfyarn.node.context import NodeContext
     from tfyarn.service.attach import ServiceAttachment
-    from tfyarn.transport.options import TransportOptions
 
 __all__ = ["RunResult", "run"]
 
@@ -166,6 +167,7 @@ def run(
     silent_fail_after: float | None = DEFAULT_SILENT_FAIL_AFTER,
     stall_fail_after: float | None = None,
     min_workers: int | None = None,
+    tls: bool | None = None,
 ) -> RunResult:
     """Run ``train_fn`` as a TensorFlow cluster, one role per Spark executor.
 
@@ -261,6 +263,12 @@ def run(
         instead of failing; each restart asks for the full size again. Default
         ``spark.tfyarn.minWorkers``, else none: every restart needs every worker.
         ``RunResult.attempts`` records the workers each attempt ran with.
+    tls : bool, optional
+        Encrypt the tfyarn transport's traffic with TLS (tcp or grpc; ``auto`` then picks
+        tcp): each attempt makes its own certificate and key, handed to the roles with
+        the job secret (:mod:`tfyarn.transport.tls`). Frames are authenticated either
+        way. Default ``spark.tfyarn.tls``, else off. For the site's own certificates give
+        ``transport_options=TransportOptions(tls_...)`` instead.
 
     Returns
     -------
@@ -312,6 +320,7 @@ def run(
             silent_fail_after=silent_fail_after,
             stall_fail_after=stall_fail_after,
             min_workers=min_workers,
+            tls=tls,
         )
         result = _launch_attempts(spark, train_fn, options, begun)
     except BaseException as exc:
@@ -400,6 +409,9 @@ def _launch(
     job_id = attempt.job_id
     # A secret per attempt: a straggler of an earlier attempt cannot join this one.
     secret = new_job_secret()
+    transport_options = options.transport_options
+    if options.tls:  # a certificate per attempt too, for the same reason
+        transport_options = new_job_certificate().apply(transport_options or TransportOptions())
     driver_host = sc.getConf().get("spark.driver.host", "127.0.0.1")
     server = ProgressServer(driver_host, secret, [r.task_id for r in plan])
     frame = options.data if options.input_mode is InputMode.SPARK else None
@@ -414,7 +426,7 @@ def _launch(
         strategy=options.strategy,
         strategy_options=dict(options.strategy_options),
         transport=options.transport,
-        transport_options=options.transport_options,
+        transport_options=transport_options,
         interface=options.interface,
         input_mode=options.input_mode,
         files=options.files,

@@ -96,6 +96,33 @@ def _restart_problems(options: LaunchOptions) -> list[str]:
     return problems
 
 
+def _tls_problems(options: LaunchOptions) -> list[str]:
+    """``tls``: a bool, for a job whose tensors travel over tcp or grpc."""
+    if not isinstance(options.tls, bool):
+        return [f"tls must be True or False, got {options.tls!r}"]
+    if not options.tls:
+        return []
+    problems = []
+    given = options.transport_options
+    if given is not None and (given.tls_cert_chain is not None or given.tls_root_certs is not None):
+        problems.append(
+            "tls=True makes a certificate for the job; transport_options already has tls_* "
+            "settings (the site's own certificates): give one or the other"
+        )
+    if options.transport in ("ucx", "rdma", "shm"):
+        problems.append(
+            f"tls=True cannot go with transport={options.transport!r}: UCX has no TLS; use "
+            "'tcp', 'grpc' or 'auto' (which then picks tcp)"
+        )
+    elif options.transport is None:
+        problems.append(
+            f"tls=True protects tfyarn's transports, but this job opens none (strategy="
+            f"{options.strategy!r}): TensorFlow's own gRPC (ps, mwms) has no TLS; use an "
+            "exchange strategy, or run on an isolated network (docs/operators.md)"
+        )
+    return problems
+
+
 def _min_workers_problems(options: LaunchOptions) -> list[str]:
     """``min_workers``: a count between 1 and ``workers``, for a run that restarts."""
     least = options.min_workers
@@ -220,6 +247,7 @@ class LaunchOptions:
     silent_fail_after: float | None = DEFAULT_SILENT_FAIL_AFTER
     stall_fail_after: float | None = None
     min_workers: int | None = None
+    tls: bool = False
     service_name: InitVar[str | None] = None
 
     def __post_init__(self, service_name: str | None) -> None:
@@ -238,6 +266,7 @@ class LaunchOptions:
             problems += _service_problems(service, self.strategy, self.ps)
         problems += _data_problems(self.input_mode, self.data)
         problems += _restart_problems(self)
+        problems += _tls_problems(self)
         for name in ("allocation_timeout", "startup_timeout", "heartbeat_interval"):
             if not _is_seconds(getattr(self, name)):
                 problems.append(f"{name} must be positive seconds, got {getattr(self, name)!r}")
@@ -302,6 +331,14 @@ def _settle(
         raise ConfigError(f"spark.tfyarn.{key}={raw!r} is not valid") from None
 
 
+def _boolean(raw: str) -> bool:
+    """A Spark-style boolean property (``true``/``false``, any case)."""
+    word = raw.strip().lower()
+    if word not in ("true", "false"):
+        raise ValueError(raw)
+    return word == "true"
+
+
 def _every(raw: str) -> int | str:
     """``spark.tfyarn.checkpoint.every``: a bare number is steps, else a time (``30s``)."""
     return int(raw) if raw.strip().isdigit() else raw.strip()
@@ -346,6 +383,7 @@ def launch_options(
     checkpoint_dir: str | None = None,
     checkpoint_every: int | float | str | None = None,
     min_workers: int | None = None,
+    tls: bool | None = None,
     **given: Any,
 ) -> LaunchOptions:
     """Settle :func:`tfyarn.run`'s arguments into checked :class:`LaunchOptions`.
@@ -358,11 +396,12 @@ def launch_options(
         As given to :func:`tfyarn.run`; None: ``spark.tfyarn.<name>``, else the default.
     data, input_mode, strategy
         As given to :func:`tfyarn.run`.
-    max_restarts, checkpoint_dir, checkpoint_every, min_workers
+    max_restarts, checkpoint_dir, checkpoint_every, min_workers, tls
         As given to :func:`tfyarn.run`; None: ``spark.tfyarn.maxRestarts``,
         ``spark.tfyarn.checkpoint.dir``, ``spark.tfyarn.checkpoint.every``,
-        ``spark.tfyarn.minWorkers``, else 0 restarts, the checkpoint defaults
-        (:meth:`LaunchOptions.checkpoint_policy`) and no scaling down.
+        ``spark.tfyarn.minWorkers``, ``spark.tfyarn.tls``, else 0 restarts, the
+        checkpoint defaults (:meth:`LaunchOptions.checkpoint_policy`), no scaling down
+        and no TLS.
     **given
         :func:`tfyarn.run`'s other arguments, taken as they are.
 
@@ -396,6 +435,7 @@ def launch_options(
         checkpoint_dir=_settle(checkpoint_dir, conf, "checkpoint.dir", str, None),
         checkpoint_every=_settle(checkpoint_every, conf, "checkpoint.every", _every, None),
         min_workers=_settle(min_workers, conf, "minWorkers", int, None),
+        tls=_settle(tls, conf, "tls", _boolean, False),
         **given,
     )
     if named is None:

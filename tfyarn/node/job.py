@@ -8,6 +8,7 @@ plain values only (no Spark objects), so the node layer never needs the driver.
 from __future__ import annotations
 
 import enum
+import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +99,7 @@ class JobSpec:
     plan: tuple[RoleSpec, ...]
     trainers: tuple[RoleSpec, ...]
     train_fn: bytes
-    secret: bytes
+    secret: bytes = field(repr=False)  # never in a log line or a traceback's locals
     driver_address: tuple[str, int]
     strategy: str | None = None
     strategy_options: dict = field(default_factory=dict)
@@ -154,8 +155,10 @@ class JobSpec:
         return False
 
     def save(self, path: Path) -> None:
-        """Write the spec for the role process."""
-        path.write_bytes(pickle.dumps(self))
+        """Write the spec for the role process, readable by its owner only (the secret)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pickle.dumps(self))
 
     @staticmethod
     def load(path: Path) -> JobSpec:

@@ -198,8 +198,12 @@ def _open_listener(job: JobSpec, host: str, peer_hosts: list[str]) -> tuple[List
     """Bind this role's transport listener, on the transport chosen for this cluster."""
     from tfyarn import transport
     from tfyarn.transport.select import choose_transport
+    from tfyarn.transport.tls import uses_tls
 
-    choice = choose_transport(job.transport or "auto", peer_hosts=peer_hosts, local_host=host)
+    tls = job.transport_options is not None and uses_tls(job.transport_options)
+    choice = choose_transport(
+        job.transport or "auto", peer_hosts=peer_hosts, local_host=host, tls=tls
+    )
     listener = transport.listen(
         f"{choice.scheme}://{host}:0",
         secret=job.secret,

@@ -79,7 +79,8 @@ def make_workspace(workdir: Path, attempts: int = 5) -> None:
     """
     for attempt in range(attempts):
         try:
-            workdir.mkdir(parents=True, exist_ok=True)
+            # 0700: the workspace holds the job spec, and so the job secret and key.
+            workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
             return
         except FileNotFoundError:
             if attempt == attempts - 1:

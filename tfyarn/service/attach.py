@@ -25,7 +25,9 @@ from tfyarn.exchange.ps import Reconnect
 from tfyarn.service.client import ServicesClient, configured_counts, rm_web_url
 from tfyarn.service.ps_server import HELLO, PROTOCOL
 from tfyarn.service.spec import PROPERTY_KEYS
-from tfyarn.service.state import read_secret
+from tfyarn.service.state import read_certificate, read_secret
+from tfyarn.transport.options import TransportOptions
+from tfyarn.transport.tls import JobCertificate
 
 __all__ = ["ServiceAttachment", "ServiceConnector", "attach", "ps_hosts"]
 
@@ -68,6 +70,9 @@ class ServiceAttachment:
         ``{"ps-0": host, ...}``, every ps of the service.
     secret : bytes
         The service secret.
+    certificate : JobCertificate or None
+        The service's TLS certificate when it was launched with ``tls: true``: its ps
+        serve TLS, and trainers trust that certificate only.
     reconnect_timeout : float
         Seconds a trainer waits for a lost ps to come back before failing.
     """
@@ -79,6 +84,7 @@ class ServiceAttachment:
     port: int
     hosts: dict[str, str] = field(default_factory=dict)
     secret: bytes = field(default=b"", repr=False)
+    certificate: JobCertificate | None = field(default=None, repr=False)
     reconnect_timeout: float = 300.0
 
     @property
@@ -139,6 +145,11 @@ def attach(
         port=int(props[PROPERTY_KEYS["ps_port"]]),
         hosts=ps_hosts(status),
         secret=read_secret(props[PROPERTY_KEYS["state_dir"]]),
+        certificate=(
+            read_certificate(props[PROPERTY_KEYS["state_dir"]])
+            if str(props.get(PROPERTY_KEYS["tls"], "false")).lower() == "true"
+            else None
+        ),
         reconnect_timeout=reconnect_timeout,
     )
 
@@ -166,7 +177,12 @@ class ServiceConnector(Reconnect):
         from tfyarn import transport
 
         a = self.attachment
-        comm = transport.connect(a.address(ps, self.hosts.get(ps)), secret=a.secret, timeout=30.0)
+        options = (
+            TransportOptions() if a.certificate is None else a.certificate.apply(TransportOptions())
+        )
+        comm = transport.connect(
+            a.address(ps, self.hosts.get(ps)), secret=a.secret, timeout=30.0, options=options
+        )
         mine = {"trainer": self.trainer, "protocol": PROTOCOL, "tfyarn": __version__}
         try:
             comm.send(HELLO + json.dumps(mine).encode())

@@ -44,8 +44,9 @@ from pathlib import Path
 from tfyarn import __version__
 from tfyarn.errors import ConfigError, TFYarnError
 from tfyarn.exchange.ps import PROTOCOL, InitPolicy, PSServer, ShardStore, Snapshot, Snapshotter
-from tfyarn.service.state import ps_dir, read_secret
+from tfyarn.service.state import ps_dir, read_certificate, read_secret
 from tfyarn.transport.base import Comm, Listener
+from tfyarn.transport.options import TransportOptions
 
 __all__ = ["HELLO", "PROTOCOL", "GreetedConnections", "ServicePSServer", "bind_host", "main"]
 
@@ -241,6 +242,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--state-dir", required=True)
     p.add_argument("--transport", default="tcp", choices=("tcp", "grpc"))
+    p.add_argument("--tls", action="store_true", help="serve TLS with the state dir's tls.pem")
     p.add_argument("--snapshot-interval", type=float, default=30.0)
     p.add_argument("--snapshots-kept", type=int, default=3)
     p.add_argument("--host", help="address to listen on (default: the NodeManager's host)")
@@ -258,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     name = f"ps-{args.instance}"
     host = args.host or bind_host()
     secret = read_secret(args.state_dir)
-    listener = transport.listen(f"{args.transport}://{host}:{args.port}", secret=secret)
+    options = TransportOptions()
+    if args.tls:
+        options = read_certificate(args.state_dir).apply(options)
+    listener = transport.listen(
+        f"{args.transport}://{host}:{args.port}", secret=secret, options=options
+    )
     server = ServicePSServer(
         listener,
         name=name,

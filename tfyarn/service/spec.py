@@ -56,6 +56,7 @@ PROPERTY_KEYS: dict[str, str] = {
     "transport": "tfyarn.transport",
     "tensorboard_port": "tfyarn.tensorboard.port",
     "logdir": "tfyarn.logdir",
+    "tls": "tfyarn.tls",
 }
 
 #: Transports a service ps can listen on (stream transports with a fixed port).
@@ -189,6 +190,9 @@ class ServiceSpec:
         TensorBoard's log directory (jobs write event files under it).
     transport : str
         Transport the ps listen on (``tcp`` or ``grpc``).
+    tls : bool
+        The ps serve TLS with the service's certificate (``tls.pem`` in ``state_dir``,
+        made at launch), and attaching jobs trust that certificate only.
     version : str
         Spec version (YARN upgrades the containers when it changes).
     queue : str
@@ -208,6 +212,7 @@ class ServiceSpec:
     state_dir: str
     logdir: str = ""
     transport: str = "tcp"
+    tls: bool = False
     version: str = "1"
     queue: str = "default"
     lifetime_s: int = -1
@@ -232,6 +237,8 @@ class ServiceSpec:
                 f"state_dir must be an absolute path on storage every node sees, got "
                 f"{self.state_dir!r}"
             )
+        if not isinstance(self.tls, bool):
+            raise ConfigError(f"tls must be true or false, got {self.tls!r}")
         if self.transport not in SERVICE_TRANSPORTS:
             raise ConfigError(
                 f"transport must be one of {', '.join(SERVICE_TRANSPORTS)}, got {self.transport!r}"
@@ -293,7 +300,7 @@ def parse_spec(
         source,
         {
             "name": None, "environment": "", "state_dir": "", "logdir": "", "transport": "tcp",
-            "version": "1", "queue": "default", "lifetime_s": -1,
+            "tls": False, "version": "1", "queue": "default", "lifetime_s": -1,
             "ps": {}, "tensorboard": {}, "standby": {},
         },
     )  # fmt: skip
@@ -310,6 +317,7 @@ def parse_spec(
         state_dir=str(top["state_dir"]),
         logdir=str(top["logdir"]),
         transport=top["transport"],
+        tls=top["tls"],
         version=str(top["version"]),
         queue=str(top["queue"]),
         lifetime_s=top["lifetime_s"],
@@ -394,6 +402,8 @@ def yarnfile(spec: ServiceSpec) -> dict[str, Any]:
     ps_command += ["--state-dir", spec.state_dir, "--transport", spec.transport]
     ps_command += ["--snapshot-interval", str(ps.snapshot_interval_s)]
     ps_command += ["--snapshots-kept", str(ps.snapshots_kept)]
+    if spec.tls:
+        ps_command.append("--tls")
     components = [
         _component(
             spec,
@@ -432,6 +442,7 @@ def yarnfile(spec: ServiceSpec) -> dict[str, Any]:
         PROPERTY_KEYS["state_dir"]: spec.state_dir,
         PROPERTY_KEYS["ps_port"]: str(ps.port),
         PROPERTY_KEYS["transport"]: spec.transport,
+        PROPERTY_KEYS["tls"]: "true" if spec.tls else "false",
     }
     if spec.tensorboard.enabled:
         properties[PROPERTY_KEYS["tensorboard_port"]] = str(spec.tensorboard.port)

@@ -4,6 +4,7 @@ Layout under ``state_dir`` (one per service, on storage every node and every att
 driver sees)::
 
     secret                  32 random bytes, mode 0600: authenticates jobs to the ps
+    tls.pem                 with ``tls: true``: the ps's certificate and key, mode 0600
     ps-<i>/snapshot-<seq>.npz   the latest snapshots of ps instance i (seq increasing)
     standby/<container>.json    what each standby worker last reported
 
@@ -23,17 +24,23 @@ from tfyarn.errors import ConfigError
 from tfyarn.exchange.ps.snapshot import Snapshot, latest_snapshot, read_snapshot, write_snapshot
 from tfyarn.exchange.ps.store import BucketState
 from tfyarn.transport.auth import check_secret, new_job_secret
+from tfyarn.transport.tls import JobCertificate, new_job_certificate
 
 __all__ = [
     "BucketState",
     "Snapshot",
+    "ensure_certificate",
     "ensure_secret",
     "latest_snapshot",
     "ps_dir",
+    "read_certificate",
     "read_secret",
     "read_snapshot",
     "write_snapshot",
 ]
+
+
+_CERTIFICATE = "tls.pem"
 
 
 def ensure_secret(state_dir: str | Path) -> bytes:
@@ -57,6 +64,38 @@ def read_secret(state_dir: str | Path) -> bytes:
             f"cannot read the service secret {path} ({exc}); the service's state_dir must be "
             "on storage this host sees, readable by the user who launched the service"
         ) from exc
+
+
+def ensure_certificate(state_dir: str | Path) -> JobCertificate:
+    """The service's TLS certificate and key (``tls.pem``, mode 0600), made on first use.
+
+    Its ps serve it, and attaching jobs trust it: like the secret, whoever can read the
+    state dir is of the service.
+    """
+    path = Path(state_dir) / _CERTIFICATE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        made = new_job_certificate(days=3650)  # lives as long as the service
+        with os.fdopen(fd, "wb") as f:
+            f.write(made.cert_pem + made.key_pem)
+    return read_certificate(state_dir)
+
+
+def read_certificate(state_dir: str | Path) -> JobCertificate:
+    """The service's TLS certificate and key; a clear error if this host cannot read them."""
+    path = Path(state_dir) / _CERTIFICATE
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the service's TLS certificate {path} ({exc}); the service was "
+            "launched with tls: true, so its state_dir must be readable here"
+        ) from exc
+    cert, sep, key = pem.partition(b"-----BEGIN PRIVATE KEY-----")
+    if not sep:
+        raise ConfigError(f"{path} holds no private key: remove it and launch the service again")
+    return JobCertificate(cert_pem=cert, key_pem=sep + key)
 
 
 def ps_dir(state_dir: str | Path, instance: int) -> Path:

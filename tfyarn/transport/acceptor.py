@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -20,14 +21,15 @@ from typing import Any, Protocol
 
 from tfyarn.errors import AuthenticationError, FrameError, TransportError
 from tfyarn.transport import preamble
+from tfyarn.transport.integrity import FrameAuth
 from tfyarn.transport.options import TransportOptions
 from tfyarn.transport.streams import close_stream, format_address
 
 __all__ = ["Handler", "OpenComms", "SocketAcceptor", "bind_server", "peer_errors"]
 
-#: Takes over one authenticated connection ``(conn, peer URL, channel)``; returns True
-#: when something now owns ``conn`` (a comm), False when it is done with it.
-Handler = Callable[[socket.socket, str, bytes], bool]
+#: Takes over one authenticated connection ``(conn, peer URL, channel, frame auth)``;
+#: returns True when something now owns ``conn`` (a comm), False when it is done with it.
+Handler = Callable[[socket.socket, str, bytes, FrameAuth], bool]
 
 
 @contextlib.contextmanager
@@ -84,6 +86,9 @@ class SocketAcceptor:
         Called on the connection's thread once its preamble succeeded.
     log : logging.Logger
         Where the backend logs refused and dropped peers.
+    tls : ssl.SSLContext, optional
+        Serve TLS with this context: the TLS handshake comes first, under
+        ``handshake_timeout``, and the handler gets the TLS socket.
     """
 
     def __init__(
@@ -97,8 +102,10 @@ class SocketAcceptor:
         channels: Collection[bytes],
         handler: Handler,
         log: logging.Logger,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._sock = sock
+        self._tls = tls
         self._scheme = scheme
         self.address = format_address(scheme, host, sock.getsockname()[1])
         self._secret = secret
@@ -146,13 +153,44 @@ class SocketAcceptor:
                 self._threads.add(t)
             t.start()
 
+    def _start_tls(self, conn: socket.socket) -> socket.socket:
+        """Run the server side of the TLS handshake on ``conn``; return the TLS socket.
+
+        The TLS socket replaces ``conn`` among the connections :meth:`close` wakes.
+
+        Raises
+        ------
+        AuthenticationError
+            The peer does not speak TLS, or the handshake failed or was too slow.
+        """
+        assert self._tls is not None
+        conn.settimeout(self._options.handshake_timeout)
+        wrapped = self._tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        with self._lock:
+            self._conns.discard(conn)
+            self._conns.add(wrapped)
+        try:
+            wrapped.do_handshake()
+        except (OSError, ValueError) as exc:
+            # ``conn`` gave its descriptor to ``wrapped``: close this one, or the peer waits.
+            with self._lock:
+                self._conns.discard(wrapped)
+            wrapped.close()
+            raise AuthenticationError(
+                f"TLS handshake failed ({exc}): the peer does not use TLS, or not with "
+                "this job's certificate"
+            ) from exc
+        return wrapped
+
     def _serve(self, conn: socket.socket, addr: tuple[Any, ...]) -> None:
         peer = format_address(self._scheme, str(addr[0]), int(addr[1]))
         handed_over = False
         try:
             with peer_errors(self._log, peer, lambda: self.closed):
                 try:
-                    channel = preamble.accept_channel(
+                    if self._tls is not None:
+                        conn = self._start_tls(conn)
+                    channel, tags = preamble.accept_channel(
                         conn,
                         self._secret,
                         self._options.handshake_timeout,
@@ -161,7 +199,7 @@ class SocketAcceptor:
                     )
                 finally:
                     self._pending.release()
-                handed_over = self._handler(conn, peer, channel)
+                handed_over = self._handler(conn, peer, channel, tags)
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())

@@ -15,6 +15,10 @@ step  direction   bytes
                   ``0x00`` refused (nothing follows, the server closes)
 ====  ==========  ==========================================================
 
+Both ends return the connection's :class:`~tfyarn.transport.integrity.SessionKeys`,
+derived from the secret and both nonces, with which every later frame is tagged
+(:mod:`tfyarn.transport.integrity`).
+
 Both nonces come from :func:`secrets.token_bytes`, so a recorded exchange cannot be
 replayed; the role labels differ between the two MACs, so a server's answer cannot be
 reflected back to it as a client proof. MACs are compared with
@@ -38,6 +42,7 @@ from typing import Protocol
 
 from tfyarn.errors import AuthenticationError, ConfigError, TransportError
 from tfyarn.transport.base import Buffer, recv_exactly
+from tfyarn.transport.integrity import SessionKeys, session_keys
 
 __all__ = [
     "MIN_SECRET_BYTES",
@@ -160,7 +165,9 @@ def _refuse(sock: SocketLike) -> None:
         sock.sendall(_REFUSE)
 
 
-def server_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None = 10.0) -> None:
+def server_handshake(
+    sock: SocketLike, secret: Buffer, *, timeout: float | None = 10.0
+) -> SessionKeys:
     """Authenticate the peer of an accepted connection, and prove our own identity.
 
     Parameters
@@ -171,6 +178,11 @@ def server_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None 
         The job secret (at least :data:`MIN_SECRET_BYTES` bytes).
     timeout : float or None
         Seconds the whole handshake may take, when ``sock`` supports timeouts.
+
+    Returns
+    -------
+    SessionKeys
+        This end's keys for the frames of this connection.
 
     Raises
     ------
@@ -200,12 +212,16 @@ def server_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None 
                 "peer failed the HMAC challenge: it does not hold this job's secret"
             )
         sock.sendall(_ACCEPT + _mac(key, _SERVER_LABEL, client_nonce, server_nonce))
+    return session_keys(key, server_nonce, client_nonce, client=False)
 
 
-def client_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None = 10.0) -> None:
+def client_handshake(
+    sock: SocketLike, secret: Buffer, *, timeout: float | None = 10.0
+) -> SessionKeys:
     """Prove we hold the job secret to the server, and check that the server holds it too.
 
-    The parameters are those of :func:`server_handshake`, on the connecting side.
+    The parameters and the result are those of :func:`server_handshake`, on the
+    connecting side.
 
     Raises
     ------
@@ -237,3 +253,4 @@ def client_handshake(sock: SocketLike, secret: Buffer, *, timeout: float | None 
             raise AuthenticationError(
                 "server failed the HMAC challenge: it does not hold this job's secret"
             )
+    return session_keys(key, server_nonce, client_nonce, client=True)

@@ -2,11 +2,12 @@
 
 Every message on a tcp connection (and every message on a grpc stream) is preceded by a
 fixed header, then an optional *extension* (a tensor descriptor or an RMA descriptor),
-then ``length`` payload bytes::
+then ``length`` payload bytes, then the frame's 16-byte tag
+(:mod:`tfyarn.transport.integrity`)::
 
     offset size field
     0      4    magic      b"TFYF"
-    4      1    version    1
+    4      1    version    2 (1 had no tags)
     5      1    kind       Kind (MSG, PUT, PUT_ACK, GET, GET_REPLY, ERROR, HELLO)
     6      1    ext_type   ExtType (NONE, TENSOR, RMA)
     7      1    reserved   0
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 MAGIC = b"TFYF"
-VERSION = 1
+VERSION = 2
 _HEADER = struct.Struct("<4sBBBxQI4x")
 HEADER_SIZE = _HEADER.size  # 24
 _U8 = struct.Struct("<B")

@@ -38,9 +38,11 @@ from tfyarn.errors import ConfigError, TransportError
 from tfyarn.transport import preamble
 from tfyarn.transport.acceptor import peer_errors
 from tfyarn.transport.base import Buffer
+from tfyarn.transport.integrity import FrameAuth
 from tfyarn.transport.options import DEFAULT_CHUNK_BYTES, Keepalive, TransportOptions
 from tfyarn.transport.registry import Backend
 from tfyarn.transport.streams import (
+    FramedStream,
     StreamComm,
     StreamListener,
     close_stream,
@@ -386,10 +388,13 @@ class GrpcListener(StreamListener):
         try:
             with peer_errors(log, peer, lambda: self._closed):
                 o = self.options
-                preamble.accept_channel(stream, self._secret, o.handshake_timeout, (method,))
+                _, tags = preamble.accept_channel(
+                    stream, self._secret, o.handshake_timeout, (method,)
+                )
                 if method == preamble.DATA:
                     comm = StreamComm(
                         stream,
+                        tags,
                         transport=self.transport,
                         peer_address=peer,
                         limits=o.limits,
@@ -399,7 +404,8 @@ class GrpcListener(StreamListener):
                     handed_over = True
                 else:
                     stream.settimeout(None)  # requests come whenever the peer has some
-                    serve_rma(stream, self._regions, o.limits, lambda: self._closed)
+                    rma = FramedStream(stream, tags, o.limits, peer)
+                    serve_rma(rma, self._regions, lambda: self._closed)
         finally:
             if not handed_over:
                 stream.close()
@@ -433,7 +439,7 @@ def _open_stream(
     secret: bytes,
     options: TransportOptions,
     on_close: Callable[[], Any] | None,
-) -> GrpcByteStream:
+) -> tuple[GrpcByteStream, FrameAuth]:
     """Start one bidirectional stream and run the preamble on it."""
     stream = GrpcByteStream(options.chunk_bytes)
     multi = channel.stream_stream(method, request_serializer=None, response_deserializer=None)
@@ -451,12 +457,12 @@ def _open_stream(
     call.add_done_callback(stream.rpc_ended)
     name = preamble.DATA if method == _DATA_METHOD else preamble.RMA
     try:
-        preamble.open_channel(stream, secret, name, options.connect_timeout)
+        tags = preamble.open_channel(stream, secret, name, options.connect_timeout)
     except BaseException:
         stream.close()
         raise
     stream.settimeout(None)
-    return stream
+    return stream, tags
 
 
 def _channel(host: str, port: int, options: TransportOptions) -> grpc.Channel:
@@ -497,12 +503,13 @@ class GrpcBackend(Backend):
                 "listening, a firewall, or a TLS mismatch between the two sides)"
             ) from None
         try:
-            data = _open_stream(channel, _DATA_METHOD, secret, options, channel.close)
+            data, tags = _open_stream(channel, _DATA_METHOD, secret, options, channel.close)
         except BaseException:
             channel.close()
             raise
         return StreamComm(
             data,
+            tags,
             transport="grpc" if options.tls_root_certs is None else "grpc+tls",
             peer_address=address,
             limits=options.limits,

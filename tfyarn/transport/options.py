@@ -3,8 +3,9 @@
 A :class:`TransportOptions` travels unchanged from ``tfyarn.run(...,
 transport_options=...)`` through the job spec and the role process to the role's
 listener and to every connection the exchange mesh opens. Each backend reads the fields
-that concern it and ignores the others (a tcp connection has no TLS; gRPC has no
-``backlog``), so one value serves whatever transport ``"auto"`` ends up picking.
+that concern it and ignores the others (gRPC has no ``backlog``), so one value serves
+whatever transport ``"auto"`` ends up picking; ucx refuses TLS settings rather than
+ignore them.
 
 Every field is validated when the object is built: a wrong value raises
 :class:`~tfyarn.errors.ConfigError` naming the field, on the driver, before any executor
@@ -131,13 +132,14 @@ class TransportOptions:
     max_streams : int
         gRPC: concurrent streams a listener serves.
     tls_cert_chain, tls_private_key : bytes or path, optional
-        gRPC: PEM certificate chain and key of listeners; both or neither. With them
-        listeners serve TLS.
+        tcp and gRPC: PEM certificate chain and key of listeners; both or neither. With
+        them listeners serve TLS. ucx refuses them (it has no TLS).
     tls_root_certs : bytes or path, optional
-        gRPC: PEM root certificate(s) that signed the listeners' certificates; with it
-        connections use TLS.
+        tcp and gRPC: PEM root certificate(s) that signed the listeners' certificates;
+        with it connections use TLS (:mod:`tfyarn.transport.tls`).
     tls_server_name : str, optional
-        gRPC: name to check the server certificate against, if not the address's host.
+        tcp and gRPC: name to check the server certificate against, if not the
+        address's host (a per-job certificate names ``tfyarn-job``).
     ucx_env : Mapping[str, str]
         Settings of the UCX library (``UCX_*`` names, e.g. ``{"UCX_TLS": "rc,sm,self"}``),
         put into the environment before UCX starts; an operator's explicit setting
@@ -160,7 +162,7 @@ class TransportOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     max_streams: int = 128
     tls_cert_chain: Pem | None = None
-    tls_private_key: Pem | None = None
+    tls_private_key: Pem | None = field(default=None, repr=False)  # never in a log
     tls_root_certs: Pem | None = None
     tls_server_name: str | None = None
     ucx_env: Mapping[str, str] = field(default_factory=dict)

@@ -8,6 +8,10 @@
    this host and the native UCX extension is built;
 3. ``tcp`` otherwise.
 
+With ``tls=True`` (the job's options carry TLS settings) only tcp and grpc qualify:
+``auto`` picks ``tcp+tls``, and an explicit ``ucx``/``rdma``/``shm`` request is refused,
+since UCX has no TLS.
+
 Explicit requests are honoured or refused, never silently replaced: ``"rdma"`` without
 devices (or without native UCX) and ``"ucx"``/``"shm"`` without native UCX raise
 :class:`~tfyarn.errors.TransportUnavailableError` naming what is missing.
@@ -74,6 +78,20 @@ class Selection:
         return (base or DEFAULT_OPTIONS).with_ucx_env(self.options)
 
 
+def _with_tls(choice: str) -> Selection:
+    """The selection of a job that asked for TLS: tcp or grpc, never UCX."""
+    if choice in ("tcp", "grpc"):
+        return Selection(
+            choice, f"{choice}+tls: requested explicitly, with TLS", {}, f"{choice}+tls"
+        )
+    if choice == "auto":
+        return Selection("tcp", "auto: tcp+tls (TLS asked for; UCX has no TLS)", {}, "tcp+tls")
+    raise ConfigError(
+        f"transport={choice!r} cannot carry TLS (UCX bypasses the socket layer); ask for "
+        "'tcp', 'grpc' or 'auto' with TLS, or drop TLS on an isolated fabric"
+    )
+
+
 def _host_key(host: str) -> str:
     """Normalize a host name so that spellings of the loopback compare equal."""
     h = host.strip().lower().strip("[]")
@@ -138,6 +156,7 @@ def choose_transport(
     local_host: str,
     rdma_devices: Sequence[object] | None = None,
     have_ucx: bool | None = None,
+    tls: bool = False,
 ) -> Selection:
     """Pick the transport for ``requested`` (one of :data:`CHOICES`).
 
@@ -153,6 +172,8 @@ def choose_transport(
         RDMA devices of this host; probed with ``tfyarn.transport.rdma`` when None.
     have_ucx : bool, optional
         Whether the native UCX extension is built; probed when None.
+    tls : bool
+        The job asked for TLS: only tcp and grpc carry it.
 
     Returns
     -------
@@ -169,6 +190,8 @@ def choose_transport(
     choice = requested.strip().lower() if isinstance(requested, str) else requested
     if choice not in CHOICES:
         raise ConfigError(f"transport={requested!r} is not one of {', '.join(CHOICES)}")
+    if tls:
+        return _with_tls(choice)
     note = ""
     if rdma_devices is None or have_ucx is None:
         probed_devices, probed_ucx, note = probe()

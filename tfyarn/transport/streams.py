@@ -7,42 +7,51 @@ caller's buffer. One-sided put/get travel on a *second* stream (opened on first 
 that the listener serves with :func:`serve_rma` straight into/out of the registered
 region; keeping them off the data stream means a put never waits behind, or steals,
 the messages another thread is receiving.
+
+Every frame on both streams carries its tag (:mod:`tfyarn.transport.integrity`), made
+and checked by a :class:`FramedStream`; a frame that fails it closes the connection and
+is logged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
-from tfyarn.errors import ConfigError, FrameError, TFYarnError, TransportError
+from tfyarn.errors import ConfigError, ForgedFrameError, FrameError, TFYarnError, TransportError
 from tfyarn.transport import frames
 from tfyarn.transport.base import Buffer, Comm, Listener, recv_exactly
 from tfyarn.transport.frames import HEADER_SIZE, Kind, Limits, RmaDesc, TensorDesc
+from tfyarn.transport.integrity import TAG_BYTES, FrameAuth, FrameMac
 from tfyarn.transport.memory import RegionTable, alloc_buffer, readable_bytes, writable_bytes
 
 __all__ = [
     "MAX_ERROR",
     "AcceptQueue",
     "ByteStream",
+    "FramedStream",
     "StreamComm",
     "StreamListener",
     "close_stream",
-    "drain",
     "format_address",
-    "read_frame_header",
-    "send_error",
     "sendmsg_all",
     "serve_rma",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Longest error text a peer may send back for a failed put/get.
 MAX_ERROR = 64 * 1024
 #: Scratch size used to discard a message that cannot be delivered.
 _DRAIN_CHUNK = 1 << 20
+#: A received payload is hashed in chunks of this size right after each arrived, while
+#: it is still in the CPU's cache.
+_HASH_CHUNK = 256 << 10
 
 
 class ByteStream(Protocol):
@@ -81,26 +90,105 @@ def sendmsg_all(sock: ByteStream, parts: Sequence[memoryview | bytes]) -> None:
                 sent = 0
 
 
-def drain(sock: ByteStream, nbytes: int) -> None:
-    """Read and discard ``nbytes`` so that the stream stays in step after a refused frame."""
-    scratch = memoryview(bytearray(min(nbytes, _DRAIN_CHUNK)))
-    while nbytes:
-        step = min(nbytes, scratch.nbytes)
-        recv_exactly(sock, scratch[:step])
-        nbytes -= step
+class FramedStream:
+    """Tagged frames over one connected byte stream: what both ends of a channel use.
 
+    Every frame sent carries its tag, and every frame received is checked against its
+    own (:mod:`tfyarn.transport.integrity`); a payload is hashed chunk by chunk as it
+    arrives, in the caller's buffer. A frame is read in steps, :meth:`read_header`, then
+    :meth:`read_payload` or :meth:`drain`, then :meth:`end`, so that the caller decides
+    where the payload goes once it knows its size. One sender and one receiver at a time.
 
-def read_frame_header(
-    sock: ByteStream, hdr: memoryview, limits: Limits
-) -> tuple[frames.Header, TensorDesc | RmaDesc | None]:
-    """Read one header and its extension; FrameError if the peer's bytes are invalid."""
-    recv_exactly(sock, hdr, what="frame header")
-    header = frames.parse_header(hdr, limits)
-    if not header.ext_len:
-        return header, None
-    ext_buf = memoryview(bytearray(header.ext_len))
-    recv_exactly(sock, ext_buf, what="frame extension")
-    return header, frames.parse_extension(header, ext_buf, limits)
+    Parameters
+    ----------
+    sock : ByteStream
+        The connection, after the preamble that returned ``tags``.
+    tags : FrameAuth
+        The connection's frame auth (:func:`tfyarn.transport.preamble.open_channel` or
+        :func:`~tfyarn.transport.preamble.accept_channel`).
+    limits : Limits
+        Bounds on received frames.
+    peer : str
+        The peer's URL, for errors and the log.
+    """
+
+    def __init__(self, sock: ByteStream, tags: FrameAuth, limits: Limits, peer: str) -> None:
+        self.sock = sock
+        self._signer = tags.signer
+        self._verifier = tags.verifier
+        self._limits = limits
+        self._peer = peer
+        self._hdr = memoryview(bytearray(HEADER_SIZE))
+        self._tag = memoryview(bytearray(TAG_BYTES))
+
+    def send(
+        self,
+        kind: Kind,
+        payload: memoryview | bytes = b"",
+        ext: TensorDesc | RmaDesc | None = None,
+    ) -> None:
+        """Send one frame: header, extension, ``payload`` (not copied), then its tag."""
+        header = frames.pack_frame_header(kind, len(payload), ext)
+        sendmsg_all(self.sock, (header, payload, self._signer.tag(header, payload)))
+
+    def read_header(self) -> tuple[frames.Header, TensorDesc | RmaDesc | None, FrameMac]:
+        """Read the next header and its extension; return them and the frame's tag so far.
+
+        Raises
+        ------
+        FrameError
+            The header or extension is invalid (the stream's position is lost).
+        TransportError
+            The peer closed the connection.
+        """
+        recv_exactly(self.sock, self._hdr, what="frame header")
+        header = frames.parse_header(self._hdr, self._limits)
+        mac = self._verifier.start(self._hdr)
+        if not header.ext_len:
+            return header, None, mac
+        ext_buf = memoryview(bytearray(header.ext_len))
+        recv_exactly(self.sock, ext_buf, what="frame extension")
+        mac.update(ext_buf)
+        return header, frames.parse_extension(header, ext_buf, self._limits), mac
+
+    def read_payload(self, dest: memoryview, mac: FrameMac) -> None:
+        """Fill ``dest`` (bytes) with payload, hashing each chunk while it is in cache."""
+        for start in range(0, dest.nbytes, _HASH_CHUNK):
+            chunk = dest[start : start + _HASH_CHUNK]
+            recv_exactly(self.sock, chunk, what="frame payload")
+            mac.update(chunk)
+
+    def drain(self, nbytes: int, mac: FrameMac) -> None:
+        """Read and discard ``nbytes`` of payload (hashed all the same: the tag covers them)."""
+        scratch = memoryview(bytearray(min(nbytes, _DRAIN_CHUNK)))
+        while nbytes:
+            step = min(nbytes, scratch.nbytes)
+            self.read_payload(scratch[:step], mac)
+            nbytes -= step
+
+    def end(self, mac: FrameMac) -> None:
+        """Read the frame's tag and check it.
+
+        Raises
+        ------
+        ForgedFrameError
+            The frame was forged, replayed, reordered or altered (logged here).
+        """
+        recv_exactly(self.sock, self._tag, what="frame tag")
+        try:
+            self._verifier.check(mac, self._tag, peer=self._peer)
+        except ForgedFrameError as exc:
+            log.warning("refused a frame: %s", exc)
+            raise
+
+    def read_small(self, header: frames.Header, mac: FrameMac, limit: int, what: str) -> bytes:
+        """The whole, short payload of ``header`` (an error text), checked with its tag."""
+        if header.length > limit:
+            raise FrameError(f"peer sent {what} of {header.length} bytes (the limit is {limit})")
+        text = memoryview(bytearray(header.length))
+        self.read_payload(text, mac)
+        self.end(mac)
+        return bytes(text)
 
 
 def _array_desc(buf: Buffer) -> tuple[str | None, tuple[int, ...] | None]:
@@ -119,6 +207,8 @@ class StreamComm(Comm):
     ----------
     sock : ByteStream
         The data connection, after the preamble (:mod:`tfyarn.transport.preamble`).
+    tags : FrameAuth
+        What the preamble returned: the tags of this connection's frames.
     transport : str
         Name reported in :attr:`transport`.
     peer_address : str
@@ -126,7 +216,8 @@ class StreamComm(Comm):
     limits : Limits
         Bounds on received frames.
     rma_dial : callable, optional
-        Opens the RMA connection on first put/get; None on the accepting side.
+        Opens the RMA connection on first put/get (and returns it with its frame auth);
+        None on the accepting side.
     op_timeout : float or None
         Seconds one send/recv/put/get may block; when it passes, the comm is closed
         (the stream's position is then unknown). None: no limit.
@@ -135,26 +226,26 @@ class StreamComm(Comm):
     def __init__(
         self,
         sock: ByteStream,
+        tags: FrameAuth,
         *,
         transport: str,
         peer_address: str,
         limits: Limits,
-        rma_dial: Callable[[], ByteStream] | None = None,
+        rma_dial: Callable[[], tuple[ByteStream, FrameAuth]] | None = None,
         op_timeout: float | None = None,
     ) -> None:
         sock.settimeout(op_timeout)
         self.op_timeout = op_timeout
         self._sock = sock
+        self._data = FramedStream(sock, tags, limits, peer_address)
         self.transport = transport
         self.peer_address = peer_address
         self._limits = limits
         self._rma_dial = rma_dial
-        self._rma_sock: ByteStream | None = None
+        self._rma: FramedStream | None = None
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
         self._rma_lock = threading.Lock()
-        self._hdr = memoryview(bytearray(HEADER_SIZE))
-        self._rma_hdr = memoryview(bytearray(HEADER_SIZE))
         self._closed = False
 
     @property
@@ -166,30 +257,44 @@ class StreamComm(Comm):
     def send(self, data: Buffer) -> None:
         """Send one message; NumPy arrays carry their dtype and shape for checking."""
         view = readable_bytes(data)
-        header = frames.pack_frame_header(Kind.MSG, view.nbytes, frames.tensor_desc_of(data))
+        desc = frames.tensor_desc_of(data)
         with self._send_lock:
             if self._closed:
                 raise TransportError(f"connection to {self.peer_address} is closed")
             try:
-                sendmsg_all(self._sock, (header, view))
+                self._data.send(Kind.MSG, view, desc)
             except (OSError, TransportError) as exc:
                 raise self._broken(exc) from exc
 
-    def _next_message(self) -> tuple[frames.Header, TensorDesc | None]:
+    def _next_message(self) -> tuple[frames.Header, TensorDesc | None, FrameMac]:
         if self._closed:
             raise TransportError(f"connection to {self.peer_address} is closed")
         try:
-            header, ext = read_frame_header(self._sock, self._hdr, self._limits)
+            header, ext, mac = self._data.read_header()
         except (OSError, TransportError) as exc:
             raise self._broken(exc) from exc
         if header.kind is not Kind.MSG or isinstance(ext, RmaDesc):
             self._fail(f"peer sent a {header.kind.name} frame on the data stream")
-        return header, ext  # type: ignore[return-value]
+        return header, ext, mac
 
-    def _refuse(self, nbytes: int, message: str) -> None:
+    def _refuse(self, nbytes: int, mac: FrameMac, message: str) -> NoReturn:
         """Discard a message that cannot be delivered; the stream stays usable."""
-        self._io(lambda: drain(self._sock, nbytes))
+
+        def discard() -> None:
+            self._data.drain(nbytes, mac)
+            self._data.end(mac)
+
+        self._io(discard)
         raise FrameError(f"{message} (from {self.peer_address}; message discarded)")
+
+    def _payload(self, dest: memoryview, mac: FrameMac) -> None:
+        """Receive the payload into ``dest`` and check the frame's tag."""
+
+        def receive() -> None:
+            self._data.read_payload(dest, mac)
+            self._data.end(mac)
+
+        self._io(receive)
 
     def recv_into(self, buf: Buffer) -> int:
         """Receive the next message straight into ``buf``; return its length.
@@ -200,44 +305,44 @@ class StreamComm(Comm):
             The message is larger than ``buf``, or its dtype/shape differ from the array
             ``buf``; the message is discarded and the connection stays usable. Malformed
             frames close the connection.
+        ForgedFrameError
+            The message failed its tag; ``buf`` may hold part of it. The connection is
+            closed.
         """
         dest = writable_bytes(buf, "recv_into buffer")
         dtype, shape = _array_desc(buf)
         with self._recv_lock:
-            header, desc = self._next_message()
+            header, desc, mac = self._next_message()
             if header.length > dest.nbytes:
                 self._refuse(
                     header.length,
+                    mac,
                     f"message of {header.length} bytes does not fit a buffer of {dest.nbytes}",
                 )
             try:
                 frames.check_tensor_matches(desc, dtype, shape)
             except FrameError as exc:
-                self._refuse(header.length, str(exc))
-            try:
-                recv_exactly(
-                    self._sock, dest[: header.length] if header.length != dest.nbytes else dest
-                )
-            except (OSError, TransportError) as exc:
-                raise self._broken(exc) from exc
+                self._refuse(header.length, mac, str(exc))
+            self._payload(dest[: header.length] if header.length != dest.nbytes else dest, mac)
             return header.length
 
     def recv(self) -> memoryview:
         """Receive the next message into a new (pool) buffer and return a view of it."""
         with self._recv_lock:
-            header, _ = self._next_message()
+            header, _, mac = self._next_message()
             if header.length > self._limits.max_alloc:
                 self._refuse(
                     header.length,
+                    mac,
                     f"message of {header.length} bytes exceeds Limits.max_alloc "
                     f"({self._limits.max_alloc}); receive it with recv_into",
                 )
             view = memoryview(alloc_buffer(header.length)).cast("B")[: header.length]
-            self._io(lambda: recv_exactly(self._sock, view))
+            self._payload(view, mac)
             return view
 
     # -- one-sided -----------------------------------------------------------------
-    def _rma_socket(self) -> ByteStream:
+    def _rma_stream(self) -> FramedStream:
         if self._rma_dial is None:
             raise TransportError(
                 "put/get target regions registered on a listener: call them on the comm "
@@ -245,24 +350,30 @@ class StreamComm(Comm):
             )
         if self._closed:
             raise TransportError(f"connection to {self.peer_address} is closed")
-        if self._rma_sock is None:
-            sock = self._rma_dial()
+        if self._rma is None:
+            sock, tags = self._rma_dial()
             sock.settimeout(self.op_timeout)
-            self._rma_sock = sock
-        return self._rma_sock
+            self._rma = FramedStream(sock, tags, self._limits, self.peer_address)
+        return self._rma
 
-    def _rma_reply(self, sock: ByteStream, expect: Kind) -> tuple[frames.Header, str | None]:
-        """Read the answer to a request: its header, or the error text the peer served."""
-        header, _ = read_frame_header(sock, self._rma_hdr, self._limits)
+    @staticmethod
+    def _rma_reply(rma: FramedStream, expect: Kind) -> tuple[frames.Header, FrameMac]:
+        """Read the header of the answer to a request.
+
+        Raises
+        ------
+        TransportError
+            The peer answered with the error text it served (the frame is consumed).
+        FrameError
+            The answer is neither ``expect`` nor an error.
+        """
+        header, _, mac = rma.read_header()
         if header.kind is Kind.ERROR:
-            if header.length > MAX_ERROR:
-                raise FrameError(f"peer sent an error text of {header.length} bytes")
-            text = memoryview(bytearray(header.length))
-            recv_exactly(sock, text)
-            return header, bytes(text).decode("utf-8", "replace")
+            text = rma.read_small(header, mac, MAX_ERROR, "an error text")
+            raise _ServedError(text.decode("utf-8", "replace"))
         if header.kind is not expect:
             raise FrameError(f"expected {expect.name}, got {header.kind.name}")
-        return header, None
+        return header, mac
 
     @staticmethod
     def _check_target(region: str, offset: int) -> None:
@@ -271,51 +382,57 @@ class StreamComm(Comm):
         if not isinstance(offset, int) or offset < 0:
             raise ConfigError(f"offset must be an int >= 0, got {offset!r}")
 
-    def _served_error(self, request: str, error: str | None) -> None:
-        if error is not None:
-            raise TransportError(f"{request} refused by {self.peer_address}: {error}")
+    def _served(self, request: str, fn: Callable[[], Any]) -> Any:
+        """Run one request's exchange; an error the peer served becomes a TransportError."""
+        try:
+            return self._rma_io(fn)
+        except _ServedError as exc:
+            raise TransportError(f"{request} refused by {self.peer_address}: {exc}") from None
 
     def put(self, data: Buffer, region: str, offset: int = 0) -> None:
         """Write ``data`` into the listener's ``region`` at ``offset``; returns once it is there."""
         self._check_target(region, offset)
         view = readable_bytes(data)
-        header = frames.pack_frame_header(
-            Kind.PUT, view.nbytes, RmaDesc(region, offset, view.nbytes)
-        )
+
+        def exchange(rma: FramedStream) -> None:
+            rma.send(Kind.PUT, view, RmaDesc(region, offset, view.nbytes))
+            header, mac = self._rma_reply(rma, Kind.PUT_ACK)
+            rma.read_small(header, mac, 0, "a PUT_ACK")
+
         with self._rma_lock:
-            sock = self._rma_socket()
-            self._rma_io(lambda: sendmsg_all(sock, (header, view)))
-            _, error = self._rma_io(lambda: self._rma_reply(sock, Kind.PUT_ACK))
-            self._served_error(f"put to region {region!r}", error)
+            rma = self._rma_stream()
+            self._served(f"put to region {region!r}", lambda: exchange(rma))
 
     def get(self, buf: Buffer, region: str, offset: int = 0) -> int:
         """Read ``len(buf)`` bytes of the listener's ``region`` at ``offset`` into ``buf``."""
         self._check_target(region, offset)
         dest = writable_bytes(buf, "get buffer")
-        header = frames.pack_frame_header(Kind.GET, 0, RmaDesc(region, offset, dest.nbytes))
-        with self._rma_lock:
-            sock = self._rma_socket()
-            self._rma_io(lambda: sock.sendall(header))
-            reply, error = self._rma_io(lambda: self._rma_reply(sock, Kind.GET_REPLY))
-            self._served_error(f"get from region {region!r}", error)
+
+        def exchange(rma: FramedStream) -> None:
+            rma.send(Kind.GET, b"", RmaDesc(region, offset, dest.nbytes))
+            reply, mac = self._rma_reply(rma, Kind.GET_REPLY)
             if reply.length != dest.nbytes:
-                self._close_rma()
                 raise FrameError(f"GET of {dest.nbytes} bytes answered with {reply.length}")
-            self._rma_io(lambda: recv_exactly(sock, dest))
+            rma.read_payload(dest, mac)
+            rma.end(mac)
+
+        with self._rma_lock:
+            rma = self._rma_stream()
+            self._served(f"get from region {region!r}", lambda: exchange(rma))
             return dest.nbytes
 
     # -- plumbing ------------------------------------------------------------------
     def _broken(self, exc: BaseException) -> TFYarnError:
         """Close this comm after ``exc`` on its socket; return the error to raise.
 
-        A malformed frame (FrameError) or a lost connection leaves the byte stream at an
-        unknown position, so the comm cannot be used again.
+        A malformed or forged frame (FrameError) or a lost connection leaves the byte
+        stream at an unknown position, so the comm cannot be used again.
         """
         if self._closed:  # close() from another thread woke us: say so, not "peer closed"
             return TransportError(f"connection to {self.peer_address} was closed locally")
         self.close()
         if isinstance(exc, FrameError):
-            return FrameError(f"{exc} (from {self.peer_address}; connection closed)")
+            return type(exc)(f"{exc} (from {self.peer_address}; connection closed)")
         if isinstance(exc, TransportError):
             return exc
         return self._os_failure(exc)
@@ -335,20 +452,18 @@ class StreamComm(Comm):
             raise TransportError(f"connection to {self.peer_address} is closed")
         try:
             return fn()
-        except FrameError as exc:
-            self.close()
-            raise FrameError(f"{exc} (from {self.peer_address}; connection closed)") from exc
-        except TransportError:
-            self.close()
-            raise
-        except OSError as exc:
-            self.close()
-            raise self._os_failure(exc) from exc
+        except (OSError, TransportError) as exc:
+            raise self._broken(exc) from exc
 
     def _rma_io(self, fn: Callable[[], Any]) -> Any:
-        """Run RMA socket work; any failure closes the RMA connection (reopened on next use)."""
+        """Run RMA socket work; any failure closes the RMA connection (reopened on next use).
+
+        An error text the peer served leaves the connection in step, and open.
+        """
         try:
             return fn()
+        except _ServedError:
+            raise
         except (FrameError, TransportError):
             self._close_rma()
             raise
@@ -356,14 +471,14 @@ class StreamComm(Comm):
             self._close_rma()
             raise self._os_failure(exc, "RMA connection") from exc
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str) -> NoReturn:
         self.close()
         raise FrameError(f"{message} (from {self.peer_address}; connection closed)")
 
     def _close_rma(self) -> None:
-        sock, self._rma_sock = self._rma_sock, None
-        if sock is not None:
-            close_stream(sock)
+        rma, self._rma = self._rma, None
+        if rma is not None:
+            close_stream(rma.sock)
 
     def close(self) -> None:
         """Close the data and RMA connections; idempotent, wakes blocked receivers."""
@@ -374,6 +489,10 @@ class StreamComm(Comm):
         self._close_rma()
 
 
+class _ServedError(Exception):
+    """The peer answered a put/get with an ERROR frame (text in ``args[0]``)."""
+
+
 def close_stream(sock: ByteStream) -> None:
     # shutdown() wakes a thread blocked in recv on this socket; close() alone does not.
     with contextlib.suppress(OSError):
@@ -381,19 +500,20 @@ def close_stream(sock: ByteStream) -> None:
     sock.close()
 
 
-def serve_rma(
-    conn: ByteStream, regions: RegionTable, limits: Limits, stopped: Callable[[], bool]
-) -> None:
+def serve_rma(conn: FramedStream, regions: RegionTable, stopped: Callable[[], bool]) -> None:
     """Serve one peer's PUT/GET requests on ``regions`` until it disconnects.
 
     A request for an unknown region or a range outside it is answered with an ERROR
-    frame (the connection stays open); a malformed frame raises FrameError (the caller
-    closes the connection).
+    frame (the connection stays open); a malformed or forged frame raises FrameError
+    (the caller closes the connection). A PUT lands in the region as it arrives, so one
+    that fails its tag has been written there already: its sender never gets the
+    PUT_ACK, and its put raises, so the job fails instead of training on it.
     """
-    hdr = memoryview(bytearray(HEADER_SIZE))
     while not stopped():
         try:
-            header, ext = read_frame_header(conn, hdr, limits)
+            header, ext, mac = conn.read_header()
+        except FrameError:
+            raise
         except TransportError:
             return  # peer closed: normal end
         if not isinstance(ext, RmaDesc) or header.kind not in (Kind.PUT, Kind.GET):
@@ -406,24 +526,26 @@ def serve_rma(
                     )
                 target = regions.slice(ext.name, ext.offset, header.length)
             except TransportError as exc:
-                drain(conn, header.length)
-                send_error(conn, str(exc))
+                conn.drain(header.length, mac)
+                conn.end(mac)
+                _send_error(conn, str(exc))
                 continue
-            recv_exactly(conn, target)
-            conn.sendall(frames.pack_frame_header(Kind.PUT_ACK, 0))
+            conn.read_payload(target, mac)
+            conn.end(mac)
+            conn.send(Kind.PUT_ACK)
         else:
+            conn.end(mac)
             try:
                 source = regions.slice(ext.name, ext.offset, ext.nbytes)
             except TransportError as exc:
-                send_error(conn, str(exc))
+                _send_error(conn, str(exc))
                 continue
-            sendmsg_all(conn, (frames.pack_frame_header(Kind.GET_REPLY, source.nbytes), source))
+            conn.send(Kind.GET_REPLY, source)
 
 
-def send_error(conn: ByteStream, message: str) -> None:
+def _send_error(conn: FramedStream, message: str) -> None:
     """Answer a request with an ERROR frame carrying ``message``."""
-    text = message.encode("utf-8")[:MAX_ERROR]
-    conn.sendall(frames.pack_frame_header(Kind.ERROR, len(text)) + text)
+    conn.send(Kind.ERROR, message.encode("utf-8")[:MAX_ERROR])
 
 
 _CLOSED = object()

@@ -16,23 +16,32 @@ Zero copy: ``send`` hands the header and the caller's buffer to one ``sendmsg``;
 ``recv_into`` reads the socket straight into the caller's buffer; a PUT is read
 straight into the region and a GET answered straight from it.
 
+TLS (``tcp+tls``): with ``TransportOptions.tls_cert_chain``/``tls_private_key`` a
+listener serves TLS, with ``tls_root_certs`` (and ``tls_server_name``) connections use it
+(:mod:`tfyarn.transport.tls`); the TLS handshake comes before the preamble. Frames then
+travel in TLS records, so ``send`` copies once (into the record) instead of not at all.
+
 Options (:class:`~tfyarn.transport.options.TransportOptions`): ``connect_timeout``,
 ``handshake_timeout``, ``op_timeout``, ``keepalive`` (TCP keepalive on every
-connection, both sides), ``reuse_port``, ``backlog``, ``max_pending``, ``limits``.
+connection, both sides), ``reuse_port``, ``backlog``, ``max_pending``, ``limits`` and
+the ``tls_*`` fields.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 
 from tfyarn.errors import TransportError
-from tfyarn.transport import preamble
+from tfyarn.transport import preamble, tls
 from tfyarn.transport.acceptor import OpenComms, SocketAcceptor, bind_server
+from tfyarn.transport.integrity import FrameAuth
 from tfyarn.transport.options import Keepalive, TransportOptions
 from tfyarn.transport.registry import Backend
 from tfyarn.transport.streams import (
+    FramedStream,
     StreamComm,
     StreamListener,
     close_stream,
@@ -64,15 +73,17 @@ class TcpComm(StreamComm):
     def __init__(
         self,
         sock: socket.socket,
+        tags: FrameAuth,
         *,
         peer_address: str,
         options: TransportOptions,
-        rma_dial: Callable[[], socket.socket] | None = None,
+        rma_dial: Callable[[], tuple[socket.socket, FrameAuth]] | None = None,
     ) -> None:
         _tune(sock, options.keepalive)
         super().__init__(
             sock,
-            transport="tcp",
+            tags,
+            transport="tcp+tls" if isinstance(sock, ssl.SSLSocket) else "tcp",
             peer_address=peer_address,
             limits=options.limits,
             rma_dial=rma_dial,
@@ -88,10 +99,10 @@ class TcpListener(StreamListener):
     the listener keeps serving.
     """
 
-    transport = "tcp"
-
     def __init__(self, host: str, port: int, *, secret: bytes, options: TransportOptions) -> None:
+        context = tls.server_context(options)  # before binding: a bad certificate binds nothing
         sock = bind_server("tcp", host, port, options)
+        self.transport = "tcp+tls" if context is not None else "tcp"
         self.options = options
         self._open = OpenComms()
         self.address = format_address("tcp", host, sock.getsockname()[1])
@@ -105,16 +116,18 @@ class TcpListener(StreamListener):
             channels=(preamble.DATA, preamble.RMA),
             handler=self._take,
             log=log,
+            tls=context,
         )
 
-    def _take(self, conn: socket.socket, peer: str, channel: bytes) -> bool:
+    def _take(self, conn: socket.socket, peer: str, channel: bytes, tags: FrameAuth) -> bool:
         """Make an accepted data connection a comm, or serve an RMA one until it ends."""
         if channel == preamble.RMA:
             conn.settimeout(None)  # requests come whenever the peer has some
             _tune(conn, self.options.keepalive)
-            serve_rma(conn, self._regions, self.options.limits, lambda: self._acceptor.closed)
+            stream = FramedStream(conn, tags, self.options.limits, peer)
+            serve_rma(stream, self._regions, lambda: self._acceptor.closed)
             return False
-        comm = TcpComm(conn, peer_address=peer, options=self.options)
+        comm = TcpComm(conn, tags, peer_address=peer, options=self.options)
         self._open.keep(comm)
         self._accepted.put(comm)
         return True
@@ -131,20 +144,42 @@ class TcpListener(StreamListener):
 
 
 def _dial(
-    host: str, port: int, secret: bytes, channel: bytes, options: TransportOptions
-) -> socket.socket:
-    """Open one connection and run the preamble on it."""
+    host: str,
+    port: int,
+    secret: bytes,
+    channel: bytes,
+    options: TransportOptions,
+    context: ssl.SSLContext | None,
+) -> tuple[socket.socket, FrameAuth]:
+    """Open one connection (TLS with ``context``) and run the preamble on it."""
+    address = format_address("tcp", host, port)
     try:
         sock = socket.create_connection((host, port), timeout=options.connect_timeout)
     except OSError as exc:
-        raise TransportError(f"cannot connect to tcp://{host}:{port}: {exc}") from exc
+        raise TransportError(f"cannot connect to {address}: {exc}") from exc
     try:
-        preamble.open_channel(sock, secret, channel, options.connect_timeout)
+        if context is not None:
+            sock = _start_tls(sock, context, options.tls_server_name or host, address)
+        tags = preamble.open_channel(sock, secret, channel, options.connect_timeout)
     except BaseException:
         close_stream(sock)
         raise
     _tune(sock, options.keepalive)
-    return sock
+    return sock, tags
+
+
+def _start_tls(
+    sock: socket.socket, context: ssl.SSLContext, server_name: str, address: str
+) -> ssl.SSLSocket:
+    """The client side of the TLS handshake (under the socket's connect timeout)."""
+    try:
+        return context.wrap_socket(sock, server_hostname=server_name)
+    except (OSError, ValueError) as exc:
+        raise TransportError(
+            f"TLS handshake with {address} failed ({exc}): a TLS mismatch between the two "
+            f"sides, or a server certificate that tls_root_certs does not trust for the "
+            f"name {server_name!r}"
+        ) from exc
 
 
 class TcpBackend(Backend):
@@ -155,12 +190,14 @@ class TcpBackend(Backend):
 
     def dial(self, host: str, port: int, *, secret: bytes, options: TransportOptions) -> TcpComm:
         """Connect, authenticate, open the data channel; put/get open their own on first use."""
-        sock = _dial(host, port, secret, preamble.DATA, options)
+        context = tls.client_context(options)
+        sock, tags = _dial(host, port, secret, preamble.DATA, options, context)
         return TcpComm(
             sock,
+            tags,
             peer_address=format_address("tcp", host, port),
             options=options,
-            rma_dial=lambda: _dial(host, port, secret, preamble.RMA, options),
+            rma_dial=lambda: _dial(host, port, secret, preamble.RMA, options, context),
         )
 
 

@@ -65,9 +65,10 @@ from tfyarn.errors import (
     TransportError,
     TransportUnavailableError,
 )
-from tfyarn.transport import preamble
+from tfyarn.transport import preamble, tls
 from tfyarn.transport.acceptor import OpenComms, SocketAcceptor, bind_server
 from tfyarn.transport.base import Buffer, Comm, Listener, recv_exactly
+from tfyarn.transport.integrity import TAG_BYTES, FrameAuth
 from tfyarn.transport.options import TransportOptions
 from tfyarn.transport.registry import Backend
 
@@ -183,17 +184,32 @@ def _recv(sock: socket.socket, nbytes: int, what: str) -> bytes:
     return bytes(buf)
 
 
-def _send_hello(sock: socket.socket, address: bytes, conn_id: int) -> None:
-    sock.sendall(_HELLO.pack(_MAGIC, len(address), conn_id) + address)
+def _send_hello(sock: socket.socket, tags: FrameAuth, address: bytes, conn_id: int) -> None:
+    """Send our worker address, tagged like a frame (an on-path swap of it is refused)."""
+    hello = _HELLO.pack(_MAGIC, len(address), conn_id) + address
+    sock.sendall(hello + tags.signer.tag(hello))
 
 
-def _recv_hello(sock: socket.socket) -> tuple[bytes, int]:
-    magic, length, conn_id = _HELLO.unpack(_recv(sock, _HELLO.size, "ucx hello"))
+def _recv_hello(sock: socket.socket, tags: FrameAuth, peer: str) -> tuple[bytes, int]:
+    fixed = _recv(sock, _HELLO.size, "ucx hello")
+    magic, length, conn_id = _HELLO.unpack(fixed)
     if magic != _MAGIC:
         raise FrameError(f"ucx: peer is not a tfyarn ucx endpoint (magic {magic!r})")
     if not 0 < length <= _MAX_WORKER_ADDRESS:
         raise FrameError(f"ucx: peer sent a worker address of {length} bytes")
-    return _recv(sock, length, "worker address"), conn_id
+    address = _recv(sock, length, "worker address")
+    tag = _recv(sock, TAG_BYTES, "ucx hello's tag")
+    tags.verifier.check(tags.verifier.start(fixed, address), tag, peer=peer)
+    return address, conn_id
+
+
+def _refuse_tls(options: TransportOptions) -> None:
+    """TLS asked for where UCX cannot give it: say so rather than send in the clear."""
+    if tls.uses_tls(options):
+        raise ConfigError(
+            "ucx: TLS is not available over UCX (RDMA and shared memory bypass the socket "
+            "layer); use transport='tcp' or 'grpc' for TLS, or drop the tls_* options"
+        )
 
 
 def _format(host: str, port: int) -> str:
@@ -345,6 +361,7 @@ class UcxListener(Listener):
     """
 
     def __init__(self, host: str, port: int, *, secret: bytes, options: TransportOptions) -> None:
+        _refuse_tls(options)
         _native = _require_ucx()
         sock = bind_server("ucx", host, port, options)
         try:
@@ -370,13 +387,13 @@ class UcxListener(Listener):
         self.address = self._acceptor.address
         _OPEN.add(self)
 
-    def _take(self, conn: socket.socket, peer: str, channel: bytes) -> bool:
+    def _take(self, conn: socket.socket, peer: str, channel: bytes, tags: FrameAuth) -> bool:
         """Exchange worker addresses with an authenticated peer; queue its comm."""
         conn_id = self._worker.new_conn()
         try:
-            peer_worker, peer_id = _recv_hello(conn)
+            peer_worker, peer_id = _recv_hello(conn, tags, peer)
             self._worker.connect(conn_id, peer_worker, peer_id, self._peer_mode)
-            _send_hello(conn, self._worker.address, conn_id)
+            _send_hello(conn, tags, self._worker.address, conn_id)
             if _recv(conn, 1, "confirmation") != _READY:
                 raise FrameError("ucx: peer did not confirm the connection")
             comm = _comm(self._worker, conn_id, conn, peer, False, self.options)
@@ -449,6 +466,7 @@ def _comm(
 
 def _dial(host: str, port: int, secret: bytes, options: TransportOptions) -> UcxComm:
     """Bootstrap connection, preamble, worker-address exchange: the client side."""
+    _refuse_tls(options)
     _native = _require_ucx()
     address = _format(host, port)
     try:
@@ -457,12 +475,12 @@ def _dial(host: str, port: int, secret: bytes, options: TransportOptions) -> Ucx
         raise TransportError(f"ucx: cannot connect to {address}: {exc}") from exc
     worker = None
     try:
-        preamble.open_channel(sock, secret, preamble.UCX, options.connect_timeout)
+        tags = preamble.open_channel(sock, secret, preamble.UCX, options.connect_timeout)
         sock.settimeout(options.connect_timeout)
         worker = _native.UcxWorker()
         conn_id = worker.new_conn()
-        _send_hello(sock, worker.address, conn_id)
-        peer_worker, peer_id = _recv_hello(sock)
+        _send_hello(sock, tags, worker.address, conn_id)
+        peer_worker, peer_id = _recv_hello(sock, tags, address)
         worker.connect(conn_id, peer_worker, peer_id, _want_peer_failure_mode())
         sock.sendall(_READY)
         return _comm(worker, conn_id, sock, address, True, options)

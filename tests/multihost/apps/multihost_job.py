@@ -85,7 +85,7 @@ def make_train(out: Path, n: int, steps: int = STEPS, pause: float = 0.0) -> Any
 def _options(entry: str, out: Path, n: int) -> dict[str, Any]:
     """tfyarn.run's arguments for one command-line entry.
 
-    ``TRANSPORT[:INTERFACE]``, or ``linkcut``: a longer tcp job that restarts once from
+    ``TRANSPORT[+tls][:INTERFACE]``, or ``linkcut``: a longer tcp job that restarts once from
     its checkpoints when a host goes silent (the test takes its link down meanwhile).
     """
     if entry == "linkcut":
@@ -101,8 +101,9 @@ def _options(entry: str, out: Path, n: int) -> dict[str, Any]:
     transport, _, interface = entry.partition(":")
     return {
         "train_fn": make_train(out, n),
-        "transport": transport,
+        "transport": transport.removesuffix("+tls"),
         "interface": interface or None,
+        "tls": transport.endswith("+tls"),  # a certificate made for the job
     }
 
 
