@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 
@@ -12,6 +13,7 @@ from tfyarn.errors import AuthenticationError
 from tfyarn.node.heartbeat import HeartbeatClient
 from tfyarn.node.task import gpu_env
 from tfyarn.transport.auth import client_handshake, new_job_secret
+from tfyarn.transport.integrity import TaggedLines
 
 
 def _wait(predicate, timeout: float = 10.0) -> bool:
@@ -96,6 +98,38 @@ def test_a_peer_without_the_secret_is_refused_and_the_server_keeps_serving() -> 
         good = HeartbeatClient(server.address, secret, "worker:0", interval=10)
         good.report(step=1)
         assert _wait(lambda: server.snapshot()[0].step == 1)
+        good.close()
+    finally:
+        server.close()
+
+
+def test_a_line_without_its_tag_or_replayed_is_refused_and_the_server_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A peer of the job (it has the secret) whose lines an on-path attacker altered or
+    replayed: each such line ends that connection, unread; others go on."""
+    secret = new_job_secret()
+    server = ProgressServer("127.0.0.1", secret, ["worker:0", "worker:1"])
+    try:
+        with caplog.at_level(logging.WARNING, "tfyarn.cluster.progress"):
+            for forge in ("untagged", "altered", "replayed"):
+                with socket.create_connection(server.address, timeout=5) as sock:
+                    tags = TaggedLines(client_handshake(sock, secret).frame_auth(), "driver")
+                    sealed = tags.seal(b'{"task": "worker:1", "kind": "metrics", "step": 7}')
+                    sock.sendall(sealed)  # a good line is taken
+                    assert _wait(lambda: server.snapshot()[1].step == 7)
+                    forged = {
+                        "untagged": b'{"task": "worker:1", "kind": "metrics", "step": 99}\n',
+                        "altered": sealed.replace(b'"step": 7', b'"step": 9'),  # old tag
+                        "replayed": sealed,  # its number is spent
+                    }[forge]
+                    sock.sendall(forged)
+                    assert sock.recv(1) == b""  # the server hung up
+                assert server.snapshot()[1].step == 7, forge  # never 99 or 9
+            assert caplog.text.count("dropped a progress connection") == 3
+        good = HeartbeatClient(server.address, secret, "worker:0", interval=10)
+        good.report(step=3)
+        assert _wait(lambda: server.snapshot()[0].step == 3)
         good.close()
     finally:
         server.close()

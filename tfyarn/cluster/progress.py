@@ -25,8 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tfyarn.errors import ForgedFrameError
 from tfyarn.node.failure import RoleFailure, likeliest_cause
 from tfyarn.transport.auth import server_handshake
+from tfyarn.transport.integrity import TaggedLines
 
 __all__ = [
     "AttemptNumber",
@@ -151,7 +153,7 @@ class ProgressServer:
         self.address = (host, self._sock.getsockname()[1])
         self._closed = threading.Event()
         self._conns: list[socket.socket] = []
-        self._by_task: dict[str, socket.socket] = {}
+        self._by_task: dict[str, tuple[socket.socket, TaggedLines]] = {}
         self._thread = threading.Thread(target=self._accept, name="tfyarn-progress", daemon=True)
         self._thread.start()
 
@@ -168,10 +170,11 @@ class ProgressServer:
     def _serve(self, conn: socket.socket, peer: Any) -> None:
         with conn:
             try:
-                server_handshake(conn, self._secret, timeout=10)
+                keys = server_handshake(conn, self._secret, timeout=10)
             except Exception as exc:
                 log.warning("tfyarn: refused a progress connection from %s: %s", peer, exc)
                 return
+            tagged = TaggedLines(keys.frame_auth(), f"{peer[0]}:{peer[1]}")
             with self._lock:
                 self._conns.append(conn)
             conn.settimeout(None)
@@ -189,30 +192,36 @@ class ProgressServer:
                     return
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    self._handle(line, conn)
+                    try:
+                        payload = tagged.open(line)
+                    except ForgedFrameError as exc:
+                        log.warning("tfyarn: dropped a progress connection: %s", exc)
+                        return
+                    self._handle(payload, conn, tagged)
 
-    def _handle(self, line: bytes, conn: socket.socket) -> None:
+    def _handle(self, payload: bytes, conn: socket.socket, tagged: TaggedLines) -> None:
         try:
-            message = json.loads(line)
+            message = json.loads(payload)
         except ValueError:
             return
         task = message.get("task")
         with self._lock:
             if task in self.roles:
                 self.roles[task].update(message)
-                self._by_task[task] = conn
+                self._by_task[task] = (conn, tagged)
 
     def tell(self, tasks: Iterable[str], message: dict[str, Any]) -> list[str]:
         """Send ``message`` to the roles ``tasks``; return those that could not be reached."""
-        data = (json.dumps(message) + "\n").encode()
+        payload = json.dumps(message).encode()
         missed = []
         for task in tasks:
             with self._lock:
-                conn = self._by_task.get(task)
+                known = self._by_task.get(task)
             try:
-                if conn is None:
+                if known is None:
                     raise OSError("not connected")
-                conn.sendall(data)
+                conn, tagged = known
+                conn.sendall(tagged.seal(payload))
             except OSError:
                 missed.append(task)
         return missed

@@ -1,7 +1,8 @@
 """Heartbeats from a role to the driver: liveness, progress metrics, readiness, errors.
 
 One authenticated TCP connection per role (the transport's HMAC handshake on the job
-secret), carrying newline-delimited JSON objects both ways: the role sends heartbeats,
+secret), carrying newline-delimited JSON objects both ways, each line with its tag
+(:class:`~tfyarn.transport.integrity.TaggedLines`): the role sends heartbeats,
 metrics, ``ready``, ``done`` and ``error``; the driver sends ``finish`` to the serving roles
 (ps, evaluator) once every trainer is done. If the channel breaks, training goes on and
 Spark's own task failure still ends the job; a serving role that never hears ``finish``
@@ -19,7 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tfyarn.errors import ForgedFrameError
 from tfyarn.transport.auth import client_handshake
+from tfyarn.transport.integrity import TaggedLines
 
 __all__ = ["HeartbeatClient"]
 
@@ -56,21 +59,26 @@ class HeartbeatClient:
         self._stop = threading.Event()
         self._metrics: dict[str, Any] = {}
         self._sock: socket.socket | None = None
+        self._lines: TaggedLines | None = None
         try:
             sock = socket.create_connection(address, timeout=10)
-            client_handshake(sock, secret, timeout=10)
+            keys = client_handshake(sock, secret, timeout=10)
             sock.settimeout(None)  # sends are small; the reader thread blocks on recv
+            self._lines = TaggedLines(keys.frame_auth(), f"the driver at {address}")
             self._sock = sock
         except Exception as exc:  # progress is best effort; training must not depend on it
             log.warning("tfyarn: cannot reach the driver's progress server %s: %s", address, exc)
         self._thread = threading.Thread(target=self._beat, name="tfyarn-heartbeat", daemon=True)
         self._thread.start()
-        if self._sock is not None:
+        if self._sock is not None and self._lines is not None:
             threading.Thread(
-                target=self._listen, args=(self._sock,), name="tfyarn-driver-orders", daemon=True
+                target=self._listen,
+                args=(self._sock, self._lines),
+                name="tfyarn-driver-orders",
+                daemon=True,
             ).start()
 
-    def _listen(self, sock: socket.socket) -> None:
+    def _listen(self, sock: socket.socket, lines: TaggedLines) -> None:
         """Follow the driver's messages: ``finish`` tells a serving role training is over."""
         buffer = b""
         while True:
@@ -82,21 +90,26 @@ class HeartbeatClient:
             if not chunk:
                 return
             buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
+            *received, buffer = buffer.split(b"\n")
+            for line in received:
+                try:
+                    payload = lines.open(line)
+                except ForgedFrameError as exc:
+                    log.warning("tfyarn: refused a message on the progress channel: %s", exc)
+                    return
                 with contextlib.suppress(ValueError):
-                    if json.loads(line).get("kind") == "finish" and self._on_finish is not None:
+                    if json.loads(payload).get("kind") == "finish" and self._on_finish is not None:
                         self._on_finish()
 
     def send(self, kind: str, **fields: Any) -> None:
         """Send one message of ``kind`` (``ready``, ``metrics``, ``error``, ``done``, ...)."""
         message = {"task": self.task_id, "kind": kind, "time": time.time(), **fields}
-        line = (json.dumps(message, default=str) + "\n").encode()
+        payload = json.dumps(message, default=str).encode()  # one line: JSON escapes newlines
         with self._lock:
-            if self._sock is None:
+            if self._sock is None or self._lines is None:
                 return
             try:
-                self._sock.sendall(line)
+                self._sock.sendall(self._lines.seal(payload))
             except OSError as exc:
                 log.warning("tfyarn: progress channel to the driver lost: %s", exc)
                 with contextlib.suppress(OSError):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,6 +55,7 @@ __all__ = [
     "FrameSigner",
     "FrameVerifier",
     "SessionKeys",
+    "TaggedLines",
     "session_keys",
 ]
 
@@ -180,3 +182,48 @@ class FrameVerifier:
                 "path, or a peer of another job or tfyarn version)"
             )
         self._keys.seq += 1
+
+
+class TaggedLines:
+    """Newline-delimited messages with a tag each, both ways over one connection.
+
+    The driver's progress channel carries JSON lines rather than frames; each line is
+    ``payload SP hex(tag) LF``, tagged and checked like a frame (one counter per
+    direction), so that a line injected, altered or replayed on the network path is
+    refused. Sending is serialised by a lock: the heartbeat thread and the caller's
+    reports share it.
+
+    Parameters
+    ----------
+    tags : FrameAuth
+        From the handshake of this connection (``SessionKeys.frame_auth()``).
+    peer : str
+        Who is at the other end, for errors.
+    """
+
+    def __init__(self, tags: FrameAuth, peer: str) -> None:
+        self._tags = tags
+        self._peer = peer
+        self._lock = threading.Lock()
+
+    def seal(self, payload: bytes) -> bytes:
+        """The line to send for ``payload`` (which holds no newline)."""
+        with self._lock:
+            return payload + b" " + self._tags.signer.tag(payload).hex().encode() + b"\n"
+
+    def open(self, line: bytes) -> bytes:
+        """The payload of one received line (without its newline), checked.
+
+        Raises
+        ------
+        ForgedFrameError
+            The line has no tag, or a wrong one.
+        """
+        payload, _, tag = line.rpartition(b" ")
+        try:
+            raw = bytes.fromhex(tag.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raw = b""
+        verifier = self._tags.verifier
+        verifier.check(verifier.start(payload), raw, peer=self._peer)
+        return payload
