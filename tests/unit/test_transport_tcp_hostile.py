@@ -242,6 +242,7 @@ from tfyarn.transport import tcp
 secret = b"k" * 32
 lis = tcp.listen("tcp://127.0.0.1:0", secret=secret)
 port = int(lis.address.rsplit(":", 1)[1])
+"127.0.0.1".encode("idna")  # getaddrinfo imports this codec lazily: not with no fd left
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
 hog = []
