@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # pip extras of the venv: `make setup EXTRAS=gpu,dev` on a GPU host (a fresh .venv).
 EXTRAS ?= tf,dev
 
-.PHONY: setup demo check test lint bench clean
+.PHONY: setup demo check test lint bench clean bare-install
 
 $(STAMP): pyproject.toml setup.py scripts/setup-system.sh $(NATIVE_SRC)
 	bash scripts/setup-system.sh
@@ -42,6 +42,12 @@ lint: setup
 
 bench: setup
 	$(VENV)/bin/tfyarn bench all
+
+# The quick start in a bare Debian bookworm root (debootstrap; as root, ~15 min): proves
+# scripts/setup-system.sh installs every system package. `scripts/bare-install.sh test`
+# runs `make test` there too.
+bare-install:
+	bash scripts/bare-install.sh demo
 
 clean:
 	rm -rf build *.egg-info tfyarn/*.so .pytest_cache

@@ -2,7 +2,11 @@
 # System packages tfyarn's build and tests need (Debian bookworm). Idempotent: installs
 # only what is missing, so a second run is quick. Run as root (CI is root).
 set -euo pipefail
-pkgs=(libucx-dev ucx-utils python3-pyverbs rdma-core ibverbs-providers iproute2 openjdk-17-jre-headless maven
+# What a bare Debian (debootstrap minbase + make; `make bare-install` checks it) lacks:
+# Python with venv and headers, a C compiler and pkg-config for the extension, procps
+# (ps) and lz4 (apt's compressed lists, DebDesc-20) for the tests.
+pkgs=(python3 python3-venv python3-dev gcc libc6-dev pkg-config ca-certificates procps lz4)
+pkgs+=(libucx-dev ucx-utils python3-pyverbs rdma-core ibverbs-providers iproute2 openjdk-17-jre-headless maven
       openmpi-bin python3-mpi4py python3-numpy)  # the last three: Open MPI baseline of `tfyarn bench exchange`
 pkgs+=(libopenblas0-pthread)  # native BLAS for Spark MLlib (baseline of `tfyarn bench reproduce`)
 missing=()
