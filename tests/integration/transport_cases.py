@@ -7,8 +7,6 @@ backend. Used by test_transport_tcp.py and test_transport_grpc.py.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import socket
 import tempfile
@@ -19,15 +17,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from transport_peer import SEND_TENSOR, Peer, start_dialer, start_server, tensor
 
 from tfyarn.errors import AuthenticationError, FrameError, TransportError
 from tfyarn.transport import Comm, connect, listen
 from tfyarn.transport.auth import new_job_secret
+from tfyarn.transport.tls import new_job_certificate
 
 MiB = 1 << 20
 REGION_BYTES = 1 * MiB
@@ -218,38 +213,14 @@ class BackendCases:
 
 
 def self_signed_cert(directory: str) -> tuple[str, str]:
-    """Write a certificate for 127.0.0.1/localhost and its key; return their paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    """Write a certificate for localhost/127.0.0.1 and its key (as a site's PKI would give,
+    checked against the address's host); return their paths."""
+    made = new_job_certificate(1, names=("localhost",), addresses=("127.0.0.1",))
     cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
+        f.write(made.cert_pem)
     with open(key_path, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        f.write(made.key_pem)
     return cert_path, key_path
 
 

@@ -8,6 +8,7 @@ it against the real RM): here the ps always comes back on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -118,23 +119,30 @@ def test_snapshots_round_trip_prune_and_skip_torn_files(tmp_path: Path) -> None:
 # -- a server in this process ------------------------------------------------------------------
 
 
-@pytest.fixture
-def in_process(tmp_path: Path) -> Iterator[tuple[ServicePSServer, ServiceAttachment]]:
-    secret = ensure_secret(tmp_path)
-    listener = transport.listen("tcp://127.0.0.1:0", secret=secret)
+@contextlib.contextmanager
+def _serving(listener: transport.Listener, state_dir: Path) -> Iterator[ServicePSServer]:
+    """A service ps on ``listener``, serving on a thread of this process until the end."""
     server = ServicePSServer(
-        listener, name="ps-0", folder=ps_dir(tmp_path, 0), snapshot_interval=60.0, keep=2
+        listener, name="ps-0", folder=ps_dir(state_dir, 0), snapshot_interval=60.0, keep=2
     )
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
-    port = int(listener.address.rsplit(":", 1)[1])
     try:
-        yield server, _attachment(port, secret)
+        yield server
     finally:
         server.stop()
         thread.join(timeout=10)
         listener.close()
     assert not thread.is_alive()
+
+
+@pytest.fixture
+def in_process(tmp_path: Path) -> Iterator[tuple[ServicePSServer, ServiceAttachment]]:
+    secret = ensure_secret(tmp_path)
+    listener = transport.listen("tcp://127.0.0.1:0", secret=secret)
+    port = int(listener.address.rsplit(":", 1)[1])
+    with _serving(listener, tmp_path) as server:
+        yield server, _attachment(port, secret)
 
 
 def test_successive_jobs_continue_the_model_and_a_foreign_model_is_refused(
@@ -324,13 +332,8 @@ def test_a_tls_service_serves_its_certificate_to_jobs_that_trust_it(tmp_path: Pa
         "tcp://127.0.0.1:0", secret=secret, options=options.replace(handshake_timeout=2.0)
     )
     assert listener.transport == "tcp+tls"
-    server = ServicePSServer(
-        listener, name="ps-0", folder=ps_dir(tmp_path, 0), snapshot_interval=60.0, keep=2
-    )
-    thread = threading.Thread(target=server.serve, daemon=True)
-    thread.start()
     port = int(listener.address.rsplit(":", 1)[1])
-    try:
+    with _serving(listener, tmp_path):
         att = dataclasses.replace(_attachment(port, secret), certificate=certificate)
         job = _client(att, "job1/chief:0")
         job.init([np.zeros(4, np.float32)], SGD1)
@@ -341,8 +344,3 @@ def test_a_tls_service_serves_its_certificate_to_jobs_that_trust_it(tmp_path: Pa
         plain = LocalConnector(_attachment(port, secret, timeout=1.0), "job2/chief:0")
         with pytest.raises(TransportError):
             plain.connect("ps-0")  # no TLS: the ps never gets past its TLS handshake
-    finally:
-        server.stop()
-        thread.join(timeout=10)
-        listener.close()
-    assert not thread.is_alive()

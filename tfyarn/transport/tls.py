@@ -23,7 +23,7 @@ import datetime
 import os
 import ssl
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -66,21 +66,30 @@ class JobCertificate:
         )
 
 
-def new_job_certificate(days: int = 30) -> JobCertificate:
+def new_job_certificate(
+    days: int = 30, *, names: Sequence[str] = (JOB_SERVER_NAME,), addresses: Sequence[str] = ()
+) -> JobCertificate:
     """A fresh ECDSA P-256 key and a self-signed certificate for :data:`JOB_SERVER_NAME`.
 
     Parameters
     ----------
     days : int
         Validity; a job that runs longer needs a new one at its next restart.
+    names, addresses : sequence of str
+        The DNS names (the first is also the subject's common name, and the
+        ``server_name`` connections check) and IP addresses it is valid for.
     """
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, JOB_SERVER_NAME)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    alternatives: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    alternatives += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -90,7 +99,7 @@ def new_job_certificate(days: int = 30) -> JobCertificate:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(hours=1))  # hosts' clocks differ a little
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(JOB_SERVER_NAME)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -101,6 +110,7 @@ def new_job_certificate(days: int = 30) -> JobCertificate:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         ),
+        server_name=names[0],
     )
 
 
