@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import time
 
 import pytest
@@ -14,6 +15,8 @@ from tfyarn.node.heartbeat import HeartbeatClient
 from tfyarn.node.task import gpu_env
 from tfyarn.transport.auth import client_handshake, new_job_secret
 from tfyarn.transport.integrity import TaggedLines
+from tfyarn.transport.options import TransportOptions
+from tfyarn.transport.tls import new_job_certificate
 
 
 def _wait(predicate, timeout: float = 10.0) -> bool:
@@ -131,6 +134,30 @@ def test_a_line_without_its_tag_or_replayed_is_refused_and_the_server_keeps_serv
         good.report(step=3)
         assert _wait(lambda: server.snapshot()[0].step == 3)
         good.close()
+    finally:
+        server.close()
+
+
+def test_with_the_jobs_certificate_the_channel_is_tls_and_plain_peers_are_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``tfyarn.run(tls=True)``: the driver serves the job's certificate, roles trust it."""
+    secret = new_job_secret()
+    job_tls = new_job_certificate().apply(TransportOptions())
+    server = ProgressServer("127.0.0.1", secret, ["worker:0"], tls=job_tls)
+    try:
+        with caplog.at_level(logging.WARNING, "tfyarn.cluster.progress"):
+            with (
+                socket.create_connection(server.address, timeout=5) as plain,
+                pytest.raises(AuthenticationError),  # the server waits for a TLS ClientHello
+            ):
+                client_handshake(plain, secret, timeout=2)
+            assert _wait(lambda: "TLS" in caplog.text)
+        role = HeartbeatClient(server.address, secret, "worker:0", interval=10, tls=job_tls)
+        assert isinstance(role._sock, ssl.SSLSocket)
+        role.report(step=5)
+        assert _wait(lambda: server.snapshot()[0].step == 5)
+        role.close()
     finally:
         server.close()
 

@@ -413,7 +413,12 @@ def _launch(
     if options.tls:  # a certificate per attempt too, for the same reason
         transport_options = new_job_certificate().apply(transport_options or TransportOptions())
     driver_host = sc.getConf().get("spark.driver.host", "127.0.0.1")
-    server = ProgressServer(driver_host, secret, [r.task_id for r in plan])
+    server = ProgressServer(
+        driver_host,
+        secret,
+        [r.task_id for r in plan],
+        tls=transport_options if options.tls else None,
+    )
     frame = options.data if options.input_mode is InputMode.SPARK else None
     stage_df, keys = _stage_input(spark, plan, trainers, options.input_mode, frame)
     job = JobSpec(
@@ -439,6 +444,7 @@ def _launch(
         service=options.service,
         attempt=attempt.number,
         checkpoint=attempt.checkpoint,
+        progress_tls=options.tls,
     )
     shown = AttemptNumber(attempt.number, options.max_restarts + 1)
     display = ProgressDisplay(

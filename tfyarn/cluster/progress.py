@@ -23,12 +23,16 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfyarn.errors import ForgedFrameError
 from tfyarn.node.failure import RoleFailure, likeliest_cause
 from tfyarn.transport.auth import server_handshake
 from tfyarn.transport.integrity import TaggedLines
+from tfyarn.transport.tls import server_context
+
+if TYPE_CHECKING:
+    from tfyarn.transport.options import TransportOptions
 
 __all__ = [
     "AttemptNumber",
@@ -142,10 +146,20 @@ class ProgressServer:
         The job secret.
     tasks : iterable of str
         The roles' task ids.
+    tls : TransportOptions, optional
+        Serve TLS with its ``tls_cert_chain``/``tls_private_key`` (a job run with
+        ``tls=True``); None: plain TCP (the lines are tagged either way).
     """
 
-    def __init__(self, host: str, secret: bytes, tasks: Iterable[str]) -> None:
+    def __init__(
+        self,
+        host: str,
+        secret: bytes,
+        tasks: Iterable[str],
+        tls: TransportOptions | None = None,
+    ) -> None:
         self._secret = secret
+        self._tls = None if tls is None else server_context(tls)
         self._lock = threading.Lock()
         self.roles = {t: RoleState(t) for t in tasks}
         self._sock = socket.create_server((host, 0))
@@ -168,6 +182,14 @@ class ProgressServer:
             threading.Thread(target=self._serve, args=(conn, peer), daemon=True).start()
 
     def _serve(self, conn: socket.socket, peer: Any) -> None:
+        if self._tls is not None:
+            conn.settimeout(10)
+            try:
+                conn = self._tls.wrap_socket(conn, server_side=True)
+            except (OSError, ValueError) as exc:
+                conn.close()
+                log.warning("tfyarn: refused a progress connection from %s: TLS: %s", peer, exc)
+                return
         with conn:
             try:
                 keys = server_handshake(conn, self._secret, timeout=10)

@@ -6,7 +6,8 @@ secret), carrying newline-delimited JSON objects both ways, each line with its t
 metrics, ``ready``, ``done`` and ``error``; the driver sends ``finish`` to the serving roles
 (ps, evaluator) once every trainer is done. If the channel breaks, training goes on and
 Spark's own task failure still ends the job; a serving role that never hears ``finish``
-is stopped by the driver cancelling the job after the shutdown grace period.
+is stopped by the driver cancelling the job after the shutdown grace period. A job run
+with ``tls=True`` has the channel inside TLS too (the job's certificate).
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfyarn.errors import ForgedFrameError
 from tfyarn.transport.auth import client_handshake
 from tfyarn.transport.integrity import TaggedLines
+from tfyarn.transport.tls import client_context
+
+if TYPE_CHECKING:
+    from tfyarn.transport.options import TransportOptions
 
 __all__ = ["HeartbeatClient"]
 
@@ -42,6 +47,11 @@ class HeartbeatClient:
         The role, e.g. ``"worker:0"``.
     interval : float
         Seconds between automatic ``beat`` messages.
+    on_finish : callable, optional
+        Called when the driver says training is over.
+    tls : TransportOptions, optional
+        Connect with TLS, trusting ``tls_root_certs`` (the job's certificate) for
+        ``tls_server_name``; None: plain TCP (the lines are tagged either way).
     """
 
     def __init__(
@@ -51,6 +61,7 @@ class HeartbeatClient:
         task_id: str,
         interval: float = 2.0,
         on_finish: Callable[[], None] | None = None,
+        tls: TransportOptions | None = None,
     ) -> None:
         self.task_id = task_id
         self._on_finish = on_finish
@@ -62,6 +73,8 @@ class HeartbeatClient:
         self._lines: TaggedLines | None = None
         try:
             sock = socket.create_connection(address, timeout=10)
+            if tls is not None and (context := client_context(tls)) is not None:
+                sock = context.wrap_socket(sock, server_hostname=tls.tls_server_name or address[0])
             keys = client_handshake(sock, secret, timeout=10)
             sock.settimeout(None)  # sends are small; the reader thread blocks on recv
             self._lines = TaggedLines(keys.frame_auth(), f"the driver at {address}")

@@ -93,6 +93,9 @@ class JobSpec:
     checkpoint : CheckpointPolicy or None
         Where and how often trainers checkpoint, so that a later attempt resumes; None
         when the run neither restarts nor asked for checkpoints.
+    progress_tls : bool
+        The driver's progress channel is served over TLS with the job's certificate
+        (``transport_options``): ``tfyarn.run(tls=True)``.
     """
 
     job_id: str
@@ -119,6 +122,7 @@ class JobSpec:
     service: ServiceAttachment | None = None
     attempt: int = 1
     checkpoint: CheckpointPolicy | None = None
+    progress_tls: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.attempt, bool) or not isinstance(self.attempt, int):

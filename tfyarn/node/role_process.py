@@ -338,7 +338,12 @@ def _run_role(job: JobSpec, wired: _Wired, workdir: Path, tf_port: ReservedPort)
     finished = threading.Event()  # set when the driver says training is over
     host, port = job.driver_address
     heartbeat = HeartbeatClient(
-        (host, port), job.secret, me.task_id, job.heartbeat_interval, on_finish=finished.set
+        (host, port),
+        job.secret,
+        me.task_id,
+        job.heartbeat_interval,
+        on_finish=finished.set,
+        tls=job.transport_options if job.progress_tls else None,
     )
     ctx = NodeContext(
         job,

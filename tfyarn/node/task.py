@@ -173,7 +173,13 @@ def _failed(job: JobSpec, failure: RoleFailure) -> RoleFailedError:
     the same record inside the text Spark reports, should the heartbeat not get through.
     """
     with contextlib.suppress(Exception):  # best effort: Spark's report still follows
-        client = HeartbeatClient(job.driver_address, job.secret, failure.role, interval=3600)
+        client = HeartbeatClient(
+            job.driver_address,
+            job.secret,
+            failure.role,
+            interval=3600,
+            tls=job.transport_options if job.progress_tls else None,
+        )
         client.send(
             "error", error=failure.message, traceback=failure.traceback, failure=failure.to_json()
         )
