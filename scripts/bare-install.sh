@@ -52,6 +52,9 @@ bind() { # bind SRC DEST: mount, remembered for the clean-up
     mount --bind "$1" "$2"
     mounted+=("$2")
 }
+# The root must be a mount point of its own: the tests change mount propagation of "/"
+# (ip netns, unshare --propagation), which a plain directory refuses (EINVAL).
+mount --bind "$root" "$root" && mounted+=("$root")
 mount -t proc proc "$root/proc" && mounted+=("$root/proc")
 bind /sys "$root/sys"
 bind /dev "$root/dev"
