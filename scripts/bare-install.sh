@@ -10,8 +10,9 @@
 # it takes to type `make demo` on a fresh machine. It shares the host's network, and so
 # the host's settings for it: resolv.conf, hosts, extra CA certificates (a site's TLS
 # proxy) and pip's configuration are copied in, nothing else. The clone is of HEAD (commit first), as CI
-# clones. Everything is unmounted on exit; the root stays for a second run (delete it
-# to start over). Reports the time of each step.
+# clones. It runs in a mount namespace of its own (see in_root), so nothing stays mounted
+# on the host; the root stays for a second run (delete it to start over). Reports the
+# time of each step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-demo}
@@ -40,27 +41,6 @@ if [ ! -x "$root/usr/bin/make" ]; then
     debootstrap --variant=minbase --include=make,ca-certificates bookworm "$root" "$mirror"
 fi
 
-mounted=()
-cleanup() {
-    for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
-        umount -l "${mounted[$i]}" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-bind() { # bind SRC DEST: mount, remembered for the clean-up
-    mkdir -p "$2"
-    mount --bind "$1" "$2"
-    mounted+=("$2")
-}
-# The root must be a mount point of its own: the tests change mount propagation of "/"
-# (ip netns, unshare --propagation), which a plain directory refuses (EINVAL).
-mount --bind "$root" "$root" && mounted+=("$root")
-mount -t proc proc "$root/proc" && mounted+=("$root/proc")
-bind /sys "$root/sys"
-bind /dev "$root/dev"
-bind /dev/pts "$root/dev/pts"
-mount -t tmpfs -o mode=1777 shm "$root/dev/shm" && mounted+=("$root/dev/shm")
-mount -t tmpfs -o mode=755 run "$root/run" && mounted+=("$root/run")
 cp /etc/resolv.conf /etc/hosts "$root/etc/"
 # The host's trust settings for the network the root shares (see the header).
 if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
@@ -77,10 +57,31 @@ if [ -d ../shared ]; then # the data sets CI has beside the clone (read-only)
     cp -r ../shared "$root/root/shared"
 fi
 
+# Run $1 in the root as a machine of its own would: in a new mount namespace whose "/"
+# *is* the root (pivot_root, not chroot). The tests start nested mount namespaces (ip
+# netns, the dev YARN's hidden Python) and read /proc/PID/cwd across them; under a plain
+# chroot "/" is not a mount root, so the kernel reports such paths from the host's "/"
+# and propagation changes of "/" fail (EINVAL). Every mount dies with the namespace.
 in_root() {
-    chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
-        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        bash -c "cd /root/tfyarn && $1"
+    unshare --mount --fork -- bash -euo pipefail -c '
+        root=$1
+        mount --make-rprivate /
+        mount --bind "$root" "$root"
+        mount -t proc proc "$root/proc"
+        mount --rbind /sys "$root/sys"
+        mount --rbind /dev "$root/dev"
+        mount -t tmpfs -o mode=1777 shm "$root/dev/shm"
+        mount -t tmpfs -o mode=755 run "$root/run"
+        mkdir -p "$root/.host"
+        cd "$root"
+        pivot_root . .host
+        cd /
+        umount -l /.host
+        rmdir /.host
+        exec /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+            PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+            bash -c "cd /root/tfyarn && $2"
+    ' bash "$root" "$1"
 }
 status=0
 if [ "$what" != test ]; then
