@@ -98,7 +98,11 @@ def train_fn(
                 step = start + self.done
                 if self.done == 1:  # when this attempt's training got going
                     (mark.parent / f"{mark.name}.first").write_text(str(time.time()))
-                mark.write_text(f"{os.getpid()} {step}")
+                # Whole or not at all: a kill between open's truncation and the write
+                # (SIGTERM of a container killed through the RM) would leave it empty.
+                staged = mark.with_name(f"{mark.name}.tmp")
+                staged.write_text(f"{os.getpid()} {step}")
+                os.replace(staged, mark)
                 ctx.report(global_step=step)
                 if ctx.task_id == fail_in and step > STRIKE_AFTER:
                     raise ValueError(f"deliberate failure at step {step}")
