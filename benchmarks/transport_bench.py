@@ -119,9 +119,7 @@ def _tls_options() -> Any:
     path = os.environ.get(_TLS_ENV)
     if not path:
         return None
-    cert, _, key = Path(path).read_bytes().partition(b"-----BEGIN PRIVATE KEY-----")
-    made = JobCertificate(cert_pem=cert, key_pem=b"-----BEGIN PRIVATE KEY-----" + key)
-    return made.apply(TransportOptions())
+    return JobCertificate.from_pem(Path(path).read_bytes()).apply(TransportOptions())
 
 
 def _serve_tfyarn(address: str) -> None:
@@ -472,7 +470,7 @@ def _certificate_file() -> str:
     made = new_job_certificate()
     fd, path = tempfile.mkstemp(prefix="tfyarn-bench-tls-", suffix=".pem")
     with os.fdopen(fd, "wb") as f:
-        f.write(made.cert_pem + made.key_pem)
+        f.write(made.to_pem())
     atexit.register(lambda: Path(path).unlink(missing_ok=True))
     return path
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tfyarn.errors import ForgedFrameError
+from tfyarn.errors import FrameError
 from tfyarn.node.failure import RoleFailure, likeliest_cause
 from tfyarn.transport.auth import server_handshake
 from tfyarn.transport.integrity import TaggedLines
@@ -196,11 +196,10 @@ class ProgressServer:
             except Exception as exc:
                 log.warning("tfyarn: refused a progress connection from %s: %s", peer, exc)
                 return
-            tagged = TaggedLines(keys.frame_auth(), f"{peer[0]}:{peer[1]}")
+            tagged = TaggedLines(keys.frame_auth(), f"{peer[0]}:{peer[1]}", _MAX_LINE)
             with self._lock:
                 self._conns.append(conn)
             conn.settimeout(None)
-            buffer = b""
             while not self._closed.is_set():
                 try:
                     chunk = conn.recv(65536)
@@ -208,17 +207,12 @@ class ProgressServer:
                     return
                 if not chunk:
                     return
-                buffer += chunk
-                if len(buffer) > _MAX_LINE and b"\n" not in buffer:
-                    log.warning("tfyarn: dropping a misbehaving progress connection from %s", peer)
+                try:
+                    payloads = tagged.feed(chunk)
+                except FrameError as exc:  # a forged line, or one without end
+                    log.warning("tfyarn: dropped a progress connection: %s", exc)
                     return
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    try:
-                        payload = tagged.open(line)
-                    except ForgedFrameError as exc:
-                        log.warning("tfyarn: dropped a progress connection: %s", exc)
-                        return
+                for payload in payloads:
                     self._handle(payload, conn, tagged)
 
     def _handle(self, payload: bytes, conn: socket.socket, tagged: TaggedLines) -> None:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tfyarn.errors import ForgedFrameError
+from tfyarn.errors import FrameError
 from tfyarn.transport.auth import client_handshake
 from tfyarn.transport.integrity import TaggedLines
 from tfyarn.transport.tls import client_context
@@ -93,7 +93,6 @@ class HeartbeatClient:
 
     def _listen(self, sock: socket.socket, lines: TaggedLines) -> None:
         """Follow the driver's messages: ``finish`` tells a serving role training is over."""
-        buffer = b""
         while True:
             try:
                 sock.settimeout(None)
@@ -102,14 +101,12 @@ class HeartbeatClient:
                 return
             if not chunk:
                 return
-            buffer += chunk
-            *received, buffer = buffer.split(b"\n")
-            for line in received:
-                try:
-                    payload = lines.open(line)
-                except ForgedFrameError as exc:
-                    log.warning("tfyarn: refused a message on the progress channel: %s", exc)
-                    return
+            try:
+                payloads = lines.feed(chunk)
+            except FrameError as exc:
+                log.warning("tfyarn: refused a message on the progress channel: %s", exc)
+                return
+            for payload in payloads:
                 with contextlib.suppress(ValueError):
                     if json.loads(payload).get("kind") == "finish" and self._on_finish is not None:
                         self._on_finish()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from tfyarn.errors import ConfigError
@@ -43,14 +44,18 @@ __all__ = [
 _CERTIFICATE = "tls.pem"
 
 
-def ensure_secret(state_dir: str | Path) -> bytes:
-    """The service secret, created (mode 0600) on first use."""
-    path = Path(state_dir) / "secret"
+def _create_once(path: Path, make: Callable[[], bytes]) -> None:
+    """Write ``make()`` to ``path`` (mode 0600) unless the file exists already."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(new_job_secret())
+            f.write(make())
+
+
+def ensure_secret(state_dir: str | Path) -> bytes:
+    """The service secret, created (mode 0600) on first use."""
+    _create_once(Path(state_dir) / "secret", new_job_secret)
     return read_secret(state_dir)
 
 
@@ -72,13 +77,8 @@ def ensure_certificate(state_dir: str | Path) -> JobCertificate:
     Its ps serve it, and attaching jobs trust it: like the secret, whoever can read the
     state dir is of the service.
     """
-    path = Path(state_dir) / _CERTIFICATE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        made = new_job_certificate(days=3650)  # lives as long as the service
-        with os.fdopen(fd, "wb") as f:
-            f.write(made.cert_pem + made.key_pem)
+    # days: it lives as long as the service
+    _create_once(Path(state_dir) / _CERTIFICATE, lambda: new_job_certificate(3650).to_pem())
     return read_certificate(state_dir)
 
 
@@ -92,10 +92,12 @@ def read_certificate(state_dir: str | Path) -> JobCertificate:
             f"cannot read the service's TLS certificate {path} ({exc}); the service was "
             "launched with tls: true, so its state_dir must be readable here"
         ) from exc
-    cert, sep, key = pem.partition(b"-----BEGIN PRIVATE KEY-----")
-    if not sep:
-        raise ConfigError(f"{path} holds no private key: remove it and launch the service again")
-    return JobCertificate(cert_pem=cert, key_pem=sep + key)
+    try:
+        return JobCertificate.from_pem(pem)
+    except ConfigError:
+        raise ConfigError(
+            f"{path} holds no private key: remove it and launch the service again"
+        ) from None
 
 
 def ps_dir(state_dir: str | Path, instance: int) -> Path:

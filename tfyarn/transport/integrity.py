@@ -45,7 +45,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
-from tfyarn.errors import ForgedFrameError
+from tfyarn.errors import ForgedFrameError, FrameError
 from tfyarn.transport.base import Buffer
 
 __all__ = [
@@ -199,17 +199,36 @@ class TaggedLines:
         From the handshake of this connection (``SessionKeys.frame_auth()``).
     peer : str
         Who is at the other end, for errors.
+    max_line : int
+        Longest line :meth:`feed` waits for the end of; more is a FrameError.
     """
 
-    def __init__(self, tags: FrameAuth, peer: str) -> None:
+    def __init__(self, tags: FrameAuth, peer: str, max_line: int = 1 << 20) -> None:
         self._tags = tags
         self._peer = peer
+        self._max_line = max_line
         self._lock = threading.Lock()
+        self._pending = b""
 
     def seal(self, payload: bytes) -> bytes:
         """The line to send for ``payload`` (which holds no newline)."""
         with self._lock:
             return payload + b" " + self._tags.signer.tag(payload).hex().encode() + b"\n"
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The checked payloads of the lines ``chunk`` completes (one reader at a time).
+
+        Raises
+        ------
+        ForgedFrameError
+            A line has no tag, or a wrong one.
+        FrameError
+            A line runs past ``max_line`` bytes without its end.
+        """
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        if len(self._pending) > self._max_line:
+            raise FrameError(f"{self._peer} sent a line of over {self._max_line} bytes")
+        return [self.open(line) for line in lines]
 
     def open(self, line: bytes) -> bytes:
         """The payload of one received line (without its newline), checked.

@@ -44,6 +44,7 @@ __all__ = [
 
 #: The name a per-job certificate is made for, and that connections check.
 JOB_SERVER_NAME = "tfyarn-job"
+_KEY_MARKER = b"-----BEGIN PRIVATE KEY-----"  # PKCS#8, as new_job_certificate writes it
 #: Parts of a frame shorter than this are joined into one TLS record by ``sendmsg``.
 _JOIN_BELOW = 64 << 10
 
@@ -55,6 +56,24 @@ class JobCertificate:
     cert_pem: bytes
     key_pem: bytes = field(repr=False)
     server_name: str = JOB_SERVER_NAME
+
+    def to_pem(self) -> bytes:
+        """The certificate then the key, as one PEM file holds them (keep it 0600)."""
+        return self.cert_pem + self.key_pem
+
+    @classmethod
+    def from_pem(cls, pem: bytes, server_name: str = JOB_SERVER_NAME) -> JobCertificate:
+        """Read what :meth:`to_pem` wrote.
+
+        Raises
+        ------
+        ConfigError
+            ``pem`` holds no private key.
+        """
+        cert, marker, key = pem.partition(_KEY_MARKER)
+        if not marker:
+            raise ConfigError("the PEM holds a certificate but no private key after it")
+        return cls(cert_pem=cert, key_pem=marker + key, server_name=server_name)
 
     def apply(self, options: TransportOptions) -> TransportOptions:
         """``options`` with this certificate served by listeners and trusted by connections."""
