@@ -16,6 +16,9 @@ or choose another algorithm (parameter-server ones need ``--ps 1``)::
     tfyarn submit --profile local-cluster --workers 2 --ps 1 \\
         examples/keras_fit_allreduce.py --strategy easgd
 
+With ``--tensorboard`` each worker's curves (and the exchange's own scalars) are served
+by TensorBoard while the job runs, at the address printed at the start.
+
 It prints the held-out accuracy, the transport used and where the model was saved.
 """
 
@@ -70,11 +73,14 @@ def make_train_fn(epochs: int, batch_size: int, learning_rate: float) -> Any:
         )
         # this worker's shard; every worker gets the same number of steps
         dataset = ctx.dataset(batch_size, epochs=epochs, features="x", label="y")
+        callbacks = [*strategy.callbacks(), ctx.keras_callback()]
+        if ctx.log_dir:  # tfyarn submit --tensorboard (or --log-dir): curves per worker
+            callbacks.append(ctx.tensorboard_callback())
         history = model.fit(
             dataset,
             epochs=epochs,
             steps_per_epoch=ctx.steps_per_epoch(batch_size),
-            callbacks=[*strategy.callbacks(), ctx.keras_callback()],
+            callbacks=callbacks,
             verbose=0,
         )
         result: dict[str, Any] = {"history": history.history, "workers": strategy.size}

@@ -10,7 +10,9 @@ folder, so that ``-m "not integration and not yarn"`` selects exactly ``tests/un
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,22 +28,25 @@ FOLDER_MARKERS: dict[str, str] = {
     "integration": "integration",
     "deploy": "integration",
     "multihost": "integration",
+    "watching": "integration",
     "yarn": "yarn",
 }
 
 
 #: ``make test`` (scripts/test-suite.sh) runs three pytest sessions at once, one per group:
 #: ``--test-group yarn`` (one dev YARN, and a local Spark cluster for the service's jobs),
-#: ``--test-group spark`` (one local Spark cluster) and ``--test-group light`` (no cluster:
-#: the unit tests and the Ansible deploy). Two sessions kept the 2 cores busy only about
-#: half the time (JVM start-ups, YARN localisation, polling, role start-up waits): the
-#: third, light one fills gaps and shortens the two long ones by its ~4 minutes. Plain
-#: ``pytest`` runs every group in one session.
+#: ``--test-group spark`` (one local Spark cluster) and ``--test-group light`` (the unit
+#: tests, the Ansible deploy, and the watched job on a 2-executor Spark cluster). Two
+#: sessions kept the 2 cores busy only about half the time (JVM start-ups, YARN
+#: localisation, polling, role start-up waits): the third, light one fills gaps and
+#: shortens the two long ones by its ~4 minutes. Plain ``pytest`` runs every group in one
+#: session.
 TEST_GROUPS: dict[str, str] = {
     "unit": "light",
     "integration": "spark",
     "deploy": "light",
     "multihost": "yarn",  # its own Spark standalone cluster; the shorter group has room
+    "watching": "light",  # one job on its own 2-executor cluster: light ends minutes early
     "yarn": "yarn",
 }
 
@@ -112,11 +117,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def spark(request: pytest.FixtureRequest) -> Iterator[object]:
     """A SparkSession on ``local-cluster[4,1,1024]``: 4 executor JVMs, 1 core each.
 
-    Started once per test session; integration tests share it. The yarn group's session
-    (only the service's two-worker jobs use it) gets 2 executors: two JVMs fewer to start
-    beside the dev YARN.
+    Started once per test session; integration tests share it. The yarn and light groups'
+    sessions (only two-worker jobs use them: the service's, the watched job) get 2
+    executors: two JVMs fewer to start beside the dev YARN or the unit tests.
     """
-    executors = 2 if request.config.getoption("--test-group") == "yarn" else EXECUTORS
+    executors = 2 if request.config.getoption("--test-group") in ("yarn", "light") else EXECUTORS
+    # Every job appends to the job history: the tests' own, not the user's ~/.cache.
+    history = tempfile.mkdtemp(prefix="job-history-of-tests-")
+    os.environ.setdefault("TFYARN_HISTORY_DIR", history)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
@@ -138,3 +146,4 @@ def spark(request: pytest.FixtureRequest) -> Iterator[object]:
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+    shutil.rmtree(history, ignore_errors=True)

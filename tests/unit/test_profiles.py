@@ -56,6 +56,9 @@ def _options(**over: object) -> argparse.Namespace:
         checkpoint_dir=None,
         checkpoint_every=None,
         tls=False,
+        tensorboard=False,
+        log_dir=None,
+        metrics_port=None,
     )
     base.update(over)
     return argparse.Namespace(**base)
@@ -82,6 +85,13 @@ def test_local_cluster_submit_sizes_the_cluster_to_the_roles(tmp_path: Path) -> 
     assert attached.env["TFYARN_EXECUTORS"] == "3"  # no ps roles: the service has them
     assert not any(a.startswith("spark.tfyarn.tls=") for a in argv)
     assert "spark.tfyarn.tls=true" in build_plan(_options(tls=True), [], "t.py", [], {}).argv
+    assert not any(a.startswith(("spark.tfyarn.tensorboard", "spark.tfyarn.metrics")) for a in argv)
+    watched = build_plan(
+        _options(tensorboard=True, log_dir="/data/logs", metrics_port=9464), [], "t.py", [], {}
+    ).argv
+    assert "spark.tfyarn.tensorboard=true" in watched
+    assert "spark.tfyarn.logDir=/data/logs" in watched
+    assert "spark.tfyarn.metrics.port=9464" in watched
 
 
 def test_standalone_profile_needs_the_master_variable() -> None:

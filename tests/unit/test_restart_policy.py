@@ -257,6 +257,9 @@ def test_submit_options_and_profile_defaults() -> None:
             evaluator=False, transport=None, interface=None, service=None, output_json=None,
             max_restarts=None, checkpoint_dir=None, checkpoint_every=None, min_workers=None,
             tls=False,
+            tensorboard=False,
+            log_dir=None,
+            metrics_port=None,
         )  # fmt: skip
         vars(options).update(given)
         env = {"TFYARN_SPARK_MASTER": "spark://m:7077", "HADOOP_CONF_DIR": "/etc/hadoop"}

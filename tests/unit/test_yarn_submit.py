@@ -37,6 +37,9 @@ def _options(profile: str, workers: int = 2, ps: int = 1) -> argparse.Namespace:
         checkpoint_dir=None,
         checkpoint_every=None,
         tls=False,
+        tensorboard=False,
+        log_dir=None,
+        metrics_port=None,
     )
 
 

@@ -22,6 +22,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "bench",
     "yarn_dev",
     "logs",
+    "history",
     "service",
     "pack_env",
     "data",

@@ -63,12 +63,34 @@ def register(subparsers: Any) -> None:
         allow_abbrev=False,
     )
     _add_options(parser)
+    _add_watch_options(parser)
     parser.set_defaults(func=_main)
 
 
 #: Tells :mod:`tfyarn.cli.main` to split ``[options] SCRIPT.py [script args]`` itself and
 #: pass unknown options through (see :func:`split_argv`).
 TAKES_SCRIPT = True
+
+
+def _add_watch_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("watching the job")
+    group.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="serve TensorBoard over the job's log folder from the chief's host while the "
+        "job runs; its address is printed at the start (spark.tfyarn.tensorboard)",
+    )
+    group.add_argument(
+        "--log-dir",
+        help="the job's TensorBoard folder, a local path on the roles' hosts (default with "
+        "--tensorboard: <model_dir>/logs; spark.tfyarn.logDir)",
+    )
+    group.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on the driver at http://<driver>:PORT/metrics "
+        "(spark.tfyarn.metrics.port; default 0: off)",
+    )
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
@@ -201,6 +223,12 @@ def build_plan(
         props["spark.tfyarn.interface"] = options.interface
     if options.tls:
         props["spark.tfyarn.tls"] = "true"
+    if options.tensorboard:
+        props["spark.tfyarn.tensorboard"] = "true"
+    if options.log_dir:
+        props["spark.tfyarn.logDir"] = options.log_dir
+    if options.metrics_port is not None:
+        props["spark.tfyarn.metrics.port"] = str(options.metrics_port)
     if options.service:
         props["spark.tfyarn.service"] = options.service
     props.update(_restart_props(options))

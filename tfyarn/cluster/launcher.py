@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -21,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
+from tfyarn import storage
 from tfyarn.cluster import partitioning, validate
 from tfyarn.cluster.attempts import Attempt
 from tfyarn.cluster.cluster_fs import default_model_dir, role_storage_env, spark_hadoop_conf
+from tfyarn.cluster.observe import RunObservers
 from tfyarn.cluster.options import DEFAULT_SILENT_FAIL_AFTER, LaunchOptions, launch_options
 from tfyarn.cluster.plan import RoleSpec, data_roles, describe, plan_job
 from tfyarn.cluster.progress import (
@@ -42,6 +45,7 @@ from tfyarn.cluster.restarts import (
     run_attempts,
 )
 from tfyarn.cluster.spark_errors import lost_role, parse_stage_failure
+from tfyarn.cluster.tensorboard_link import job_description
 from tfyarn.errors import RoleFailedError, RoleLostError, TFYarnError
 from tfyarn.node import code_pickle
 from tfyarn.node.failure import RoleFailure, likeliest_cause
@@ -89,6 +93,12 @@ class RunResult:
         Every attempt of the run, the successful last one included: when each started
         and ended, what ended the failed ones (kind, role, host, executor), where each
         restart resumed and the steps it redid.
+    tensorboard_url : str or None
+        The job's TensorBoard link (``tensorboard=True``); it served while the job ran.
+    log_dir : str or None
+        The job's TensorBoard folder, on the chief's host.
+    history_path : str or None
+        The job's history file (``tfyarn history show JOB_ID``).
     """
 
     value: Any
@@ -102,6 +112,9 @@ class RunResult:
     status: str = "succeeded"
     extra: dict[str, Any] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
+    tensorboard_url: str | None = None
+    log_dir: str | None = None
+    history_path: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able summary (the chief's value as its ``repr`` when not JSON-able)."""
@@ -168,6 +181,10 @@ def run(
     stall_fail_after: float | None = None,
     min_workers: int | None = None,
     tls: bool | None = None,
+    tensorboard: bool | None = None,
+    log_dir: str | None = None,
+    metrics_port: int | None = None,
+    history_dir: str | None = None,
 ) -> RunResult:
     """Run ``train_fn`` as a TensorFlow cluster, one role per Spark executor.
 
@@ -269,6 +286,26 @@ def run(
         the job secret (:mod:`tfyarn.transport.tls`). Frames are authenticated either
         way. Default ``spark.tfyarn.tls``, else off. For the site's own certificates give
         ``transport_options=TransportOptions(tls_...)`` instead.
+    tensorboard : bool, optional
+        Serve TensorBoard over the job's log folder from the chief's host for as long as
+        the job runs; its address (a link on the driver that follows the chief across
+        restarts) is printed at the start, put in the Spark UI's job description and
+        returned as ``RunResult.tensorboard_url``. Default ``spark.tfyarn.tensorboard``,
+        else off.
+    log_dir : str, optional
+        The job's TensorBoard folder, a local path on the roles' hosts (each role writes
+        under ``<log_dir>/<role>_<index>``: ``ctx.log_dir``, ``ctx.tensorboard_callback()``;
+        the exchange adds its scalars). Default ``spark.tfyarn.logDir``; with
+        ``tensorboard=True`` else ``<model_dir>/logs`` (a temp folder on the chief's host
+        when ``model_dir`` is on HDFS); otherwise no log folder.
+    metrics_port : int, optional
+        Serve Prometheus metrics of the roles and the job at
+        ``http://<driver>:<port>/metrics`` (:mod:`tfyarn.cluster.metrics`). Default
+        ``spark.tfyarn.metrics.port``, else 0: off.
+    history_dir : str, optional
+        Folder of the job histories ``tfyarn history`` reads (:mod:`tfyarn.cluster.history`);
+        ``""``: keep none. Default ``spark.tfyarn.history.dir``, else
+        ``~/.cache/tfyarn/history``.
 
     Returns
     -------
@@ -321,6 +358,10 @@ def run(
             stall_fail_after=stall_fail_after,
             min_workers=min_workers,
             tls=tls,
+            tensorboard=tensorboard,
+            log_dir=log_dir,
+            metrics_port=metrics_port,
+            history_dir=history_dir,
         )
         result = _launch_attempts(spark, train_fn, options, begun)
     except BaseException as exc:
@@ -354,6 +395,7 @@ class _Attempt:
     model_dir: str
     number: int
     checkpoint: CheckpointPolicy | None
+    log_dir: str = ""
 
 
 def _launch_attempts(
@@ -371,10 +413,20 @@ def _launch_attempts(
     policy = options.checkpoint_policy(model_dir)
     paths = [model_dir, policy.directory if policy else "", *options.files]
     options = replace(options, env={**role_storage_env(paths, hadoop), **options.env})
+    log_dir = job_log_dir(options, model_dir, job_id, tempfile.gettempdir())
+    observers = RunObservers(
+        job_id,
+        spark.sparkContext.getConf().get("spark.driver.host", "127.0.0.1"),
+        _settings(spark, options, model_dir, log_dir),
+        history_dir=options.history_dir,
+        history_interval=options.history_interval,
+        metrics_port=options.metrics_port,
+        tensorboard=options.tensorboard,
+    )
 
     def launch(number: int, progress: AttemptProgress) -> RunResult:
-        attempt = _Attempt(job_id, model_dir, number, policy)
-        return _launch(spark, train_fn, options, begun, attempt, progress)
+        attempt = _Attempt(job_id, model_dir, number, policy, log_dir)
+        return _launch(spark, train_fn, options, begun, attempt, progress, observers)
 
     def resume_step(number: int) -> int | None:
         # What the driver can see of the checkpoint folder; the trainers report theirs.
@@ -386,10 +438,84 @@ def _launch_attempts(
         return None if found is None else found.global_step
 
     restart = RestartPolicy(options.max_restarts, options.retry_on_errors)
-    result, attempts = run_attempts(launch, restart, resume_step=resume_step)
-    result.attempts = attempts
-    result.wall_time = time.monotonic() - begun
-    return result
+    try:
+        result, attempts = run_attempts(
+            launch, restart, resume_step=resume_step, record=observers.attempt_ended
+        )
+        result.attempts = attempts
+        result.wall_time = time.monotonic() - begun
+        result.tensorboard_url = observers.tensorboard_url
+        result.log_dir = log_dir or None
+        result.history_path = observers.history_path
+        observers.finished(_ended_well(result))
+        return result
+    except BaseException as exc:
+        observers.finished(_ended_badly(exc, time.monotonic() - begun))
+        raise
+    finally:
+        observers.close()
+
+
+def job_log_dir(options: LaunchOptions, model_dir: str, job_id: str, temp_dir: str) -> str:
+    """The job's TensorBoard folder: given, else with ``tensorboard`` a default, else none.
+
+    The default is ``<model_dir>/logs`` when ``model_dir`` is local, and a folder of the
+    chief host's temp dir when it is on HDFS (TensorFlow writes summaries locally only).
+    """
+    if options.log_dir:
+        return options.log_dir.removeprefix("file://")
+    if not options.tensorboard:
+        return ""
+    if storage.is_local(model_dir):
+        return os.path.join(model_dir.removeprefix("file://"), "logs")
+    return os.path.join(temp_dir, "tfyarn-logs", job_id)
+
+
+def _settings(
+    spark: SparkSession, options: LaunchOptions, model_dir: str, log_dir: str
+) -> dict[str, Any]:
+    """What the history records of the run's settings (no data, secrets or code)."""
+    sc = spark.sparkContext
+    return {
+        "user": sc.sparkUser(),
+        "application_id": sc.applicationId,
+        "master": sc.master,
+        "workers": options.workers,
+        "ps": options.ps,
+        "chief": options.chief,
+        "evaluator": options.evaluator,
+        "strategy": options.strategy,
+        "strategy_options": {k: repr(v) for k, v in options.strategy_options.items()},
+        "transport": options.transport,
+        "tls": options.tls,
+        "input_mode": options.input_mode.value,
+        "model_dir": model_dir,
+        "log_dir": log_dir or None,
+        "max_restarts": options.max_restarts,
+        "min_workers": options.min_workers,
+        "timeout": options.timeout,
+    }
+
+
+def _ended_well(result: RunResult) -> dict[str, Any]:
+    return {
+        "status": result.status,
+        "transport": result.transport,
+        "wall_time": result.wall_time,
+        "startup_time": result.startup_time,
+        "model_dir": result.model_dir,
+        "roles": result.roles,
+        "metrics": result.metrics,
+    }
+
+
+def _ended_badly(exc: BaseException, wall_time: float) -> dict[str, Any]:
+    return {
+        "status": "failed",
+        "error": str(exc)[-8000:],
+        "error_type": type(exc).__name__,
+        "wall_time": wall_time,
+    }
 
 
 def _launch(
@@ -399,6 +525,7 @@ def _launch(
     begun: float,
     attempt: _Attempt,
     progress: AttemptProgress,
+    observers: RunObservers,
 ) -> RunResult:
     """One attempt: one barrier stage of every role."""
     sc = spark.sparkContext
@@ -445,8 +572,11 @@ def _launch(
         attempt=attempt.number,
         checkpoint=attempt.checkpoint,
         progress_tls=options.tls,
+        log_dir=attempt.log_dir,
+        tensorboard=options.tensorboard,
     )
     shown = AttemptNumber(attempt.number, options.max_restarts + 1)
+    observers.attempt_started(attempt.number, options.max_restarts + 1, server)
     display = ProgressDisplay(
         server, options.silent_warning_after, enabled=options.progress, attempt=shown
     )
@@ -458,7 +588,7 @@ def _launch(
     )
     try:
         rows, stage_started = _run_stage(
-            spark, stage_df, job, server, display, options.timeout, begun, watch
+            spark, stage_df, job, server, display, options.timeout, begun, watch, observers
         )
     finally:
         watch.observe(server)
@@ -613,6 +743,7 @@ def _run_stage(
     timeout: float | None,
     begun: float,
     watch: _Watch,
+    observers: RunObservers,
 ) -> tuple[list[Any], float]:
     """Run the barrier stage in a thread; fail fast on role errors, timeout or Ctrl-C.
 
@@ -631,7 +762,8 @@ def _run_stage(
 
     def collect() -> None:
         try:
-            sc.setJobGroup(group, f"tfyarn job {job.job_id}", interruptOnCancel=True)
+            description = job_description(job.job_id, observers.tensorboard_url)
+            sc.setJobGroup(group, description, interruptOnCancel=True)
             box["rows"] = stage_df.mapInArrow(body, RESULT_DDL, barrier=True).collect()
         except BaseException as exc:
             box["error"] = exc
@@ -646,6 +778,7 @@ def _run_stage(
         while thread.is_alive():
             thread.join(timeout=0.5)
             display.refresh()
+            observers.poll()
             failed = server.failed_role()
             if failed is not None:
                 raise _settled(_role_error(failed, job, server), thread, box, job, server)

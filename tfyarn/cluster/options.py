@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tfyarn.cluster.history import DEFAULT_INTERVAL as DEFAULT_HISTORY_INTERVAL
+from tfyarn.cluster.history import default_history_dir
 from tfyarn.cluster.plan import TF_NATIVE_STRATEGIES
 from tfyarn.errors import ConfigError
 from tfyarn.exchange import STRATEGY_NAMES as EXCHANGE_STRATEGIES
@@ -119,6 +121,34 @@ def _tls_problems(options: LaunchOptions) -> list[str]:
             f"tls=True protects tfyarn's transports, but this job opens none (strategy="
             f"{options.strategy!r}): TensorFlow's own gRPC (ps, mwms) has no TLS; use an "
             "exchange strategy, or run on an isolated network (docs/operators.md)"
+        )
+    return problems
+
+
+def _watch_problems(options: LaunchOptions) -> list[str]:
+    """TensorBoard, metrics and history settings."""
+    problems = []
+    if not isinstance(options.tensorboard, bool):
+        problems.append(f"tensorboard must be True or False, got {options.tensorboard!r}")
+    log_dir = options.log_dir
+    if log_dir is not None and (not isinstance(log_dir, str) or not log_dir):
+        problems.append(f"log_dir must be a folder path or None, got {log_dir!r}")
+    elif log_dir is not None and "://" in log_dir and not log_dir.startswith("file://"):
+        problems.append(
+            f"log_dir={log_dir!r} is not a local path: TensorFlow 2.21 writes summaries to "
+            "local paths only (no hdfs://); give a folder on the chief's host, or none (the "
+            "default is <model_dir>/logs, or a temp folder on the chief's host)"
+        )
+    port = options.metrics_port
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        problems.append(f"metrics_port must be a port number (0: off), got {port!r}")
+    if not isinstance(options.history_dir, str):
+        problems.append(
+            f"history_dir must be a folder path ('' for none), got {options.history_dir!r}"
+        )
+    if not _is_seconds(options.history_interval):
+        problems.append(
+            f"history_interval must be positive seconds, got {options.history_interval!r}"
         )
     return problems
 
@@ -248,6 +278,11 @@ class LaunchOptions:
     stall_fail_after: float | None = None
     min_workers: int | None = None
     tls: bool = False
+    tensorboard: bool = False
+    log_dir: str | None = None
+    metrics_port: int = 0
+    history_dir: str = ""
+    history_interval: float = DEFAULT_HISTORY_INTERVAL
     service_name: InitVar[str | None] = None
 
     def __post_init__(self, service_name: str | None) -> None:
@@ -267,6 +302,7 @@ class LaunchOptions:
         problems += _data_problems(self.input_mode, self.data)
         problems += _restart_problems(self)
         problems += _tls_problems(self)
+        problems += _watch_problems(self)
         for name in ("allocation_timeout", "startup_timeout", "heartbeat_interval"):
             if not _is_seconds(getattr(self, name)):
                 problems.append(f"{name} must be positive seconds, got {getattr(self, name)!r}")
@@ -339,6 +375,11 @@ def _boolean(raw: str) -> bool:
     return word == "true"
 
 
+def _history_dir(raw: str) -> str:
+    """``spark.tfyarn.history.dir``: a folder, or ``none`` for no history."""
+    return "" if raw.strip().lower() in ("none", "off", "false") else raw.strip()
+
+
 def _every(raw: str) -> int | str:
     """``spark.tfyarn.checkpoint.every``: a bare number is steps, else a time (``30s``)."""
     return int(raw) if raw.strip().isdigit() else raw.strip()
@@ -384,6 +425,10 @@ def launch_options(
     checkpoint_every: int | float | str | None = None,
     min_workers: int | None = None,
     tls: bool | None = None,
+    tensorboard: bool | None = None,
+    log_dir: str | None = None,
+    metrics_port: int | None = None,
+    history_dir: str | None = None,
     **given: Any,
 ) -> LaunchOptions:
     """Settle :func:`tfyarn.run`'s arguments into checked :class:`LaunchOptions`.
@@ -402,6 +447,13 @@ def launch_options(
         ``spark.tfyarn.minWorkers``, ``spark.tfyarn.tls``, else 0 restarts, the
         checkpoint defaults (:meth:`LaunchOptions.checkpoint_policy`), no scaling down
         and no TLS.
+    tensorboard, log_dir, metrics_port, history_dir
+        As given to :func:`tfyarn.run`; None: ``spark.tfyarn.tensorboard``,
+        ``spark.tfyarn.logDir``, ``spark.tfyarn.metrics.port``,
+        ``spark.tfyarn.history.dir``, else no TensorBoard, no log folder, no metrics
+        endpoint and the user's history folder
+        (:func:`~tfyarn.cluster.history.default_history_dir`).
+        ``spark.tfyarn.history.interval`` sets the seconds between samples.
     **given
         :func:`tfyarn.run`'s other arguments, taken as they are.
 
@@ -436,6 +488,11 @@ def launch_options(
         checkpoint_every=_settle(checkpoint_every, conf, "checkpoint.every", _every, None),
         min_workers=_settle(min_workers, conf, "minWorkers", int, None),
         tls=_settle(tls, conf, "tls", _boolean, False),
+        tensorboard=_settle(tensorboard, conf, "tensorboard", _boolean, False),
+        log_dir=_settle(log_dir, conf, "logDir", str, None),
+        metrics_port=_settle(metrics_port, conf, "metrics.port", int, 0),
+        history_dir=_settle(history_dir, conf, "history.dir", _history_dir, default_history_dir()),
+        history_interval=_settle(None, conf, "history.interval", float, DEFAULT_HISTORY_INTERVAL),
         **given,
     )
     if named is None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tfyarn.errors import FrameError
+from tfyarn.exchange.stats import ExchangeFigures
 from tfyarn.node.failure import RoleFailure, likeliest_cause
 from tfyarn.transport.auth import server_handshake
 from tfyarn.transport.integrity import TaggedLines
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("tfyarn")
+
+#: Seconds without a samples report after which a role's samples/s shows as 0.
+_RATE_STALE_AFTER = 10.0
 
 #: A heartbeat line longer than this is not a heartbeat.
 _MAX_LINE = 1 << 20
@@ -72,7 +76,13 @@ class RoleState:
     step_at: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     warned_silent: bool = False
+    warned_stalled: bool = False
+    #: The role's exchange counters (totals), from its latest heartbeat.
+    exchange: ExchangeFigures | None = None
+    #: Share of the time between its last two heartbeats the role spent in the exchange.
+    exchange_share: float | None = None
     _rate_mark: tuple[float, int] | None = None
+    _exchange_mark: tuple[float, float] | None = None
 
     def update(self, message: dict[str, Any]) -> None:
         """Fold one heartbeat message into the state."""
@@ -80,6 +90,8 @@ class RoleState:
         self.last_seen = now
         self.warned_silent = False
         kind = message.get("kind")
+        if "exchange" in message:
+            self._count_exchange(now, ExchangeFigures.from_json(message["exchange"]))
         if kind == "ready":
             self.state, self.ready_at = "running", now
             self.host = message.get("host", self.host)
@@ -96,6 +108,7 @@ class RoleState:
                 step = int(message["step"])
                 if step != self.step:
                     self.step, self.step_at = step, now
+                    self.warned_stalled = False
             if message.get("loss") is not None:
                 self.loss = float(message["loss"])
             samples = message.get("samples")
@@ -126,6 +139,30 @@ class RoleState:
             str(self.traceback or self.error or ""),
             peer_lost=bool(message.get("peer_lost")),
         )
+
+    def _count_exchange(self, now: float, figures: ExchangeFigures | None) -> None:
+        if figures is None:
+            return
+        self.exchange = figures
+        if self._exchange_mark is not None:
+            since, seconds = self._exchange_mark
+            if now > since:
+                share = (figures.seconds - seconds) / (now - since)
+                self.exchange_share = min(1.0, max(0.0, share))
+        self._exchange_mark = (now, figures.seconds)
+
+    def samples_rate(self, now: float) -> float | None:
+        """Samples/s now: the last measured rate, 0 once no samples came for 10 s (a role
+        that stopped training, or a stalled one); None before it reported any."""
+        if self.samples_per_s is None or self._rate_mark is None:
+            return None
+        return 0.0 if now - self._rate_mark[0] > _RATE_STALE_AFTER else self.samples_per_s
+
+    def stalled_for(self, now: float) -> float | None:
+        """Seconds a running role has made no step progress (None before its first step)."""
+        if self.state != "running" or self.step_at is None:
+            return None
+        return now - self.step_at
 
     def _count_samples(self, now: float, samples: int) -> None:
         if self._rate_mark is not None:
@@ -282,6 +319,21 @@ class ProgressServer:
                     found.append(state)
         return found
 
+    def stalled_roles(self, after: float) -> list[RoleState]:
+        """Roles heard from but with no step progress for ``after`` seconds (each named once)."""
+        now = time.monotonic()
+        found = []
+        with self._lock:
+            for state in self.roles.values():
+                still = state.stalled_for(now)
+                if still is None or still <= after or state.warned_stalled:
+                    continue
+                if now - state.last_seen > after:
+                    continue  # silent, not stalled: named by silent_roles
+                state.warned_stalled = True
+                found.append(state)
+        return found
+
     def snapshot(self) -> list[RoleState]:
         """A copy of every role's state."""
         import copy
@@ -390,41 +442,79 @@ class AttemptNumber:
         return "" if self.of == 1 else f"attempt {self.number} of {self.of}"
 
 
-def progress_line(states: Iterable[RoleState], attempt: AttemptNumber) -> str:
+def _state_word(state: RoleState, now: float, stalled_after: float | None) -> str:
+    """The role's state, ``stalled`` when running with no step progress for too long."""
+    still = state.stalled_for(now)
+    if stalled_after is not None and still is not None and still > stalled_after:
+        return f"stalled {still:.0f}s"
+    return state.state
+
+
+def _share(state: RoleState) -> str | None:
+    return None if state.exchange_share is None else f"{100 * state.exchange_share:.0f}%"
+
+
+def progress_line(
+    states: Iterable[RoleState],
+    attempt: AttemptNumber,
+    now: float | None = None,
+    stalled_after: float | None = None,
+) -> str:
     """The periodic progress line of a display that is not a terminal.
 
     E.g. ``"tfyarn progress (attempt 2 of 3): worker:0:running step=40 loss=0.3120
-    worker:1:running step=38"``; without restarts there is no attempt in it.
+    samples/s=812 exchange=31%  worker:1:stalled 75s step=38"``; without restarts there
+    is no attempt in it. ``exchange`` is the share of the role's time spent waiting for
+    the exchange; ``stalled`` names a role whose heartbeats arrive but whose step has not
+    moved for ``stalled_after`` seconds.
     """
+    now = time.monotonic() if now is None else now
     parts = []
     for s in states:
-        step = "" if s.step is None else f" step={s.step}"
-        loss = "" if s.loss is None else f" loss={s.loss:.4f}"
-        parts.append(f"{s.task_id}:{s.state}{step}{loss}")
+        fields = [f"{s.task_id}:{_state_word(s, now, stalled_after)}"]
+        if s.step is not None:
+            fields.append(f"step={s.step}")
+        if s.loss is not None:
+            fields.append(f"loss={s.loss:.4f}")
+        if (rate := s.samples_rate(now)) is not None:
+            fields.append(f"samples/s={rate:.0f}")
+        if (share := _share(s)) is not None:
+            fields.append(f"exchange={share}")
+        parts.append(" ".join(fields))
     where = f" ({attempt.label})" if attempt.label else ""
     return f"tfyarn progress{where}: " + "  ".join(parts)
 
 
-def roles_table(states: Iterable[RoleState], attempt: AttemptNumber, now: float) -> Any:
+def roles_table(
+    states: Iterable[RoleState],
+    attempt: AttemptNumber,
+    now: float,
+    stalled_after: float | None = None,
+) -> Any:
     """The live display's table (a ``rich.table.Table``): one row per role.
 
     Its title names the attempt when the run can restart (``tfyarn roles, attempt 2 of
-    3``); ``now`` is the monotonic clock's time, for the "last seen" column.
+    3``); ``now`` is the monotonic clock's time, for the "last seen" column. The
+    "exchange" column is the share of the role's time spent waiting for the exchange
+    (between its last two heartbeats); a role with no step progress for
+    ``stalled_after`` seconds shows as ``stalled``.
     """
     from rich.table import Table
 
     title = "tfyarn roles" + (f", {attempt.label}" if attempt.label else "")
     table = Table(title=title, expand=False)
-    for column in ("role", "host", "state", "step", "samples/s", "loss", "last seen"):
+    columns = ("role", "host", "state", "step", "samples/s", "loss", "exchange", "last seen")
+    for column in columns:
         table.add_column(column)
     for s in states:
         table.add_row(
             s.task_id,
             s.host or "-",
-            s.state,
+            _state_word(s, now, stalled_after),
             "-" if s.step is None else str(s.step),
-            "-" if s.samples_per_s is None else f"{s.samples_per_s:,.0f}",
+            "-" if (rate := s.samples_rate(now)) is None else f"{rate:,.0f}",
             "-" if s.loss is None else f"{s.loss:.4f}",
+            _share(s) or "-",
             f"{now - s.last_seen:.0f}s ago",
         )
     return table
@@ -438,7 +528,8 @@ class ProgressDisplay:
     server : ProgressServer
         Where the state comes from.
     silent_after : float
-        Seconds without a heartbeat after which a role is named in a warning.
+        Seconds without a heartbeat, or without step progress while heartbeats arrive,
+        after which a role is named in a warning (as silent, or as stalled).
     enabled : bool
         False: show nothing (warnings are still logged).
     attempt : AttemptNumber
@@ -468,10 +559,11 @@ class ProgressDisplay:
             self._live.start()
 
     def _table(self) -> Any:
-        return roles_table(self._server.snapshot(), self._attempt, time.monotonic())
+        now = time.monotonic()
+        return roles_table(self._server.snapshot(), self._attempt, now, self._silent_after)
 
     def refresh(self) -> None:
-        """Redraw, and warn about silent roles."""
+        """Redraw, and warn about silent roles and stalled ones."""
         for state in self._server.silent_roles(self._silent_after):
             log.warning(
                 "tfyarn: role %s (host %s) has sent no heartbeat for %.0f s",
@@ -479,11 +571,21 @@ class ProgressDisplay:
                 state.host or "?",
                 time.monotonic() - state.last_seen,
             )
+        for state in self._server.stalled_roles(self._silent_after):
+            log.warning(
+                "tfyarn: role %s (host %s) is stalled: its heartbeats arrive but its step "
+                "(%s) has not moved for %.0f s; it waits on a peer or on data, or is stuck",
+                state.task_id,
+                state.host or "?",
+                state.step,
+                state.stalled_for(time.monotonic()) or 0.0,
+            )
         if self._live is not None:
             self._live.update(self._table())
         elif self._enabled and time.monotonic() - self._last_line > 10:
             self._last_line = time.monotonic()
-            line = progress_line(self._server.snapshot(), self._attempt)
+            snapshot = self._server.snapshot()
+            line = progress_line(snapshot, self._attempt, stalled_after=self._silent_after)
             print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:

@@ -313,6 +313,7 @@ def run_attempts(
     *,
     resume_step: Callable[[int], int | None],
     say: Callable[[str], None] = log.warning,
+    record: Callable[[Attempt], None] | None = None,
 ) -> tuple[R, list[Attempt]]:
     """Run attempts until one succeeds; return its result and every attempt.
 
@@ -328,6 +329,9 @@ def run_attempts(
         the driver can tell beforehand (None: from scratch, or unknown).
     say : callable
         Where the one line per attempt goes (the log by default).
+    record : callable, optional
+        Called with each attempt's record as soon as the attempt ended (the job's
+        history, its metrics).
 
     Raises
     ------
@@ -353,6 +357,8 @@ def run_attempts(
                 _failed(number, started, error, progress, steps_redone(previous, progress))
             )
             say(f"tfyarn: {attempts[-1].describe()}")
+            if record is not None:
+                record(attempts[-1])
             if should_restart(error, attempts, policy):
                 previous = progress
                 continue
@@ -372,5 +378,7 @@ def run_attempts(
                 wanted_workers=progress.wanted_workers,
             )
         )
+        if record is not None:
+            record(attempts[-1])
         return result, attempts
     raise AssertionError("unreachable: the last attempt either returns or raises")

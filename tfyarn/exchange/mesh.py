@@ -5,7 +5,8 @@ launcher, or by :mod:`tfyarn.exchange.local`). Several exchange components use i
 once: the ring connects to its right neighbour, parameter-server clients connect to
 every ps. :class:`Mesh` runs the single accept loop and hands each accepted
 :class:`~tfyarn.transport.base.Comm` to whoever waits for it, keyed by the connecting
-task and a channel name that the connector states in a first *hello* message.
+task and a channel name that the connector states in a first *hello* message. Every
+connection it hands out counts its bytes (:class:`~tfyarn.exchange.stats.CountedComm`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tfyarn.errors import FrameError, TFYarnError, TransportError
+from tfyarn.exchange.stats import CountedComm
 from tfyarn.transport.base import Comm, Listener
 from tfyarn.transport.options import TransportOptions
 
@@ -119,6 +121,7 @@ class Mesh:
             except Exception:
                 comm.close()
                 continue
+            comm = CountedComm(comm)
             with self._cond:
                 if self._closed:
                     comm.close()
@@ -192,6 +195,7 @@ class Mesh:
         except BaseException:
             comm.close()
             raise
+        comm = CountedComm(comm)
         with self._cond:
             self._owned.append(comm)
         return comm

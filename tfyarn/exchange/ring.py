@@ -30,6 +30,7 @@ from tfyarn.errors import ConfigError, FrameError, TFYarnError, TransportError
 from tfyarn.exchange import kernels
 from tfyarn.exchange.buckets import chunk_ranges
 from tfyarn.exchange.mesh import Mesh
+from tfyarn.exchange.stats import process_stats
 from tfyarn.transport.base import Comm
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "Ring"]
@@ -188,7 +189,7 @@ class Ring:
         """One collective at a time; all it queued is sent at the end; any failure breaks it."""
         if self._sender is None:
             raise ConfigError("a ring of one rank has no neighbour to talk to")
-        with self._lock:
+        with self._lock, process_stats().timed():
             try:
                 yield self._sender
                 self._sender.flush()

@@ -70,6 +70,10 @@ class NodeContext:
     checkpoint : CheckpointPolicy or None
         Where and how often trainers checkpoint (``tfyarn.run(checkpoint_dir=...,
         checkpoint_every=...)``; on by default when restarts are), else None.
+    log_dir : str
+        This role's TensorBoard folder, ``<job log_dir>/<role>_<index>`` (e.g.
+        ``.../logs/worker_1``), a path on the role's host; the exchange writes its own
+        scalars under ``<log_dir>/exchange``. Empty when the job has no log folder.
     """
 
     def __init__(
@@ -115,11 +119,13 @@ class NodeContext:
         self.service: ServiceAttachment | None = job.service
         self.attempt = job.attempt
         self.checkpoint: CheckpointPolicy | None = job.checkpoint
+        self.log_dir = role_log_dir(job.log_dir, me.task_id)
         self._resume: tuple[Checkpoint | None] | None = None  # (resume,) once looked up
         self._heartbeat = heartbeat
         self._tf_port = tf_port
         self._data_path = data_path
         self._columns: dict[str, Any] | None = None
+        self._batch_size: int | None = None
         self._strategy: Any = None
         self._finished = finished or threading.Event()
         trainers = [r.task_id for r in job.trainers]
@@ -179,11 +185,42 @@ class NodeContext:
         if self._heartbeat is not None:
             self._heartbeat.report(**metrics)
 
-    def keras_callback(self, every: int = 10) -> Any:
-        """A Keras callback that reports loss, steps and samples every ``every`` batches."""
+    def keras_callback(self, every: int = 10, batch_size: int | None = None) -> Any:
+        """A Keras callback that reports loss, steps and samples every ``every`` batches.
+
+        Samples are counted as ``batch_size`` per step (Keras 3 does not tell callbacks
+        the size of a batch): by default the batch size last given to :meth:`dataset`;
+        without either, no samples/s are reported.
+        """
         from tfyarn.node.keras_progress import ProgressCallback
 
-        return ProgressCallback(self, every=every)
+        size = batch_size if batch_size is not None else self._batch_size
+        return ProgressCallback(self, every=every, batch_size=size)
+
+    def tensorboard_callback(self, **kwargs: Any) -> Any:
+        """A ``keras.callbacks.TensorBoard`` writing to :attr:`log_dir`.
+
+        Keyword arguments go to the callback (``histogram_freq=1``, ``update_freq=50``,
+        ...); ``log_dir`` is this role's and may not be given.
+
+        Raises
+        ------
+        ConfigError
+            The job has no log folder, or ``log_dir`` was given.
+        """
+        if "log_dir" in kwargs:
+            raise ConfigError(
+                "ctx.tensorboard_callback() writes to ctx.log_dir; give the job's folder as "
+                "tfyarn.run(log_dir=...) instead of the callback's log_dir"
+            )
+        if not self.log_dir:
+            raise ConfigError(
+                "this job has no TensorBoard log folder: run it with tfyarn.run(log_dir=...) "
+                "or tensorboard=True"
+            )
+        import keras
+
+        return keras.callbacks.TensorBoard(log_dir=self.log_dir, **kwargs)
 
     def training_finished(self) -> bool:
         """For ps/evaluator roles running ``train_fn``: whether the trainers are all done."""
@@ -261,6 +298,7 @@ class NodeContext:
                 "under strategy='ps' the chief schedules steps on the workers: use "
                 "ctx.per_worker_dataset(coordinator, batch_size, ...) instead of ctx.dataset()"
             )
+        self._batch_size = batch_size  # what ctx.keras_callback() counts samples by
         steps = self.steps_per_epoch(batch_size) * epochs
         dataset = feed.make_dataset(
             self.columns(),
@@ -402,6 +440,11 @@ class NodeContext:
         close = getattr(strategy, "close", None)
         if callable(close) and self._job.strategy not in ("ps", "mwms"):
             close()
+
+
+def role_log_dir(job_log_dir: str, task_id: str) -> str:
+    """``<job_log_dir>/<role>_<index>`` (``worker:1`` -> ``worker_1``); empty without one."""
+    return os.path.join(job_log_dir, task_id.replace(":", "_")) if job_log_dir else ""
 
 
 def _pick(d: dict[str, Any], features: Any, label: str | None) -> Any:

@@ -18,7 +18,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tfyarn.errors import FrameError
@@ -52,6 +52,9 @@ class HeartbeatClient:
     tls : TransportOptions, optional
         Connect with TLS, trusting ``tls_root_certs`` (the job's certificate) for
         ``tls_server_name``; None: plain TCP (the lines are tagged either way).
+    beat_fields : callable, optional
+        Fields every automatic ``beat`` carries, read at each beat (the role's exchange
+        counters: :func:`tfyarn.exchange.stats.process_stats`).
     """
 
     def __init__(
@@ -62,8 +65,10 @@ class HeartbeatClient:
         interval: float = 2.0,
         on_finish: Callable[[], None] | None = None,
         tls: TransportOptions | None = None,
+        beat_fields: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.task_id = task_id
+        self._beat_fields = beat_fields
         self._on_finish = on_finish
         self._interval = interval
         self._lock = threading.Lock()
@@ -131,9 +136,19 @@ class HeartbeatClient:
         self._metrics.update(metrics)
         self.send("metrics", **metrics)
 
+    def latest(self, name: str) -> Any:
+        """The value last reported for ``name`` (e.g. ``"step"``), or None."""
+        return self._metrics.get(name)
+
     def _beat(self) -> None:
         while not self._stop.wait(self._interval):
-            self.send("beat")
+            fields: Mapping[str, Any] = {}
+            if self._beat_fields is not None:
+                try:
+                    fields = self._beat_fields()
+                except Exception as exc:  # a beat without figures beats no beat at all
+                    log.warning("tfyarn: heartbeat fields failed: %s", exc)
+            self.send("beat", **fields)
 
     def close(self) -> None:
         """Stop beating and close the connection; idempotent."""

@@ -96,6 +96,11 @@ class JobSpec:
     progress_tls : bool
         The driver's progress channel is served over TLS with the job's certificate
         (``transport_options``): ``tfyarn.run(tls=True)``.
+    log_dir : str
+        The job's TensorBoard log folder (a path on each role's host); each role writes
+        under ``<log_dir>/<role>_<index>`` (``ctx.log_dir``). Empty: none.
+    tensorboard : bool
+        The chief serves TensorBoard over ``log_dir`` (``tfyarn.run(tensorboard=True)``).
     """
 
     job_id: str
@@ -123,6 +128,8 @@ class JobSpec:
     attempt: int = 1
     checkpoint: CheckpointPolicy | None = None
     progress_tls: bool = False
+    log_dir: str = ""
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.attempt, bool) or not isinstance(self.attempt, int):

@@ -22,11 +22,15 @@ class ProgressCallback(keras.callbacks.Callback):
         The role's context.
     every : int
         Report period in batches (reports are small, but not free).
+    batch_size : int, optional
+        Samples per batch, when the batch's logs do not say (Keras 3's do not carry a
+        ``size``); None: only what the logs say.
     """
 
-    def __init__(self, ctx: NodeContext, every: int = 10) -> None:
+    def __init__(self, ctx: NodeContext, every: int = 10, batch_size: int | None = None) -> None:
         super().__init__()
         self._ctx = ctx
+        self._batch_size = batch_size
         self._every = max(1, every)
         self._step = 0
         self._samples = 0
@@ -34,7 +38,7 @@ class ProgressCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._step += 1
-        size = (logs or {}).get("size")
+        size = (logs or {}).get("size") or self._batch_size
         self._samples += int(size) if size else 0
         if self._step % self._every == 0:
             loss = (logs or {}).get("loss")

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import cloudpickle
 
 from tfyarn.cluster.plan import RoleSpec
-from tfyarn.errors import TransportError
+from tfyarn.errors import TFYarnError, TransportError
+from tfyarn.exchange.stats import process_stats
 from tfyarn.node.context import NodeContext
 from tfyarn.node.control import ControlPipe
 from tfyarn.node.failure import EXIT_ORPHANED
@@ -42,6 +43,7 @@ from tfyarn.node.heartbeat import HeartbeatClient
 from tfyarn.node.job import JobSpec
 from tfyarn.node.messages import Cluster, Hello, Member, Message, MessageError, Setup
 from tfyarn.node.ports import ReservedPort
+from tfyarn.node.tensorboard import ExchangeSummaries, TensorBoardServer
 from tfyarn.node.workspace import remove_workspace
 
 if TYPE_CHECKING:
@@ -332,6 +334,46 @@ def _wire(control: ControlPipe, job: JobSpec, workdir: Path) -> _Wired:
     return _Wired(job.role(setup.partition), setup, cluster.members, listener, transport_name)
 
 
+class _Views:
+    """What a role shows of itself besides heartbeats: TensorBoard (the chief's, with
+    ``tensorboard=True``) and the exchange's scalars (every role, with a log folder)."""
+
+    def __init__(self) -> None:
+        self.server: TensorBoardServer | None = None
+        self.summaries: ExchangeSummaries | None = None
+
+    def start(self, job: JobSpec, ctx: NodeContext, heartbeat: HeartbeatClient, host: str) -> None:
+        if ctx.log_dir and ctx.role != "evaluator":
+            self.summaries = ExchangeSummaries(
+                ctx.log_dir,
+                process_stats(),
+                lambda: heartbeat.latest("step"),
+                job.heartbeat_interval,  # the driver's display has figures as fresh
+            )
+        if not (job.tensorboard and ctx.is_chief):
+            return
+        # From the main thread (its parent-death signal is tied to the starting thread).
+        try:
+            server = self.server = TensorBoardServer(job.log_dir, host)
+        except OSError as exc:
+            heartbeat.report(tensorboard_error=f"TensorBoard did not start: {exc}")
+            return
+
+        def announce() -> None:  # not waited for: training starts meanwhile
+            try:
+                heartbeat.report(tensorboard_url=server.wait_url(timeout=120))
+            except TFYarnError as exc:
+                heartbeat.report(tensorboard_error=str(exc)[-2000:])
+
+        threading.Thread(target=announce, name="tfyarn-tensorboard-url", daemon=True).start()
+
+    def close(self) -> None:
+        for view in (self.summaries, self.server):
+            if view is not None:
+                with contextlib.suppress(Exception):
+                    view.close()
+
+
 def _run_role(job: JobSpec, wired: _Wired, workdir: Path, tf_port: ReservedPort) -> int:
     """Run the wired role to its end, reporting to the driver; return the exit status."""
     me = wired.me
@@ -344,6 +386,7 @@ def _run_role(job: JobSpec, wired: _Wired, workdir: Path, tf_port: ReservedPort)
         job.heartbeat_interval,
         on_finish=finished.set,
         tls=job.transport_options if job.progress_tls else None,
+        beat_fields=lambda: {"exchange": process_stats().figures().to_json()},
     )
     ctx = NodeContext(
         job,
@@ -359,6 +402,7 @@ def _run_role(job: JobSpec, wired: _Wired, workdir: Path, tf_port: ReservedPort)
     )
     os.environ["TF_CONFIG"] = ctx.tf_config  # before train_fn imports TensorFlow
     status = 0
+    views = _Views()
     try:
         heartbeat.send(
             "ready",
@@ -367,6 +411,7 @@ def _run_role(job: JobSpec, wired: _Wired, workdir: Path, tf_port: ReservedPort)
             tf_port=ctx.members[me.task_id].tf_port,
             transport=wired.transport,
         )
+        views.start(job, ctx, heartbeat, wired.setup.host)
         result = _dispatch(job, ctx, finished)
         if ctx.is_chief:
             (workdir / "result.pkl").write_bytes(cloudpickle.dumps(result))
@@ -384,6 +429,7 @@ def _run_role(job: JobSpec, wired: _Wired, workdir: Path, tf_port: ReservedPort)
             peer_lost=lost_a_peer(exc),
         )
     finally:
+        views.close()
         with contextlib.suppress(Exception):
             ctx.close()
         heartbeat.close()

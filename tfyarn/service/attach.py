@@ -22,6 +22,7 @@ from typing import Any
 from tfyarn import __version__
 from tfyarn.errors import ConfigError, TFYarnError, TransportError
 from tfyarn.exchange.ps import Reconnect
+from tfyarn.exchange.stats import CountedComm
 from tfyarn.service.client import ServicesClient, configured_counts, rm_web_url
 from tfyarn.service.ps_server import HELLO, PROTOCOL
 from tfyarn.service.spec import PROPERTY_KEYS
@@ -193,7 +194,7 @@ class ServiceConnector(Reconnect):
             comm.close()
             raise
         self.hellos.setdefault(ps, []).append(hello)
-        return comm
+        return CountedComm(comm)
 
     def _where(self, ps: str) -> str | None:
         a = self.attachment

@@ -37,6 +37,7 @@ from tfyarn.exchange.ps.wire import (
     np_dtype,
     optimizer_config,
 )
+from tfyarn.exchange.stats import process_stats
 from tfyarn.transport.base import Comm, recv_exactly
 
 __all__ = ["Connect", "PSClient", "Reconnect", "ServerHello"]
@@ -158,11 +159,12 @@ class PSClient:
 
     # -- plumbing ----------------------------------------------------------------------
     def _each_ps(self, fn: Callable[[_Route], None]) -> None:
-        if len(self.routes) == 1:
-            fn(self.routes[0])
-            return
-        for f in [self._pool.submit(fn, r) for r in self.routes]:
-            f.result()
+        with process_stats().timed():  # the trainer waits for every ps's reply
+            if len(self.routes) == 1:
+                fn(self.routes[0])
+                return
+            for f in [self._pool.submit(fn, r) for r in self.routes]:
+                f.result()
 
     def _each_bucket(self, route: _Route, fn: Callable[[Comm, Bucket, str], None]) -> None:
         """``fn(comm, bucket, ps)`` for each bucket of ``route``; repeated after a reconnect."""

@@ -45,6 +45,7 @@ from tfyarn.exchange.ps.wire import (
     as_bytes,
     np_dtype,
 )
+from tfyarn.exchange.stats import process_stats
 from tfyarn.transport.base import Comm, recv_exactly
 
 __all__ = ["ConnectionSource", "MeshConnections", "PSServer", "job_server"]
@@ -304,6 +305,7 @@ class PSServer:
         except FrameError as exc:
             raise FrameError(f"{exc} from {peer}") from None
         self._check()
+        process_stats().served()
         if h.op is Op.BYE:
             with self._cond:
                 self._byes.add(peer)
