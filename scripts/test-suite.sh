@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite as three pytest sessions at once, one per group of tests/conftest.py
-# TEST_GROUPS ("yarn": the dev YARN's tests and the multi-host ones; "spark": the local
-# Spark cluster's; "light": the unit tests and the Ansible deploy, no cluster). On 2 cores
-# one group's JVM start-ups, YARN localisation and polling overlap the others' computing:
-# with two groups (light's tests split between them) `make test` took 19 min 14 s here
-# (groups 18 min 29 s and 19 min 01 s) and 20 min 01 s in CI, where one session took
-# 22 min 07 s.
+# The whole test suite as four pytest sessions at once, one per group of tests/conftest.py
+# TEST_GROUPS ("yarn": the dev YARN's tests; "spark": tests/integration on a local Spark
+# cluster; "light": the unit tests, the Ansible deploy and the exchange algorithms' jobs;
+# "jobs": whole jobs across namespace hosts, watched, through Spark ML). On 2 cores one
+# group's JVM start-ups, YARN localisation and polling overlap the others' computing:
+# with two groups `make test` took 20 min 01 s in CI, where one session took 22 min 07 s.
 # Each session's output goes to $TFYARN_TEST_LOGS/<group>.log, printed when all have
 # ended; the exit status is non-zero when either failed. Extra arguments go to each.
 # Short tracebacks: a CI report keeps only the head and tail of the output, and a long
@@ -17,7 +16,7 @@ LOGS=${TFYARN_TEST_LOGS:-.test-logs}
 mkdir -p "$LOGS"
 
 pids=()
-for group in yarn spark light; do
+for group in yarn spark light jobs; do
     "$PY" -m pytest --test-group "$group" --durations=15 --tb=short "$@" >"$LOGS/$group.log" 2>&1 &
     pids+=("$!")
 done
@@ -28,11 +27,11 @@ status=0
 for i in "${!pids[@]}"; do
     wait "${pids[$i]}" || status=1
 done
-for group in yarn spark light; do
+for group in yarn spark light jobs; do
     echo "=================== test group $group ($LOGS/$group.log) ==================="
     cat "$LOGS/$group.log"
 done
-for group in yarn spark light; do
+for group in yarn spark light jobs; do
     echo "test group $group: $(tail -n 1 "$LOGS/$group.log")"
 done
 exit "$status"

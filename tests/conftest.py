@@ -29,26 +29,53 @@ FOLDER_MARKERS: dict[str, str] = {
     "deploy": "integration",
     "multihost": "integration",
     "watching": "integration",
+    "sparkml": "integration",
     "yarn": "yarn",
 }
 
 
-#: ``make test`` (scripts/test-suite.sh) runs three pytest sessions at once, one per group:
-#: ``--test-group yarn`` (one dev YARN, and a local Spark cluster for the service's jobs),
-#: ``--test-group spark`` (one local Spark cluster) and ``--test-group light`` (the unit
-#: tests, the Ansible deploy, and the watched job on a 2-executor Spark cluster). Two
-#: sessions kept the 2 cores busy only about half the time (JVM start-ups, YARN
-#: localisation, polling, role start-up waits): the third, light one fills gaps and
-#: shortens the two long ones by its ~4 minutes. Plain ``pytest`` runs every group in one
-#: session.
+#: ``make test`` (scripts/test-suite.sh) runs four pytest sessions at once, one per group:
+#: ``--test-group yarn`` (one dev YARN with HDFS, and a local Spark cluster for the
+#: service's jobs), ``--test-group spark`` (tests/integration on one local Spark cluster),
+#: ``--test-group light`` (the unit tests, the Ansible deploy, and the exchange's
+#: algorithm jobs on a small Spark cluster) and ``--test-group jobs`` (whole jobs as users
+#: run them: across namespace hosts, watched, through Spark ML). Most of a session's time
+#: is waiting (JVM start-ups, YARN localisation, polling, role start-up), so sessions at
+#: once keep the 2 cores busy: with three, the two long ones took 20 min 48 s and 19 min
+#: 49 s here. A key is a folder under tests/, or a file there (which wins over its
+#: folder). Plain ``pytest`` runs every group in one session.
 TEST_GROUPS: dict[str, str] = {
     "unit": "light",
     "integration": "spark",
+    # ~4 minutes of jobs moved off the longest group: the light one ends minutes earlier.
+    "integration/test_exchange_algorithms.py": "light",
     "deploy": "light",
-    "multihost": "yarn",  # its own Spark standalone cluster; the shorter group has room
-    "watching": "light",  # one job on its own 2-executor cluster: light ends minutes early
+    "multihost": "jobs",  # its own Spark standalone cluster across namespaces
+    "watching": "jobs",
+    "sparkml": "jobs",
     "yarn": "yarn",
 }
+
+#: Executors of each group's local Spark cluster (the ``spark`` fixture): what its
+#: biggest job needs (the ps algorithms: 2 workers and a ps), no more JVMs than that.
+GROUP_EXECUTORS: dict[str | None, int] = {"yarn": 2, "light": 3, "jobs": 2}
+
+
+def group_of(path: Path) -> str:
+    """The group of the test file ``path`` (see :data:`TEST_GROUPS`).
+
+    Raises
+    ------
+    pytest.UsageError
+        A file in no group: a new folder must not drop out of ``make test``.
+    """
+    relative = path.resolve().relative_to(TESTS)
+    for key in (relative.as_posix(), relative.parts[0]):
+        if key in TEST_GROUPS:
+            return TEST_GROUPS[key]
+    raise pytest.UsageError(
+        f"{path} is in no test group: add its folder to TEST_GROUPS in tests/conftest.py"
+    )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -88,12 +115,9 @@ def _select_group(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
     for item in items:
         path = Path(str(item.path)).resolve()
-        folder = path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else ""
-        if folder not in TEST_GROUPS:  # a new folder must not drop out of make test
-            raise pytest.UsageError(
-                f"{path} is in no test group: add its folder to TEST_GROUPS in tests/conftest.py"
-            )
-        (keep if TEST_GROUPS[folder] == group else drop).append(item)
+        if not path.is_relative_to(TESTS):
+            raise pytest.UsageError(f"{path} is outside tests/: it is in no test group")
+        (keep if group_of(path) == group else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -117,11 +141,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def spark(request: pytest.FixtureRequest) -> Iterator[object]:
     """A SparkSession on ``local-cluster[4,1,1024]``: 4 executor JVMs, 1 core each.
 
-    Started once per test session; integration tests share it. The yarn and light groups'
-    sessions (only two-worker jobs use them: the service's, the watched job) get 2
-    executors: two JVMs fewer to start beside the dev YARN or the unit tests.
+    Started once per test session; integration tests share it. The other groups' sessions
+    get as many executors as their biggest job needs (:data:`GROUP_EXECUTORS`): fewer
+    JVMs to start beside the dev YARN or the unit tests.
     """
-    executors = 2 if request.config.getoption("--test-group") in ("yarn", "light") else EXECUTORS
+    executors = GROUP_EXECUTORS.get(request.config.getoption("--test-group"), EXECUTORS)
     # Every job appends to the job history: the tests' own, not the user's ~/.cache.
     history = tempfile.mkdtemp(prefix="job-history-of-tests-")
     os.environ.setdefault("TFYARN_HISTORY_DIR", history)

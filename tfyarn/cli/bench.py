@@ -30,6 +30,7 @@ same run, and write the results (JSON, a markdown report and PNG plots) to --out
 
   tfyarn bench transport --scale 0.25     # a quick run
   tfyarn bench recovery --params 10e6     # kill -> training resumed, checkpoint cost
+  tfyarn bench inference                  # KerasModel.transform vs a naive UDF vs predict
   tfyarn bench all --out results          # every benchmark with its defaults
 
 `tfyarn bench NAME --help` lists a benchmark's options. The benchmarks come with a source
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, str] = {
     "exchange": "benchmarks.exchange_bench",
     "reproduce": "benchmarks.reproductions",
     "recovery": "benchmarks.recovery_bench",
+    "inference": "benchmarks.inference_bench",
 }
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tfyarn.errors import FrameError
-from tfyarn.exchange.stats import ExchangeFigures
+from tfyarn.exchange.stats import ExchangeFigures, waiting_share
 from tfyarn.node.failure import RoleFailure, likeliest_cause
 from tfyarn.transport.auth import server_handshake
 from tfyarn.transport.integrity import TaggedLines
@@ -147,8 +147,7 @@ class RoleState:
         if self._exchange_mark is not None:
             since, seconds = self._exchange_mark
             if now > since:
-                share = (figures.seconds - seconds) / (now - since)
-                self.exchange_share = min(1.0, max(0.0, share))
+                self.exchange_share = waiting_share(figures.seconds - seconds, now - since)
         self._exchange_mark = (now, figures.seconds)
 
     def samples_rate(self, now: float) -> float | None:

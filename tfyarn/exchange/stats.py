@@ -23,7 +23,18 @@ from dataclasses import asdict, dataclass
 
 from tfyarn.transport.base import Buffer, Comm
 
-__all__ = ["CountedComm", "ExchangeFigures", "ExchangeStats", "process_stats"]
+__all__ = ["CountedComm", "ExchangeFigures", "ExchangeStats", "process_stats", "waiting_share"]
+
+
+def waiting_share(spent: float, elapsed: float) -> float:
+    """The share of ``elapsed`` seconds spent in the exchange, from 0 to 1.
+
+    ``spent`` is the difference of two readings of :attr:`ExchangeFigures.seconds`. An
+    operation counts when it ends, so one that began before the first reading counts
+    whole in this window: an estimate, clamped to [0, 1] (exact over windows much longer
+    than one operation).
+    """
+    return min(1.0, max(0.0, spent / elapsed)) if elapsed > 0 else 0.0
 
 
 @dataclass(frozen=True)

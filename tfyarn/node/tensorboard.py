@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 
 from tfyarn.errors import TFYarnError
-from tfyarn.exchange.stats import ExchangeFigures, ExchangeStats
+from tfyarn.exchange.stats import ExchangeFigures, ExchangeStats, waiting_share
 
 __all__ = ["ExchangeSummaries", "TensorBoardServer"]
 
@@ -174,7 +174,7 @@ class ExchangeSummaries:
             return
         then, last_step, before = last
         scalars: dict[str, float] = {
-            "exchange/waiting_share": (figures.seconds - before.seconds) / max(now - then, 1e-9),
+            "exchange/waiting_share": waiting_share(figures.seconds - before.seconds, now - then),
             "exchange/megabytes_sent": figures.bytes_sent / 1e6,
         }
         if figures.ps_requests:

@@ -1,0 +1,142 @@
+"""Feature and label columns as Spark users hold them, checked and made into one array.
+
+Spark ML keeps features as numeric columns, ``pyspark.ml.linalg`` vectors (a
+``VectorAssembler``'s output) or arrays of numbers. :func:`check_columns` refuses a
+missing column or one of another type from the schema alone (nothing runs), naming the
+column, its type and what to do. :func:`assemble` turns the feature columns into one
+``array<float>`` column (vectors through ``vector_to_array``, so sparse vectors arrive
+dense), in the order given: what tfyarn's Arrow feed and the model's input take.
+:func:`find_bad_values` then counts nulls and NaNs per column in one Spark job, so that
+bad rows are named before any tfyarn role starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tfyarn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+    from pyspark.sql.types import DataType, StructType
+
+__all__ = [
+    "FEATURES",
+    "LABEL",
+    "assemble",
+    "check_columns",
+    "features_column",
+    "find_bad_values",
+]
+
+#: Names of the columns :func:`assemble` adds (unlikely to clash with a user's).
+FEATURES = "__tfyarn_features"
+LABEL = "__tfyarn_label"
+
+
+def _kind(data_type: DataType) -> str | None:
+    """``"number"``, ``"vector"``, ``"array"`` or None (a type tfyarn cannot feed)."""
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql.types import ArrayType, BooleanType, NumericType
+
+    if isinstance(data_type, VectorUDT):
+        return "vector"
+    if isinstance(data_type, NumericType | BooleanType):
+        return "number"
+    if isinstance(data_type, ArrayType) and isinstance(data_type.elementType, NumericType):
+        return "array"
+    return None
+
+
+def check_columns(schema: StructType, features: Sequence[str], labels: Sequence[str] = ()) -> None:
+    """Refuse missing columns and columns of types that cannot be features or labels.
+
+    Raises
+    ------
+    ConfigError
+        Naming every bad column: missing (with the columns there are), or of another
+        type (with its type and a way to convert it).
+    """
+    if not features:
+        raise ConfigError("featureCols is empty: name the columns the model takes")
+    fields = {f.name: f.dataType for f in schema.fields}
+    problems = []
+    for role, names in (("feature", features), ("label", labels)):
+        for name in names:
+            if name not in fields:
+                problems.append(
+                    f"{role} column {name!r} is not in the DataFrame (it has: "
+                    f"{', '.join(sorted(fields))})"
+                )
+                continue
+            kind = _kind(fields[name])
+            if kind is None or (role == "label" and kind == "vector"):
+                allowed = "a number or an array of numbers"
+                if role == "feature":
+                    allowed = "a number, an ml.linalg Vector or an array of numbers"
+                problems.append(
+                    f"{role} column {name!r} has type {fields[name].simpleString()}; it must "
+                    f"be {allowed} (index strings with StringIndexer, assemble columns with "
+                    "VectorAssembler)"
+                )
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _as_array(name: str, data_type: DataType) -> Column:
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    kind = _kind(data_type)
+    if kind == "vector":
+        return vector_to_array(F.col(name), "float32")
+    if kind == "array":
+        return F.col(name).cast("array<float>")
+    return F.array(F.col(name).cast("float"))
+
+
+def features_column(df: DataFrame, features: Sequence[str]) -> Column:
+    """The feature columns of ``df`` as one ``array<float>`` expression, in order."""
+    from pyspark.sql import functions as F
+
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    parts = [_as_array(name, fields[name]) for name in features]
+    return parts[0] if len(parts) == 1 else F.concat(*parts)
+
+
+def assemble(df: DataFrame, features: Sequence[str], label: str | None = None) -> DataFrame:
+    """``df`` with :data:`FEATURES` (``array<float>``) and, given a label, :data:`LABEL`."""
+    from pyspark.sql import functions as F
+
+    out = df.withColumn(FEATURES, features_column(df, features))
+    if label is not None:
+        out = out.withColumn(LABEL, F.col(label))
+    return out
+
+
+def find_bad_values(df: DataFrame, columns: Sequence[str]) -> None:
+    """Refuse nulls and NaNs in ``columns`` (one Spark job over the data).
+
+    Raises
+    ------
+    ConfigError
+        Naming each column with nulls or NaNs and how many rows have them.
+    """
+    from pyspark.sql import functions as F
+
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    checks = []
+    for name in columns:
+        values = _as_array(name, fields[name])
+        bad = F.col(name).isNull() | F.exists(values, lambda v: v.isNull() | F.isnan(v))
+        checks.append(F.sum(F.when(bad, 1).otherwise(0)).alias(name))
+    counts = df.agg(*checks).first()
+    found = {name: int(counts[name] or 0) for name in columns} if counts is not None else {}
+    bad_columns = {name: n for name, n in found.items() if n}
+    if bad_columns:
+        listed = ", ".join(f"{name!r} ({n} rows)" for name, n in bad_columns.items())
+        raise ConfigError(
+            f"null or NaN values in {listed}: drop or fill them in Spark first "
+            "(df.na.drop(subset=...), Imputer) so that no role trains on them"
+        )

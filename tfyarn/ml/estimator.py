@@ -1,0 +1,430 @@
+"""Spark ML's face of tfyarn: ``KerasEstimator.fit(df)`` -> ``KerasModel.transform(df)``.
+
+:class:`KerasEstimator` is a ``pyspark.ml.Estimator``: ``fit(df)`` checks the columns,
+assembles the features (:mod:`tfyarn.ml.columns`), trains the Keras model across the
+executors with :func:`tfyarn.run` (tfyarn's exchange, ``allreduce`` by default, with its
+restarts and checkpoints) and returns a :class:`KerasModel`. That is a
+``pyspark.ml.Model``: ``transform(df)`` scores through Arrow on the executors
+(:mod:`tfyarn.ml.inference`), and it saves and loads like any Spark ML model
+(``model.save(path)``, ``KerasModel.load(path)``, inside a saved ``PipelineModel``
+too), to local paths or HDFS.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pyspark import keyword_only
+from pyspark.ml import Estimator, Model
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasLabelCol, HasPredictionCol, HasSeed
+from pyspark.ml.util import (
+    DefaultParamsReader,
+    DefaultParamsWriter,
+    MLReadable,
+    MLReader,
+    MLWritable,
+    MLWriter,
+)
+
+from tfyarn import storage
+from tfyarn.errors import ConfigError
+from tfyarn.ml.columns import (
+    FEATURES,
+    LABEL,
+    assemble,
+    check_columns,
+    features_column,
+    find_bad_values,
+)
+from tfyarn.ml.inference import ScoringSpec, model_from_bytes, model_to_bytes, score
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from tfyarn.node.context import NodeContext
+
+__all__ = ["KerasEstimator", "KerasModel"]
+
+_MODEL_FILE = "model.keras"
+
+
+class _ScoringParams(HasPredictionCol):
+    """What both the estimator and the model take to score."""
+
+    featureCols: Param[list[str]] = Param(
+        Params._dummy(),
+        "featureCols",
+        "feature columns, in the model's input order: numbers, ml.linalg Vectors or arrays",
+        typeConverter=TypeConverters.toListString,
+    )
+    rawPredictionCol: Param[str] = Param(
+        Params._dummy(),
+        "rawPredictionCol",
+        "column of the model's outputs (array<float>); empty: not added",
+        typeConverter=TypeConverters.toString,
+    )
+    inferenceBatchSize: Param[int] = Param(
+        Params._dummy(),
+        "inferenceBatchSize",
+        "rows per predict call when scoring",
+        typeConverter=TypeConverters.toInt,
+    )
+
+    #: What ``@keyword_only`` stores of the keyword arguments of ``__init__``/``setParams``.
+    _input_kwargs: dict[str, Any]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(rawPredictionCol="", inferenceBatchSize=1024)
+
+    def _spec(self, model: bytes) -> ScoringSpec:
+        return ScoringSpec(
+            model=model,
+            prediction=self.getOrDefault(self.predictionCol),
+            raw_prediction=self.getOrDefault(self.rawPredictionCol),
+            batch_size=self.getOrDefault(self.inferenceBatchSize),
+        )
+
+
+@dataclass(frozen=True)
+class _TrainingSpec:
+    """What every trainer of a fit gets (pickled into the train function)."""
+
+    model: bytes
+    optimizer: Mapping[str, Any]
+    loss: Any
+    metrics: tuple[str, ...]
+    batch_size: int
+    epochs: int
+    shuffle: bool
+    seed: int
+    validation: tuple[np.ndarray, np.ndarray] | None = None
+    callbacks: tuple[Any, ...] = field(default=())
+
+
+def _train(spec: _TrainingSpec) -> Callable[[NodeContext], Any]:
+    """The train function of a fit: Keras ``model.fit`` on each trainer's shard."""
+
+    def train(ctx: NodeContext) -> Any:
+        import keras
+
+        keras.utils.set_random_seed(spec.seed)
+        strategy = ctx.strategy()
+        model = model_from_bytes(spec.model)
+        optimizer = keras.optimizers.deserialize(dict(spec.optimizer))
+        model.compile(
+            optimizer=strategy.distributed_optimizer(optimizer),
+            loss=keras.losses.deserialize(spec.loss) if isinstance(spec.loss, dict) else spec.loss,
+            metrics=list(spec.metrics),
+        )
+        dataset = ctx.dataset(
+            spec.batch_size,
+            epochs=spec.epochs,
+            features=FEATURES,
+            label=LABEL,
+            shuffle=spec.shuffle,
+            seed=spec.seed,
+        )
+        history = model.fit(
+            dataset,
+            epochs=spec.epochs,
+            steps_per_epoch=ctx.steps_per_epoch(spec.batch_size),
+            validation_data=spec.validation,
+            callbacks=[*strategy.callbacks(), ctx.keras_callback(), *spec.callbacks],
+            verbose=0,
+        )
+        if not ctx.is_chief:
+            return None
+        return {"model": model_to_bytes(model), "history": history.history}
+
+    return train
+
+
+class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
+    """Train a Keras model on a DataFrame across the executors (a Spark ML Estimator).
+
+    Parameters (Spark ML ``Param``\\ s, set by keyword or ``setX``)
+    ----------------------------------------------------------------
+    model
+        A Keras model (uncompiled is fine) or a function returning one.
+    optimizer
+        A Keras optimizer, its name (``"adam"``) or its config.
+    loss
+        A Keras loss, or its name.
+    metrics
+        Metric names (``["accuracy"]``).
+    featureCols, labelCol
+        The feature columns (numbers, ``ml.linalg`` Vectors or arrays, in the model's
+        input order) and the label column.
+    batchSize, epochs
+        Per-trainer batch size, and passes over each trainer's shard.
+    validation
+        A fraction of the rows (0 < f < 1) held out for validation, or the name of a
+        boolean column marking them; the held-out rows are collected to the driver and
+        given to every trainer's ``model.fit(validation_data=...)``.
+    callbacks
+        More Keras callbacks for each trainer's ``model.fit``.
+    workers, ps, strategy, strategyOptions, transport
+        As :func:`tfyarn.run`'s (``workers`` 0: ``spark.tfyarn.workers``).
+    maxRestarts, checkpointDir
+        Restarts after a lost role, from the trainers' checkpoints (:func:`tfyarn.run`).
+    shuffle, seed
+        Reshuffle each shard every epoch, with this seed (also Keras' random seed).
+    verbose
+        Show the live progress of the roles.
+    predictionCol, rawPredictionCol, inferenceBatchSize
+        Carried to the :class:`KerasModel` for scoring.
+    """
+
+    model: Param[Any] = Param(Params._dummy(), "model", "a Keras model, or a function making one")
+    optimizer: Param[Any] = Param(Params._dummy(), "optimizer", "Keras optimizer, name or config")
+    loss: Param[Any] = Param(Params._dummy(), "loss", "Keras loss, or its name")
+    metrics: Param[list[str]] = Param(
+        Params._dummy(), "metrics", "metric names", typeConverter=TypeConverters.toListString
+    )
+    batchSize: Param[int] = Param(
+        Params._dummy(), "batchSize", "per-trainer batch size", typeConverter=TypeConverters.toInt
+    )
+    epochs: Param[int] = Param(
+        Params._dummy(), "epochs", "passes over each shard", typeConverter=TypeConverters.toInt
+    )
+    validation: Param[Any] = Param(
+        Params._dummy(), "validation", "fraction of rows, or a boolean column, for validation"
+    )
+    callbacks: Param[list[Any]] = Param(Params._dummy(), "callbacks", "more Keras callbacks")
+    workers: Param[int] = Param(
+        Params._dummy(), "workers", "workers (0: spark.tfyarn.workers)", TypeConverters.toInt
+    )
+    ps: Param[int] = Param(Params._dummy(), "ps", "parameter servers", TypeConverters.toInt)
+    strategy: Param[str] = Param(
+        Params._dummy(), "strategy", "tfyarn exchange strategy", TypeConverters.toString
+    )
+    strategyOptions: Param[dict[str, Any]] = Param(
+        Params._dummy(), "strategyOptions", "options of the strategy"
+    )
+    transport: Param[str] = Param(
+        Params._dummy(), "transport", "tfyarn transport ('' : auto)", TypeConverters.toString
+    )
+    maxRestarts: Param[int] = Param(
+        Params._dummy(), "maxRestarts", "restarts after a lost role", TypeConverters.toInt
+    )
+    checkpointDir: Param[str] = Param(
+        Params._dummy(),
+        "checkpointDir",
+        "trainers' checkpoints ('': default)",
+        TypeConverters.toString,
+    )
+    shuffle: Param[bool] = Param(
+        Params._dummy(), "shuffle", "reshuffle every epoch", TypeConverters.toBoolean
+    )
+    verbose: Param[bool] = Param(
+        Params._dummy(), "verbose", "show the roles' live progress", TypeConverters.toBoolean
+    )
+
+    @keyword_only
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self._setDefault(
+            optimizer="adam",
+            metrics=[],
+            batchSize=32,
+            epochs=1,
+            validation=0.0,
+            callbacks=[],
+            workers=0,
+            ps=0,
+            strategy="allreduce",
+            strategyOptions={},
+            transport="",
+            maxRestarts=0,
+            checkpointDir="",
+            shuffle=True,
+            verbose=False,
+            seed=0,
+        )
+        self._set(**self._input_kwargs)
+
+    @keyword_only
+    def setParams(self, **kwargs: Any) -> KerasEstimator:
+        """Set any of the parameters by keyword."""
+        return self._set(**self._input_kwargs)
+
+    # -- fit -----------------------------------------------------------------------------
+
+    def _keras_model(self) -> Any:
+        if not self.isDefined(self.model):
+            raise ConfigError("KerasEstimator needs model=: a Keras model or a function making one")
+        made = self.getOrDefault(self.model)
+        model = made() if callable(made) and not hasattr(made, "layers") else made
+        if not hasattr(model, "save"):
+            raise ConfigError(f"model= gave {type(model).__name__}, not a Keras model")
+        return model
+
+    def _validation(self, df: DataFrame) -> tuple[DataFrame, DataFrame | None]:
+        from pyspark.sql import functions as F
+
+        held = self.getOrDefault(self.validation)
+        if isinstance(held, str):
+            check_columns(df.schema, [held])
+            return df.filter(~F.col(held)), df.filter(F.col(held))
+        if not isinstance(held, int | float) or not 0 <= held < 1:
+            raise ConfigError(
+                f"validation must be a fraction 0 <= f < 1 or a boolean column, got {held!r}"
+            )
+        if held == 0:
+            return df, None
+        train, valid = df.randomSplit([1 - held, held], seed=self.getOrDefault(self.seed))
+        return train, valid
+
+    def _fit(self, dataset: DataFrame) -> KerasModel:
+        import keras
+
+        import tfyarn
+
+        features = self.getOrDefault(self.featureCols) if self.isDefined(self.featureCols) else []
+        label = self.getOrDefault(self.labelCol)
+        check_columns(dataset.schema, features, [label])
+        find_bad_values(dataset, [*features, label])
+        model = self._keras_model()
+        train_df, valid_df = self._validation(assemble(dataset, features, label))
+        validation = None
+        if valid_df is not None:
+            rows = valid_df.select(FEATURES, LABEL).toArrow()
+            x = np.stack(rows.column(FEATURES).to_numpy(zero_copy_only=False)).astype(np.float32)
+            validation = (x, rows.column(LABEL).to_numpy())
+        optimizer = self.getOrDefault(self.optimizer)
+        loss = self.getOrDefault(self.loss) if self.isDefined(self.loss) else None
+        if loss is None:
+            raise ConfigError("KerasEstimator needs loss=: a Keras loss or its name")
+        spec = _TrainingSpec(
+            model=model_to_bytes(model),
+            optimizer=keras.optimizers.serialize(keras.optimizers.get(optimizer)),
+            loss=loss if isinstance(loss, str) else keras.losses.serialize(loss),
+            metrics=tuple(self.getOrDefault("metrics")),
+            batch_size=self.getOrDefault(self.batchSize),
+            epochs=self.getOrDefault(self.epochs),
+            shuffle=self.getOrDefault(self.shuffle),
+            seed=self.getOrDefault(self.seed),
+            validation=validation,
+            callbacks=tuple(self.getOrDefault("callbacks")),
+        )
+        result = tfyarn.run(
+            dataset.sparkSession,
+            _train(spec),
+            workers=self.getOrDefault(self.workers) or None,
+            ps=self.getOrDefault(self.ps),
+            chief=False,
+            strategy=self.getOrDefault(self.strategy),
+            strategy_options=dict(self.getOrDefault("strategyOptions")),
+            transport=self.getOrDefault(self.transport) or None,
+            data=train_df.select(FEATURES, LABEL),
+            progress=self.getOrDefault(self.verbose),
+            max_restarts=self.getOrDefault(self.maxRestarts),
+            checkpoint_dir=self.getOrDefault(self.checkpointDir) or None,
+        )
+        fitted = KerasModel(
+            featureCols=features,
+            predictionCol=self.getOrDefault(self.predictionCol),
+            rawPredictionCol=self.getOrDefault(self.rawPredictionCol),
+            inferenceBatchSize=self.getOrDefault(self.inferenceBatchSize),
+        )
+        fitted._model_bytes = result.value["model"]
+        fitted.history = dict(result.value["history"])
+        fitted.run_result = result
+        return self._copyValues(fitted)
+
+
+class KerasModel(Model, _ScoringParams, MLWritable, MLReadable):
+    """A trained Keras model as a Spark ML Transformer (see :class:`KerasEstimator`).
+
+    Attributes
+    ----------
+    history : dict
+        ``model.fit``'s history (per epoch, averaged over the trainers by the
+        exchange's callbacks); empty for a model loaded from a file.
+    run_result : RunResult or None
+        The :func:`tfyarn.run` result of the fit (None when loaded).
+    """
+
+    @keyword_only
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self._model_bytes: bytes = b""
+        self.history: dict[str, Any] = {}
+        self.run_result: Any = None
+        self._set(**self._input_kwargs)
+
+    @classmethod
+    def from_saved(
+        cls,
+        path: str,
+        *,
+        feature_cols: Sequence[str],
+        prediction_col: str = "prediction",
+        raw_prediction_col: str = "",
+        batch_size: int = 1024,
+    ) -> KerasModel:
+        """A KerasModel from a ``.keras`` file (one saved by any tfyarn job: ``ctx.save_model``)."""
+        model = cls(
+            featureCols=list(feature_cols),
+            predictionCol=prediction_col,
+            rawPredictionCol=raw_prediction_col,
+            inferenceBatchSize=batch_size,
+        )
+        model._model_bytes = storage.read_bytes(path)
+        return model
+
+    def keras_model(self) -> Any:
+        """The Keras model itself (loaded on the driver)."""
+        return model_from_bytes(self._model_bytes)
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        if not self._model_bytes:
+            raise ConfigError("this KerasModel holds no model: fit, load or from_saved it")
+        features = self.getOrDefault(self.featureCols)
+        check_columns(dataset.schema, features)
+        return score(dataset, features_column(dataset, features), self._spec(self._model_bytes))
+
+    def copy(self, extra: dict[Any, Any] | None = None) -> KerasModel:
+        copied: KerasModel = super().copy(extra)
+        copied._model_bytes, copied.history = self._model_bytes, dict(self.history)
+        return copied
+
+    def write(self) -> MLWriter:
+        return _KerasModelWriter(self)
+
+    @classmethod
+    def read(cls) -> MLReader[KerasModel]:
+        return _KerasModelReader()
+
+
+class _KerasModelWriter(MLWriter):
+    """``<path>/metadata`` (Spark ML's, with the params) and ``<path>/model.keras``."""
+
+    def __init__(self, instance: KerasModel) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def saveImpl(self, path: str) -> None:
+        extra = {
+            "model_file": _MODEL_FILE,
+            "history": json.loads(json.dumps(self.instance.history, default=float)),
+        }
+        DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession.sparkContext, extra)
+        storage.write_bytes_atomically(storage.join(path, _MODEL_FILE), self.instance._model_bytes)
+
+
+class _KerasModelReader(MLReader[KerasModel]):
+    def load(self, path: str) -> KerasModel:
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession.sparkContext)
+        model = KerasModel()
+        model._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(model, metadata)
+        model._model_bytes = storage.read_bytes(storage.join(path, metadata["model_file"]))
+        model.history = dict(metadata.get("history") or {})
+        return model
