@@ -34,31 +34,31 @@ FOLDER_MARKERS: dict[str, str] = {
 }
 
 
-#: ``make test`` (scripts/test-suite.sh) runs four pytest sessions at once, one per group:
-#: ``--test-group yarn`` (one dev YARN with HDFS, and a local Spark cluster for the
-#: service's jobs), ``--test-group spark`` (tests/integration on one local Spark cluster),
-#: ``--test-group light`` (the unit tests, the Ansible deploy, and the exchange's
-#: algorithm jobs on a small Spark cluster) and ``--test-group jobs`` (whole jobs as users
-#: run them: across namespace hosts, watched, through Spark ML). Most of a session's time
-#: is waiting (JVM start-ups, YARN localisation, polling, role start-up), so sessions at
-#: once keep the 2 cores busy: with three, the two long ones took 20 min 48 s and 19 min
-#: 49 s here. A key is a folder under tests/, or a file there (which wins over its
-#: folder). Plain ``pytest`` runs every group in one session.
+#: ``make test`` (scripts/test-suite.sh) runs three pytest sessions at once, one per group:
+#: ``--test-group yarn`` (one dev YARN with HDFS, a local Spark cluster for the service's
+#: jobs, and the namespace hosts' own standalone cluster), ``--test-group spark``
+#: (tests/integration on one local Spark cluster) and ``--test-group light`` (the unit
+#: tests, the Ansible deploy, and on a small Spark cluster the exchange algorithms' jobs,
+#: the watched job and Spark ML). Most of a session's time is waiting (JVM start-ups, YARN
+#: localisation, polling, role start-up), so sessions at once keep the 2 cores busy; a
+#: fourth made every session slower (the spark group 21 min 48 s, the yarn group 20 min
+#: 34 s, against 20:48 and 19:49 with three). A key is a folder under tests/, or a file
+#: there (which wins over its folder). Plain ``pytest`` runs every group in one session.
 TEST_GROUPS: dict[str, str] = {
     "unit": "light",
     "integration": "spark",
-    # ~4 minutes of jobs moved off the longest group: the light one ends minutes earlier.
+    # ~4 minutes of jobs moved off the longest group, onto the one that ends first.
     "integration/test_exchange_algorithms.py": "light",
     "deploy": "light",
-    "multihost": "jobs",  # its own Spark standalone cluster across namespaces
-    "watching": "jobs",
-    "sparkml": "jobs",
+    "multihost": "yarn",  # its own Spark standalone cluster across namespaces
+    "watching": "light",
+    "sparkml": "light",
     "yarn": "yarn",
 }
 
 #: Executors of each group's local Spark cluster (the ``spark`` fixture): what its
 #: biggest job needs (the ps algorithms: 2 workers and a ps), no more JVMs than that.
-GROUP_EXECUTORS: dict[str | None, int] = {"yarn": 2, "light": 3, "jobs": 2}
+GROUP_EXECUTORS: dict[str | None, int] = {"yarn": 2, "light": 3}
 
 
 def group_of(path: Path) -> str:

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 PIXELS = [f"p{i}" for i in range(64)]
-EPOCHS, BATCH, RATE = 12, 32, 3e-3
+EPOCHS, BATCH, RATE = 8, 32, 3e-3
 
 
 def build_model() -> Any:

@@ -23,7 +23,7 @@ specs_strategy = st.lists(
 ).map(lambda xs: [TensorSpec(f"t{i}", s, d) for i, (s, d) in enumerate(xs)])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(specs=specs_strategy, max_bytes=st.integers(1, 600))
 def test_buckets_cover_every_element_once(specs: list[TensorSpec], max_bytes: int) -> None:
     buckets = plan_buckets(specs, max_bytes)
@@ -85,7 +85,7 @@ def test_pack_unpack_round_trip() -> None:
         np.testing.assert_array_equal(a, o)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(sizes=st.lists(st.integers(1, 1000), min_size=1, max_size=30), n=st.integers(1, 6))
 def test_shard_plan_is_a_balanced_partition(sizes: list[int], n: int) -> None:
     specs = [TensorSpec(f"t{i}", (s,), "float32") for i, s in enumerate(sizes)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -210,8 +211,6 @@ def test_the_metrics_endpoint_serves_the_roles_and_the_job() -> None:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -252,6 +251,33 @@ def test_the_link_answers_503_until_tensorboard_serves_then_redirects_keeping_th
     assert (
         job_description("j1", link.url) == f'tfyarn job j1 (<a href="{link.url}">TensorBoard</a>)'
     )
+
+
+def test_a_view_that_cannot_start_is_warned_about_and_the_job_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tfyarn.cluster.observe import RunObservers
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        observers = RunObservers(
+            "j1",
+            "127.0.0.1",
+            {},
+            history_dir=str(not_a_folder / "history"),
+            history_interval=1.0,
+            metrics_port=taken.getsockname()[1],
+            tensorboard=False,
+        )
+    try:
+        assert observers.history is None and observers.metrics is None
+        observers.finished({"status": "succeeded"})  # nothing to write to: no error
+    finally:
+        observers.close()
+    assert "no Prometheus metrics" in caplog.text and "no history of this job" in caplog.text
 
 
 # -- options ----------------------------------------------------------------------------

@@ -8,6 +8,10 @@ the run's end. Each part is optional:
 - the history file (:mod:`tfyarn.cluster.history`), on unless the history dir is empty;
 - ``/metrics`` (:mod:`tfyarn.cluster.metrics`), with a metrics port;
 - the TensorBoard link (:mod:`tfyarn.cluster.tensorboard_link`), with ``tensorboard``.
+
+Each is a view of the job, not part of it: one that cannot start (a port taken, a history
+folder not writable, as ``~`` may be in a YARN container) or stops working (a full disk)
+is logged as a warning, and the job goes on.
 """
 
 from __future__ import annotations
@@ -73,27 +77,52 @@ class RunObservers:
         self.history: HistoryWriter | None = None
         self.metrics: MetricsServer | None = None
         self.link: TensorBoardLink | None = None
-        try:
-            if metrics_port:
+        self._history_path: str | None = None
+        # Each part is a view of the job: one that cannot start is said, and the job runs.
+        if metrics_port:
+            try:
                 self.metrics = MetricsServer(self.view, host, metrics_port)
                 print(f"tfyarn: Prometheus metrics at {self.metrics.url}", flush=True)
-            if tensorboard:
-                from tfyarn.cluster.tensorboard_link import TensorBoardLink
+            except OSError as exc:
+                log.warning(
+                    "tfyarn: no Prometheus metrics: cannot serve %s:%d (%s); choose another "
+                    "port (spark.tfyarn.metrics.port)", host, metrics_port, exc,
+                )  # fmt: skip
+        if tensorboard:
+            from tfyarn.cluster.tensorboard_link import TensorBoardLink
 
+            try:
                 self.link = TensorBoardLink(host, lambda: self.tensorboard_target)
                 print(f"tfyarn: TensorBoard at {self.link.url} (once it serves)", flush=True)
-            if history_dir:
+            except OSError as exc:
+                log.warning("tfyarn: no TensorBoard link on %s: %s", host, exc)
+        if history_dir:
+            try:
                 self.history = HistoryWriter(history_dir, job_id)
-                self.history.append(
-                    "job",
-                    job_id=job_id,
-                    settings=dict(settings),
-                    tensorboard_url=self.tensorboard_url,
-                    metrics_url=None if self.metrics is None else self.metrics.url,
-                )
-        except BaseException:
-            self.close()
-            raise
+                self._history_path = self.history.path
+            except OSError as exc:
+                log.warning(
+                    "tfyarn: no history of this job: cannot write to %s (%s); set "
+                    "spark.tfyarn.history.dir to a writable folder", history_dir, exc,
+                )  # fmt: skip
+        self._append(
+            "job",
+            job_id=job_id,
+            settings=dict(settings),
+            tensorboard_url=self.tensorboard_url,
+            metrics_url=None if self.metrics is None else self.metrics.url,
+        )
+
+    def _append(self, event: str, **fields: Any) -> None:
+        """Append to the history; a failed write (a full disk) ends the history, not the job."""
+        if self.history is None:
+            return
+        try:
+            self.history.append(event, **fields)
+        except OSError as exc:
+            log.warning("tfyarn: the job's history stops here: %s: %s", self.history.path, exc)
+            self.history.close()
+            self.history = None
 
     @property
     def tensorboard_url(self) -> str | None:
@@ -102,8 +131,8 @@ class RunObservers:
 
     @property
     def history_path(self) -> str | None:
-        """The run's history file, if it has one."""
-        return None if self.history is None else self.history.path
+        """The run's history file, if it has one (also after a failed write ended it)."""
+        return self._history_path
 
     def attempt_started(self, number: int, of: int, server: ProgressServer) -> None:
         """Attempt ``number`` (of at most ``of``) starts, reporting to ``server``."""
@@ -112,8 +141,7 @@ class RunObservers:
         self.view.roles = server.snapshot
         self.tensorboard_target = None  # the new chief starts its own
         self._announced.clear()
-        if self.history is not None:
-            self.history.append("attempt", number=number, of=of)
+        self._append("attempt", number=number, of=of)
 
     def poll(self) -> None:
         """Called every half second or so: sample the roles, notice TensorBoard."""
@@ -126,7 +154,7 @@ class RunObservers:
         if self.history is not None and now - self._sampled >= self._interval:
             self._sampled = now
             roles = [role_sample(s, now) for s in states]
-            self.history.append("roles", attempt=self.view.attempt, roles=roles)
+            self._append("roles", attempt=self.view.attempt, roles=roles)
 
     def _notice(self, task_id: str, metrics: Mapping[str, Any]) -> None:
         url, error = metrics.get("tensorboard_url"), metrics.get("tensorboard_error")
@@ -142,13 +170,11 @@ class RunObservers:
         self._sampled = 0.0
         self.poll()  # the roles as the attempt left them
         self.view.attempt_ended(attempt)
-        if self.history is not None:
-            self.history.append("attempt_end", attempt=dataclasses.asdict(attempt))
+        self._append("attempt_end", attempt=dataclasses.asdict(attempt))
 
     def finished(self, outcome: Mapping[str, Any]) -> None:
         """Record the run's end (``status``, and the result's figures or the error)."""
-        if self.history is not None:
-            self.history.append("end", tensorboard_url=self.tensorboard_url, **outcome)
+        self._append("end", tensorboard_url=self.tensorboard_url, **outcome)
 
     def close(self) -> None:
         """Stop the endpoints and close the history; idempotent."""
@@ -157,5 +183,3 @@ class RunObservers:
                 with contextlib.suppress(Exception):
                     part.close()
         self.metrics = self.link = None
-        if self.history is not None:
-            self.history.close()
