@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 PIXELS = [f"p{i}" for i in range(64)]
-EPOCHS, BATCH, RATE = 8, 32, 3e-3
+EPOCHS, BATCH, RATE = 15, 32, 3e-3
 
 
 def build_model() -> Any:
@@ -51,7 +51,9 @@ def _frames(spark: Any) -> tuple[Any, Any, np.ndarray, np.ndarray, np.ndarray, n
         table = pd.DataFrame(xs, columns=PIXELS)
         table["label"] = ys
         table["id"] = np.arange(len(ys))
-        return spark.createDataFrame(table)
+        # One partition: scoring it starts one Python worker (one TensorFlow import), not
+        # one per executor; the fit spreads the rows over the trainers whatever they are.
+        return spark.createDataFrame(table).coalesce(1)
 
     return frame(x_tr, y_tr), frame(x_te, y_te), x_tr, x_te, y_tr, y_te
 
@@ -143,7 +145,7 @@ def test_inference_scores_100k_rows_on_the_executors_as_predict_does(
     path = tmp_path / "model.keras"
     model.save(path)
     rows = 100_000
-    df = spark.range(rows, numPartitions=4).withColumn(
+    df = spark.range(rows, numPartitions=2).withColumn(
         "x", F.array(*[F.rand(seed=i).cast("float") for i in range(64)])
     )
     scored = tfyarn.ml.inference(
@@ -173,5 +175,7 @@ def test_bad_columns_are_refused_before_any_role_starts(spark: Any) -> None:
     )
     with pytest.raises(ConfigError, match=r"null or NaN values in 'p3' \(\d+ rows\)"):
         _estimator(featureCols=PIXELS).fit(holes)
+    with pytest.raises(ConfigError, match=r"exchange strategies .* not 'mwms'"):
+        _estimator(featureCols=PIXELS, strategy="mwms").fit(train)
     with pytest.raises(ConfigError, match="validation must be a fraction"):
         _estimator(featureCols=PIXELS, validation=1.5).fit(train)

@@ -1,7 +1,8 @@
 """Watching a real job (issue 18): TensorBoard, Prometheus metrics and the history.
 
 One Keras ``model.fit`` job with the ring all-reduce on the local Spark cluster (two
-executor processes), run with ``tensorboard=True``, a metrics port and a history folder.
+executor processes; the README's examples/keras_fit_allreduce.py), run with
+``tensorboard=True``, a metrics port and a history folder.
 While it runs the test scrapes ``/metrics`` (prometheus-client's own parser) until the
 steps and the exchange's byte counters have moved, and asks TensorBoard, through the
 driver's link, for its runs. The job's chief then waits for the test's go (a file) so
@@ -142,6 +143,7 @@ def test_a_job_is_watched_while_it_runs_and_afterwards(spark: Any, tmp_path: Pat
                 tensorboard=True,
                 metrics_port=port,
                 history_dir=str(history_dir),
+                history_interval=0.5,
                 heartbeat_interval=0.5,  # and the exchange's scalars: training takes seconds
                 timeout=600,
             )
@@ -188,7 +190,12 @@ def test_a_job_is_watched_while_it_runs_and_afterwards(spark: Any, tmp_path: Pat
     assert "error" not in box, box.get("error")
     result = box["result"]
     assert result.tensorboard_url == link
-    assert result.value["test_accuracy"] >= 0.9
+    # The README example itself trained (what test_exchange_launcher checks for sync_ps).
+    value = result.value
+    assert result.transport == "tcp" and value["workers"] == 2
+    assert value["test_accuracy"] >= 0.9, value
+    assert value["history"]["loss"][-1] < value["history"]["loss"][0]
+    assert Path(value["model_path"]).is_file()
 
     # The exchange's own scalars: a ring all-reduce of n=2 sends each rank the model's
     # size once per step (2 (n - 1) / n of it), so a broken or skipped exchange shows.

@@ -185,6 +185,7 @@ def run(
     log_dir: str | None = None,
     metrics_port: int | None = None,
     history_dir: str | None = None,
+    history_interval: float | None = None,
 ) -> RunResult:
     """Run ``train_fn`` as a TensorFlow cluster, one role per Spark executor.
 
@@ -306,6 +307,9 @@ def run(
         Folder of the job histories ``tfyarn history`` reads (:mod:`tfyarn.cluster.history`);
         ``""``: keep none. Default ``spark.tfyarn.history.dir``, else
         ``~/.cache/tfyarn/history``.
+    history_interval : float, optional
+        Seconds between two samples of the roles in the history. Default
+        ``spark.tfyarn.history.interval``, else 5.
 
     Returns
     -------
@@ -362,6 +366,7 @@ def run(
             log_dir=log_dir,
             metrics_port=metrics_port,
             history_dir=history_dir,
+            history_interval=history_interval,
         )
         result = _launch_attempts(spark, train_fn, options, begun)
     except BaseException as exc:

@@ -429,6 +429,7 @@ def launch_options(
     log_dir: str | None = None,
     metrics_port: int | None = None,
     history_dir: str | None = None,
+    history_interval: float | None = None,
     **given: Any,
 ) -> LaunchOptions:
     """Settle :func:`tfyarn.run`'s arguments into checked :class:`LaunchOptions`.
@@ -447,13 +448,12 @@ def launch_options(
         ``spark.tfyarn.minWorkers``, ``spark.tfyarn.tls``, else 0 restarts, the
         checkpoint defaults (:meth:`LaunchOptions.checkpoint_policy`), no scaling down
         and no TLS.
-    tensorboard, log_dir, metrics_port, history_dir
+    tensorboard, log_dir, metrics_port, history_dir, history_interval
         As given to :func:`tfyarn.run`; None: ``spark.tfyarn.tensorboard``,
         ``spark.tfyarn.logDir``, ``spark.tfyarn.metrics.port``,
-        ``spark.tfyarn.history.dir``, else no TensorBoard, no log folder, no metrics
-        endpoint and the user's history folder
-        (:func:`~tfyarn.cluster.history.default_history_dir`).
-        ``spark.tfyarn.history.interval`` sets the seconds between samples.
+        ``spark.tfyarn.history.dir``, ``spark.tfyarn.history.interval``, else no
+        TensorBoard, no log folder, no metrics endpoint, the user's history folder
+        (:func:`~tfyarn.cluster.history.default_history_dir`) and 5 s between samples.
     **given
         :func:`tfyarn.run`'s other arguments, taken as they are.
 

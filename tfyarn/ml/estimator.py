@@ -285,7 +285,15 @@ class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
         import keras
 
         import tfyarn
+        from tfyarn.exchange import STRATEGY_NAMES
 
+        strategy = self.getOrDefault(self.strategy)
+        if strategy not in STRATEGY_NAMES:
+            raise ConfigError(
+                f"KerasEstimator trains with one of tfyarn's exchange strategies "
+                f"({', '.join(STRATEGY_NAMES)}), not {strategy!r}: Keras 3 model.fit does not "
+                "run under TensorFlow's own ps/mwms strategies"
+            )
         features = self.getOrDefault(self.featureCols) if self.isDefined(self.featureCols) else []
         label = self.getOrDefault(self.labelCol)
         check_columns(dataset.schema, features, [label])
@@ -319,7 +327,7 @@ class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
             workers=self.getOrDefault(self.workers) or None,
             ps=self.getOrDefault(self.ps),
             chief=False,
-            strategy=self.getOrDefault(self.strategy),
+            strategy=strategy,
             strategy_options=dict(self.getOrDefault("strategyOptions")),
             transport=self.getOrDefault(self.transport) or None,
             data=train_df.select(FEATURES, LABEL),
