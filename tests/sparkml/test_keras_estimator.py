@@ -164,6 +164,17 @@ def test_inference_scores_100k_rows_on_the_executors_as_predict_does(
     np.testing.assert_array_equal(sample["prediction"].to_numpy(), expected.argmax(axis=1))
 
 
+def test_held_out_rows_reach_the_driver_as_the_fit_takes_them(spark: Any) -> None:
+    from tfyarn.ml.columns import assemble
+    from tfyarn.ml.estimator import validation_arrays
+
+    train, _, x_tr, _, y_tr, _ = _frames(spark)
+    x, y = validation_arrays(assemble(train.orderBy("id"), PIXELS, "label"))
+    assert x.dtype == np.float32 and x.shape == x_tr.shape
+    np.testing.assert_array_equal(x, x_tr.astype(np.float32))
+    np.testing.assert_array_equal(y, y_tr)
+
+
 def test_bad_columns_are_refused_before_any_role_starts(spark: Any) -> None:
     from pyspark.sql import functions as F
 
@@ -180,5 +191,7 @@ def test_bad_columns_are_refused_before_any_role_starts(spark: Any) -> None:
         _estimator(featureCols=PIXELS).fit(holes)
     with pytest.raises(ConfigError, match=r"exchange strategies .* not 'mwms'"):
         _estimator(featureCols=PIXELS, strategy="mwms").fit(train)
+    with pytest.raises(ConfigError, match=r"feature column 'held' is not in the DataFrame"):
+        _estimator(featureCols=PIXELS, validation="held").fit(train)
     with pytest.raises(ConfigError, match="validation must be a fraction"):
         _estimator(featureCols=PIXELS, validation=1.5).fit(train)

@@ -38,6 +38,7 @@ from tfyarn.cluster.progress import RoleState
 from tfyarn.cluster.tensorboard_link import TensorBoardLink, job_description
 from tfyarn.errors import ConfigError
 from tfyarn.exchange.stats import CountedComm, ExchangeFigures, ExchangeStats
+from tfyarn.yarn.devcluster import free_ports
 
 SECRET = b"s" * 32
 
@@ -187,7 +188,7 @@ def test_the_metrics_endpoint_serves_the_roles_and_the_job() -> None:
     ps.update({"kind": "beat", "exchange": {"ps_requests": 12}})
     view = RunView("job-1", attempt=2, roles=lambda: [worker, ps])
     view.attempt_ended(Attempt(1, 1.0, 2.0, "killed", "lost", "worker:1"))
-    server = MetricsServer(view, "127.0.0.1", _free_port())
+    server = MetricsServer(view, "127.0.0.1", free_ports(1)[0])
     try:
         got = _scrape(server.url)
     finally:
@@ -208,12 +209,6 @@ def test_the_metrics_endpoint_serves_the_roles_and_the_job() -> None:
     assert ("tfyarn_role_step", p) not in got  # a ps has no step: no sample, not a 0
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(server.url, timeout=5)  # closed with the run
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the TensorBoard link ---------------------------------------------------------------

@@ -14,7 +14,6 @@ TensorBoard and its link are gone, and ``tfyarn history`` lists, shows and plots
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import tfyarn
 from tfyarn.cluster.history import find_history
+from tfyarn.yarn.devcluster import free_ports
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import keras_fit_allreduce as example
@@ -44,12 +44,6 @@ pytestmark = pytest.mark.integration
 #: Float32 weights of example.build_model(): 64-128-64-10 dense layers with biases.
 MODEL_BYTES = 4 * (64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10)
 DEADLINE = 150.0  # seconds any one wait of this test may take
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _watched_train_fn(release: str) -> Any:
@@ -125,7 +119,7 @@ def test_a_job_is_watched_while_it_runs_and_afterwards(spark: Any, tmp_path: Pat
             }
         )
     )
-    release, history_dir, port = tmp_path / "release", tmp_path / "history", _free_port()
+    release, history_dir, port = tmp_path / "release", tmp_path / "history", free_ports(1)[0]
     box: dict[str, Any] = {}
 
     def job() -> None:

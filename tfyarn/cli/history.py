@@ -56,6 +56,13 @@ def _folder(args: argparse.Namespace) -> str:
     return args.dir or default_history_dir()
 
 
+def _console() -> Any:
+    """A rich console; 120 columns wide when not a terminal (rich's 80 wraps job ids)."""
+    from rich.console import Console
+
+    return Console(width=None if Console().is_terminal else 120)
+
+
 def _clock(seconds: float | None) -> str:
     return "-" if seconds is None else time.strftime("%m-%d %H:%M:%S", time.localtime(seconds))
 
@@ -68,11 +75,10 @@ def _wall(history: JobHistory) -> str:
 
 
 def _list(folder: str) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     histories = list_histories(folder)
-    console = Console(width=None if Console().is_terminal else 120)
+    console = _console()
     if not histories:
         console.print(f"no jobs in {folder}")
         return 0
@@ -100,10 +106,9 @@ def _show(history: JobHistory, as_json: bool) -> int:
         for event in history.events:
             print(json.dumps(event, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if Console().is_terminal else 120)
+    console = _console()
     console.print(f"[bold]job {history.job_id}[/bold]: {history.status}, started "
                   f"{_clock(history.started)}, wall {_wall(history)}")  # fmt: skip
     settings = history.job.get("settings", {})

@@ -42,6 +42,7 @@ from tfyarn.ml.columns import (
     find_bad_values,
 )
 from tfyarn.ml.inference import ScoringSpec, model_from_bytes, model_to_bytes, score
+from tfyarn.node.feed import column_to_numpy
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -105,6 +106,15 @@ class _TrainingSpec:
     seed: int
     validation: tuple[np.ndarray, np.ndarray] | None = None
     callbacks: tuple[Any, ...] = field(default=())
+
+
+def validation_arrays(assembled: DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    r"""The held-out rows of an :func:`~tfyarn.ml.columns.assemble`\ d frame, collected to
+    the driver as ``(features, labels)`` for ``model.fit(validation_data=...)``."""
+    rows = assembled.select(FEATURES, LABEL).toArrow()
+    x = column_to_numpy(FEATURES, rows.column(FEATURES).combine_chunks())
+    y = column_to_numpy(LABEL, rows.column(LABEL).combine_chunks())
+    return x.astype(np.float32), y
 
 
 def _train(spec: _TrainingSpec) -> Callable[[NodeContext], Any]:
@@ -300,11 +310,7 @@ class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
         find_bad_values(dataset, [*features, label])
         model = self._keras_model()
         train_df, valid_df = self._validation(assemble(dataset, features, label))
-        validation = None
-        if valid_df is not None:
-            rows = valid_df.select(FEATURES, LABEL).toArrow()
-            x = np.stack(rows.column(FEATURES).to_numpy(zero_copy_only=False)).astype(np.float32)
-            validation = (x, rows.column(LABEL).to_numpy())
+        validation = None if valid_df is None else validation_arrays(valid_df)
         optimizer = self.getOrDefault(self.optimizer)
         loss = self.getOrDefault(self.loss) if self.isDefined(self.loss) else None
         if loss is None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tfyarn.errors import ConfigError
+from tfyarn.node.feed import column_to_numpy
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -116,24 +117,12 @@ def _model(spec: ScoringSpec) -> Any:
         return model
 
 
-def _matrix(column: pa.Array) -> np.ndarray:
-    """A ``list<float>`` Arrow column of equal-length rows as a float32 matrix."""
-    if column.null_count:
-        raise ConfigError(f"{column.null_count} rows have no features: drop nulls first")
-    offsets = column.offsets.to_numpy()
-    rows = len(column)
-    width = int(offsets[1] - offsets[0]) if rows else 0
-    start = int(offsets[0]) if rows else 0
-    values = column.values.to_numpy(zero_copy_only=False)[start : start + width * rows]
-    return np.asarray(values, np.float32).reshape(rows, width)
-
-
 def predict_array(spec: ScoringSpec, features: pa.Array) -> pa.StructArray:
     """The Arrow UDF's body: a batch of feature rows -> ``{prediction, raw}`` per row."""
     import pyarrow as pa
 
     model = _model(spec)
-    x = _matrix(features)
+    x = np.asarray(column_to_numpy("features", features), np.float32)  # rows x width
     outputs = [
         np.asarray(model.predict_on_batch(x[i : i + spec.batch_size]))
         for i in range(0, len(x), spec.batch_size)

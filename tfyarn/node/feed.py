@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CacheInfo",
+    "column_to_numpy",
     "load_columns",
     "make_dataset",
     "read_files",
@@ -93,7 +94,7 @@ def write_cache(
     return CacheInfo(str(path), table.num_rows, tuple(table.column_names))
 
 
-def _column_to_numpy(name: str, column: pa.Array) -> np.ndarray:
+def column_to_numpy(name: str, column: pa.Array) -> np.ndarray:
     """A NumPy view of an Arrow column without copying (scalars or equal-length lists)."""
     if column.null_count:
         raise ConfigError(
@@ -103,7 +104,7 @@ def _column_to_numpy(name: str, column: pa.Array) -> np.ndarray:
     kind = column.type
     if pa.types.is_fixed_size_list(kind):
         values = column.values.slice(column.offset * kind.list_size, len(column) * kind.list_size)
-        return _column_to_numpy(name, values).reshape(len(column), kind.list_size)
+        return column_to_numpy(name, values).reshape(len(column), kind.list_size)
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         offsets = column.offsets.to_numpy(zero_copy_only=True)
         lengths = np.diff(offsets)
@@ -116,7 +117,7 @@ def _column_to_numpy(name: str, column: pa.Array) -> np.ndarray:
         width = int(lengths[0]) if len(lengths) else 0
         start = int(offsets[0]) if len(offsets) else 0
         values = column.values.slice(start, len(column) * width)
-        return _column_to_numpy(name, values).reshape(len(column), width)
+        return column_to_numpy(name, values).reshape(len(column), width)
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         return column.to_numpy(zero_copy_only=True)
     if pa.types.is_boolean(kind):
@@ -145,7 +146,7 @@ def load_columns(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         batch = reader.get_batch(0)
     if batch is None:
         return {name: np.empty((0,)) for name in reader.schema.names}
-    return {name: _column_to_numpy(name, batch.column(name)) for name in batch.schema.names}
+    return {name: column_to_numpy(name, batch.column(name)) for name in batch.schema.names}
 
 
 def steps_per_epoch(rows_per_trainer: Sequence[int], batch_size: int, *, synchronous: bool) -> int:
