@@ -73,3 +73,31 @@ def test_removal_wins_over_a_thread_still_writing_into_the_workspace(tmp_path: P
         writer.join(timeout=10)
     assert gone and not workdir.exists()
     assert not workdir.parent.exists()  # the job's folder went with its last role
+
+
+def test_a_workspace_half_removed_by_a_killed_owner_is_removed_by_the_other(
+    tmp_path: Path,
+) -> None:
+    """A cancelled task's Python worker is SIGKILLed, perhaps in the middle of removing
+    the workspace it had renamed; the role process, ending after it, finishes the job."""
+    workdir = _role_dir(tmp_path, "job", "worker-0", [_dead_pid(), os.getpid()])
+    half_removed = workdir.with_name(f".{workdir.name}.removing-{_dead_pid()}")
+    workdir.rename(half_removed)
+    (half_removed / "cached-0").write_bytes(b"x")
+
+    assert remove_workspace(workdir)
+    assert not half_removed.exists()
+    assert not workdir.parent.exists()
+
+
+def test_the_sweep_takes_half_removed_workspaces_of_dead_processes(tmp_path: Path) -> None:
+    job_dir = tmp_path / "tfyarn-old"
+    abandoned = job_dir / f".worker-0.removing-{_dead_pid()}"
+    abandoned.mkdir(parents=True)
+    in_progress = job_dir / f".worker-1.removing-{os.getpid()}"
+    in_progress.mkdir()
+
+    removed = sweep_stale_workspaces(tmp_path)
+
+    assert removed == [abandoned]
+    assert in_progress.exists()

@@ -35,8 +35,6 @@ def workspace_root(job: JobSpec) -> Path:
         parent = Path(tempfile.gettempdir())
     return parent / f"tfyarn-{job.job_id}"
 
-    return True
-
 
 #: An empty job directory younger than this may belong to a job whose roles are still
 #: creating their workspaces on this host; the sweep leaves it alone.
@@ -52,21 +50,39 @@ def sweep_stale_workspaces(parent: Path, *, keep: Path | None = None) -> list[Pa
     still be starting; ``keep`` (the current job's directory) is never touched.
     """
     removed = []
-    for owner in parent.glob("tfyarn-*/*/owner.pid"):
-        if keep is not None and owner.parent.parent == keep:
+    now = time.time()
+    for job_dir in parent.glob("tfyarn-*"):
+        # The current job's folder is left alone even where its pids look dead: roles
+        # in other containers (other pid namespaces) of this host may share it.
+        if job_dir == keep:
             continue
+        removed += _sweep_job_dir(job_dir)
+        with contextlib.suppress(OSError):
+            if now - job_dir.stat().st_mtime > _EMPTY_JOB_DIR_GRACE:
+                job_dir.rmdir()  # only succeeds when empty
+    return removed
+
+
+def _sweep_job_dir(job_dir: Path) -> list[Path]:
+    """Remove the workspaces in one job's folder whose owners are all gone.
+
+    Two kinds: a workspace whose ``owner.pid`` names no live process (task and role
+    process both killed), and a workspace half removed by a process killed in the middle
+    of it (``.<name>.removing-<pid>``, ``<pid>`` gone). A workspace without ``owner.pid``
+    is still being made and is left alone.
+    """
+    removed = []
+    for owner in job_dir.glob("*/owner.pid"):
         with contextlib.suppress(OSError, ValueError):
             pids = [int(p) for p in owner.read_text().split()]
             if not any(pid_alive(p) for p in pids):
                 shutil.rmtree(owner.parent, ignore_errors=True)
                 removed.append(owner.parent)
-    now = time.time()
-    for job_dir in parent.glob("tfyarn-*"):
-        if job_dir == keep:
-            continue
-        with contextlib.suppress(OSError):
-            if now - job_dir.stat().st_mtime > _EMPTY_JOB_DIR_GRACE:
-                job_dir.rmdir()  # only succeeds when empty
+    for doomed in job_dir.glob(".*.removing-*"):
+        with contextlib.suppress(ValueError):
+            if not pid_alive(int(doomed.name.rsplit("-", 1)[1])):
+                shutil.rmtree(doomed, ignore_errors=True)
+                removed.append(doomed)
     return removed
 
 
@@ -88,7 +104,7 @@ def make_workspace(workdir: Path, attempts: int = 5) -> None:
             time.sleep(0.05)
 
 
-def remove_workspace(workdir: Path, tries: int = 5) -> bool:
+def remove_workspace(workdir: Path, budget: float = 1.0) -> bool:
     """Remove ``workdir``, and the job's folder above it once that is empty; whether gone.
 
     The role's own threads may still write into the workspace while it goes (a resumed
@@ -96,21 +112,29 @@ def remove_workspace(workdir: Path, tries: int = 5) -> bool:
     the folder is out of their way at once: a file written by path then fails, where it
     would otherwise land behind ``rmtree``'s listing and keep the folder. What is written
     through the role's working directory (the folder itself) can still land, so the
-    removal is tried ``tries`` times.
+    removal is retried for up to ``budget`` seconds.
+
+    Task and role process both call this, and either may be killed half-way (a
+    cancelled Spark task's Python worker is SIGKILLed): the other then finds the
+    workspace already renamed, and removes the half-removed folder as well.
     """
     doomed = workdir.with_name(f".{workdir.name}.removing-{os.getpid()}")
     try:
         os.rename(workdir, doomed)
     except FileNotFoundError:
-        pass  # already removed by the other of task and role process
+        pass  # already renamed by the other of task and role process
     except OSError:
         doomed = workdir  # e.g. a leftover of that name: remove in place
-    for attempt in range(tries):
-        shutil.rmtree(doomed, ignore_errors=True)
-        if not doomed.exists():
+    deadline = time.monotonic() + budget
+    while True:
+        # Ours, and the other owner's if it was killed while removing (or is at it now:
+        # two rmtrees of one folder, errors ignored, leave nothing).
+        targets = [doomed, *workdir.parent.glob(f".{workdir.name}.removing-*")]
+        for target in targets:
+            shutil.rmtree(target, ignore_errors=True)
+        if not any(t.exists() for t in targets) or time.monotonic() > deadline:
             break
-        if attempt < tries - 1:
-            time.sleep(0.05)
+        time.sleep(0.05)
     with contextlib.suppress(OSError):
         workdir.parent.rmdir()  # the job's folder, once its last role on this host is gone
     return not workdir.exists() and not doomed.exists()
