@@ -164,6 +164,87 @@ def test_inference_scores_100k_rows_on_the_executors_as_predict_does(
     np.testing.assert_array_equal(sample["prediction"].to_numpy(), expected.argmax(axis=1))
 
 
+#: Width of the sparse test's vectors: pixel j of a digit sits at index j * 61 % WIDTH.
+WIDTH = 4096
+
+
+def build_sparse_model(sparse: bool = True) -> Any:
+    import keras
+
+    inputs = keras.Input(shape=(WIDTH,), sparse=sparse)
+    hidden = keras.layers.Dense(64, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(10)(hidden))
+
+
+def test_sparse_vectors_stay_sparse_into_a_sparse_first_layer(spark: Any) -> None:
+    """SparseVector features into ``keras.Input(sparse=True)``: trained, validated on a
+    held-out column and scored as sparse batches; the reference is the same network
+    trained densely in this process on the same rows."""
+    import keras
+    from pyspark.ml.linalg import SparseVector, VectorUDT
+    from pyspark.sql.types import BooleanType, DoubleType, StructField, StructType
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    test = np.arange(len(x)) % 5 == 0
+    held = np.arange(len(x)) % 10 == 1
+    scatter = np.arange(64) * 61 % WIDTH  # distinct: 61 and 4096 are coprime
+
+    def spread(rows: np.ndarray) -> np.ndarray:
+        wide = np.zeros((len(rows), WIDTH), np.float32)
+        wide[:, scatter] = rows
+        return wide
+
+    def vector(row: np.ndarray) -> SparseVector:
+        nz = np.flatnonzero(row)
+        order = np.argsort(scatter[nz])
+        return SparseVector(WIDTH, scatter[nz][order].tolist(), row[nz][order].tolist())
+
+    schema = StructType(
+        [
+            StructField("features", VectorUDT()),
+            StructField("label", DoubleType()),
+            StructField("held", BooleanType()),
+        ]
+    )
+    rows = [(vector(x[i]), float(y[i]), bool(held[i])) for i in np.flatnonzero(~test)]
+    train = spark.createDataFrame(rows, schema).coalesce(1)
+    fitted = _estimator(model=build_sparse_model, featureCols=["features"], validation="held").fit(
+        train
+    )
+    assert "val_loss" in fitted.history
+
+    test_df = spark.createDataFrame(
+        [(vector(x[i]), float(y[i]), False) for i in np.flatnonzero(test)], schema
+    ).coalesce(1)
+    model = fitted.copy({fitted.rawPredictionCol: "logits"})
+    scored = model.transform(test_df).select("prediction", "logits").toPandas()
+    accuracy = float(np.mean(scored["prediction"].to_numpy() == y[test]))
+    # Scored as sparse batches: what the trained model gives on the dense rows.
+    own = fitted.keras_model().predict(spread(x[test]), verbose=0)
+    np.testing.assert_allclose(np.stack(scored["logits"].to_numpy()), own, atol=1e-4)
+
+    keras.utils.set_random_seed(0)
+    reference = build_sparse_model(sparse=False)
+    reference.compile(
+        optimizer=keras.optimizers.Adam(RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    fit_rows = ~test & ~held
+    reference.fit(spread(x[fit_rows]), y[fit_rows], batch_size=2 * BATCH, epochs=EPOCHS, verbose=0)
+    _, reference_accuracy = reference.evaluate(spread(x[test]), y[test], verbose=0)
+    print(f"held-out accuracy: sparse tfyarn {accuracy:.4f}, dense Keras {reference_accuracy:.4f}")
+    assert accuracy >= reference_accuracy - 0.01, (accuracy, reference_accuracy)
+
+    with pytest.raises(ConfigError, match="has index 4095, but the model's sparse input"):
+        narrow = keras.Input(shape=(100,), sparse=True)
+        _estimator(
+            model=keras.Model(narrow, keras.layers.Dense(10)(narrow)),
+            featureCols=["features"],
+        ).fit(spark.createDataFrame([(SparseVector(WIDTH, [4095], [1.0]), 1.0, False)], schema))
+
+
 def test_held_out_rows_reach_the_driver_as_the_fit_takes_them(spark: Any) -> None:
     from tfyarn.ml.columns import assemble
     from tfyarn.ml.estimator import validation_arrays

@@ -26,6 +26,7 @@ __all__ = [
     "LABEL",
     "assemble",
     "check_columns",
+    "column_kind",
     "features_column",
     "find_bad_values",
 ]
@@ -35,7 +36,7 @@ FEATURES = "__tfyarn_features"
 LABEL = "__tfyarn_label"
 
 
-def _kind(data_type: DataType) -> str | None:
+def column_kind(data_type: DataType) -> str | None:
     """``"number"``, ``"vector"``, ``"array"`` or None (a type tfyarn cannot feed)."""
     from pyspark.ml.linalg import VectorUDT
     from pyspark.sql.types import ArrayType, BooleanType, NumericType
@@ -70,7 +71,7 @@ def check_columns(schema: StructType, features: Sequence[str], labels: Sequence[
                     f"{', '.join(sorted(fields))})"
                 )
                 continue
-            kind = _kind(fields[name])
+            kind = column_kind(fields[name])
             if kind is None or (role == "label" and kind == "vector"):
                 allowed = "a number or an array of numbers"
                 if role == "feature":
@@ -88,7 +89,7 @@ def _as_array(name: str, data_type: DataType) -> Column:
     from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
-    kind = _kind(data_type)
+    kind = column_kind(data_type)
     if kind == "vector":
         return vector_to_array(F.col(name), "float32")
     if kind == "array":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,6 +42,15 @@ from tfyarn.ml.columns import (
     find_bad_values,
 )
 from tfyarn.ml.inference import ScoringSpec, model_from_bytes, model_to_bytes, score
+from tfyarn.ml.sparse import (
+    INDICES,
+    VALUES,
+    assemble_sparse,
+    sparse_batches,
+    sparse_parts,
+    sparse_width,
+    validation_batches,
+)
 from tfyarn.node.feed import column_to_numpy
 
 if TYPE_CHECKING:
@@ -104,17 +113,21 @@ class _TrainingSpec:
     epochs: int
     shuffle: bool
     seed: int
-    validation: tuple[np.ndarray, np.ndarray] | None = None
+    #: The held-out rows: (features, labels), or (indices, values, labels) when sparse.
+    validation: tuple[np.ndarray, ...] | None = None
     callbacks: tuple[Any, ...] = field(default=())
+    #: The model's sparse input width (:mod:`tfyarn.ml.sparse`); 0: dense features.
+    sparse_width: int = 0
 
 
-def validation_arrays(assembled: DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    r"""The held-out rows of an :func:`~tfyarn.ml.columns.assemble`\ d frame, collected to
-    the driver as ``(features, labels)`` for ``model.fit(validation_data=...)``."""
-    rows = assembled.select(FEATURES, LABEL).toArrow()
-    x = column_to_numpy(FEATURES, rows.column(FEATURES).combine_chunks())
-    y = column_to_numpy(LABEL, rows.column(LABEL).combine_chunks())
-    return x.astype(np.float32), y
+def validation_arrays(
+    assembled: DataFrame, columns: Sequence[str] = (FEATURES, LABEL)
+) -> tuple[np.ndarray, ...]:
+    r"""The held-out rows of an assembled frame (:func:`~tfyarn.ml.columns.assemble`,
+    :func:`~tfyarn.ml.sparse.assemble_sparse`), collected to the driver as one array per
+    column (``(features, labels)`` by default) for ``model.fit(validation_data=...)``."""
+    rows = assembled.select(*columns).toArrow()
+    return tuple(column_to_numpy(name, rows.column(name).combine_chunks()) for name in columns)
 
 
 def _train(spec: _TrainingSpec) -> Callable[[NodeContext], Any]:
@@ -135,16 +148,25 @@ def _train(spec: _TrainingSpec) -> Callable[[NodeContext], Any]:
         dataset = ctx.dataset(
             spec.batch_size,
             epochs=spec.epochs,
-            features=FEATURES,
+            # Sparse: the padded indices and values columns, as a dict.
+            features=None if spec.sparse_width else FEATURES,
             label=LABEL,
             shuffle=spec.shuffle,
             seed=spec.seed,
         )
+        validation: Any = spec.validation
+        if spec.sparse_width:
+            dataset = sparse_batches(dataset, spec.sparse_width)
+            if validation is not None:
+                indices, values, labels = validation
+                validation = validation_batches(
+                    indices, values, labels, spec.batch_size, spec.sparse_width
+                )
         history = model.fit(
             dataset,
             epochs=spec.epochs,
             steps_per_epoch=ctx.steps_per_epoch(spec.batch_size),
-            validation_data=spec.validation,
+            validation_data=validation,
             callbacks=[*strategy.callbacks(), ctx.keras_callback(), *spec.callbacks],
             verbose=0,
         )
@@ -307,10 +329,17 @@ class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
         features = self.getOrDefault(self.featureCols) if self.isDefined(self.featureCols) else []
         label = self.getOrDefault(self.labelCol)
         check_columns(dataset.schema, features, [label])
-        find_bad_values(dataset, [*features, label])
         model = self._keras_model()
-        train_df, valid_df = self._validation(assemble(dataset, features, label))
-        validation = None if valid_df is None else validation_arrays(valid_df)
+        width = sparse_width(model)
+        if width:  # kept sparse: tfyarn.ml.sparse
+            find_bad_values(dataset, [label])
+            assembled, _ = assemble_sparse(dataset, features, label, width)
+            columns: tuple[str, ...] = (INDICES, VALUES, LABEL)
+        else:
+            find_bad_values(dataset, [*features, label])
+            assembled, columns = assemble(dataset, features, label), (FEATURES, LABEL)
+        train_df, valid_df = self._validation(assembled)
+        validation = None if valid_df is None else validation_arrays(valid_df, columns)
         optimizer = self.getOrDefault(self.optimizer)
         loss = self.getOrDefault(self.loss) if self.isDefined(self.loss) else None
         if loss is None:
@@ -326,6 +355,7 @@ class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
             seed=self.getOrDefault(self.seed),
             validation=validation,
             callbacks=tuple(self.getOrDefault("callbacks")),
+            sparse_width=width,
         )
         result = tfyarn.run(
             dataset.sparkSession,
@@ -336,7 +366,7 @@ class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
             strategy=strategy,
             strategy_options=dict(self.getOrDefault("strategyOptions")),
             transport=self.getOrDefault(self.transport) or None,
-            data=train_df.select(FEATURES, LABEL),
+            data=train_df.select(*columns),
             progress=self.getOrDefault(self.verbose),
             max_restarts=self.getOrDefault(self.maxRestarts),
             checkpoint_dir=self.getOrDefault(self.checkpointDir) or None,
@@ -369,6 +399,7 @@ class KerasModel(Model, _ScoringParams, MLWritable, MLReadable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         self._model_bytes: bytes = b""
+        self._width: tuple[int, int] | None = None  # (hash of the model bytes, width)
         self.history: dict[str, Any] = {}
         self.run_result: Any = None
         self._set(**self._input_kwargs)
@@ -402,7 +433,23 @@ class KerasModel(Model, _ScoringParams, MLWritable, MLReadable):
             raise ConfigError("this KerasModel holds no model: fit, load or from_saved it")
         features = self.getOrDefault(self.featureCols)
         check_columns(dataset.schema, features)
-        return score(dataset, features_column(dataset, features), self._spec(self._model_bytes))
+        width = self._sparse_width()
+        if not width:
+            return score(dataset, features_column(dataset, features), self._spec(self._model_bytes))
+        if len(features) != 1:
+            raise ConfigError(
+                f"this model's input is sparse: it scores one Vector column, not "
+                f"{len(features)} ({', '.join(features)})"
+            )
+        spec = replace(self._spec(self._model_bytes), sparse_width=width)
+        return score(dataset, sparse_parts(dataset, features[0]), spec)
+
+    def _sparse_width(self) -> int:
+        """The model's sparse input width (0: dense), found once per model."""
+        digest = hash(self._model_bytes)
+        if self._width is None or self._width[0] != digest:
+            self._width = (digest, sparse_width(self.keras_model()))
+        return self._width[1]
 
     def copy(self, extra: dict[Any, Any] | None = None) -> KerasModel:
         copied: KerasModel = super().copy(extra)

@@ -18,13 +18,14 @@ import hashlib
 import os
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tfyarn.errors import ConfigError
+from tfyarn.ml.sparse import csr_batches
 from tfyarn.node.feed import column_to_numpy
 
 if TYPE_CHECKING:
@@ -79,12 +80,16 @@ class ScoringSpec:
         Also add the model's outputs as ``array<float>`` under this name; empty: don't.
     batch_size : int
         Rows per ``model.predict_on_batch`` call.
+    sparse_width : int
+        The width of the model's sparse input, whose features arrive as
+        :func:`~tfyarn.ml.sparse.sparse_parts` structs; 0: dense feature rows.
     """
 
     model: bytes
     prediction: str
     raw_prediction: str = ""
     batch_size: int = 1024
+    sparse_width: int = 0
 
     @property
     def digest(self) -> str:
@@ -122,18 +127,21 @@ def predict_array(spec: ScoringSpec, features: pa.Array) -> pa.StructArray:
     import pyarrow as pa
 
     model = _model(spec)
-    x = np.asarray(column_to_numpy("features", features), np.float32)  # rows x width
-    outputs = [
-        np.asarray(model.predict_on_batch(x[i : i + spec.batch_size]))
-        for i in range(0, len(x), spec.batch_size)
-    ]
+    rows = len(features)
+    batches: Iterable[Any]
+    if spec.sparse_width:
+        batches = csr_batches(features, spec.sparse_width, spec.batch_size)
+    else:
+        x = np.asarray(column_to_numpy("features", features), np.float32)  # rows x width
+        batches = (x[i : i + spec.batch_size] for i in range(0, rows, spec.batch_size))
+    outputs = [np.asarray(model.predict_on_batch(batch)) for batch in batches]
     raw = np.concatenate(outputs) if outputs else np.zeros((0, 1), np.float32)
-    raw = raw.reshape(len(x), -1).astype(np.float32)
+    raw = raw.reshape(rows, -1).astype(np.float32)
     if raw.shape[1] == 1:
         prediction = raw[:, 0].astype(np.float64)
     else:
         prediction = raw.argmax(axis=1).astype(np.float64)
-    offsets = pa.array(np.arange(len(x) + 1, dtype=np.int32) * raw.shape[1])
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * raw.shape[1])
     raw_lists = pa.ListArray.from_arrays(offsets, pa.array(raw.reshape(-1)))
     return pa.StructArray.from_arrays([pa.array(prediction), raw_lists], ["prediction", "raw"])
 
