@@ -30,6 +30,7 @@ FOLDER_MARKERS: dict[str, str] = {
     "multihost": "integration",
     "watching": "integration",
     "sparkml": "integration",
+    "compat": "integration",
     "yarn": "yarn",
 }
 
@@ -53,6 +54,7 @@ TEST_GROUPS: dict[str, str] = {
     "multihost": "yarn",  # its own Spark standalone cluster across namespaces
     "watching": "light",
     "sparkml": "light",
+    "compat": "light",
     "yarn": "yarn",
 }
 

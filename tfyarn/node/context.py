@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from tfyarn.transport.base import Listener
     from tfyarn.transport.options import TransportOptions
 
-__all__ = ["Member", "NodeContext"]
+__all__ = ["Member", "NodeContext", "current_context", "set_current_context"]
 
 log = logging.getLogger("tfyarn")
 
@@ -467,3 +467,23 @@ def load_tf_config_env(ctx: NodeContext) -> None:
 
 
 TrainFn = Callable[[NodeContext], Any]
+
+
+#: The context of the role this process runs (a role process runs exactly one role).
+_current: NodeContext | None = None
+
+
+def set_current_context(ctx: NodeContext | None) -> None:
+    """Make ``ctx`` what :func:`current_context` returns (the role process does, before
+    ``train_fn`` runs)."""
+    global _current
+    _current = ctx
+
+
+def current_context() -> NodeContext | None:
+    """The context of the role this process runs, else None (outside a role process).
+
+    For code that needs the role without being handed ``ctx``: ``tfyarn.horovod``'s
+    ``hvd.init()`` inside a ``tfyarn.run`` train_fn.
+    """
+    return _current

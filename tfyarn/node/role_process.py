@@ -36,7 +36,7 @@ import cloudpickle
 from tfyarn.cluster.plan import RoleSpec
 from tfyarn.errors import TFYarnError, TransportError
 from tfyarn.exchange.stats import process_stats
-from tfyarn.node.context import NodeContext
+from tfyarn.node.context import NodeContext, set_current_context
 from tfyarn.node.control import ControlPipe
 from tfyarn.node.failure import EXIT_ORPHANED
 from tfyarn.node.heartbeat import HeartbeatClient
@@ -401,6 +401,7 @@ def _run_role(job: JobSpec, wired: _Wired, workdir: Path, tf_port: ReservedPort)
         finished=finished,
     )
     os.environ["TF_CONFIG"] = ctx.tf_config  # before train_fn imports TensorFlow
+    set_current_context(ctx)  # for hvd.init() (tfyarn.horovod) inside train_fn
     status = 0
     views = _Views()
     try:
