@@ -20,14 +20,19 @@ ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
 EPOCHS = 8
 #: Held-out accuracy every algorithm must reach (logistic regression gets ~0.96).
 TARGET_ACCURACY = 0.90
-#: Every algorithm, with options (small communication periods: these runs are short);
-#: model averaging both every k steps and per epoch.
+#: Every algorithm but allreduce, with options (small communication periods: these runs
+#: are short); model averaging both every k steps and per epoch. Allreduce trains the same
+#: digits model through tfyarn.run, and is held to a tighter reference there, in
+#: tests/compat/test_horovod.py (the native run the Horovod programs must equal),
+#: tests/sparkml (plain Keras on the combined batch) and tests/watching.
+COVERED_ELSEWHERE = {"allreduce"}
 CASES: list[tuple[str, dict[str, Any]]] = [
     (
         name,
         {"easgd": {"tau": 4}, "model_averaging": {"every": 8}, "adag": {"window": 4}}.get(name, {}),
     )
     for name in STRATEGY_NAMES
+    if name not in COVERED_ELSEWHERE
 ] + [("model_averaging", {"every": "epoch"})]
 PS_ALGORITHMS = {"sync_ps", "downpour", "easgd", "adag"}
 

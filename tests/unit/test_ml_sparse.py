@@ -3,15 +3,14 @@ the dense rows they stand for (NumPy)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from tfyarn.errors import ConfigError
-
-tf = pytest.importorskip("tensorflow")  # a dependency of the tf extra, installed in CI
-
-from tfyarn.ml.sparse import (  # noqa: E402
+from tfyarn.ml.sparse import (
     INDICES,
     VALUES,
     csr_batches,
@@ -32,6 +31,12 @@ DENSE = np.array(
 )
 
 
+@pytest.fixture(scope="module")
+def tf() -> Any:
+    """TensorFlow, imported by the tests that need it (not when tests are collected)."""
+    return pytest.importorskip("tensorflow")  # a dependency of the tf extra, installed in CI
+
+
 def _padded(rows: np.ndarray, pad: int = 4) -> tuple[np.ndarray, np.ndarray]:
     indices = np.zeros((len(rows), pad), np.int32)
     values = np.zeros((len(rows), pad), np.float32)
@@ -50,14 +55,14 @@ def _parts(rows: np.ndarray) -> pa.StructArray:
     )
 
 
-def test_padded_rows_become_the_sparse_rows_they_stand_for() -> None:
+def test_padded_rows_become_the_sparse_rows_they_stand_for(tf: Any) -> None:
     batch = to_sparse_tensor(*map(tf.constant, _padded(DENSE)), WIDTH)
     assert isinstance(batch, tf.SparseTensor)
     assert int(tf.size(batch.values)) == np.count_nonzero(DENSE)  # the padding dropped
     np.testing.assert_array_equal(tf.sparse.to_dense(batch).numpy(), DENSE)
 
 
-def test_the_training_batches_stay_sparse() -> None:
+def test_the_training_batches_stay_sparse(tf: Any) -> None:
     indices, values = _padded(DENSE)
     rows = tf.data.Dataset.from_tensor_slices(({INDICES: indices, VALUES: values}, [0, 1, 2]))
     dataset = sparse_batches(rows.batch(2), WIDTH)
@@ -69,7 +74,7 @@ def test_the_training_batches_stay_sparse() -> None:
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 8])
-def test_arrow_structs_become_sparse_batches_even_when_sliced(batch_size: int) -> None:
+def test_arrow_structs_become_sparse_batches_even_when_sliced(tf: Any, batch_size: int) -> None:
     rows = np.concatenate([DENSE, DENSE[::-1]])
     for start in (0, 2):  # a slice: its children are not sliced, its offsets are
         parts = _parts(rows).slice(start)
@@ -78,7 +83,7 @@ def test_arrow_structs_become_sparse_batches_even_when_sliced(batch_size: int) -
         np.testing.assert_array_equal(np.concatenate(got), rows[start:])
 
 
-def test_bad_rows_are_refused_by_name() -> None:
+def test_bad_rows_are_refused_by_name(tf: Any) -> None:
     with pytest.raises(ConfigError, match="has index 49, but the model's sparse input takes 10"):
         list(csr_batches(_parts(DENSE), 10, 4))
     nulls = pa.StructArray.from_arrays(
@@ -90,7 +95,7 @@ def test_bad_rows_are_refused_by_name() -> None:
         list(csr_batches(nulls, WIDTH, 4))
 
 
-def test_the_sparse_width_is_read_from_the_model() -> None:
+def test_the_sparse_width_is_read_from_the_model(tf: Any) -> None:
     import keras
 
     dense = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
