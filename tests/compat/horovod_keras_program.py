@@ -2,7 +2,7 @@
 
 Only its two tfyarn import lines differ from the same program on Horovod
 (``import horovod.keras as hvd`` and ``import horovod.spark``): see
-``docs/migration-horovod.md``. :func:`load_digits_split` and :func:`build_model` are
+``docs/migration.md``. :func:`load_digits_split` and :func:`build_model` are
 shared with the GradientTape program and the native tfyarn versions in the tests.
 """
 

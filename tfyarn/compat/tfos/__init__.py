@@ -5,7 +5,7 @@
 ``cluster.train``/``inference``/``shutdown``, ``map_fun(args, ctx)`` with TensorFlowOnSpark's
 context and ``TFNode.DataFeed`` behave as there, on tfyarn's launcher (one Spark barrier
 stage, heartbeats, the Arrow data feed). Differences and the arguments tfyarn refuses are
-listed in docs/migration-tfos.md.
+listed in docs/migration.md.
 """
 
 from __future__ import annotations
