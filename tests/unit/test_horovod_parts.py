@@ -21,8 +21,19 @@ import tfyarn.horovod.tensorflow as hvd_tf
 from tfyarn import horovod
 from tfyarn.errors import ConfigError
 from tfyarn.exchange.local import LocalContext, run_local
-from tfyarn.horovod import _common
-from tfyarn.horovod._common import ReduceOp, Topology, topology
+from tfyarn.horovod._array_collectives import (
+    allgather_array,
+    allgather_object_on,
+    broadcast_object_on,
+    join_on,
+    reduce_array,
+    reducescatter_array,
+    split_sizes,
+)
+from tfyarn.horovod._gradients import gradient_reduction
+from tfyarn.horovod._reduce_ops import ReduceOp, resolve_op
+from tfyarn.horovod._state import bind_context
+from tfyarn.horovod._topology import Topology, topology
 from tfyarn.horovod.spark import run_options
 
 OPTIONS = {"timeout": 60.0}
@@ -54,17 +65,17 @@ def test_topology_of_uneven_hosts_follows_horovods_cross_groups() -> None:
 
 
 def test_ops_resolve_like_horovods() -> None:
-    assert _common.resolve_op(None) is ReduceOp.AVERAGE
-    assert _common.resolve_op(None, average=False) is ReduceOp.SUM
-    assert _common.resolve_op(hvd_tf.Max) is ReduceOp.MAX
+    assert resolve_op(None) is ReduceOp.AVERAGE
+    assert resolve_op(None, average=False) is ReduceOp.SUM
+    assert resolve_op(hvd_tf.Max) is ReduceOp.MAX
     with pytest.raises(ConfigError, match="not both"):
-        _common.resolve_op(hvd_tf.Sum, average=True)
+        resolve_op(hvd_tf.Sum, average=True)
     with pytest.raises(ConfigError, match="Adasum"):
-        _common.resolve_op(hvd_tf.Adasum)
+        resolve_op(hvd_tf.Adasum)
     with pytest.raises(ConfigError, match="not a Horovod reduction"):
-        _common.resolve_op("median")
+        resolve_op("median")
     with pytest.raises(ConfigError, match="cannot reduce gradients"):
-        _common.resolve_op(hvd_tf.Min, gradients=True)
+        resolve_op(hvd_tf.Min, gradients=True)
 
 
 OTHER_SET = object()
@@ -116,7 +127,7 @@ def test_more_refusals_name_their_argument() -> None:
     with pytest.raises(ConfigError, match="device_dense"):
         hvd_tf.allreduce(np.ones(2), device_dense="/gpu:0")
     with pytest.raises(ConfigError, match=r"hvd\.Average or hvd\.Sum"):
-        _common.reducescatter_array(_OneRank(), np.ones(2), ReduceOp.MAX)
+        reducescatter_array(_OneRank(), np.ones(2), ReduceOp.MAX)
 
 
 def test_unsupported_names_say_why_and_fail_hasattr() -> None:
@@ -214,21 +225,21 @@ def _collectives_job(ctx: LocalContext) -> dict[str, Any]:
     coll = ctx.strategy().collectives
     mine = _inputs(coll.rank)
     out: dict[str, Any] = {
-        "rows": _common.allgather_array(coll, mine["rows"]),
-        "flags": _common.allgather_array(coll, mine["flags"]),
-        "empty": _common.allgather_array(coll, np.zeros((0, 4), np.int64)),
-        "object": _common.broadcast_object_on(coll, {"rank": coll.rank, "x": mine["x"]}, 2),
-        "objects": _common.allgather_object_on(coll, [coll.rank] * coll.rank),
-        "join": _common.join_on(coll),
+        "rows": allgather_array(coll, mine["rows"]),
+        "flags": allgather_array(coll, mine["flags"]),
+        "empty": allgather_array(coll, np.zeros((0, 4), np.int64)),
+        "object": broadcast_object_on(coll, {"rank": coll.rank, "x": mine["x"]}, 2),
+        "objects": allgather_object_on(coll, [coll.rank] * coll.rank),
+        "join": join_on(coll),
     }
     for op in ReduceOp:
         if op is not ReduceOp.ADASUM:
-            out[op.name] = _common.reduce_array(coll, mine["x"], op)
-            out[op.name, "int"] = _common.reduce_array(coll, mine["n"], op)
-    out["any"] = _common.reduce_array(coll, mine["flags"], ReduceOp.MAX)
-    out["scatter"] = _common.reducescatter_array(coll, mine["scatter"], ReduceOp.AVERAGE)
+            out[op.name] = reduce_array(coll, mine["x"], op)
+            out[op.name, "int"] = reduce_array(coll, mine["n"], op)
+    out["any"] = reduce_array(coll, mine["flags"], ReduceOp.MAX)
+    out["scatter"] = reducescatter_array(coll, mine["scatter"], ReduceOp.AVERAGE)
     with pytest.raises(ConfigError, match="agree on dtype"):
-        _common.allgather_array(coll, np.zeros((1, 2 + coll.rank), np.float32))
+        allgather_array(coll, np.zeros((1, 2 + coll.rank), np.float32))
     return out
 
 
@@ -256,7 +267,7 @@ def test_collectives_of_three_ranks_match_numpy() -> None:
             np.testing.assert_array_equal(got[name, "int"], want)
             assert got[name, "int"].dtype == np.int32
         np.testing.assert_array_equal(got["any"], np.array([True, True, True]))
-        rows = _common.split_sizes(7, 3)
+        rows = split_sizes(7, 3)
         assert rows == [3, 2, 2]
         start = sum(rows[:rank])
         np.testing.assert_allclose(got["scatter"], scatter[start : start + rows[rank]])
@@ -276,7 +287,7 @@ def _gradients_job(ctx: LocalContext) -> dict[str, Any]:
         "predivide": {"gradient_predivide_factor": 4.0},
         "fp16": {"compression": hvd_tf.Compression.fp16},
     }.items():
-        reduction = _common.gradient_reduction("test", **kwargs)
+        reduction = gradient_reduction("test", **kwargs)
         reduced = reduction.reduce(strategy, grads)
         out[name] = [None if g is None else (g.numpy(), g.dtype.name) for g in reduced]
     return out
@@ -297,7 +308,7 @@ def test_gradient_reductions_of_two_ranks() -> None:
 def _keras_job(folder: Path, ctx: LocalContext) -> dict[str, Any]:
     import keras
 
-    with _common.bind_context(ctx):
+    with bind_context(ctx):
         hvd_keras.init()
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])

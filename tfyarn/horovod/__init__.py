@@ -10,7 +10,7 @@
 
 The ranks are the trainers of a ``tfyarn.run(..., strategy="allreduce")`` job; tensors
 travel over tfyarn's ring all-reduce and transports. This package imports neither
-TensorFlow nor Spark; ``docs/migration-horovod.md`` maps every Horovod call.
+TensorFlow nor Spark; ``docs/migration.md`` maps every Horovod call.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from tfyarn.horovod._common import (
+from tfyarn.horovod._state import (
     init,
     is_initialized,
     local_rank,

@@ -6,28 +6,26 @@ collectives, the optimizer's signature) is in each module.
 
 from __future__ import annotations
 
-from tfyarn.horovod._common import (
-    Compression,
-    Compressor,
-    FP16Compressor,
-    NoneCompressor,
-    ProcessSet,
-    ReduceOp,
-    allgather_object,
-    barrier,
-    broadcast_object,
-    broadcast_variables,
+from tfyarn.horovod._compression import Compression, Compressor, FP16Compressor, NoneCompressor
+from tfyarn.horovod._process_set import ProcessSet, global_process_set
+from tfyarn.horovod._reduce_ops import ReduceOp
+from tfyarn.horovod._state import (
     cross_rank,
     cross_size,
-    global_process_set,
     init,
     is_initialized,
-    join,
     local_rank,
     local_size,
     rank,
     shutdown,
     size,
+)
+from tfyarn.horovod._tf_collectives import (
+    allgather_object,
+    barrier,
+    broadcast_object,
+    broadcast_variables,
+    join,
 )
 
 __all__ = [

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tfyarn.errors import ConfigError
-from tfyarn.horovod import _common
+from tfyarn.horovod._array_collectives import allgather_object_on
+from tfyarn.horovod._state import bind_context
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -35,9 +36,9 @@ def _rank_results(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[s
                   ctx: NodeContext) -> list[Any]:  # fmt: skip
     """One rank's ``train_fn``: run ``fn`` with ``ctx`` findable by ``hvd.init()``, then
     gather every rank's return value over the ring (rank 0's list becomes the job's)."""
-    with _common.bind_context(ctx):
+    with bind_context(ctx):
         value = fn(*args, **kwargs)
-    return _common.allgather_object_on(ctx.strategy().collectives, value)
+    return allgather_object_on(ctx.strategy().collectives, value)
 
 
 def run_options(

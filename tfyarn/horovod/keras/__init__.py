@@ -4,18 +4,21 @@ A program written for ``horovod.keras`` (or ``horovod.tensorflow.keras``) runs o
 with only that import changed, launched by :func:`tfyarn.horovod.spark.run` (or from the
 ``train_fn`` of ``tfyarn.run(..., strategy="allreduce")``). Gradients travel over tfyarn's
 ring all-reduce and transports; Keras 3 ``model.fit`` works. Arguments tfyarn cannot honour
-raise :class:`tfyarn.errors.ConfigError` naming them; see ``docs/migration-horovod.md``.
+raise :class:`tfyarn.errors.ConfigError` naming them; see ``docs/migration.md``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tfyarn.horovod import _common
+from tfyarn.horovod import _tf_collectives
 from tfyarn.horovod._api import *  # noqa: F403 - Horovod's shared names, listed in __all__
 from tfyarn.horovod._api import UNSUPPORTED, Average
 from tfyarn.horovod._api import __all__ as _API_ALL
-from tfyarn.horovod._common import NoneCompressor, ProcessSet, global_process_set
+from tfyarn.horovod._checks import unsupported_attribute
+from tfyarn.horovod._compression import NoneCompressor
+from tfyarn.horovod._gradients import distributed_keras_optimizer, gradient_reduction
+from tfyarn.horovod._process_set import ProcessSet, global_process_set
 from tfyarn.horovod.keras import callbacks
 
 __all__ = [
@@ -75,7 +78,7 @@ def DistributedOptimizer(
     ConfigError
         An argument tfyarn cannot honour (named), or ``hvd.init()`` was not called.
     """
-    reduction = _common.gradient_reduction(
+    reduction = gradient_reduction(
         "hvd.DistributedOptimizer",
         compression=compression,
         op=op,
@@ -87,7 +90,7 @@ def DistributedOptimizer(
         process_set=process_set,
         scale_local_gradients=scale_local_gradients,
     )
-    return _common.distributed_keras_optimizer(
+    return distributed_keras_optimizer(
         optimizer, reduction, backward_passes_per_step, average_aggregated_gradients
     )
 
@@ -102,7 +105,7 @@ def allreduce(
     compression: Any = NoneCompressor,
 ) -> Any:
     """``value`` reduced over every rank (Average by default), as a tensor."""
-    return _common.allreduce(
+    return _tf_collectives.allreduce(
         value, average=average, compression=compression, op=op,
         prescale_factor=prescale_factor, postscale_factor=postscale_factor, name=name,
     )  # fmt: skip
@@ -110,17 +113,17 @@ def allreduce(
 
 def allgather(value: Any, name: str | None = None) -> Any:
     """Every rank's ``value`` concatenated along the first axis, in rank order."""
-    return _common.allgather(value, name=name)
+    return _tf_collectives.allgather(value, name=name)
 
 
 def broadcast(value: Any, root_rank: int, name: str | None = None) -> Any:
     """Rank ``root_rank``'s ``value`` on every rank."""
-    return _common.broadcast(value, root_rank, name=name)
+    return _tf_collectives.broadcast(value, root_rank, name=name)
 
 
 def reducescatter(value: Any, name: str | None = None, op: Any = Average) -> Any:
     """``value`` reduced over every rank; this rank's part of the first axis."""
-    return _common.reducescatter(value, op=op, name=name)
+    return _tf_collectives.reducescatter(value, op=op, name=name)
 
 
 def load_model(
@@ -154,4 +157,4 @@ def load_model(
 
 
 def __getattr__(name: str) -> Any:
-    raise _common.unsupported_attribute(__name__, name, UNSUPPORTED)
+    raise unsupported_attribute(__name__, name, UNSUPPORTED)

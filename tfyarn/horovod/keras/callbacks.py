@@ -18,7 +18,9 @@ import numpy as np
 
 from tfyarn.errors import ConfigError
 from tfyarn.exchange import keras as exchange_keras
-from tfyarn.horovod import _common
+from tfyarn.horovod._checks import check_unsupported
+from tfyarn.horovod._state import require_state
+from tfyarn.horovod._tf_collectives import broadcast_variables
 
 __all__ = [
     "BroadcastGlobalVariablesCallback",
@@ -38,7 +40,7 @@ class BroadcastGlobalVariablesCallback(keras.callbacks.Callback):
 
     def __init__(self, root_rank: int = 0, device: str = "") -> None:
         super().__init__()
-        _common.check_unsupported("BroadcastGlobalVariablesCallback", device=device)
+        check_unsupported("BroadcastGlobalVariablesCallback", device=device)
         self.root_rank = root_rank
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
@@ -54,7 +56,7 @@ class BroadcastGlobalVariablesCallback(keras.callbacks.Callback):
             model.make_train_function(force=True)
         optimizer: Any = getattr(model, "optimizer", None)
         extra = list(optimizer.variables) if getattr(optimizer, "built", False) else []
-        _common.broadcast_variables([*model.weights, *extra], self.root_rank)
+        broadcast_variables([*model.weights, *extra], self.root_rank)
 
 
 class MetricAverageCallback(exchange_keras.MetricAverageCallback):
@@ -62,8 +64,8 @@ class MetricAverageCallback(exchange_keras.MetricAverageCallback):
     read them: put it before them in the list)."""
 
     def __init__(self, device: str = "") -> None:
-        _common.check_unsupported("MetricAverageCallback", device=device)
-        strategy, _ = _common.require_state()
+        check_unsupported("MetricAverageCallback", device=device)
+        strategy, _ = require_state()
         super().__init__(strategy)
 
 
@@ -220,7 +222,7 @@ class LearningRateWarmupCallback(LearningRateScheduleCallback):
         steps_per_epoch: int | None = None,
         verbose: int = 0,
     ) -> None:
-        _, topo = _common.require_state()
+        _, topo = require_state()
         ranks = topo.size
 
         def multiplier(epoch: float) -> float:

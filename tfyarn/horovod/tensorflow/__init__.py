@@ -15,19 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfyarn.horovod import _common
 from tfyarn.horovod._api import *  # noqa: F403 - Horovod's shared names, listed in __all__
 from tfyarn.horovod._api import UNSUPPORTED, Average
 from tfyarn.horovod._api import __all__ as _API_ALL
-from tfyarn.horovod._common import (
-    NoneCompressor,
-    ProcessSet,
-    allgather,
-    allreduce,
-    broadcast,
-    global_process_set,
-    reducescatter,
-)
+from tfyarn.horovod._checks import unsupported_attribute
+from tfyarn.horovod._compression import NoneCompressor
+from tfyarn.horovod._gradients import distributed_keras_optimizer, gradient_reduction
+from tfyarn.horovod._process_set import ProcessSet, global_process_set
+from tfyarn.horovod._state import require_state
+from tfyarn.horovod._tf_collectives import allgather, allreduce, broadcast, reducescatter
 
 __all__ = [
     *_API_ALL,
@@ -91,7 +87,7 @@ def DistributedOptimizer(
     The same as :func:`tfyarn.horovod.keras.DistributedOptimizer` (see there); TF1
     optimizers (``tf.compat.v1.train.*``) and ``use_locking=True`` are refused.
     """
-    reduction = _common.gradient_reduction(
+    reduction = gradient_reduction(
         "hvd.DistributedOptimizer",
         compression=compression,
         op=op,
@@ -104,7 +100,7 @@ def DistributedOptimizer(
         process_set=process_set,
         scale_local_gradients=scale_local_gradients,
     )
-    return _common.distributed_keras_optimizer(
+    return distributed_keras_optimizer(
         optimizer, reduction, backward_passes_per_step, average_aggregated_gradients
     )
 
@@ -143,7 +139,7 @@ class DistributedGradientTape:
         process_set: ProcessSet = global_process_set,
         scale_local_gradients: bool = True,
     ) -> None:
-        self._reduction = _common.gradient_reduction(
+        self._reduction = gradient_reduction(
             "hvd.DistributedGradientTape",
             compression=compression,
             op=op,
@@ -155,7 +151,7 @@ class DistributedGradientTape:
             process_set=process_set,
             scale_local_gradients=scale_local_gradients,
         )
-        self._strategy, _ = _common.require_state()
+        self._strategy, _ = require_state()
         self._tape = gradtape
 
     def __enter__(self) -> DistributedGradientTape:
@@ -180,4 +176,4 @@ class DistributedGradientTape:
 
 
 def __getattr__(name: str) -> Any:
-    raise _common.unsupported_attribute(__name__, name, UNSUPPORTED)
+    raise unsupported_attribute(__name__, name, UNSUPPORTED)

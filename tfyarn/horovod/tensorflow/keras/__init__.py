@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfyarn.horovod import _common
 from tfyarn.horovod._api import UNSUPPORTED
+from tfyarn.horovod._checks import unsupported_attribute
 from tfyarn.horovod.keras import *  # noqa: F403 - the whole Keras API, listed in __all__
 from tfyarn.horovod.keras import __all__ as _KERAS_ALL
 
@@ -15,4 +15,4 @@ __all__ = list(_KERAS_ALL)
 
 
 def __getattr__(name: str) -> Any:
-    raise _common.unsupported_attribute(__name__, name, UNSUPPORTED)
+    raise unsupported_attribute(__name__, name, UNSUPPORTED)
