@@ -309,6 +309,8 @@ def test_watch_options_come_from_the_call_or_the_spark_conf() -> None:
     assert options.log_dir == "/data/logs"
     assert _options({"history.dir": "none"}).history_dir == ""
     assert _options({"tensorboard": "true"}, tensorboard=False).tensorboard is False
+    # The call's own interval wins over the conf's (it was once dropped for the default).
+    assert _options({"history.interval": "2"}, history_interval=0.5).history_interval == 0.5
     off = _options()
     assert (off.tensorboard, off.metrics_port, off.log_dir) == (False, 0, None)
 
