@@ -492,7 +492,9 @@ def launch_options(
         log_dir=_settle(log_dir, conf, "logDir", str, None),
         metrics_port=_settle(metrics_port, conf, "metrics.port", int, 0),
         history_dir=_settle(history_dir, conf, "history.dir", _history_dir, default_history_dir()),
-        history_interval=_settle(history_interval, conf, "history.interval", float, DEFAULT_HISTORY_INTERVAL),
+        history_interval=_settle(
+            history_interval, conf, "history.interval", float, DEFAULT_HISTORY_INTERVAL
+        ),
         **given,
     )
     if named is None:

@@ -4,8 +4,10 @@ Spark ML keeps features as numeric columns, ``pyspark.ml.linalg`` vectors (a
 ``VectorAssembler``'s output) or arrays of numbers. :func:`check_columns` refuses a
 missing column or one of another type from the schema alone (nothing runs), naming the
 column, its type and what to do. :func:`assemble` turns the feature columns into one
-``array<float>`` column (vectors through ``vector_to_array``, so sparse vectors arrive
-dense), in the order given: what tfyarn's Arrow feed and the model's input take.
+``array<float>`` column (vectors through ``vector_to_array``), in the order given: what
+tfyarn's Arrow feed and a model's one input take; :func:`assemble_inputs` makes one such
+column per feature column, for a functional model with as many inputs. (Sparse vectors
+into a sparse input: :mod:`tfyarn.ml.sparse`.)
 :func:`find_bad_values` then counts nulls and NaNs per column in one Spark job, so that
 bad rows are named before any tfyarn role starts.
 """
@@ -23,17 +25,23 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FEATURES",
+    "INPUT",
     "LABEL",
     "assemble",
+    "assemble_inputs",
     "check_columns",
     "column_kind",
     "features_column",
     "find_bad_values",
+    "input_columns",
+    "inputs_column",
 ]
 
 #: Names of the columns :func:`assemble` adds (unlikely to clash with a user's).
 FEATURES = "__tfyarn_features"
 LABEL = "__tfyarn_label"
+#: Prefix of the columns :func:`assemble_inputs` adds, one per input of the model.
+INPUT = "__tfyarn_input_"
 
 
 def column_kind(data_type: DataType) -> str | None:
@@ -114,6 +122,38 @@ def assemble(df: DataFrame, features: Sequence[str], label: str | None = None) -
     if label is not None:
         out = out.withColumn(LABEL, F.col(label))
     return out
+
+
+def input_columns(count: int) -> tuple[str, ...]:
+    """The names :func:`assemble_inputs` gives the inputs of a model with ``count`` inputs."""
+    return tuple(f"{INPUT}{i}" for i in range(count))
+
+
+def inputs_column(df: DataFrame, features: Sequence[str]) -> Column:
+    """The feature columns as one struct of ``array<float>`` fields, one per model input.
+
+    What a model with several inputs is scored on: one column to the Arrow UDF, whose
+    fields are the inputs in order.
+    """
+    from pyspark.sql import functions as F
+
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    names = input_columns(len(features))
+    return F.struct(
+        *[_as_array(n, fields[n]).alias(c) for n, c in zip(features, names, strict=True)]
+    )
+
+
+def assemble_inputs(df: DataFrame, features: Sequence[str], label: str) -> DataFrame:
+    """``df`` with one ``array<float>`` column per feature column (:func:`input_columns`,
+    for a model with as many inputs, in order) and :data:`LABEL`."""
+    from pyspark.sql import functions as F
+
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    out = df
+    for name, column in zip(features, input_columns(len(features)), strict=True):
+        out = out.withColumn(column, _as_array(name, fields[name]))
+    return out.withColumn(LABEL, F.col(label))
 
 
 def find_bad_values(df: DataFrame, columns: Sequence[str]) -> None:

@@ -37,9 +37,12 @@ from tfyarn.ml.columns import (
     FEATURES,
     LABEL,
     assemble,
+    assemble_inputs,
     check_columns,
     features_column,
     find_bad_values,
+    input_columns,
+    inputs_column,
 )
 from tfyarn.ml.inference import ScoringSpec, model_from_bytes, model_to_bytes, score
 from tfyarn.ml.sparse import (
@@ -118,6 +121,8 @@ class _TrainingSpec:
     callbacks: tuple[Any, ...] = field(default=())
     #: The model's sparse input width (:mod:`tfyarn.ml.sparse`); 0: dense features.
     sparse_width: int = 0
+    #: The model's inputs: above 1, one feature column each (:func:`assemble_inputs`).
+    inputs: int = 1
 
 
 def validation_arrays(
@@ -128,6 +133,39 @@ def validation_arrays(
     column (``(features, labels)`` by default) for ``model.fit(validation_data=...)``."""
     rows = assembled.select(*columns).toArrow()
     return tuple(column_to_numpy(name, rows.column(name).combine_chunks()) for name in columns)
+
+
+def _input_layout(model: Any, features: Sequence[str]) -> tuple[int, int]:
+    """How ``model`` takes ``features``: ``(sparse width, inputs)``.
+
+    One sparse input: ``(n, 1)``, fed one Vector column kept sparse. Several inputs:
+    ``(0, k)``, one feature column per input, in the model's input order. Else ``(0, 1)``:
+    the feature columns concatenated into the one input.
+
+    Raises
+    ------
+    ConfigError
+        A sparse input that is not the only one or has no width (see
+        :func:`~tfyarn.ml.sparse.sparse_width`); several inputs and another number of
+        feature columns; a sparse input and several feature columns.
+    """
+    width = sparse_width(model)
+    if width:
+        if len(features) != 1:
+            raise ConfigError(
+                f"the model's input is sparse: it takes one Vector column, not "
+                f"{len(features)} ({', '.join(features)}); assemble them with VectorAssembler"
+            )
+        return width, 1
+    inputs = list(getattr(model, "inputs", None) or [None])
+    if len(inputs) > 1 and len(inputs) != len(features):
+        names = ", ".join(str(getattr(i, "name", "?")) for i in inputs)
+        raise ConfigError(
+            f"the model takes {len(inputs)} inputs ({names}) and featureCols names "
+            f"{len(features)} columns ({', '.join(features)}): give one column per input, "
+            "in the model's input order"
+        )
+    return 0, len(inputs)
 
 
 def _train(spec: _TrainingSpec) -> Callable[[NodeContext], Any]:
@@ -145,11 +183,12 @@ def _train(spec: _TrainingSpec) -> Callable[[NodeContext], Any]:
             loss=keras.losses.deserialize(spec.loss) if isinstance(spec.loss, dict) else spec.loss,
             metrics=list(spec.metrics),
         )
+        one_column = not spec.sparse_width and spec.inputs == 1
         dataset = ctx.dataset(
             spec.batch_size,
             epochs=spec.epochs,
-            # Sparse: the padded indices and values columns, as a dict.
-            features=None if spec.sparse_width else FEATURES,
+            # Else a dict of the columns: sparse indices and values, or one per input.
+            features=FEATURES if one_column else None,
             label=LABEL,
             shuffle=spec.shuffle,
             seed=spec.seed,
@@ -162,6 +201,11 @@ def _train(spec: _TrainingSpec) -> Callable[[NodeContext], Any]:
                 validation = validation_batches(
                     indices, values, labels, spec.batch_size, spec.sparse_width
                 )
+        elif spec.inputs > 1:
+            names = input_columns(spec.inputs)
+            dataset = dataset.map(lambda x, y: (tuple(x[n] for n in names), y))
+            if validation is not None:
+                validation = (list(validation[:-1]), validation[-1])
         history = model.fit(
             dataset,
             epochs=spec.epochs,
@@ -330,11 +374,15 @@ class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
         label = self.getOrDefault(self.labelCol)
         check_columns(dataset.schema, features, [label])
         model = self._keras_model()
-        width = sparse_width(model)
+        width, inputs = _input_layout(model, features)
         if width:  # kept sparse: tfyarn.ml.sparse
             find_bad_values(dataset, [label])
             assembled, _ = assemble_sparse(dataset, features, label, width)
             columns: tuple[str, ...] = (INDICES, VALUES, LABEL)
+        elif inputs > 1:  # one feature column per input of a functional model
+            find_bad_values(dataset, [*features, label])
+            assembled = assemble_inputs(dataset, features, label)
+            columns = (*input_columns(inputs), LABEL)
         else:
             find_bad_values(dataset, [*features, label])
             assembled, columns = assemble(dataset, features, label), (FEATURES, LABEL)
@@ -356,6 +404,7 @@ class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
             validation=validation,
             callbacks=tuple(self.getOrDefault("callbacks")),
             sparse_width=width,
+            inputs=inputs,
         )
         result = tfyarn.run(
             dataset.sparkSession,
@@ -399,7 +448,8 @@ class KerasModel(Model, _ScoringParams, MLWritable, MLReadable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         self._model_bytes: bytes = b""
-        self._width: tuple[int, int] | None = None  # (hash of the model bytes, width)
+        # (hash of the model bytes, sparse width, inputs): see _input_layout
+        self._layout: tuple[int, int, int] | None = None
         self.history: dict[str, Any] = {}
         self.run_result: Any = None
         self._set(**self._input_kwargs)
@@ -433,23 +483,20 @@ class KerasModel(Model, _ScoringParams, MLWritable, MLReadable):
             raise ConfigError("this KerasModel holds no model: fit, load or from_saved it")
         features = self.getOrDefault(self.featureCols)
         check_columns(dataset.schema, features)
-        width = self._sparse_width()
-        if not width:
-            return score(dataset, features_column(dataset, features), self._spec(self._model_bytes))
-        if len(features) != 1:
-            raise ConfigError(
-                f"this model's input is sparse: it scores one Vector column, not "
-                f"{len(features)} ({', '.join(features)})"
-            )
-        spec = replace(self._spec(self._model_bytes), sparse_width=width)
-        return score(dataset, sparse_parts(dataset, features[0]), spec)
+        width, inputs = self._input_layout(features)
+        spec = replace(self._spec(self._model_bytes), sparse_width=width, inputs=inputs)
+        if width:
+            return score(dataset, sparse_parts(dataset, features[0]), spec)
+        if inputs > 1:
+            return score(dataset, inputs_column(dataset, features), spec)
+        return score(dataset, features_column(dataset, features), spec)
 
-    def _sparse_width(self) -> int:
-        """The model's sparse input width (0: dense), found once per model."""
+    def _input_layout(self, features: Sequence[str]) -> tuple[int, int]:
+        """:func:`_input_layout` of the model, found once per model."""
         digest = hash(self._model_bytes)
-        if self._width is None or self._width[0] != digest:
-            self._width = (digest, sparse_width(self.keras_model()))
-        return self._width[1]
+        if self._layout is None or self._layout[0] != digest:
+            self._layout = (digest, *_input_layout(self.keras_model(), features))
+        return self._layout[1], self._layout[2]
 
     def copy(self, extra: dict[Any, Any] | None = None) -> KerasModel:
         copied: KerasModel = super().copy(extra)

@@ -83,6 +83,9 @@ class ScoringSpec:
     sparse_width : int
         The width of the model's sparse input, whose features arrive as
         :func:`~tfyarn.ml.sparse.sparse_parts` structs; 0: dense feature rows.
+    inputs : int
+        The model's inputs; above 1 the features arrive as structs of one array per
+        input (:func:`~tfyarn.ml.columns.inputs_column`).
     """
 
     model: bytes
@@ -90,6 +93,7 @@ class ScoringSpec:
     raw_prediction: str = ""
     batch_size: int = 1024
     sparse_width: int = 0
+    inputs: int = 1
 
     @property
     def digest(self) -> str:
@@ -131,6 +135,14 @@ def predict_array(spec: ScoringSpec, features: pa.Array) -> pa.StructArray:
     batches: Iterable[Any]
     if spec.sparse_width:
         batches = csr_batches(features, spec.sparse_width, spec.batch_size)
+    elif spec.inputs > 1:  # a struct of one array column per input
+        xs = [
+            np.asarray(column_to_numpy(f"input {i}", child), np.float32)
+            for i, child in enumerate(features.flatten())
+        ]
+        batches = (
+            [x[i : i + spec.batch_size] for x in xs] for i in range(0, rows, spec.batch_size)
+        )
     else:
         x = np.asarray(column_to_numpy("features", features), np.float32)  # rows x width
         batches = (x[i : i + spec.batch_size] for i in range(0, rows, spec.batch_size))
