@@ -5,7 +5,7 @@ GPUs with tfyarn's own discovery script, ``tfyarn/yarn/gpus.sh``): each role mus
 exactly the GPU its task was assigned, through CUDA_VISIBLE_DEVICES set before
 TensorFlow started, and its step on that GPU must equal a NumPy re-computation. The
 YARN side of GPU requests (``yarn.io/gpu`` allocations) runs without GPUs in
-tests/yarn/test_gpu_request.py.
+tests/yarn/test_submit_yarn.py (the failing-role application asks for GPUs).
 
 Skipped, with the reason, on a host without an NVIDIA GPU or with the CPU build of
 TensorFlow (the default ``tf`` extra; the ``gpu`` extra installs the CUDA one).

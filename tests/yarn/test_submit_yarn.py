@@ -1,5 +1,6 @@
 """``tfyarn submit`` on the real dev YARN: the digits example in both deploy modes (with
-the packed environment), a failing role, a killed application, ``tfyarn logs``."""
+the packed environment), a failing role (asking for GPUs, which the dev NodeManager
+counts without having any), a killed application, ``tfyarn logs``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -138,9 +141,23 @@ def _uploads(output: str) -> str:
     return "\n".join(line for line in output.splitlines() if "Uploading resource" in line)
 
 
-def test_failing_role_fails_the_application_with_its_traceback(dev_yarn: DevYarnFixture) -> None:
+def test_failing_role_fails_the_application_with_its_traceback(
+    dev_yarn: DevYarnFixture, tmp_path: Path
+) -> None:
+    """Also a GPU request through YARN without GPUs: Spark's executor GPU amount becomes a
+    ``yarn.io/gpu`` allocation of the real dev YARN, and the role is pinned to its GPU.
+
+    (One application for both: each costs a minute or two of JVM start-ups.)
+    """
+    profile = tmp_path / "yarn-gpu.conf"
+    base = (REPO / "conf" / "yarn-cluster.conf").read_text()
+    profile.write_text(
+        base
+        + "spark.executor.resource.gpu.amount 1\n"
+        + f"spark.executor.resource.gpu.discoveryScript {APPS / 'stand_in_gpus.sh'}\n"
+    )
     run = dev_yarn.submit(
-        ["--profile", "yarn-cluster", "--workers", "1", str(APPS / "failing_role.py")]
+        ["--profile", str(profile), "--workers", "1", str(APPS / "failing_role.py")]
     )
     assert run.returncode != 0
     assert run.app_id is not None, run.output[-4000:]
@@ -158,6 +175,29 @@ def test_failing_role_fails_the_application_with_its_traceback(dev_yarn: DevYarn
     logs = _logs(dev_yarn, run.app_id)
     assert mark in logs
     assert "Traceback (most recent call last)" in logs
+    # tfyarn submit added the task amount (one task, one role, per executor), and the
+    # role was pinned to the one stand-in GPU its executor got.
+    assert f"{mark} (CUDA_VISIBLE_DEVICES=0)" in run.output, run.output[-3000:]
+    # YARN accounted GPU-seconds to the application: the containers held yarn.io/gpu.
+    seconds = _resource_seconds(dev_yarn.state.rm_web_url, run.app_id)
+    assert seconds.get("yarn.io/gpu", 0) > 0, seconds
+
+
+def _resource_seconds(rm_url: str, app_id: str) -> dict[str, int]:
+    """The application's resourceSecondsMap, read as XML.
+
+    Hadoop 3.4's JSON (Jersey 1) writes the map as an object with a repeated "entry" key,
+    which JSON parsers collapse to the last entry; the XML lists every entry.
+    """
+    req = urllib.request.Request(
+        f"{rm_url}/ws/v1/cluster/apps/{app_id}?user.name={getpass.getuser()}",
+        headers={"Accept": "application/xml"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        root = ElementTree.fromstring(resp.read())
+    found = root.find("resourceSecondsMap")
+    entries = found.findall("entry") if found is not None else []
+    return {e.findtext("key", ""): int(e.findtext("value", "0")) for e in entries}
 
 
 def _role_pids(app_dir: Path) -> list[int]:
