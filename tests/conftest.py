@@ -40,8 +40,9 @@ FOLDER_MARKERS: dict[str, str] = {
 #: jobs, and the namespace hosts' own standalone cluster), ``--test-group spark``
 #: (tests/integration on one local Spark cluster) and ``--test-group light`` (the unit
 #: tests, the Ansible deploy, and on a small Spark cluster the exchange algorithms' jobs,
-#: the watched job and Spark ML). Most of a session's time is waiting (JVM start-ups, YARN
-#: localisation, polling, role start-up), so sessions at once keep the 2 cores busy; a
+#: the watched job, Spark ML and the TFoS and Horovod programs). Most of a session's time
+#: is waiting (JVM start-ups, YARN localisation, polling, role start-up), so sessions at
+#: once keep the 2 cores busy; a
 #: fourth made every session slower (the spark group 21 min 48 s, the yarn group 20 min
 #: 34 s, against 20:48 and 19:49 with three). A key is a folder under tests/, or a file
 #: there (which wins over its folder). Plain ``pytest`` runs every group in one session.
