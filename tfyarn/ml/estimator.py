@@ -373,25 +373,25 @@ class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
         features = self.getOrDefault(self.featureCols) if self.isDefined(self.featureCols) else []
         label = self.getOrDefault(self.labelCol)
         check_columns(dataset.schema, features, [label])
+        loss = self.getOrDefault(self.loss) if self.isDefined(self.loss) else None
+        if loss is None:  # before any Spark job reads the data
+            raise ConfigError("KerasEstimator needs loss=: a Keras loss or its name")
         model = self._keras_model()
         width, inputs = _input_layout(model, features)
+        # A sparse column's nulls and NaNs are counted by assemble_sparse: made dense to
+        # be checked here, a 2^18-wide vector would be 1 MB a row.
+        find_bad_values(dataset, [label] if width else [*features, label])
         if width:  # kept sparse: tfyarn.ml.sparse
-            find_bad_values(dataset, [label])
             assembled, _ = assemble_sparse(dataset, features, label, width)
             columns: tuple[str, ...] = (INDICES, VALUES, LABEL)
         elif inputs > 1:  # one feature column per input of a functional model
-            find_bad_values(dataset, [*features, label])
             assembled = assemble_inputs(dataset, features, label)
             columns = (*input_columns(inputs), LABEL)
         else:
-            find_bad_values(dataset, [*features, label])
             assembled, columns = assemble(dataset, features, label), (FEATURES, LABEL)
         train_df, valid_df = self._validation(assembled)
         validation = None if valid_df is None else validation_arrays(valid_df, columns)
         optimizer = self.getOrDefault(self.optimizer)
-        loss = self.getOrDefault(self.loss) if self.isDefined(self.loss) else None
-        if loss is None:
-            raise ConfigError("KerasEstimator needs loss=: a Keras loss or its name")
         spec = _TrainingSpec(
             model=model_to_bytes(model),
             optimizer=keras.optimizers.serialize(keras.optimizers.get(optimizer)),
