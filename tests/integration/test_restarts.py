@@ -368,6 +368,33 @@ def _executor_jvms(app_id: str) -> list[int]:
     return sorted(found)
 
 
+def _settled_executor_jvms(spark: Any, count: int, within: float = 60.0) -> list[int]:
+    """The session's ``count`` executor JVMs, once the executors of earlier tests are gone.
+
+    An executor an earlier test killed can still be shutting down (under load, seconds
+    after its replacement registered): wait until exactly ``count`` JVMs with distinct
+    executor ids remain, as Spark counts them too.
+    """
+    _wait_executors(spark, count)
+    app_id = spark.sparkContext.applicationId
+    deadline = time.monotonic() + within
+    jvms: list[int] = []
+    while time.monotonic() < deadline:
+        jvms, ids = [], set()
+        for jvm in _executor_jvms(app_id):
+            try:
+                state = Path(f"/proc/{jvm}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state not in ("Z", "X"):
+                    ids.add(_executor_id(jvm))
+                    jvms.append(jvm)
+            except (OSError, ValueError):  # gone meanwhile, or its argv already empty
+                continue
+        if len(jvms) == count and len(ids) == count:
+            return jvms
+        time.sleep(0.5)
+    raise AssertionError(f"{count} executor JVMs expected after {within:.0f} s: {jvms}")
+
+
 def _wait_executors(spark: Any, count: int, within: float = 120.0) -> None:
     tracker = spark.sparkContext.statusTracker()
     deadline = time.monotonic() + within
@@ -392,9 +419,7 @@ def test_a_restart_without_the_lost_executor_goes_on_with_fewer_workers(
     goes on with worker:0 alone on all the data, from the checkpoint, to the same total.
     """
     backend = spark.sparkContext._jsc.sc()
-    app_id = spark.sparkContext.applicationId
-    jvms = _executor_jvms(app_id)
-    assert len(jvms) == 4, jvms
+    jvms = _settled_executor_jvms(spark, 4)
     for jvm in jvms[2:]:
         backend.killExecutor(_executor_id(jvm))
     try:

@@ -698,6 +698,36 @@ class _Watch:
         return error
 
 
+def _not_stopped(
+    roles: Sequence[RoleState],
+    serving: Sequence[str],
+    told: dict[str, float],
+    finish_since: float,
+    now: float,
+    grace: float,
+    startup_timeout: float,
+) -> list[str]:
+    """The serving roles still running ``grace`` seconds after they could stop.
+
+    The grace of a role counts from when it was told to finish and had started its
+    ``train_fn``, whichever came later: a ps still importing TensorFlow when the trainers
+    end cannot act on the message yet. A role that gets neither far is given its start-up
+    timeout on top, counted from the end of training.
+    """
+    stuck = []
+    for state in roles:
+        if state.task_id not in serving or state.state in ("done", "failed"):
+            continue
+        told_at = told.get(state.task_id)
+        if told_at is not None and state.ready_at is not None:
+            since = max(told_at, state.ready_at)
+        else:
+            since = finish_since + startup_timeout
+        if now - since > grace:
+            stuck.append(state.task_id)
+    return stuck
+
+
 #: Seconds the driver waits, once a role reported its failure, for the stage to fail
 #: too: a lost role's peers fail right after it, and the loss is the cause to act on.
 _SETTLE_SECONDS = 3.0
@@ -775,7 +805,8 @@ def _run_stage(
 
     trainers = [r.task_id for r in job.plan if job.finishes_by_itself(r)]
     serving = [r.task_id for r in job.plan if not job.finishes_by_itself(r)]
-    finish_sent: float | None = None
+    finish_since: float | None = None  # when every trainer had reported done
+    told: dict[str, float] = {}  # serving role -> when it was told to finish
     thread = threading.Thread(target=collect, name="tfyarn-stage", daemon=True)
     stage_started = time.monotonic()
     thread.start()
@@ -792,21 +823,25 @@ def _run_stage(
                 raise _with_job(lost, job, server)
             if _spark_retried(sc, group):
                 raise _retried_error(job, sc)
-            if serving and finish_sent is None and server.all_done(trainers):
-                server.tell(serving, {"kind": "finish"})
-                finish_sent = time.monotonic()
-            if finish_sent is not None and time.monotonic() - finish_sent > job.shutdown_grace:
-                stuck = [
-                    s.task_id
-                    for s in server.snapshot()
-                    if s.task_id in serving and s.state != "done"
-                ]
-                raise TFYarnError(
-                    f"training finished but {', '.join(stuck) or 'the serving roles'} did not "
-                    f"stop within {job.shutdown_grace:.0f} s of being told to; the job was "
-                    "cancelled. A ps/evaluator train_fn must return once "
-                    "ctx.wait_training_finished() does"
-                )
+            if serving and finish_since is None and server.all_done(trainers):
+                finish_since = time.monotonic()
+            if finish_since is not None:
+                # A role not yet connected misses the message: tell it once it is.
+                untold = [t for t in serving if t not in told]
+                if untold:
+                    missed = set(server.tell(untold, {"kind": "finish"}))
+                    told.update((t, time.monotonic()) for t in untold if t not in missed)
+                stuck = _not_stopped(
+                    server.snapshot(), serving, told, finish_since, time.monotonic(),
+                    job.shutdown_grace, job.startup_timeout,
+                )  # fmt: skip
+                if stuck:
+                    raise TFYarnError(
+                        f"training finished but {', '.join(stuck)} did not stop within "
+                        f"{job.shutdown_grace:.0f} s of being told to; the job was "
+                        "cancelled. A ps/evaluator train_fn must return once "
+                        "ctx.wait_training_finished() does"
+                    )
             if timeout is not None and time.monotonic() - begun > timeout:
                 raise TFYarnError(
                     timeout_message(timeout, server.snapshot(), job.heartbeat_interval)
