@@ -88,6 +88,18 @@ static void scale_f16_base(uint16_t *restrict d, float a, size_t n) {
     for (size_t i = 0; i < n; i++) d[i] = f32_to_f16(f16_to_f32(d[i]) * a);
 }
 
+static void narrow_f16_base(uint16_t *restrict d, const float *restrict s, size_t n) {
+    for (size_t i = 0; i < n; i++) d[i] = f32_to_f16(s[i]);
+}
+
+static void widen_f16_base(float *restrict d, const uint16_t *restrict s, size_t n, int acc) {
+    if (acc) {
+        for (size_t i = 0; i < n; i++) d[i] += f16_to_f32(s[i]);
+    } else {
+        for (size_t i = 0; i < n; i++) d[i] = f16_to_f32(s[i]);
+    }
+}
+
 #ifdef TFY_X86_DISPATCH
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
@@ -116,6 +128,23 @@ static void scale_f16_avx2(uint16_t *restrict d, float a, size_t n) {
     }
     for (; i < n; i++) d[i] = f32_to_f16(f16_to_f32(d[i]) * a);
 }
+
+static void narrow_f16_avx2(uint16_t *restrict d, const float *restrict s, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(d + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) d[i] = f32_to_f16(s[i]);
+}
+
+static void widen_f16_avx2(float *restrict d, const uint16_t *restrict s, size_t n, int acc) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 y = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i)));
+        _mm256_storeu_ps(d + i, acc ? _mm256_add_ps(_mm256_loadu_ps(d + i), y) : y);
+    }
+    for (; i < n; i++) d[i] = acc ? d[i] + f16_to_f32(s[i]) : f16_to_f32(s[i]);
+}
 #pragma GCC pop_options
 #endif
 
@@ -127,6 +156,10 @@ static struct {
     void (*scale_f16)(uint16_t *restrict, float, size_t);
     void (*add_bf16)(uint16_t *restrict, const uint16_t *restrict, size_t);
     void (*scale_bf16)(uint16_t *restrict, float, size_t);
+    void (*narrow_f16)(uint16_t *restrict, const float *restrict, size_t);
+    void (*widen_f16)(float *restrict, const uint16_t *restrict, size_t, int);
+    void (*narrow_bf16)(uint16_t *restrict, const float *restrict, size_t);
+    void (*widen_bf16)(float *restrict, const uint16_t *restrict, size_t, int);
     void (*sgd)(float *restrict, const float *restrict, size_t, float);
     void (*momentum)(float *restrict, const float *restrict, float *restrict, size_t, float,
                      float, int);
@@ -145,6 +178,10 @@ static struct {
         K.scale_f16 = scale_f16_##sfx;                                                     \
         K.add_bf16 = add_bf16_##sfx;                                                       \
         K.scale_bf16 = scale_bf16_##sfx;                                                   \
+        K.narrow_f16 = narrow_f16_##sfx;                                                   \
+        K.widen_f16 = widen_f16_##sfx;                                                     \
+        K.narrow_bf16 = narrow_bf16_##sfx;                                                 \
+        K.widen_bf16 = widen_bf16_##sfx;                                                   \
         K.sgd = sgd_##sfx;                                                                 \
         K.momentum = momentum_##sfx;                                                       \
         K.adam = adam_##sfx;                                                               \
@@ -186,6 +223,40 @@ static PyObject *py_scale(PyObject *m, PyObject *args) {
     if (dt == DT_F32) K.scale_f32(ADDR(dst), a, (size_t)n);
     else if (dt == DT_F16) K.scale_f16(ADDR(dst), a, (size_t)n);
     else K.scale_bf16(ADDR(dst), a, (size_t)n);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* narrow(dst_half, src_f32, n, code): dst = round-to-nearest-even(src). */
+static PyObject *py_narrow(PyObject *m, PyObject *args) {
+    unsigned long long dst, src;
+    Py_ssize_t n;
+    int dt;
+    if (!PyArg_ParseTuple(args, "KKni:narrow", &dst, &src, &n, &dt)) return NULL;
+    if (n < 0 || (dt != DT_F16 && dt != DT_BF16)) {
+        PyErr_SetString(PyExc_ValueError, "narrow: bad element count or half dtype code");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (dt == DT_F16) K.narrow_f16(ADDR(dst), ADDR(src), (size_t)n);
+    else K.narrow_bf16(ADDR(dst), ADDR(src), (size_t)n);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* widen(dst_f32, src_half, n, code, accumulate): dst = src, or dst += src (in float32). */
+static PyObject *py_widen(PyObject *m, PyObject *args) {
+    unsigned long long dst, src;
+    Py_ssize_t n;
+    int dt, acc;
+    if (!PyArg_ParseTuple(args, "KKnip:widen", &dst, &src, &n, &dt, &acc)) return NULL;
+    if (n < 0 || (dt != DT_F16 && dt != DT_BF16)) {
+        PyErr_SetString(PyExc_ValueError, "widen: bad element count or half dtype code");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (dt == DT_F16) K.widen_f16(ADDR(dst), ADDR(src), (size_t)n, acc);
+    else K.widen_bf16(ADDR(dst), ADDR(src), (size_t)n, acc);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -249,6 +320,8 @@ static PyObject *py_adagrad(PyObject *m, PyObject *args) {
 static PyMethodDef kernel_methods[] = {
     {"add", py_add, METH_VARARGS, "add(dst_addr, src_addr, n, dtype_code): dst += src"},
     {"scale", py_scale, METH_VARARGS, "scale(dst_addr, n, dtype_code, alpha): dst *= alpha"},
+    {"narrow", py_narrow, METH_VARARGS, "narrow(dst_half, src_f32, n, dtype_code)"},
+    {"widen", py_widen, METH_VARARGS, "widen(dst_f32, src_half, n, dtype_code, accumulate)"},
     {"sgd", py_sgd, METH_VARARGS, "sgd(p, g, n, lr)"},
     {"momentum", py_momentum, METH_VARARGS, "momentum(p, g, v, n, lr, momentum, nesterov)"},
     {"adam", py_adam, METH_VARARGS, "adam(p, g, m, v, n, lr, beta1, beta2, eps, step)"},

@@ -19,6 +19,20 @@ static void KN(scale_bf16)(uint16_t *restrict d, float a, size_t n) {
     for (size_t i = 0; i < n; i++) d[i] = f32_to_bf16(bf16_to_f32(d[i]) * a);
 }
 
+/* Gradient compression: narrow float32 to bfloat16 for the wire, and widen it back
+ * (accumulating into float32, so that a reduction never adds in half precision). */
+static void KN(narrow_bf16)(uint16_t *restrict d, const float *restrict s, size_t n) {
+    for (size_t i = 0; i < n; i++) d[i] = f32_to_bf16(s[i]);
+}
+
+static void KN(widen_bf16)(float *restrict d, const uint16_t *restrict s, size_t n, int acc) {
+    if (acc) {
+        for (size_t i = 0; i < n; i++) d[i] += bf16_to_f32(s[i]);
+    } else {
+        for (size_t i = 0; i < n; i++) d[i] = bf16_to_f32(s[i]);
+    }
+}
+
 static void KN(sgd)(float *restrict p, const float *restrict g, size_t n, float lr) {
     for (size_t i = 0; i < n; i++) p[i] -= lr * g[i];
 }

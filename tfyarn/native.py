@@ -12,7 +12,9 @@ The kernels work in place on C-contiguous NumPy arrays (or Buffers plus a dtype)
 :func:`add_` and :func:`scale_` for float32, float16 and bfloat16 (half types are
 widened to float32, combined and rounded once), and the optimizer updates
 :func:`sgd_`, :func:`momentum_`, :func:`adam_` and :func:`adagrad_` (float32, the
-formulas of the Keras 3 optimizers). They run with the GIL released.
+formulas of the Keras 3 optimizers). :func:`narrow_` and :func:`widen_` convert between
+float32 and a half type (the exchange's gradient compression). They run with the GIL
+released.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ __all__ = [
     "add_",
     "default_pool",
     "momentum_",
+    "narrow_",
     "scale_",
     "sgd_",
+    "widen_",
 ]
 
 #: Whether the extension was built against UCX (the ``ucx`` transport is available).
@@ -268,6 +272,59 @@ def scale_(dst: Any, alpha: float, dtype: Any = None) -> None:
     """
     d = _operand(dst, dtype, "dst", True)
     _native.scale(d[0], d[1], _kernel_code(d[2]), float(alpha))
+
+
+def _half_pair(
+    name: str, half: Any, full: Any, dtype: Any, half_writable: bool
+) -> tuple[tuple[int, int, np.dtype, Any], tuple[int, int, np.dtype, Any], int]:
+    """Check a (half, float32) operand pair of the same length; return them and the code."""
+    h = _operand(half, dtype if isinstance(half, _native.Buffer) else None, "half", half_writable)
+    f = _operand(full, _buffer_dtype(full, np.float32), "full", not half_writable)
+    if f[2] != np.float32:
+        raise ConfigError(f"{name}: the full-precision operand must be float32, got {f[2]}")
+    code = _kernel_code(h[2])
+    if code == _F32:
+        raise ConfigError(f"{name}: the half operand must be float16 or bfloat16, got float32")
+    if h[1] != f[1]:
+        raise ConfigError(f"{name}: {h[1]} half elements against {f[1]} float32 elements")
+    return h, f, code
+
+
+def narrow_(dst: Any, src: Any, dtype: Any = None) -> None:
+    """``dst = src`` rounded to a half type (nearest even; NaN stays NaN).
+
+    Parameters
+    ----------
+    dst : numpy.ndarray or Buffer
+        float16 or bfloat16, written.
+    src : numpy.ndarray or Buffer
+        float32, same element count.
+    dtype : dtype-like, optional
+        The half type; required when ``dst`` is a :class:`Buffer`.
+    """
+    h, f, code = _half_pair("narrow_", dst, src, dtype, True)
+    _native.narrow(h[0], f[0], h[1], code)
+
+
+def widen_(dst: Any, src: Any, accumulate: bool = False, dtype: Any = None) -> None:
+    """``dst = src`` (or ``dst += src`` with ``accumulate``), a half type widened to float32.
+
+    Accumulation adds in float32: a reduction over many ranks loses nothing to half
+    precision beyond the rounding of each rank's own contribution.
+
+    Parameters
+    ----------
+    dst : numpy.ndarray or Buffer
+        float32, written (or added to).
+    src : numpy.ndarray or Buffer
+        float16 or bfloat16, same element count.
+    accumulate : bool
+        Add to ``dst`` instead of overwriting it.
+    dtype : dtype-like, optional
+        The half type; required when ``src`` is a :class:`Buffer`.
+    """
+    h, f, code = _half_pair("widen_", src, dst, dtype, False)
+    _native.widen(f[0], h[0], h[1], code, bool(accumulate))
 
 
 def _f32_operands(name: str, **arrays: Any) -> list[tuple[int, int, np.dtype, Any]]:

@@ -33,7 +33,14 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     )
     for name in STRATEGY_NAMES
     if name not in COVERED_ELSEWHERE
-] + [("model_averaging", {"every": "epoch"})]
+] + [
+    ("model_averaging", {"every": "epoch"}),
+    # gradients on the wire as half types: held to the uncompressed reference below
+    ("allreduce", {"compression": "fp16"}),
+    ("allreduce", {"compression": "bf16"}),
+]
+#: How far compressed gradients may move the held-out accuracy (one point).
+COMPRESSION_TOLERANCE = 0.01
 PS_ALGORITHMS = {"sync_ps", "downpour", "easgd", "adag"}
 
 
@@ -68,11 +75,30 @@ def _digits_job(ctx: Any) -> dict[str, float]:
         # several steps per callback call: the schedules must still count every step
         steps_per_execution=3 if ctx.strategy_options.get("every") == 8 else 1,
     )
+    compressed = "compression" in ctx.strategy_options
+    start = model.get_weights()
+    # compressed runs keep the shard's order, so that the reference below sees the same
+    # combined batches
     model.fit(xtr[shard], ytr[shard], batch_size=32, epochs=EPOCHS, verbose=0,
-              callbacks=strategy.callbacks())  # fmt: skip  # fmt: skip
+              shuffle=not compressed, callbacks=strategy.callbacks())  # fmt: skip
     _, acc = model.evaluate(xte, yte, verbose=0)
     steps = EPOCHS * -(-per // 32)
-    return {"accuracy": float(acc), "steps": strategy.algorithm.steps, "expected_steps": steps}
+    out = {"accuracy": float(acc), "steps": strategy.algorithm.steps, "expected_steps": steps}
+    if compressed and strategy.rank == 0:
+        # Uncompressed synchronous SGD: one process on the combined batches (rank 0's
+        # start, which the exchange broadcast), equal to a float32 all-reduce.
+        combined = np.concatenate([
+            np.arange(r * per + b, r * per + min(b + 32, per))
+            for b in range(0, per, 32) for r in range(strategy.size)
+        ])  # fmt: skip
+        ref = keras.models.clone_model(model)
+        ref.set_weights(start)
+        ref.compile(optimizer=keras.optimizers.Adam(0.01), metrics=["accuracy"],
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))  # fmt: skip
+        ref.fit(xtr[combined], ytr[combined], batch_size=32 * strategy.size, epochs=EPOCHS,
+                shuffle=False, verbose=0)  # fmt: skip
+        out["reference_accuracy"] = float(ref.evaluate(xte, yte, verbose=0)[1])
+    return out
 
 
 @pytest.mark.parametrize(
@@ -96,3 +122,7 @@ def test_algorithm_converges_on_digits(algorithm: str, options: dict[str, Any]) 
     assert min(accs.values()) >= TARGET_ACCURACY, accs
     for r in res.values():  # the schedules saw every step, steps_per_execution or not
         assert r["steps"] == r["expected_steps"]
+    if "compression" in options:
+        reference = res["worker:0"]["reference_accuracy"]
+        print(f"  uncompressed reference (one process, combined batches): {reference:.4f}")
+        assert abs(accs["worker:0"] - reference) <= COMPRESSION_TOLERANCE, (accs, reference)

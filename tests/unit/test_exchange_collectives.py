@@ -15,17 +15,20 @@ import numpy as np
 import pytest
 
 from tfyarn import transport
-from tfyarn.errors import RoleFailedError
+from tfyarn.errors import ConfigError, RoleFailedError
+from tfyarn.exchange.buckets import chunk_ranges
 from tfyarn.exchange.collectives import (
     Collectives,
     LazyRing,
     average_variables,
     broadcast_variables,
 )
+from tfyarn.exchange.compression import wire_dtype
 from tfyarn.exchange.context import ExchangeContext
 from tfyarn.exchange.local import LocalContext, run_local
 from tfyarn.exchange.mesh import Mesh
 from tfyarn.exchange.ring import Ring
+from tfyarn.exchange.stats import process_stats
 from tfyarn.exchange.tensors import ArrayVariable
 
 #: Small pipeline chunks: many chunks per segment even for small arrays.
@@ -121,6 +124,92 @@ def test_fused_allreduce_of_mixed_shapes_and_dtypes_matches_numpy() -> None:
             np.testing.assert_allclose(mean.astype(np.float64), want / 3, rtol=tol, atol=tol)
             # the second call's results are fresh buffers: the first's are not overwritten
             np.testing.assert_allclose(total.astype(np.float64), want, rtol=tol, atol=tol)
+
+
+#: The compressions and their wire types.
+WIRES = {"fp16": np.dtype(np.float16), "bf16": np.dtype(ml_dtypes.bfloat16)}
+
+
+def _replayed_ring(inputs: list[np.ndarray], wire: np.dtype, average: bool) -> np.ndarray:
+    """NumPy replay of the compressed ring: what every rank must end with, bit for bit.
+
+    Segment ``s`` starts at rank ``s`` (narrowed), and each next rank adds the widened
+    partial sum to its own float32 values; the last of them (the owner, rank ``s - 1``)
+    averages and narrows once more, and that is what everyone gets.
+    """
+    n = len(inputs)
+    out = np.empty_like(inputs[0])
+    for s, (lo, hi) in enumerate(chunk_ranges(inputs[0].size, n)):
+        acc = inputs[s][lo:hi].astype(wire).astype(np.float32)
+        for k in range(1, n):
+            acc = inputs[(s + k) % n][lo:hi] + acc
+            if k < n - 1:
+                acc = acc.astype(wire).astype(np.float32)
+        if average:
+            acc = acc * np.float32(1.0 / n)
+        out[lo:hi] = acc.astype(wire).astype(np.float32)
+    return out
+
+
+def _compressed_job(ctx: LocalContext) -> dict[tuple[str, int, bool], np.ndarray]:
+    ring = ctx.strategy().ring
+    out = {}
+    for name, wire in WIRES.items():
+        for size in SIZES:
+            for average in (False, True):
+                x = _values(ring.rank, size, "float32") * 100
+                out[name, size, average] = ring.allreduce_(x, average=average, wire=wire)
+    return out
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_compressed_ring_sums_in_float32_and_agrees_with_a_numpy_replay(workers: int) -> None:
+    """fp16/bf16 on the wire: only what travels is rounded, every rank gets the same bits.
+
+    Adding in half precision instead (rounding each partial sum in the accumulator too)
+    or a rank keeping its unrounded own segment would differ from the replay.
+    """
+    results = run_local(
+        _compressed_job, threads=True, workers=workers, strategy="allreduce",
+        strategy_options=OPTIONS,
+    )  # fmt: skip
+    inputs = {size: [_values(r, size, "float32") * 100 for r in range(workers)] for size in SIZES}
+    for name, wire in WIRES.items():
+        for size in SIZES:
+            for average in (False, True):
+                want = _replayed_ring(inputs[size], wire, average)
+                for task, res in results.items():
+                    np.testing.assert_array_equal(
+                        res[name, size, average], want, err_msg=f"{name} {size} on {task}"
+                    )
+
+
+def _bytes_job(ctx: LocalContext) -> dict[str, int]:
+    strategy = ctx.strategy()
+    sent = {}
+    for compression in ("none", "fp16", "bf16"):
+        strategy.barrier()
+        before = process_stats().figures().bytes_sent
+        strategy.collectives.allreduce_(
+            np.ones(1 << 16, np.float32), average=True, wire=wire_dtype(compression)
+        )
+        sent[compression] = process_stats().figures().bytes_sent - before
+    return sent
+
+
+def test_compression_halves_the_bytes_on_the_wire() -> None:
+    # one process per rank: each counts its own bytes
+    results = run_local(
+        _bytes_job, workers=2, strategy="allreduce", strategy_options={"timeout": 60}
+    )
+    for sent in results.values():
+        # each of 2 ranks sends half the buffer twice (reduce-scatter, all-gather)
+        assert sent == {"none": 4 << 16, "fp16": 2 << 16, "bf16": 2 << 16}, sent
+
+
+def test_an_unknown_compression_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="compression 'int8'; use one of none, fp16, bf16"):
+        wire_dtype("int8")
 
 
 def _variables(rank: int) -> list[ArrayVariable]:

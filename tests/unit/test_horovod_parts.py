@@ -200,7 +200,9 @@ class _OneRank:
 
     rank, size = 0, 1
 
-    def allreduce_(self, a: np.ndarray, average: bool = False) -> np.ndarray:
+    def allreduce_(
+        self, a: np.ndarray, average: bool = False, wire: np.dtype | None = None
+    ) -> np.ndarray:
         return a
 
     def broadcast_(self, a: np.ndarray, root: int = 0) -> np.ndarray:

@@ -119,6 +119,25 @@ def test_every_bad_field_is_named() -> None:
     )
 
 
+def test_strategy_options_are_checked_by_the_driver() -> None:
+    """A misspelt option or compression fails before any Spark job, not in the roles."""
+    with pytest.raises(ConfigError) as err:
+        _build(workers=2, strategy="allreduce", strategy_options={"compresion": "fp16"})
+    assert str(err.value) == (
+        "unknown option(s) ['compresion'] for strategy 'allreduce'; allowed: "
+        "['bucket_bytes', 'chunk_bytes', 'compression', 'timeout']"
+    )
+    with pytest.raises(ConfigError) as err:
+        _build(workers=2, strategy="allreduce", strategy_options={"compression": "int8"})
+    assert str(err.value) == (
+        "strategy 'allreduce': unknown compression 'int8'; use one of none, fp16, bf16"
+    )
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['compression'\]"):
+        _build(workers=2, ps=1, strategy="sync_ps", strategy_options={"compression": "fp16"})
+    built = _build(workers=2, strategy="allreduce", strategy_options={"compression": "bf16"})
+    assert built.strategy_options == {"compression": "bf16"}
+
+
 def test_without_a_chief_a_worker_is_needed() -> None:
     with pytest.raises(ConfigError) as err:
         _build(workers=0, chief=False)

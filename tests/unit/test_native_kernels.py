@@ -67,6 +67,30 @@ def check_add_scale() -> None:
     assert np.isnan(nan.astype(np.float32)).all()
 
 
+def check_narrow_widen() -> None:
+    """narrow_/widen_ (gradient compression) against NumPy's and ml_dtypes' own casts."""
+    rng = np.random.default_rng(2)
+    for dtype in (np.dtype(np.float16), BF16):
+        for n in SIZES:
+            # magnitudes from half subnormals to float16 overflow, and the specials
+            x = (rng.standard_normal(n) * np.logspace(-9, 5, n)).astype(np.float32)
+            x[: min(n, 3)] = np.array([np.nan, np.inf, -0.0], np.float32)[: min(n, 3)]
+            with np.errstate(over="ignore", invalid="ignore"):
+                want = x.astype(dtype)
+            got = np.empty(n, dtype)
+            native.narrow_(got, x)
+            same = ~np.isnan(x)
+            np.testing.assert_array_equal(got.view(np.uint16)[same], want.view(np.uint16)[same])
+            assert np.isnan(got[~same].astype(np.float32)).all()
+            wide = np.empty(n, np.float32)
+            native.widen_(wide, got)
+            np.testing.assert_array_equal(wide[same], want.astype(np.float32)[same])
+            acc = np.full(n, 0.5, np.float32)
+            native.widen_(acc, got, accumulate=True)
+            wide_want = want.astype(np.float32)[same]
+            np.testing.assert_array_equal(acc[same], np.float32(0.5) + wide_want)
+
+
 def check_optimizers() -> None:
     """Compare the optimizer kernels with NumPy float32 formulas (Keras' math)."""
     rng = np.random.default_rng(1)
@@ -90,6 +114,10 @@ def test_add_and_scale_match_numpy():
     check_add_scale()
 
 
+def test_narrow_and_widen_match_numpy_casts():
+    check_narrow_widen()
+
+
 def test_optimizers_match_numpy_formulas():
     check_optimizers()
 
@@ -100,7 +128,8 @@ def test_baseline_copy_matches_too():
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import test_native_kernels as t, tfyarn.native as n;"
         "assert n.KERNEL_ISA == 'baseline', n.KERNEL_ISA;"
-        "t.check_add_scale(); t.check_optimizers(); print('baseline ok')"
+        "t.check_add_scale(); t.check_narrow_widen(); t.check_optimizers();"
+        "print('baseline ok')"
     )
     env = dict(os.environ, TFYARN_KERNELS="baseline")
     out = subprocess.run(
@@ -124,6 +153,11 @@ def test_kernels_on_buffers_with_dtype():
         assert (a.as_array(np.float16) == 7.5).all()
         with pytest.raises(ConfigError, match="pass dtype"):
             native.add_(a, b)
+        wide = np.zeros(2000, np.float32)
+        native.widen_(wide, a, dtype=np.float16)
+        assert (wide == 7.5).all()
+        native.narrow_(b, wide * 2, dtype=BF16)
+        assert (b.as_array(BF16).astype(np.float32) == 15.0).all()
         a.release()
         b.release()
 
@@ -138,6 +172,12 @@ def test_bad_operands_are_clear_errors():
         native.add_(np.zeros(10), np.zeros(10))
     with pytest.raises(ConfigError, match="C-contiguous"):
         native.scale_(np.zeros((10, 10), np.float32)[:, 1], 2.0)
+    with pytest.raises(ConfigError, match="half operand must be float16 or bfloat16"):
+        native.narrow_(np.zeros(10, np.float32), f)
+    with pytest.raises(ConfigError, match="full-precision operand must be float32"):
+        native.widen_(np.zeros(10), np.zeros(10, np.float16))
+    with pytest.raises(ConfigError, match="9 half elements against 10 float32"):
+        native.narrow_(np.zeros(9, np.float16), f)
     ro = np.zeros(10, np.float32)
     ro.flags.writeable = False
     with pytest.raises(ConfigError, match="read-only"):

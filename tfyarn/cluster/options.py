@@ -314,6 +314,10 @@ class LaunchOptions:
             problems.append(f"timeout must be positive seconds or None, got {self.timeout!r}")
         if not isinstance(self.strategy_options, Mapping):
             problems.append(f"strategy_options must be a dict, got {self.strategy_options!r}")
+        elif self.strategy in EXCHANGE_STRATEGIES:
+            from tfyarn.exchange.algorithms import option_problems
+
+            problems += option_problems(self.strategy, self.strategy_options)
         env = self.env
         if not isinstance(env, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()

@@ -36,11 +36,19 @@ from tfyarn.exchange.collectives import (
     average_variables,
     broadcast_variables,
 )
+from tfyarn.exchange.compression import wire_dtype
 from tfyarn.exchange.ps import OptimizerConfig, PSClient
 from tfyarn.exchange.ps_access import ParameterServers
 from tfyarn.exchange.tensors import Variable
 
-__all__ = ["ALGORITHMS", "SERVICE_STRATEGIES", "Algorithm", "make_algorithm", "period_crossed"]
+__all__ = [
+    "ALGORITHMS",
+    "SERVICE_STRATEGIES",
+    "Algorithm",
+    "make_algorithm",
+    "option_problems",
+    "period_crossed",
+]
 
 #: Options every strategy accepts (see :func:`make_algorithm`).
 COMMON_OPTIONS: dict[str, Any] = {"timeout": 180.0, "chunk_bytes": 1 << 20, "bucket_bytes": 4 << 20}
@@ -159,10 +167,17 @@ class AllReduce(Algorithm):
 
     name = "allreduce"
     gradient_mode = "reduce"
+    #: ``compression``: ``"none"``, or ``"fp16"`` / ``"bf16"`` for float32 gradients that
+    #: travel as a half type (:mod:`tfyarn.exchange.compression`).
+    OPTIONS: ClassVar[dict[str, Any]] = {"compression": "none"}
+
+    def _setup(self) -> None:
+        """Check ``compression``."""
+        self.wire = wire_dtype(self.options["compression"])
 
     def exchange_gradients(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Average ``grads`` over all trainers; fused into one flat buffer per dtype."""
-        return allreduce_arrays(self.collectives, grads, average=True)
+        return allreduce_arrays(self.collectives, grads, average=True, wire=self.wire)
 
 
 class _PSGradients(Algorithm):
@@ -338,6 +353,26 @@ SERVICE_STRATEGIES: tuple[str, ...] = tuple(
 )
 
 
+def option_problems(name: str, options: Mapping[str, Any]) -> list[str]:
+    """What is wrong with strategy ``name``'s ``options`` (empty when nothing is).
+
+    Checked by the driver before any Spark job, and again where the algorithm is built.
+    """
+    if name not in ALGORITHMS:
+        return [f"unknown exchange strategy {name!r}; use one of {', '.join(ALGORITHMS)}"]
+    cls = ALGORITHMS[name]
+    unknown = set(options) - set(cls.OPTIONS) - set(COMMON_OPTIONS)
+    if unknown:
+        allowed = sorted(set(cls.OPTIONS) | set(COMMON_OPTIONS))
+        return [f"unknown option(s) {sorted(unknown)} for strategy {name!r}; allowed: {allowed}"]
+    if "compression" in options:
+        try:
+            wire_dtype(options["compression"])
+        except ConfigError as exc:
+            return [f"strategy {name!r}: {exc}"]
+    return []
+
+
 def make_algorithm(
     name: str,
     options: Mapping[str, Any],
@@ -364,16 +399,11 @@ def make_algorithm(
         Unknown algorithm or option, a ps algorithm without parameter servers, or a
         service's parameter servers under a strategy that cannot use them.
     """
-    if name not in ALGORITHMS:
-        raise ConfigError(f"unknown exchange strategy {name!r}; use one of {', '.join(ALGORITHMS)}")
+    problems = option_problems(name, options)
+    if problems:
+        raise ConfigError("; ".join(problems))
     cls = ALGORITHMS[name]
     own = {k: v for k, v in options.items() if k not in COMMON_OPTIONS}
-    unknown = set(own) - set(cls.OPTIONS)
-    if unknown:
-        allowed = sorted(set(cls.OPTIONS) | set(COMMON_OPTIONS))
-        raise ConfigError(
-            f"unknown option(s) {sorted(unknown)} for strategy {name!r}; allowed: {allowed}"
-        )
     if cls.uses_ps and servers is None:
         raise _no_ps(name)
     if servers is not None and servers.service is not None and name not in SERVICE_STRATEGIES:

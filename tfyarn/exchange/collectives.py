@@ -60,8 +60,13 @@ class Collectives(Protocol):
         """Number of ranks."""
         ...
 
-    def allreduce_(self, a: np.ndarray, average: bool = False) -> np.ndarray:
-        """Sum (or average) the flat ``a`` over every rank, in place; return ``a``."""
+    def allreduce_(
+        self, a: np.ndarray, average: bool = False, wire: np.dtype | None = None
+    ) -> np.ndarray:
+        """Sum (or average) the flat ``a`` over every rank, in place; return ``a``.
+
+        ``wire``: a half type a float32 ``a`` travels as (sums stay float32).
+        """
         ...
 
     def broadcast_(self, a: np.ndarray, root: int = 0) -> np.ndarray:
@@ -123,9 +128,11 @@ class LazyRing:
             self._ring = Ring.connect(self.mesh, self.members, self.chunk_bytes)
         return self._ring
 
-    def allreduce_(self, a: np.ndarray, average: bool = False) -> np.ndarray:
+    def allreduce_(
+        self, a: np.ndarray, average: bool = False, wire: np.dtype | None = None
+    ) -> np.ndarray:
         """See :meth:`Ring.allreduce_`."""
-        return self.ring.allreduce_(a, average=average)
+        return self.ring.allreduce_(a, average=average, wire=wire)
 
     def broadcast_(self, a: np.ndarray, root: int = 0) -> np.ndarray:
         """See :meth:`Ring.broadcast_`."""
@@ -183,10 +190,21 @@ def fused(arrays: Sequence[np.ndarray], op: FlatOp) -> list[np.ndarray]:
 
 
 def allreduce_arrays(
-    collectives: Collectives, arrays: Sequence[np.ndarray], average: bool
+    collectives: Collectives,
+    arrays: Sequence[np.ndarray],
+    average: bool,
+    wire: np.dtype | None = None,
 ) -> list[np.ndarray]:
-    """Sum or average ``arrays`` over every rank, fused per dtype (see :func:`fused`)."""
-    return fused(arrays, lambda flat: collectives.allreduce_(flat, average=average))
+    """Sum or average ``arrays`` over every rank, fused per dtype (see :func:`fused`).
+
+    ``wire``: the half type the float32 buffer travels as (other dtypes travel as they are).
+    """
+
+    def reduce(flat: np.ndarray) -> object:
+        narrowed = wire if flat.dtype == np.float32 else None
+        return collectives.allreduce_(flat, average=average, wire=narrowed)
+
+    return fused(arrays, reduce)
 
 
 def broadcast_variables(

@@ -14,7 +14,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BACKEND", "adagrad_", "adam_", "add_", "empty", "momentum_", "scale_", "sgd_"]
+__all__ = [
+    "BACKEND",
+    "adagrad_",
+    "adam_",
+    "add_",
+    "empty",
+    "momentum_",
+    "narrow_",
+    "scale_",
+    "sgd_",
+    "widen_",
+]
 
 
 def _load_native() -> ModuleType | None:
@@ -23,7 +34,7 @@ def _load_native() -> ModuleType | None:
         from tfyarn import native
     except ImportError:  # pragma: no cover - depends on the build
         return None
-    kernels = ("add_", "scale_", "sgd_", "momentum_", "adam_", "adagrad_")
+    kernels = ("add_", "scale_", "narrow_", "widen_", "sgd_", "momentum_", "adam_", "adagrad_")
     return native if all(hasattr(native, n) for n in kernels) else None
 
 
@@ -34,6 +45,7 @@ _NATIVE_OK = _native is not None
 BACKEND: str = "native" if _NATIVE_OK else "numpy"
 
 _NATIVE_DTYPES = frozenset({"float32", "float16", "bfloat16"})
+_HALF_DTYPES = frozenset({"float16", "bfloat16"})
 
 
 def _native_for(*arrays: np.ndarray) -> ModuleType | None:
@@ -70,6 +82,24 @@ def scale_(dst: np.ndarray, alpha: float) -> None:
         nat.scale_(dst, float(alpha))
     else:
         np.multiply(dst, dst.dtype.type(alpha), out=dst)
+
+
+def narrow_(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst = src``: float32 rounded to the half type of ``dst`` (nearest even)."""
+    if _native is not None and dst.dtype.name in _HALF_DTYPES and src.dtype == np.float32:
+        _native.narrow_(dst, src)
+    else:
+        np.copyto(dst, src, casting="unsafe")
+
+
+def widen_(dst: np.ndarray, src: np.ndarray, accumulate: bool = False) -> None:
+    """``dst = src`` (``dst += src`` with ``accumulate``): a half type widened to float32."""
+    if _native is not None and src.dtype.name in _HALF_DTYPES and dst.dtype == np.float32:
+        _native.widen_(dst, src, accumulate=accumulate)
+    elif accumulate:
+        np.add(dst, src.astype(np.float32), out=dst)
+    else:
+        np.copyto(dst, src, casting="unsafe")
 
 
 def _f32(*arrays: np.ndarray) -> ModuleType | None:

@@ -48,6 +48,12 @@ def _bytes(a: np.ndarray) -> memoryview:
     return a.view(np.uint8).data
 
 
+def _spans(start: int, stop: int, step: int) -> Iterator[tuple[int, int]]:
+    """``[start, stop)`` cut into consecutive ``(lo, hi)`` spans of at most ``step``."""
+    for lo in range(start, stop, step):
+        yield lo, min(stop, lo + step)
+
+
 class _Sender:
     """One thread that sends queued array views, in order, on one comm."""
 
@@ -154,9 +160,8 @@ class Ring:
 
     # -- helpers -----------------------------------------------------------------------
     def _chunks(self, a: np.ndarray, start: int, stop: int) -> Iterator[np.ndarray]:
-        step = max(1, self.chunk_bytes // a.itemsize)
-        for s in range(start, stop, step):
-            yield a[s : min(stop, s + step)]
+        for lo, hi in _spans(start, stop, max(1, self.chunk_bytes // a.itemsize)):
+            yield a[lo:hi]
 
     def _recv_into(self, dst: np.ndarray) -> None:
         assert self._left is not None
@@ -197,7 +202,9 @@ class Ring:
                 raise self._fail(exc) from exc
 
     # -- collectives -------------------------------------------------------------------
-    def allreduce_(self, a: np.ndarray, average: bool = False) -> np.ndarray:
+    def allreduce_(
+        self, a: np.ndarray, average: bool = False, wire: np.dtype | None = None
+    ) -> np.ndarray:
         """Sum (or average) ``a`` over all ranks, in place; every rank gets the result.
 
         Parameters
@@ -206,6 +213,11 @@ class Ring:
             Flat contiguous array, same length and dtype on every rank.
         average : bool
             Divide by the number of ranks.
+        wire : numpy.dtype, optional
+            Send a float32 ``a`` as this half type (float16 or bfloat16): half the bytes
+            on the wire. Sums are kept in float32 (each received partial sum is widened
+            and added); only what travels is rounded. Every rank ends with the same
+            values (those of the finished segments as they travelled).
 
         Returns
         -------
@@ -216,6 +228,8 @@ class Ring:
         n = self.size
         if n == 1 or a.size == 0:
             return a
+        if wire is not None:
+            return self._allreduce_narrowed(a, average, np.dtype(wire))
         r = self.rank
         seg = chunk_ranges(a.size, n)
         scratch = self._scratch.view(a.dtype)
@@ -239,6 +253,51 @@ class Ring:
                         self._recv_into(c)
                     if forward:
                         sender.send(c)
+        return a
+
+    def _allreduce_narrowed(self, a: np.ndarray, average: bool, wire: np.dtype) -> np.ndarray:
+        """:meth:`allreduce_` with the float32 ``a`` travelling as the half type ``wire``.
+
+        The same ring and pipeline, with a wire copy ``w`` of ``a``: a chunk is narrowed
+        into ``w`` before it is sent, a received partial sum is widened and added into
+        ``a`` (float32), and a finished segment is received into ``w`` and widened into
+        ``a``. Its owner widens its own narrowed copy back too, so that all ranks agree.
+        A region of ``w`` is rewritten only after what was sent from it went round the
+        ring, as in the uncompressed ring (see the module docstring).
+        """
+        if a.dtype != np.float32:
+            raise ConfigError(f"a compressed all-reduce takes float32 buffers, not {a.dtype}")
+        n, r = self.size, self.rank
+        seg = chunk_ranges(a.size, n)
+        w = kernels.empty(a.size, wire)
+        scratch = self._scratch.view(wire)
+        steps = 2 * (n - 1)
+        per_chunk = max(1, self.chunk_bytes // wire.itemsize)
+        with self._operation() as sender:
+            for lo, hi in _spans(*seg[r], per_chunk):
+                kernels.narrow_(w[lo:hi], a[lo:hi])
+                sender.send(w[lo:hi])
+            for t in range(steps):
+                s_idx = (r - t - 1) % n
+                reduce = t < n - 1
+                last_reduce = t == n - 2
+                forward = t < steps - 1
+                for lo, hi in _spans(*seg[s_idx], per_chunk):
+                    c, wc = a[lo:hi], w[lo:hi]
+                    if reduce:
+                        tmp = scratch[: c.size]
+                        self._recv_into(tmp)
+                        kernels.widen_(c, tmp, accumulate=True)
+                        if last_reduce and average:
+                            kernels.scale_(c, 1.0 / n)
+                        kernels.narrow_(wc, c)
+                        if last_reduce:
+                            kernels.widen_(c, wc)
+                    else:
+                        self._recv_into(wc)
+                        kernels.widen_(c, wc)
+                    if forward:
+                        sender.send(wc)
         return a
 
     def broadcast_(self, a: np.ndarray, root: int = 0) -> np.ndarray:
