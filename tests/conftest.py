@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tfyarn.yarn.hadoop_conf import DEV_JVM_FLAGS
+
 #: Executors of the shared test cluster: enough for chief + 2 workers + 1 ps.
 EXECUTORS = 4
 
@@ -58,6 +60,9 @@ TEST_GROUPS: dict[str, str] = {
     "compat": "light",
     "yarn": "yarn",
 }
+
+#: JVM flags of the tests' Spark drivers and executors (see the ``spark`` fixture).
+SHORT_LIVED_JVM = " ".join(DEV_JVM_FLAGS)
 
 #: Executors of each group's local Spark cluster (the ``spark`` fixture): what its
 #: biggest job needs (the ps algorithms: 2 workers and a ps), no more JVMs than that.
@@ -168,6 +173,11 @@ def spark(request: pytest.FixtureRequest) -> Iterator[object]:
         .config("spark.sql.shuffle.partitions", str(executors))
         .config("spark.task.maxFailures", "1")
         .config("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", "2")
+        # C1 only and the serial collector, as the dev YARN's daemons: these JVMs live
+        # minutes on a shared 2-core box, where C2's compiling took half their CPU
+        # (a 2-executor session with a few jobs: 49 s of JVM CPU, 22 s with these).
+        .config("spark.driver.extraJavaOptions", SHORT_LIVED_JVM)
+        .config("spark.executor.extraJavaOptions", SHORT_LIVED_JVM)
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")

@@ -61,7 +61,8 @@ HDFS_PORT_NAMES: tuple[str, ...] = (
     "datanode_ipc",
 )
 
-#: JVM flags of the dev YARN's daemons and of the NodeManager's resource localizers.
+#: JVM flags of the dev YARN's daemons, of its NodeManager's resource localizers and of
+#: its containers (and of the tests' Spark JVMs: tests/conftest.py).
 #: C1 only and the serial collector: quick start-up and little JIT CPU on a small box
 #: shared with the tests. vfork: without Hadoop's native library (not on Maven Central)
 #: the localizer forks one ``chmod`` per file and directory it unpacks (~24k for the
@@ -412,6 +413,12 @@ def yarn_site(settings: DevYarnSettings) -> dict[str, str]:
         # The JVM that localises an application's private resources (the env archive).
         "yarn.nodemanager.container-localizer.java.opts": " ".join(("-Xmx256m", *DEV_JVM_FLAGS)),
         "yarn.app.mapreduce.am.staging-dir": str(s.staging_dir),
+        # The containers' JVMs (Spark's AM, executors, a cluster-mode driver) are
+        # short-lived on a small box too: the daemons' flags, through the environment
+        # (each JVM notes "Picked up JAVA_TOOL_OPTIONS" on its stderr).
+        "yarn.nodemanager.admin-env": (
+            "MALLOC_ARENA_MAX=$MALLOC_ARENA_MAX,JAVA_TOOL_OPTIONS=" + " ".join(DEV_JVM_FLAGS)
+        ),
         # Containers see the env vars the client expects (JAVA_HOME, the Python path).
         "yarn.nodemanager.env-whitelist": (
             "JAVA_HOME,HADOOP_COMMON_HOME,HADOOP_HDFS_HOME,HADOOP_CONF_DIR,"

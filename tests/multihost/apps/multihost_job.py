@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 import tfyarn
 from tfyarn.exchange import tensors
 from tfyarn.exchange.tensors import ArrayVariable
+from tfyarn.yarn.hadoop_conf import DEV_JVM_FLAGS
 
 STEPS, LR = 12, 0.05
 LINKCUT_STEPS, LINKCUT_EVERY = 60, 5
@@ -118,6 +119,9 @@ def main() -> None:
         .config("spark.cores.max", "2")
         .config("spark.executor.memory", "1g")
         .config("spark.task.maxFailures", "1")
+        # short-lived JVMs on a shared 2-core box (tests/conftest.py SHORT_LIVED_JVM)
+        .config("spark.driver.extraJavaOptions", " ".join(DEV_JVM_FLAGS))
+        .config("spark.executor.extraJavaOptions", " ".join(DEV_JVM_FLAGS))
         .getOrCreate()
     )
     for n, entry in enumerate(sys.argv[3:]):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pyspark
 
+from tfyarn.yarn.hadoop_conf import DEV_JVM_FLAGS
+
 SUBNET = "10.217.0"
 NIC = "tfy0"
 SPARK_CLASS = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
@@ -81,6 +83,8 @@ class NetnsCluster:
             PYSPARK_PYTHON=sys.executable,
             PYSPARK_DRIVER_PYTHON=sys.executable,
             SPARK_HOME=str(Path(pyspark.__file__).parent),
+            # the master and workers: short-lived JVMs, as the dev YARN's daemons
+            SPARK_DAEMON_JAVA_OPTS=" ".join(DEV_JVM_FLAGS),
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         )
         for key in ("HADOOP_CONF_DIR", "YARN_CONF_DIR", "SPARK_CONF_DIR"):
