@@ -53,6 +53,7 @@ TEST_GROUPS: dict[str, str] = {
     "integration": "spark",
     # ~4 minutes of jobs moved off the longest group, onto the one that ends first.
     "integration/test_exchange_algorithms.py": "light",
+    "integration/test_exchange_references.py": "light",
     "deploy": "light",
     "multihost": "yarn",  # its own Spark standalone cluster across namespaces
     "watching": "light",

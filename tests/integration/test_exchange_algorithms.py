@@ -1,7 +1,9 @@
-"""Every exchange algorithm trains a real model on real data (scikit-learn's digits).
+"""The exchange algorithms train a real model on real data (scikit-learn's digits).
 
-Two worker processes (plus one parameter-server process for the ps algorithms), tcp
-transport, Keras ``model.fit``; the stated accuracy is on the held-out 20 %.
+EASGD, ADAG and model averaging (whose schedules run in Keras callbacks), and the
+compressed all-reduce (against uncompressed synchronous SGD). Two worker processes (plus
+one parameter-server process for the ps algorithms), tcp transport, Keras ``model.fit``;
+the stated accuracy is on the held-out 20 %.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
 EPOCHS = 8
 #: Held-out accuracy every algorithm must reach (logistic regression gets ~0.96).
 TARGET_ACCURACY = 0.90
-#: Every algorithm but allreduce, with options (small communication periods: these runs
-#: are short); model averaging both every k steps and per epoch. Allreduce trains the same
-#: digits model through tfyarn.run, and is held to a tighter reference there, in
-#: tests/compat/test_horovod.py (the native run the Horovod programs must equal),
-#: tests/sparkml (plain Keras on the combined batch) and tests/watching.
-COVERED_ELSEWHERE = {"allreduce"}
+#: The algorithms with a schedule of their own run here (small communication periods:
+#: these runs are short); model averaging both every k steps and per epoch. Covered
+#: elsewhere, against tighter references: allreduce trains the same digits model through
+#: tfyarn.run in tests/compat/test_horovod.py (the native run the Horovod programs must
+#: equal), tests/sparkml (plain Keras on the combined batch) and tests/watching; sync_ps
+#: and downpour (Keras' side is one code path: the gradients go to the ps, the weights come
+#: back) in test_exchange_references.py (the ps's updates against NumPy, through
+#: tfyarn.run), test_exchange_launcher.py (the sync_ps example's model.fit on executors)
+#: and test_exchange_keras.py.
+COVERED_ELSEWHERE = {"allreduce", "sync_ps", "downpour"}
 CASES: list[tuple[str, dict[str, Any]]] = [
     (
         name,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -71,6 +72,13 @@ def test_a_container_killed_through_the_rm_restarts_from_the_checkpoint(
     ckpts = dev_yarn.hdfs("-ls", "-C", f"{model_dir}/checkpoints").stdout.split()
     assert ckpts and all(c.rsplit("/", 1)[-1].startswith("ckpt-") for c in ckpts), ckpts
     assert f"{fs}/user/{getpass.getuser()}/.tfyarn/envs/" in output, output[-3000:]
+    # What `tfyarn submit --profile yarn-client` tells its user, and the archive used in
+    # place from HDFS, not copied into the application's staging dir.
+    assert f"tfyarn: YARN application {app.group(0)}" in output
+    assert re.search(r"tfyarn: tracking URL: http://127\.0\.0\.1:\d+/", output)
+    assert f"tfyarn: {app.group(0)} FINISHED/SUCCEEDED" in output
+    uploads = [line for line in output.splitlines() if "Uploading resource" in line]
+    assert not any(".tar" in line for line in uploads), uploads
     # The killed container's processes (executor, Python workers, role) are all gone.
     app_dir = Path(dev_yarn.state.base_dir, "nm-local/usercache", getpass.getuser(), "appcache")
     assert _role_pids(app_dir / app.group(0) / container) == []

@@ -1,5 +1,6 @@
-"""``tfyarn submit`` on the real dev YARN: the digits example in both deploy modes (with
-the packed environment), a failing role (asking for GPUs, which the dev NodeManager
+"""``tfyarn submit`` on the real dev YARN: the digits example in cluster mode (with the
+packed environment; client mode is the session's ``client_app``, checked in
+test_restarts_yarn.py), a failing role (asking for GPUs, which the dev NodeManager
 counts without having any), a killed application, ``tfyarn logs``."""
 
 from __future__ import annotations
@@ -53,24 +54,6 @@ def _logs(dev_yarn: DevYarnFixture, app_id: str, *extra: str) -> str:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
-
-
-def test_yarn_client_runs_the_digits_example(dev_yarn: DevYarnFixture, tmp_path: Path) -> None:
-    run = dev_yarn.submit(
-        ["--profile", "yarn-client", "--workers", "2", "--ps", "1", str(EXAMPLE), "--epochs", "3"]
-    )
-    assert run.returncode == 0, run.output[-6000:]
-    assert run.app_id is not None
-    assert f"tfyarn: YARN application {run.app_id}" in run.output
-    assert re.search(r"tfyarn: tracking URL: http://127\.0\.0\.1:\d+/", run.output)
-    assert f"tfyarn: {run.app_id} FINISHED/SUCCEEDED" in run.output
-    assert _accuracy(run.output) >= 0.8
-    _assert_saved_on_hdfs(dev_yarn, run.output)
-    assert ".tar" not in _uploads(run.output)  # the archive is used in place from HDFS
-    report = dev_yarn.final(run.app_id)
-    assert (report.state, report.final_status) == ("FINISHED", "SUCCEEDED")
-    assert report.raw["applicationType"] == "SPARK"
-    print(f"yarn-client submit -> finish: {run.seconds:.1f} s")
 
 
 def test_yarn_cluster_runs_the_example_in_the_shipped_environment(
