@@ -262,6 +262,10 @@ def test_bad_arguments_fail_before_anything_starts(spark: Any) -> None:
         tfyarn.run(spark, _fail_on("none"), workers=1, strategy="ps")
     with pytest.raises(tfyarn.ConfigError, match="needs data= as a Spark DataFrame"):
         tfyarn.run(spark, _fail_on("none"), workers=1, data=object(), input_mode="spark")
+    # A column the roles could not load is named before any executor is taken.
+    prices = spark.range(4).selectExpr("id", "cast(id * 2 as decimal(10, 1)) as price")
+    with pytest.raises(tfyarn.ConfigError, match=r"column 'price' has type decimal\(10,1\)"):
+        tfyarn.run(spark, _fail_on("none"), workers=1, data=prices)
 
 
 def test_ctrl_c_on_the_driver_cancels_the_job_and_cleans_up(spark: Any) -> None:

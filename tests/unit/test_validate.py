@@ -1,4 +1,5 @@
-"""Driver-side checks that need no Spark: static cluster sizes and the rdma device check."""
+"""Driver-side checks that need no Spark: static cluster sizes, the rdma device check and
+the data's column types."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tfyarn.cluster.validate import (
     check_capacity,
     check_rdma_here,
     static_executor_limit,
+    unfeedable_columns,
 )
 from tfyarn.errors import AllocationError, ConfigError, TransportUnavailableError
 
@@ -87,3 +89,29 @@ def test_rdma_is_left_to_the_roles_on_other_hosts_and_accepted_with_a_device() -
     assert check_rdma_here(["127.0.0.1", "node7"], "127.0.0.1", _explode) is False
     assert check_rdma_here([], "127.0.0.1", _explode) is False
     assert check_rdma_here(["127.0.0.1"], "127.0.0.1", lambda: (["mlx5_0"], True, "")) is True
+
+
+def test_columns_the_feed_cannot_take_are_named_with_the_cast_to_make() -> None:
+    from pyspark.ml.linalg import VectorUDT
+    from pyspark.sql import types as t
+
+    schema = t.StructType([
+        t.StructField("x", t.ArrayType(t.ArrayType(t.FloatType()))),
+        t.StructField("y", t.LongType()),
+        t.StructField("ok", t.BooleanType()),
+        t.StructField("name", t.StringType()),
+        t.StructField("price", t.DecimalType(23, 1)),
+        t.StructField("features", VectorUDT()),
+        t.StructField("when", t.TimestampType()),
+        t.StructField("tags", t.MapType(t.StringType(), t.IntegerType())),
+    ])  # fmt: skip
+    assert unfeedable_columns(schema) == [
+        "column 'price' has type decimal(23,1), which tfyarn cannot feed to TensorFlow; "
+        "cast it to a double: df.withColumn('price', df['price'].cast('double'))",
+        "column 'features' has type vector, which tfyarn cannot feed to TensorFlow; turn it "
+        "into an array with pyspark.ml.functions.vector_to_array(df['features'])",
+        "column 'when' has type timestamp, which tfyarn cannot feed to TensorFlow; cast it in "
+        "Spark to a number, a string or an array of numbers",
+        "column 'tags' has type map<string,int>, which tfyarn cannot feed to TensorFlow; cast "
+        "it in Spark to a number, a string or an array of numbers",
+    ]

@@ -222,6 +222,9 @@ def _data_problems(mode: InputMode, data: object) -> list[str]:
 
         if not isinstance(data, DataFrame):
             return [f"input_mode=SPARK needs data= as a Spark DataFrame, got {type(data).__name__}"]
+        from tfyarn.cluster.validate import unfeedable_columns
+
+        return unfeedable_columns(data.schema)
     return []
 
 

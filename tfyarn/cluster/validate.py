@@ -12,7 +12,10 @@ What the driver can know, it checks here instead of letting the roles find out:
   hosts (YARN, remote standalone workers) the driver cannot look at their devices without
   running code there, so each role checks its own host when it starts and a role without
   a device fails the job, naming itself and its host (the rdma profile declares the
-  capability; ``tfyarn doctor`` on the nodes checks it).
+  capability; ``tfyarn doctor`` on the nodes checks it);
+- the data's column types (:func:`unfeedable_columns`): a decimal, date, map, struct or
+  ``ml.linalg`` Vector column would fail every role at start-up, after the executors
+  were taken.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tfyarn.errors import AllocationError, ConfigError, TransportUnavailableErro
 
 if TYPE_CHECKING:
     from pyspark import SparkContext
+    from pyspark.sql.types import DataType, StructType
 
 __all__ = [
     "ClusterLimit",
@@ -36,6 +40,7 @@ __all__ = [
     "check_transport",
     "spark_stopped",
     "static_executor_limit",
+    "unfeedable_columns",
     "wait_for_slots",
 ]
 
@@ -272,3 +277,38 @@ def check_transport(sc: SparkContext, transport: str | None) -> None:
     if (sc.master or "").startswith("local-cluster"):
         hosts = [driver_host]  # every executor of a local cluster runs on this host
     check_rdma_here(hosts, driver_host, probe)
+
+
+def _feedable(data_type: DataType) -> bool:
+    """Whether the feed turns a column of ``data_type`` into NumPy (see tfyarn.node.feed)."""
+    from pyspark.sql import types as t
+
+    plain = (t.ByteType, t.ShortType, t.IntegerType, t.LongType, t.FloatType, t.DoubleType,
+             t.BooleanType, t.StringType, t.BinaryType)  # fmt: skip
+    if isinstance(data_type, plain):
+        return True
+    return isinstance(data_type, t.ArrayType) and _feedable(data_type.elementType)
+
+
+def _cast_hint(name: str, data_type: DataType) -> str:
+    from pyspark.sql import types as t
+
+    if type(data_type).__name__ == "VectorUDT":
+        return f"turn it into an array with pyspark.ml.functions.vector_to_array(df[{name!r}])"
+    if isinstance(data_type, t.DecimalType):
+        return f"cast it to a double: df.withColumn({name!r}, df[{name!r}].cast('double'))"
+    return "cast it in Spark to a number, a string or an array of numbers"
+
+
+def unfeedable_columns(schema: StructType) -> list[str]:
+    """Why columns of ``schema`` cannot be fed to the roles, one line per column (pure).
+
+    Fed are numbers (not decimals), booleans, strings, binary, and arrays of those
+    (nested too); anything else would fail every role when it loads its shard.
+    """
+    return [
+        f"column {field.name!r} has type {field.dataType.simpleString()}, which tfyarn "
+        f"cannot feed to TensorFlow; {_cast_hint(field.name, field.dataType)}"
+        for field in schema.fields
+        if not _feedable(field.dataType)
+    ]
