@@ -55,6 +55,17 @@ def _equivalence_job(ctx: Any) -> dict[str, Any]:
     idx = np.concatenate([np.arange(16 * i + half * r, 16 * i + half * (r + 1)) for i in range(4)])
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
+    # Which gradients each exchange op carried, in the order the ops ran.
+    exchanged: list[list[tuple[int, ...]]] = []
+    algorithm = strategy.algorithm
+    exchange = algorithm.exchange_gradients
+
+    def recorded(grads: Any) -> Any:
+        exchanged.append([tuple(g.shape) for g in grads])
+        return exchange(grads)
+
+    algorithm.exchange_gradients = recorded  # type: ignore[method-assign]
+
     # model.fit: each rank starts from a different init; rank 0's is broadcast
     model = _mlp(seed=100 + r)
     init = [w.copy() for w in model.get_weights()]
@@ -88,7 +99,8 @@ def _equivalence_job(ctx: Any) -> dict[str, Any]:
     strategy.end(tape_model)
     tape_weights = tape_model.get_weights()
 
-    out: dict[str, Any] = {"fit": fit_weights, "tape": tape_weights, "mean_losses": mean_losses}
+    out: dict[str, Any] = {"fit": fit_weights, "tape": tape_weights, "mean_losses": mean_losses,
+                           "exchanged": exchanged}  # fmt: skip
     if r == 0:  # the reference: one process, combined 16-sample batches, rank 0's init
         for name, start in (("ref_fit", init), ("ref_tape", tape_init)):
             ref = _mlp(seed=0)
@@ -100,8 +112,19 @@ def _equivalence_job(ctx: Any) -> dict[str, Any]:
 
 
 def test_allreduce_two_workers_equal_one_worker_on_the_combined_batch() -> None:
-    res = run_local(_equivalence_job, workers=2, strategy="allreduce", env=ENV, timeout=300)
+    """Also with the gradients exchanged in several buckets, last layer first.
+
+    ``bucket_bytes=64`` cuts the MLP's gradients (kernel 6x16 and bias 16, kernel 16x3 and
+    bias 3: 384, 64, 192 and 12 bytes) into four ops per step.
+    """
+    res = run_local(
+        _equivalence_job, workers=2, strategy="allreduce", env=ENV, timeout=300,
+        strategy_options={"bucket_bytes": 64},
+    )  # fmt: skip
     w0, w1 = res["worker:0"], res["worker:1"]
+    buckets = [[(3,)], [(16, 3)], [(16,)], [(6, 16)]]
+    steps = 2 * 4 * 2  # fit and tape: 2 epochs of 4 steps each
+    assert w0["exchanged"] == w1["exchanged"] == buckets * steps
     # the in-graph all-reduce gave both workers the same mean loss at every step
     assert w0["mean_losses"] == w1["mean_losses"]
     for kind in ("fit", "tape"):

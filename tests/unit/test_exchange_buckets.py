@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tfyarn.errors import ConfigError
 from tfyarn.exchange.buckets import (
     TensorSpec,
+    backward_buckets,
     chunk_ranges,
     pack,
     plan_buckets,
@@ -112,3 +113,26 @@ def test_chunk_ranges(n: int, parts: int) -> None:
     sizes = [b - a for a, b in r]
     assert max(sizes) - min(sizes) <= 1
     assert all(r[i][1] == r[i + 1][0] for i in range(parts - 1))
+
+
+def test_backward_buckets_start_with_the_last_layer() -> None:
+    # kernel/bias of three layers, first layer first: 4000, 40, 400, 16, 40, 4 bytes
+    sizes = [4000, 40, 400, 16, 40, 4]
+    assert backward_buckets(sizes, 64) == [[5, 4, 3], [2], [1], [0]]
+    assert backward_buckets(sizes, 500) == [[5, 4, 3, 2, 1], [0]]
+    assert backward_buckets(sizes, 1 << 20) == [[5, 4, 3, 2, 1, 0]]
+    assert backward_buckets([], 64) == []
+    with pytest.raises(ConfigError, match="bucket_bytes must be positive"):
+        backward_buckets(sizes, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 5000), max_size=30), st.integers(1, 8000))
+def test_backward_buckets_cover_every_gradient_once_in_reverse(
+    sizes: list[int], bucket_bytes: int
+) -> None:
+    buckets = backward_buckets(sizes, bucket_bytes)
+    flat = [i for b in buckets for i in b]
+    assert flat == list(reversed(range(len(sizes))))
+    for b in buckets:  # full, unless one gradient alone is larger
+        assert len(b) == 1 or sum(sizes[i] for i in b) <= bucket_bytes

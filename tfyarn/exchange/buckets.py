@@ -25,6 +25,7 @@ __all__ = [
     "Bucket",
     "Slot",
     "TensorSpec",
+    "backward_buckets",
     "chunk_ranges",
     "pack",
     "plan_buckets",
@@ -122,6 +123,43 @@ def _itemsize(dtype: str) -> int:
             f"tensor dtype {dtype!r} cannot be exchanged; use one of {', '.join(_SUPPORTED_DTYPES)}"
         )
     return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+
+
+def backward_buckets(nbytes: Sequence[int], bucket_bytes: int) -> list[list[int]]:
+    """Group gradients into exchange buckets in the order backpropagation produces them.
+
+    A model's variables are listed first layer first; the backward pass computes the last
+    layer's gradients first. Walking the list from its end, consecutive gradients join a
+    bucket until the next would take it past ``bucket_bytes`` (a gradient larger than that
+    is a bucket of its own). Each bucket is exchanged as soon as its gradients exist, while
+    backpropagation goes on for the layers before it. Pure: every rank plans alike.
+
+    Parameters
+    ----------
+    nbytes : sequence of int
+        Size of each gradient in bytes, in the variables' order.
+    bucket_bytes : int
+        The most bytes one bucket gathers (unless one gradient alone is larger).
+
+    Returns
+    -------
+    list of list of int
+        Indices into ``nbytes``, the first bucket first; within a bucket, in reverse order.
+    """
+    if bucket_bytes <= 0:
+        raise ConfigError(f"bucket_bytes must be positive, got {bucket_bytes}")
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    filled = 0
+    for i in reversed(range(len(nbytes))):
+        if current and filled + nbytes[i] > bucket_bytes:
+            buckets.append(current)
+            current, filled = [], 0
+        current.append(i)
+        filled += nbytes[i]
+    if current:
+        buckets.append(current)
+    return buckets
 
 
 def plan_buckets(

@@ -1,9 +1,12 @@
 """Keras 3 integration: a distributed optimizer and callbacks for ``model.fit``.
 
-``model.fit`` compiles ``train_step`` with ``tf.function``; the exchange therefore enters
-the graph as one ``tf.numpy_function`` per step that receives *all* gradients at once,
-fuses them into one flat buffer per dtype, and runs the ring (or the ps round trip) in
-native code and threads outside the GIL-bound graph. No per-variable round trips.
+``model.fit`` compiles ``train_step`` with ``tf.function``; the all-reduce therefore
+enters the graph as ``tf.numpy_function`` ops, one per bucket of ``bucket_bytes`` of
+gradients taken last layer first (:func:`~tfyarn.exchange.buckets.backward_buckets`):
+each fuses its gradients into one flat buffer per dtype and runs the ring in native code
+and threads, and can start while backpropagation computes the earlier layers. The ps
+strategies push all gradients in one op (their requests are bucketed per server). No
+per-variable round trips.
 
 The optimizer object is patched in place rather than subclassed, so that it keeps its
 class and ``model.save`` / ``keras.models.load_model`` work unchanged.
@@ -18,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfyarn.errors import ConfigError
+from tfyarn.exchange.buckets import backward_buckets
 from tfyarn.exchange.ps import OptimizerConfig, optimizer_config
 
 if TYPE_CHECKING:
@@ -100,6 +104,14 @@ def _numpy_call(fn: Any, inputs: list[tf.Tensor], name: str) -> list[tf.Tensor]:
     return out
 
 
+def _static_nbytes(t: tf.Tensor) -> int:
+    """Bytes of a gradient of static shape (a dimension unknown at tracing counts as 1)."""
+    count = 1
+    for d in t.shape:
+        count *= d if d is not None else 1
+    return count * t.dtype.size
+
+
 def allreduce_tensors(
     strategy: ExchangeStrategy, tensors: list[Any], average: bool = True
 ) -> list[tf.Tensor]:
@@ -166,9 +178,17 @@ def distributed_optimizer(strategy: ExchangeStrategy, optimizer: Any) -> Any:
             return original_apply(grads, trainable_variables)
         dense = [tf.convert_to_tensor(grads[i]) for i in present]
         if mode == "reduce":
-            reduced = _numpy_call(algo.exchange_gradients, dense, "tfyarn_allreduce")
-            for i, g in zip(present, reduced, strict=True):
-                grads[i] = g
+            # One op per bucket, last layers first: in a compiled step each starts as soon
+            # as its gradients exist, while backpropagation goes on (TensorFlow keeps
+            # stateful ops in the order they were made: every rank exchanges alike).
+            sizes = [_static_nbytes(g) for g in dense]
+            buckets = backward_buckets(sizes, int(strategy.options["bucket_bytes"]))
+            for k, bucket in enumerate(buckets):
+                reduced = _numpy_call(
+                    algo.exchange_gradients, [dense[i] for i in bucket], f"tfyarn_allreduce_{k}"
+                )
+                for i, g in zip(bucket, reduced, strict=True):
+                    grads[present[i]] = g
             return original_apply(grads, trainable_variables)
         if len(present) != len(grads):
             missing = [variables[i].path for i in range(len(grads)) if grads[i] is None]
