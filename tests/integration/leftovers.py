@@ -1,7 +1,7 @@
 """What a test may find left behind on this host, scoped to what the test itself made.
 
-``make test`` runs two groups of tests at once (tests/conftest.py ``XDIST_GROUPS``), so
-/dev/shm may gain entries of the other group's live jobs while a test runs. A leaked
+``make test`` runs three groups of tests at once (scripts/test-suite.sh), so
+/dev/shm may gain entries of the other groups' live jobs while a test runs. A leaked
 segment is one that appeared during the test and that no live process maps any more.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 SHM = Path("/dev/shm")
 
@@ -44,20 +45,43 @@ def leaked_shm(before: set[str], *needles: str) -> set[str]:
     return new - mapped_shm() if new else set()
 
 
-def spark_app_of(pid: int) -> str | None:
-    """The Spark application id of the executor JVM above ``pid`` (None: under none).
+def session_driver(spark: Any) -> str:
+    """The ``--driver-url`` that every executor JVM of ``spark``'s session was started with.
 
-    Role processes of the other test group's jobs (YARN containers, its own local Spark
-    cluster) run on this host too; a test that looks for "new role processes" keeps those
-    of its own session's application.
+    Not the application id: each group's local Spark cluster names its application
+    ``app-<second it started>-0000``, so two groups that start in the same second share
+    one (a test then counted the other group's 3 executors as its own). The driver's RPC
+    address is one port per live driver.
+    """
+    conf = spark.sparkContext.getConf()
+    host, port = conf.get("spark.driver.host"), conf.get("spark.driver.port")
+    return f"spark://CoarseGrainedScheduler@{host}:{port}"
+
+
+def executor_driver(argv: list[bytes]) -> str | None:
+    """The ``--driver-url`` of an executor JVM's command line (None: not an executor)."""
+    if not any(b"CoarseGrainedExecutorBackend" in a for a in argv):
+        return None
+    try:
+        return argv[argv.index(b"--driver-url") + 1].decode()
+    except (ValueError, IndexError):  # its argv already emptied on exit
+        return None
+
+
+def spark_driver_of(pid: int) -> str | None:
+    """The driver URL of the executor JVM above ``pid`` (None: under none).
+
+    Role processes of the other test groups' jobs (YARN containers, their own local Spark
+    clusters) run on this host too; a test that looks for "new role processes" keeps those
+    of its own session's executors (:func:`session_driver`).
     """
     while pid > 1:
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             if any(b"CoarseGrainedExecutorBackend" in a for a in argv):
-                return argv[argv.index(b"--app-id") + 1].decode()
+                return executor_driver(argv)
             pid = _parent(pid)
-        except (OSError, ValueError, IndexError):  # gone, or a JVM without --app-id
+        except (OSError, ValueError, IndexError):  # gone
             return None
     return None
 

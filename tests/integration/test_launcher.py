@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from leftovers import port_held_by_this_session, spark_app_of
+from leftovers import port_held_by_this_session, session_driver, spark_driver_of
 
 import tfyarn
 
@@ -35,10 +35,10 @@ cloudpickle.register_pickle_by_value(digits_ps)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def _role_processes(job_id: str = "", app_id: str = "") -> dict[int, str]:
+def _role_processes(job_id: str = "", driver: str = "") -> dict[int, str]:
     """Live tfyarn role processes (of job ``job_id``, or of any job): pid -> job id.
 
-    ``app_id``: only those under an executor of that Spark application.
+    ``driver``: only those under an executor of that driver (:func:`session_driver`).
     """
     found = {}
     for entry in Path("/proc").iterdir():
@@ -55,8 +55,8 @@ def _role_processes(job_id: str = "", app_id: str = "") -> dict[int, str]:
                 job = item.split(b"=", 1)[1].decode()
                 if not job_id or job == job_id:
                     found[int(entry.name)] = job
-    if app_id:
-        found = {pid: job for pid, job in found.items() if spark_app_of(pid) == app_id}
+    if driver:
+        found = {pid: job for pid, job in found.items() if spark_driver_of(pid) == driver}
     return found
 
 
@@ -273,14 +273,14 @@ def test_bad_arguments_fail_before_anything_starts(spark: Any) -> None:
 
 
 def test_ctrl_c_on_the_driver_cancels_the_job_and_cleans_up(spark: Any) -> None:
-    app = spark.sparkContext.applicationId
-    before = set(_role_processes(app_id=app).values())
+    app = session_driver(spark)
+    before = set(_role_processes(driver=app).values())
     jobs: list[str] = []
 
     def interrupt_when_running() -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            mine = [j for j in _role_processes(app_id=app).values() if j not in before]
+            mine = [j for j in _role_processes(driver=app).values() if j not in before]
             if len(mine) >= 3:  # chief and both workers are up
                 jobs.append(mine[0])
                 break

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_job import EVERY, STRIKE_AFTER  # noqa: E402
 from fault_job import read_mark as _read_mark  # noqa: E402
 from fault_job import run as _run  # noqa: E402
-from leftovers import leaked_shm, shm_entries  # noqa: E402
+from leftovers import executor_driver, leaked_shm, session_driver, shm_entries  # noqa: E402
 from test_launcher import _assert_nothing_left, _role_processes  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -151,9 +151,9 @@ def _wait_dead(pid: int, within: float = 10.0) -> None:
     raise AssertionError(f"process {pid} still runs {within:.0f} s after SIGKILL")
 
 
-def _new_role_process(workspace: str, before: set[int], app_id: str) -> int:
+def _new_role_process(workspace: str, before: set[int], driver: str) -> int:
     """The pid of the role process started since ``before`` whose workspace is named so."""
-    for pid in set(_role_processes(app_id=app_id)) - before:
+    for pid in set(_role_processes(driver=driver)) - before:
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
@@ -236,8 +236,8 @@ def test_exhausted_restarts_name_every_attempt(spark: Any, tmp_path: Path) -> No
 
 
 def test_a_user_exception_fails_at_once_without_restart(spark: Any, tmp_path: Path) -> None:
-    app = spark.sparkContext.applicationId
-    before = set(_role_processes(app_id=app).values())
+    app = session_driver(spark)
+    before = set(_role_processes(driver=app).values())
     with pytest.raises(RoleFailedError) as caught:
         _run(spark, tmp_path / "marks", max_restarts=3, checkpoint_every=EVERY, fail_in="worker:1")
     error = caught.value
@@ -245,7 +245,7 @@ def test_a_user_exception_fails_at_once_without_restart(spark: Any, tmp_path: Pa
     assert error.role == "worker:1"
     assert "ValueError: deliberate failure at step" in error.remote_traceback
     assert {p.name.split(".")[1] for p in (tmp_path / "marks").iterdir()} == {"a1"}
-    assert set(_role_processes(app_id=app).values()) - before <= {error.job_id}
+    assert set(_role_processes(driver=app).values()) - before <= {error.job_id}
     _assert_nothing_left(error.job_id, error.ports)
 
 
@@ -298,8 +298,8 @@ def test_a_killed_ps_restores_the_snapshot_of_the_resumed_checkpoint(
     count from the resume point).
     """
     folder = tmp_path / "checkpoints"
-    app = spark.sparkContext.applicationId
-    before = set(_role_processes(app_id=app))
+    app = session_driver(spark)
+    before = set(_role_processes(driver=app))
 
     def kill_the_ps(_: int) -> None:
         os.kill(_new_role_process("ps-0", before, app), signal.SIGKILL)
@@ -354,16 +354,16 @@ def _executor_id(jvm: int) -> str:
     return argv[argv.index("--executor-id") + 1]
 
 
-def _executor_jvms(app_id: str) -> list[int]:
+def _executor_jvms(driver: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any("CoarseGrainedExecutorBackend" in a for a in argv) and app_id in argv:
+        if executor_driver(argv) == driver:
             found.append(int(entry.name))
     return sorted(found)
 
@@ -376,12 +376,12 @@ def _settled_executor_jvms(spark: Any, count: int, within: float = 60.0) -> list
     executor ids remain, as Spark counts them too.
     """
     _wait_executors(spark, count)
-    app_id = spark.sparkContext.applicationId
+    driver = session_driver(spark)
     deadline = time.monotonic() + within
     jvms: list[int] = []
     while time.monotonic() < deadline:
         jvms, ids = [], set()
-        for jvm in _executor_jvms(app_id):
+        for jvm in _executor_jvms(driver):
             try:
                 state = Path(f"/proc/{jvm}/stat").read_text().rsplit(")", 1)[1].split()[0]
                 if state not in ("Z", "X"):
