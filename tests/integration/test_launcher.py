@@ -64,6 +64,19 @@ def _workspaces(job_id: str) -> list[Path]:
     return list(Path(tempfile.gettempdir()).glob(f"tfyarn-{job_id}"))
 
 
+def _describe(folders: list[Path]) -> str:
+    """What lies in left-over folders: every entry with its age (a clue to who left it)."""
+    now, lines = time.time(), []
+    for folder in folders:
+        for entry in sorted([folder, *folder.rglob("*")]):
+            try:
+                age = now - entry.lstat().st_mtime
+            except OSError:
+                continue
+            lines.append(f"{entry} ({age:.1f} s old)")
+    return "\n".join(lines)
+
+
 def _assert_nothing_left(job_id: str, ports: list[int], within: float = 30.0) -> None:
     """The job's role processes, workspaces and ports are gone within ``within`` seconds.
 
@@ -74,7 +87,8 @@ def _assert_nothing_left(job_id: str, ports: list[int], within: float = 30.0) ->
     while time.monotonic() < deadline and (_role_processes(job_id) or _workspaces(job_id)):
         time.sleep(0.5)
     assert _role_processes(job_id) == {}
-    assert _workspaces(job_id) == []
+    left = _workspaces(job_id)
+    assert left == [], _describe(left)
     for port in ports:
         with socket.socket() as s:
             # SO_REUSEADDR tolerates TIME_WAIT leftovers of closed connections (as every

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tfyarn.node.role_process import _Ancestor, _proc_stat, _task_ancestors
+from tfyarn.node.role_process import (
+    EXIT_FAILED,
+    EXIT_ORPHANED,
+    _Ancestor,
+    _proc_stat,
+    _task_ancestors,
+)
 
 _CHILD = (
     "import os, sys; from tfyarn.node.role_process import _task_ancestors; "
@@ -55,3 +62,43 @@ def test_a_reused_pid_is_not_the_process_watched() -> None:
     assert _Ancestor(os.getpid(), stat[2]).alive()
     assert not _Ancestor(os.getpid(), stat[2] + 1).alive()
     assert not _Ancestor(2**22 + 1, 0).alive()  # above the largest pid_max: no such process
+
+
+def test_a_role_whose_task_is_gone_as_it_starts_leaves_no_workspace(tmp_path: Path) -> None:
+    """The task cancelled while its role process starts (Ctrl-C on the driver).
+
+    The watchdog sees the task gone and removes the workspace while the main thread,
+    finding its job spec renamed away, exits: that exit must wait for the removal, which
+    it cut short before (the renamed folder stayed). Every other try the role's log, a
+    pipe to the task, is closed too, as when the task was killed: writing the traceback
+    there must not end the process either. A few tries: it is a race.
+    """
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    job_dir = tmp_path / "tfyarn-job"
+    for i in range(4):
+        workdir = job_dir / f"worker-{i}"
+        workdir.mkdir(parents=True)
+        (workdir / "job.pkl").write_bytes(b"no job spec: the main thread fails at once")
+        control_r, control_w = os.pipe()
+        log_r, log_w = os.pipe()
+        if i % 2:
+            os.close(log_r)  # the task's end of the role's log
+        with socket.socket() as tf_port:
+            tf_port.bind(("127.0.0.1", 0))
+            fds = (control_r, control_w, tf_port.fileno())
+            role = subprocess.Popen(
+                [sys.executable, "-m", "tfyarn.node.role_process", str(workdir),
+                 *map(str, fds), str(gone.pid)],
+                pass_fds=fds, stdout=log_w, stderr=log_w,
+            )  # fmt: skip
+            os.close(log_w)
+            log = b""
+            if not i % 2:
+                with os.fdopen(log_r, "rb") as reader:
+                    log = reader.read()
+            returncode = role.wait(timeout=60)
+        os.close(control_r)
+        os.close(control_w)
+        assert returncode in (EXIT_ORPHANED, EXIT_FAILED), log[-2000:]
+        assert not job_dir.exists(), (i, sorted(job_dir.rglob("*")), log[-2000:])

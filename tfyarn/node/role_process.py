@@ -55,9 +55,10 @@ M = TypeVar("M", bound=Message)
 EXIT_FAILED = 1
 
 
-#: Taken, and never given back, by the one path that removes the workspace and ends the
-#: process: the watchdog and a signal handler may both set out to, and the one that ended
-#: the process first would cut the other's removal short.
+#: Taken, and never given back, by the one path that ends the process: the watchdog and a
+#: signal handler may both set out to remove the workspace and end it, and the main thread
+#: to end it (:func:`_exit`); the one that ended the process first would cut another's
+#: removal short.
 _ENDING = threading.Lock()
 
 
@@ -68,6 +69,18 @@ def _remove_workspace(workdir: Path, *, wait: bool) -> bool:
         return False
     remove_workspace(workdir)
     return True
+
+
+def _exit(status: int) -> NoReturn:
+    """End the process with ``status``, the task left to remove the workspace.
+
+    Unless another path (the watchdog, SIGTERM) is already removing it, which ends the
+    process itself once done: then this waits for it. An ``os._exit`` from the main thread
+    in the middle of that removal left the renamed workspace behind: a role whose task was
+    cancelled as it started found its job spec gone (renamed away) and exited.
+    """
+    _ENDING.acquire()
+    os._exit(status)
 
 
 def _orphaned_exit(workdir: Path) -> NoReturn:
@@ -277,7 +290,8 @@ def _leave_traceback(workdir: Path, text: str) -> None:
     """Leave ``text`` (the role's traceback) for the task to report, and in the log."""
     with contextlib.suppress(OSError):
         (workdir / "error.txt").write_text(text)
-    print(text, file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):  # the log is a pipe to the task, which may be gone
+        print(text, file=sys.stderr, flush=True)
 
 
 def _refuse(workdir: Path, exc: MessageError) -> NoReturn:
@@ -289,7 +303,7 @@ def _refuse(workdir: Path, exc: MessageError) -> NoReturn:
         "report it with this message.\n"
     )
     _leave_traceback(workdir, text)
-    os._exit(EXIT_FAILED)
+    _exit(EXIT_FAILED)
 
 
 @dataclass(frozen=True)
@@ -468,20 +482,29 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _continue_when_orphaned()
     _watch_parent(workdir, int(argv[5]))
-    os.chdir(workdir)  # relative paths (ps_data.SHARD_DIR) resolve per role
+    # Every way out goes through _exit: an exception escaping to the interpreter's exit
+    # (a BrokenPipeError writing to the log of a task just killed) would end the process
+    # with the watchdog's removal half done.
+    status = EXIT_FAILED
     try:
+        # The watchdog may have renamed the workspace away already (its task was cancelled
+        # as this process started): the spec is then missing, and _exit waits for it.
+        os.chdir(workdir)  # relative paths (ps_data.SHARD_DIR) resolve per role
         job = JobSpec.load(workdir / "job.pkl")
         wired = _wire(control, job, workdir)
     except MessageError as exc:
         _refuse(workdir, exc)
     except Exception:  # e.g. the transport cannot listen here: the task reports why
         _leave_traceback(workdir, traceback.format_exc())
-        os._exit(EXIT_FAILED)
-    status = _run_role(job, wired, workdir, tf_port)
-    sys.stdout.flush()
-    sys.stderr.flush()
+        _exit(EXIT_FAILED)
+    try:
+        status = _run_role(job, wired, workdir, tf_port)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # _run_role reports its own errors; this is the log's flush
+        pass
     # TensorFlow's server threads can keep a normal interpreter exit waiting forever.
-    os._exit(status)
+    _exit(status)
 
 
 if __name__ == "__main__":
