@@ -41,6 +41,24 @@ def test_yarn_site_binds_everything_to_the_host_and_ports(tmp_path: Path) -> Non
     assert site["yarn.log-aggregation-enable"] == "true"
 
 
+def test_a_node_of_a_multi_host_yarn_binds_its_own_address_and_registers_with_the_rm(
+    tmp_path: Path,
+) -> None:
+    s = DevYarnSettings(base_dir=tmp_path, host="10.217.0.10", nm_host="10.217.0.11")
+    site = hadoop_conf.yarn_site(s)
+    # Where the node registers and where clients find the RM: the RM's host.
+    for key in ("address", "resource-tracker.address", "scheduler.address", "webapp.address"):
+        assert site[f"yarn.resourcemanager.{key}"].startswith("10.217.0.10:"), key
+    assert site["yarn.resourcemanager.hostname"] == "10.217.0.10"
+    # What the node binds and advertises (YARN hands this host to Spark's executors).
+    assert site["yarn.nodemanager.hostname"] == site["yarn.nodemanager.bind-host"] == "10.217.0.11"
+    for key in ("address", "localizer.address", "webapp.address", "collector-service.address"):
+        assert site[f"yarn.nodemanager.{key}"].startswith("10.217.0.11:"), key
+    assert s.node_host == "10.217.0.11" and s.rm_web_url == "http://10.217.0.10:8088"
+    one_host = hadoop_conf.yarn_site(DevYarnSettings(base_dir=tmp_path, host="10.217.0.10"))
+    assert one_host["yarn.nodemanager.address"] == "10.217.0.10:8041"
+
+
 def test_defaults_fit_the_reference_machine_and_a_four_role_job(tmp_path: Path) -> None:
     s = DevYarnSettings(base_dir=tmp_path)
     site = hadoop_conf.yarn_site(s)

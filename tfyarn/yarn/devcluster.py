@@ -336,6 +336,22 @@ class DevYarn:
         tmp.replace(self.state_file)
 
     # -- up -----------------------------------------------------------------------------
+    def prepare(self) -> Path:
+        """Make the cluster's folders and write its conf dir (returned): what ``up`` starts on."""
+        s = self.settings
+        dirs = [s.log_dir, s.nm_local_dir, s.nm_log_dir, s.staging_dir]
+        if not s.hdfs:
+            dirs.append(s.remote_log_dir)
+        if s.services and not s.hdfs:
+            dirs.append(s.services_dir)
+        if s.services:
+            dirs.append(s.zookeeper_dir)
+        if s.hdfs:
+            dirs += [s.hdfs_name_dir.parent, s.hdfs_data_dir]
+        for d in dirs:
+            d.mkdir(parents=True, exist_ok=True)
+        return self.write_conf()
+
     def write_conf(self) -> Path:
         """Render HADOOP_CONF_DIR (site files, log4j, marker); return its path."""
         s = self.settings
@@ -363,6 +379,35 @@ class DevYarn:
         }
         (conf / DEV_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         return conf
+
+    def daemon_env(self) -> dict[str, str]:
+        """The environment the daemons run in: this one plus the cluster's conf and homes."""
+        s = self.settings
+        env = dict(os.environ)
+        env.update(
+            {
+                "HADOOP_CONF_DIR": str(s.conf_dir),
+                "JAVA_HOME": _java_home(_java()),
+                "HADOOP_HOME": str(s.base_dir),
+                "HADOOP_YARN_HOME": str(s.base_dir),
+            }
+        )
+        return env
+
+    def daemon_command(self, name: str) -> list[str]:
+        """The command line of daemon ``name`` (a key of the start order, e.g. "nodemanager").
+
+        :meth:`up` starts them; a dev YARN over several hosts starts each node's
+        NodeManager from its own settings (``nm_host``) inside that host's network
+        namespace (tests/multihost), in the environment of :meth:`daemon_env`.
+        """
+        if name not in _DAEMONS:
+            raise YarnError(f"unknown dev YARN daemon {name!r}; one of {list(_DAEMONS)}")
+        jars = maven.ensure_hadoop_jars(services=self.settings.services)
+        cmd = self._daemon_cmd(_java(), jars, _DAEMONS[name], name)
+        if name == "nodemanager" and self.settings.nm_hidden:
+            cmd = self._hiding(cmd)
+        return cmd
 
     def _daemon_cmd(self, java: str, jars: Path, main_class: str, name: str) -> list[str]:
         s = self.settings
@@ -441,27 +486,8 @@ class DevYarn:
             )
         jars = maven.ensure_hadoop_jars(services=s.services)
         java = _java()
-        dirs = [s.log_dir, s.nm_local_dir, s.nm_log_dir, s.staging_dir]
-        if not s.hdfs:
-            dirs.append(s.remote_log_dir)
-        if s.services and not s.hdfs:
-            dirs.append(s.services_dir)
-        if s.services:
-            dirs.append(s.zookeeper_dir)
-        if s.hdfs:
-            dirs += [s.hdfs_name_dir.parent, s.hdfs_data_dir]
-        for d in dirs:
-            d.mkdir(parents=True, exist_ok=True)
-        self.write_conf()
-        env = dict(os.environ)
-        env.update(
-            {
-                "HADOOP_CONF_DIR": str(s.conf_dir),
-                "JAVA_HOME": _java_home(java),
-                "HADOOP_HOME": str(s.base_dir),
-                "HADOOP_YARN_HOME": str(s.base_dir),
-            }
-        )
+        self.prepare()
+        env = self.daemon_env()
         state = DevYarnState(
             base_dir=str(s.base_dir),
             host=s.host,
@@ -477,10 +503,7 @@ class DevYarn:
             if s.hdfs:
                 self._format_namenode(java, jars, env)
             for name in _daemon_names(s):
-                cls = _DAEMONS[name]
-                cmd = self._daemon_cmd(java, jars, cls, name)
-                if name == "nodemanager" and s.nm_hidden:
-                    cmd = self._hiding(cmd)
+                cmd = self.daemon_command(name)
                 with open(s.log_dir / f"{name}.log", "wb") as log:
                     proc = subprocess.Popen(
                         cmd,
@@ -650,7 +673,7 @@ class DevYarn:
             return False
         was_running = any(state.alive().values())
         self._stop_daemons(state, timeout_s)
-        self._kill_leftover_containers()
+        self.kill_leftover_containers()
         with contextlib.suppress(OSError):
             self.state_file.unlink()
         return was_running
@@ -664,7 +687,7 @@ class DevYarn:
                 continue
             _terminate_group(pid, timeout_s)
 
-    def _kill_leftover_containers(self) -> None:
+    def kill_leftover_containers(self) -> None:
         """Kill processes of this cluster's containers still running after the NM stopped.
 
         A container process works inside the NM local dirs or runs a program from there

@@ -33,7 +33,8 @@ __all__ = [
     "yarn_site",
 ]
 
-#: The ports one dev YARN listens on, by role. All are bound to ``settings.host``.
+#: The ports one dev YARN listens on, by role: on ``settings.host``, the NodeManager's (nm*) on
+#: ``settings.node_host``.
 PORT_NAMES: tuple[str, ...] = (
     "rm",  # client <-> RM (yarn.resourcemanager.address)
     "rm_scheduler",  # AM <-> RM
@@ -112,7 +113,7 @@ class DevYarnSettings:
         Root of everything the cluster writes: ``conf/``, ``logs/``, NM local dirs,
         aggregated logs, the Spark staging dir.
     host : str
-        Address every daemon binds to and advertises.
+        Address every daemon binds to and advertises (the NodeManager: see ``nm_host``).
     ports : Mapping[str, int]
         One port per name in :data:`PORT_NAMES`; missing names take :data:`DEFAULT_PORTS`.
     nm_memory_mb : int
@@ -150,6 +151,11 @@ class DevYarnSettings:
     nm_kept : tuple of str
         Paths inside ``nm_hidden`` that stay visible (Spark's jars, which the dev YARN
         uses in place).
+    nm_host : str or None
+        Address the NodeManager binds to and advertises; None: ``host``. A dev YARN over
+        several hosts (tests/multihost: network namespaces) renders one conf dir per node:
+        ``host`` the ResourceManager's address, where the node registers, and ``nm_host``
+        the node's own, which YARN gives Spark as its executors' host.
     """
 
     base_dir: Path
@@ -168,6 +174,7 @@ class DevYarnSettings:
     extra: Mapping[str, str] = field(default_factory=dict)
     nm_hidden: tuple[str, ...] = ()
     nm_kept: tuple[str, ...] = ()
+    nm_host: str | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.ports) - set(PORT_NAMES))
@@ -204,8 +211,14 @@ class DevYarnSettings:
         )
 
     def address(self, name: str) -> str:
-        """``host:port`` for the port ``name``."""
-        return f"{self.host}:{self.port(name)}"
+        """``host:port`` for the port ``name`` (a NodeManager's on :attr:`node_host`)."""
+        host = self.node_host if name.startswith("nm_") or name == "nm" else self.host
+        return f"{host}:{self.port(name)}"
+
+    @property
+    def node_host(self) -> str:
+        """The NodeManager's address: ``nm_host``, else ``host``."""
+        return self.nm_host or self.host
 
     @property
     def conf_dir(self) -> Path:
@@ -381,8 +394,8 @@ def yarn_site(settings: DevYarnSettings) -> dict[str, str]:
         "yarn.resourcemanager.resource-tracker.address": s.address("rm_tracker"),
         "yarn.resourcemanager.admin.address": s.address("rm_admin"),
         "yarn.resourcemanager.webapp.address": s.address("rm_webapp"),
-        "yarn.nodemanager.hostname": s.host,
-        "yarn.nodemanager.bind-host": s.host,
+        "yarn.nodemanager.hostname": s.node_host,
+        "yarn.nodemanager.bind-host": s.node_host,
         "yarn.nodemanager.address": s.address("nm"),
         "yarn.nodemanager.localizer.address": s.address("nm_localizer"),
         "yarn.nodemanager.webapp.address": s.address("nm_webapp"),

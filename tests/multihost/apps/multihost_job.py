@@ -1,26 +1,31 @@
-"""Driver of the multi-host test: one data-parallel job per transport, on Spark standalone.
+"""Driver of the multi-host test: one data-parallel job per transport, standalone or YARN.
 
-``multihost_job.py MASTER OUT_DIR TRANSPORT[:INTERFACE] ...``: for each entry, two
-trainers (one per worker host) train a linear model with tfyarn's all-reduce exchange in
-a NumPy loop (no TensorFlow: the test is about the wiring across hosts). Each role writes
+``multihost_job.py MASTER OUT_DIR TRANSPORT[:INTERFACE] ...``: MASTER is the standalone
+master's URL, or ``yarn`` (a client-mode application on the YARN of HADOOP_CONF_DIR, see
+:func:`yarn_session`). For each entry, two trainers (one per worker host) train a linear
+model with tfyarn's all-reduce exchange in a NumPy loop (no TensorFlow: the test is about
+the wiring across hosts). Each role writes
 ``OUT_DIR/<n>-<task>.json``: its host, the TensorFlow cluster it was given, the
 transport it used and its final weights; the driver writes ``OUT_DIR/<n>-result.json``.
 The entry ``linkcut`` is a longer job that restarts from its checkpoints (see _options).
 """
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyspark
 from pyspark.sql import SparkSession
 
 import tfyarn
 from tfyarn.exchange import tensors
 from tfyarn.exchange.tensors import ArrayVariable
 from tfyarn.yarn.hadoop_conf import DEV_JVM_FLAGS
+from tfyarn.yarn.submit_support import dev_cluster_marker, dev_cluster_uri
 
 STEPS, LR = 12, 0.05
 LINKCUT_STEPS, LINKCUT_EVERY = 60, 5
@@ -76,6 +81,9 @@ def make_train(out: Path, n: int, steps: int = STEPS, pause: float = 0.0) -> Any
             "transport": ctx.transport,
             "start": start,
             "weights": [v.numpy().tolist() for v in m.weights],
+            # Under YARN: the container and the node its NodeManager launched it on.
+            "container": os.environ.get("CONTAINER_ID"),
+            "nm_host": os.environ.get("NM_HOST"),
         }
         (out / f"{n}-{name}.json").write_text(json.dumps(seen))
         return seen
@@ -108,22 +116,49 @@ def _options(entry: str, out: Path, n: int) -> dict[str, Any]:
     }
 
 
+def yarn_session(builder: Any) -> Any:
+    """Client mode on the multi-host dev YARN (tests/multihost/apps/netns_cluster.py).
+
+    Two executors, one container on each worker host's NodeManager; the ApplicationMaster
+    runs inside this driver (``unmanagedAM``), so no third host is needed for it. Spark's
+    jars are used in place and the staging dir is the cluster's (the same disk under its
+    viewfs:// name, as ``tfyarn submit`` does on the dev YARN). Unlike on the one-host dev
+    YARN nothing is bound to 127.0.0.1: each executor binds the address YARN gives for its
+    node (``nm_host``), and the driver its own host's (SPARK_LOCAL_IP).
+    """
+    marker = dev_cluster_marker(os.environ)
+    if marker is None:
+        raise SystemExit("master yarn needs HADOOP_CONF_DIR of a dev YARN (tfyarn-dev-yarn.json)")
+    spark_home = Path(pyspark.__file__).parent
+    return (
+        builder.config("spark.submit.deployMode", "client")
+        .config("spark.yarn.unmanagedAM.enabled", "true")
+        .config("spark.executor.instances", "2")
+        .config("spark.executor.memory", "512m")
+        .config("spark.executor.memoryOverhead", "1024m")
+        .config("spark.yarn.jars", f"local:{spark_home}/jars/*")
+        .config("spark.yarn.stagingDir", dev_cluster_uri(str(marker["staging_dir"])))
+    )
+
+
 def main() -> None:
     """Run one job per transport entry of the command line."""
     master, out = sys.argv[1], Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
-    spark = (
+    builder = (
         SparkSession.builder.master(master)
         .appName("tfyarn-multihost")
         .config("spark.executor.cores", "1")
-        .config("spark.cores.max", "2")
-        .config("spark.executor.memory", "1g")
         .config("spark.task.maxFailures", "1")
         # short-lived JVMs on a shared 2-core box (tests/conftest.py SHORT_LIVED_JVM)
         .config("spark.driver.extraJavaOptions", " ".join(DEV_JVM_FLAGS))
         .config("spark.executor.extraJavaOptions", " ".join(DEV_JVM_FLAGS))
-        .getOrCreate()
     )
+    if master == "yarn":
+        builder = yarn_session(builder)
+    else:
+        builder = builder.config("spark.cores.max", "2").config("spark.executor.memory", "1g")
+    spark = builder.getOrCreate()
     for n, entry in enumerate(sys.argv[3:]):
         result = tfyarn.run(
             spark,
