@@ -3,11 +3,12 @@
 The jobs of tests/exchange_hook_cases.py (NumPy-backed variables, so no TensorFlow) run
 as a real job on the local Spark cluster: two workers and a ps, each a role process on
 its own executor, wired by the launcher's mesh, the ps serving its shard over the
-transport. Each rank writes what it saw to a file (RunResult carries rank 0's value
-only); the check is the one the in-process unit test uses, which would fail if no
-exchange happened: sync_ps applies the mean gradient once (single-process SGD on the
-combined batch), downpour applies each gradient on arrival (the first to arrive sees only
-its own), EASGD's elastic moves and ADAG's normalised commits follow the papers' rules.
+transport (the default, auto: UCX over shared memory on one host). Each rank writes what
+it saw to a file (RunResult carries rank 0's value only); the check is the one the
+in-process unit test uses, which would fail if no exchange happened: sync_ps applies
+the mean gradient once (single-process SGD on the combined batch), downpour applies each
+gradient on arrival (the first to arrive sees only its own), EASGD's elastic moves and
+ADAG's normalised commits follow the papers' rules.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def test_ps_algorithm_through_tfyarn_run_matches_numpy(
     )  # fmt: skip
     assert result.value is None
     assert set(result.roles) == {"worker:0", "worker:1", "ps:0"}
+    # The default transport, auto, on one host: UCX over shared memory (tests/multihost
+    # runs it across hosts, where it takes tcp).
+    assert result.transport == "ucx/shm", result.transport
     results = {task: pickle.loads((tmp_path / f"{task}.pkl").read_bytes())
                for task in ("worker:0", "worker:1")}  # fmt: skip
     case.check(results)

@@ -115,13 +115,17 @@ def test_a_pipeline_fits_scores_and_round_trips_like_plain_keras(
     from pyspark.ml.feature import StandardScaler, VectorAssembler
 
     train, test, x_tr, x_te, y_tr, y_te = _frames(spark)
-    pipeline = Pipeline(
+    unfitted = Pipeline(
         stages=[
             VectorAssembler(inputCols=PIXELS, outputCol="pixels"),
             StandardScaler(inputCol="pixels", outputCol="scaled", withMean=True, withStd=True),
             _estimator(),
         ]
-    ).fit(train)
+    )
+    # The pipeline that trains is the unfitted one saved and loaded back: the estimator's
+    # model factory, optimizer and loss objects survive a round trip and still train.
+    unfitted.write().overwrite().save(str(tmp_path / "unfitted"))
+    pipeline = Pipeline.load(str(tmp_path / "unfitted")).fit(train)
     fitted = pipeline.stages[-1]
     assert fitted.run_result.transport == "tcp"
     assert len(fitted.history["loss"]) == EPOCHS
@@ -154,6 +158,52 @@ def test_a_pipeline_fits_scores_and_round_trips_like_plain_keras(
     np.testing.assert_array_equal(again, fitted.keras_model().predict(xs_te, verbose=0))
     assert reloaded.getOrDefault("featureCols") == ["scaled"]
     assert reloaded.history["loss"] == pytest.approx(fitted.history["loss"])
+
+
+def test_an_estimator_saves_and_loads_every_param(spark: Any, tmp_path: Path) -> None:
+    """Spark ML's save/load of the estimator itself: JSON params in its metadata, a Keras
+    model as ``model.keras``, optimizer and loss as their Keras configs, callbacks and a
+    model factory cloudpickled (``KerasEstimator.load``)."""
+    import keras
+
+    from tfyarn.ml import KerasEstimator
+
+    model = build_model()
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=3)
+    estimator = _estimator(
+        model=model, callbacks=[stop], validation=0.2, strategyOptions={"compression": "bf16"}
+    )
+    estimator.save(str(tmp_path / "estimator"))
+    loaded = KerasEstimator.load(str(tmp_path / "estimator"))
+    assert loaded.uid == estimator.uid
+    same = ("featureCols", "labelCol", "batchSize", "epochs", "workers", "transport",
+            "metrics", "validation", "strategyOptions", "seed", "shuffle", "strategy")  # fmt: skip
+    for name in same:
+        assert loaded.getOrDefault(name) == estimator.getOrDefault(name), name
+    # The model: the same layers and the very same weights.
+    again = loaded.getOrDefault("model")
+    assert _layers(again) == _layers(model)
+    for a, b in zip(again.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Optimizer and loss objects come back as their Keras configs, which fit takes.
+    assert loaded.getOrDefault("optimizer") == keras.optimizers.serialize(
+        estimator.getOrDefault("optimizer")
+    )
+    optimizer = keras.optimizers.get(loaded.getOrDefault("optimizer"))
+    assert float(optimizer.learning_rate) == pytest.approx(RATE)
+    assert keras.losses.deserialize(loaded.getOrDefault("loss")).get_config()["from_logits"]
+    (callback,) = loaded.getOrDefault("callbacks")
+    assert type(callback) is keras.callbacks.EarlyStopping and callback.patience == 3
+    saved = sorted(p.name for p in (tmp_path / "estimator").iterdir())
+    assert saved == ["metadata", "model.keras", "params.pkl"], saved
+    # A function making the model is kept as the function.
+    _estimator().save(str(tmp_path / "factory"))
+    factory = KerasEstimator.load(str(tmp_path / "factory")).getOrDefault("model")
+    assert callable(factory) and _layers(factory()) == _layers(model)
+
+
+def _layers(model: Any) -> list[tuple[str, Any]]:
+    return [(type(layer).__name__, layer.get_config().get("units")) for layer in model.layers]
 
 
 def test_inference_scores_100k_rows_on_the_executors_as_predict_does(

@@ -7,7 +7,9 @@ restarts and checkpoints) and returns a :class:`KerasModel`. That is a
 ``pyspark.ml.Model``: ``transform(df)`` scores through Arrow on the executors
 (:mod:`tfyarn.ml.inference`), and it saves and loads like any Spark ML model
 (``model.save(path)``, ``KerasModel.load(path)``, inside a saved ``PipelineModel``
-too), to local paths or HDFS.
+too), to local paths or HDFS. The estimator saves and loads as well
+(``KerasEstimator.load(path)``, inside an unfitted ``Pipeline``): see
+:class:`_KerasEstimatorWriter` for what goes where.
 """
 
 from __future__ import annotations
@@ -221,7 +223,7 @@ def _train(spec: _TrainingSpec) -> Callable[[NodeContext], Any]:
     return train
 
 
-class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
+class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed, MLWritable, MLReadable):
     """Train a Keras model on a DataFrame across the executors (a Spark ML Estimator).
 
     Parameters (Spark ML ``Param``\\ s, set by keyword or ``setX``)
@@ -395,7 +397,8 @@ class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
         spec = _TrainingSpec(
             model=model_to_bytes(model),
             optimizer=keras.optimizers.serialize(keras.optimizers.get(optimizer)),
-            loss=loss if isinstance(loss, str) else keras.losses.serialize(loss),
+            # A dict: the config a saved estimator kept (_KerasEstimatorWriter).
+            loss=loss if isinstance(loss, str | dict) else keras.losses.serialize(loss),
             metrics=tuple(self.getOrDefault("metrics")),
             batch_size=self.getOrDefault(self.batchSize),
             epochs=self.getOrDefault(self.epochs),
@@ -430,6 +433,15 @@ class KerasEstimator(Estimator, _ScoringParams, HasLabelCol, HasSeed):
         fitted.history = dict(result.value["history"])
         fitted.run_result = result
         return self._copyValues(fitted)
+
+    # -- save and load -------------------------------------------------------------------
+
+    def write(self) -> MLWriter:
+        return _KerasEstimatorWriter(self)
+
+    @classmethod
+    def read(cls) -> MLReader[KerasEstimator]:
+        return _KerasEstimatorReader()
 
 
 class KerasModel(Model, _ScoringParams, MLWritable, MLReadable):
@@ -536,3 +548,72 @@ class _KerasModelReader(MLReader[KerasModel]):
         model._model_bytes = storage.read_bytes(storage.join(path, metadata["model_file"]))
         model.history = dict(metadata.get("history") or {})
         return model
+
+
+#: Where a saved estimator keeps the params that JSON cannot hold (its callbacks, a function
+#: making the model): cloudpickle, so loading them needs compatible Python and Keras.
+_PICKLED_PARAMS_FILE = "params.pkl"
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+class _KerasEstimatorWriter(MLWriter):
+    """A KerasEstimator under ``<path>``, readable by :meth:`KerasEstimator.load`.
+
+    - ``metadata``: Spark ML's, with every param JSON can hold, an optimizer or loss
+      object as its Keras config (what ``fit`` trains with anyway);
+    - ``model.keras``: the ``model`` param when it is a Keras model;
+    - ``params.pkl``: the others (callbacks, a function making the model), cloudpickled.
+    """
+
+    def __init__(self, instance: KerasEstimator) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def saveImpl(self, path: str) -> None:
+        import cloudpickle
+        import keras
+
+        plain: dict[str, Any] = {}
+        pickled: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for param, value in self.instance._paramMap.items():
+            if param.name == "model" and hasattr(value, "layers"):
+                target = storage.join(path, _MODEL_FILE)
+                storage.write_bytes_atomically(target, model_to_bytes(value))
+                extra["model_file"] = _MODEL_FILE
+                continue
+            if param.name == "optimizer" and not _jsonable(value):
+                value = keras.optimizers.serialize(value)
+            elif param.name == "loss" and not _jsonable(value):
+                value = keras.losses.serialize(value)
+            (plain if _jsonable(value) else pickled)[param.name] = value
+        if pickled:
+            data = cloudpickle.dumps(pickled)
+            storage.write_bytes_atomically(storage.join(path, _PICKLED_PARAMS_FILE), data)
+            extra["pickled_params"] = sorted(pickled)
+        sc = self.sparkSession.sparkContext
+        DefaultParamsWriter.saveMetadata(self.instance, path, sc, extra, paramMap=plain)
+
+
+class _KerasEstimatorReader(MLReader[KerasEstimator]):
+    def load(self, path: str) -> KerasEstimator:
+        import cloudpickle
+
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession.sparkContext)
+        estimator = KerasEstimator()
+        estimator._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(estimator, metadata)
+        if "model_file" in metadata:
+            data = storage.read_bytes(storage.join(path, metadata["model_file"]))
+            estimator._set(model=model_from_bytes(data))
+        if metadata.get("pickled_params"):
+            data = storage.read_bytes(storage.join(path, _PICKLED_PARAMS_FILE))
+            estimator._set(**cloudpickle.loads(data))
+        return estimator
