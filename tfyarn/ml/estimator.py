@@ -539,12 +539,18 @@ class _KerasModelWriter(MLWriter):
         storage.write_bytes_atomically(storage.join(path, _MODEL_FILE), self.instance._model_bytes)
 
 
+def _load_params(stage: KerasModel | KerasEstimator, path: str, sc: Any) -> dict[str, Any]:
+    """Set ``stage``'s uid and params from Spark ML's metadata under ``path``; return it all."""
+    metadata: dict[str, Any] = DefaultParamsReader.loadMetadata(path, sc)
+    stage._resetUid(metadata["uid"])
+    DefaultParamsReader.getAndSetParams(stage, metadata)
+    return metadata
+
+
 class _KerasModelReader(MLReader[KerasModel]):
     def load(self, path: str) -> KerasModel:
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession.sparkContext)
         model = KerasModel()
-        model._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(model, metadata)
+        metadata = _load_params(model, path, self.sparkSession.sparkContext)
         model._model_bytes = storage.read_bytes(storage.join(path, metadata["model_file"]))
         model.history = dict(metadata.get("history") or {})
         return model
@@ -606,10 +612,8 @@ class _KerasEstimatorReader(MLReader[KerasEstimator]):
     def load(self, path: str) -> KerasEstimator:
         import cloudpickle
 
-        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession.sparkContext)
         estimator = KerasEstimator()
-        estimator._resetUid(metadata["uid"])
-        DefaultParamsReader.getAndSetParams(estimator, metadata)
+        metadata = _load_params(estimator, path, self.sparkSession.sparkContext)
         if "model_file" in metadata:
             data = storage.read_bytes(storage.join(path, metadata["model_file"]))
             estimator._set(model=model_from_bytes(data))
