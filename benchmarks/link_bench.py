@@ -9,8 +9,9 @@ run:
 (a) the **sustained rate** of one tfyarn tcp connection over the link (a one-way stream);
 (b) the **ring all-reduce** of a ``--elements`` float32 gradient (default 25M, a
     ~25M-parameter model) with each ``--compressions`` (``none`` is the baseline,
-    ``fp16``/``bf16`` send half types, summing in float32): seconds per all-reduce, bytes
-    each rank sent, and the speed-up over ``none`` on the same link.
+    ``fp16``/``bf16`` send half types, summing in float32, ``topk`` the largest 1 % with
+    error feedback): seconds per all-reduce, bytes each rank sent, and the speed-up over
+    ``none`` on the same link.
 
 Needs root (it creates namespaces, veth pairs and qdiscs), ``ip`` and ``tc``; it deletes
 everything it made, also on failure. Writes ``links.json``, ``links.md`` and ``links.png``
@@ -39,7 +40,7 @@ from benchmarks.common import DEFAULT_OUT, machine_info, markdown_table
 __all__ = ["LinkRow", "add_arguments", "main", "parse_rate", "run", "tbf_burst"]
 
 DEFAULT_RATES = ("1gbit", "10gbit", "25gbit", "none")
-DEFAULT_COMPRESSIONS = ("none", "fp16", "bf16")
+DEFAULT_COMPRESSIONS = ("none", "fp16", "bf16", "topk")
 #: The two hosts' addresses on their /30.
 ADDRESSES = ("10.219.9.1", "10.219.9.2")
 #: Seconds one rank process may take at one rate.

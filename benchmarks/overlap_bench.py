@@ -58,9 +58,9 @@ def _job(width: int, layers: int, batch: int, delay: float) -> Any:
         algorithm = strategy.algorithm
         exchange = algorithm.exchange_gradients
 
-        def delayed(grads: Any) -> Any:
+        def delayed(grads: Any, bucket: int = 0) -> Any:
             time.sleep(delay * len(grads))  # a slower link, per tensor sent
-            return exchange(grads)
+            return exchange(grads, bucket=bucket)
 
         algorithm.exchange_gradients = delayed
         keras.utils.set_random_seed(0)

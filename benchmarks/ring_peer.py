@@ -11,9 +11,10 @@ byte, so that the order of accepts does not matter). Both ranks then
 
 1. time a one-way stream of ``STREAM`` bytes from rank 1 to rank 0 (4 MiB messages, then
    a one-byte acknowledgement): what the link sustains for one tfyarn tcp connection;
-2. for each of ``COMPRESSIONS`` (comma-separated, e.g. ``none,fp16,bf16``): one warm-up
-   ring all-reduce of ``ELEMENTS`` float32 values, then ``REPS`` timed ones, between
-   barriers, counting the payload bytes each rank sent.
+2. for each of ``COMPRESSIONS`` (comma-separated, e.g. ``none,fp16,bf16,topk``): one
+   warm-up ring all-reduce of ``ELEMENTS`` float32 values, then ``REPS`` timed ones,
+   between barriers, counting the payload bytes each rank sent (``topk``: at its default
+   density, selection and densifying included).
 
 Each rank prints ``RESULT <json>`` and exits 0; any failure exits non-zero with its
 traceback on stderr.
@@ -24,12 +25,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
-from tfyarn.exchange.compression import wire_dtype
+from tfyarn.exchange.compression import TOPK, wire_dtype
 from tfyarn.exchange.ring import Ring
 from tfyarn.exchange.stats import CountedComm, ExchangeStats
+from tfyarn.exchange.topk import DEFAULT_DENSITY, TopK
 from tfyarn.transport import Comm, Listener, connect, listen
 
 #: Message size of the one-way stream.
@@ -94,14 +97,14 @@ def main(argv: list[str]) -> int:
         grads = rng.standard_normal(elements).astype(np.float32)
         timings = {}
         for name in compressions:
-            wire = wire_dtype(name)
+            reduce = _reducer(ring, name)
             buf = grads.copy()
-            ring.allreduce_(buf, average=True, wire=wire)  # warm-up: page faults, buffers
+            reduce(buf)  # warm-up: page faults, buffers
             ring.barrier()
             before = stats.figures().bytes_sent
             start = time.perf_counter()
             for _ in range(reps):  # in place: averages of equal buffers stay bounded
-                ring.allreduce_(buf, average=True, wire=wire)
+                reduce(buf)
             seconds = time.perf_counter() - start
             sent = stats.figures().bytes_sent - before
             ring.barrier()
@@ -113,6 +116,15 @@ def main(argv: list[str]) -> int:
             listener.close()
     print("RESULT " + json.dumps(out), flush=True)
     return 0
+
+
+def _reducer(ring: Ring, name: str) -> Callable[[np.ndarray], object]:
+    """The averaging all-reduce of one compression, in place on a float32 buffer."""
+    if name == TOPK:
+        topk = TopK(DEFAULT_DENSITY)
+        return lambda buf: topk.allreduce_(ring, buf, "bench", True)
+    wire = wire_dtype(name)
+    return lambda buf: ring.allreduce_(buf, average=True, wire=wire)
 
 
 if __name__ == "__main__":

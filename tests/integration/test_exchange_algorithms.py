@@ -41,12 +41,15 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     if name not in COVERED_ELSEWHERE
 ] + [
     ("model_averaging", {"every": "epoch"}),
-    # gradients on the wire as half types: held to the uncompressed reference below
+    # compressed gradients, held to the uncompressed reference below: as a half type
+    # (bf16 takes the same code path as fp16, and both are replayed bit for bit in
+    # tests/unit/test_exchange_collectives.py), and sparsified to the top 10 %
     ("allreduce", {"compression": "fp16"}),
-    ("allreduce", {"compression": "bf16"}),
+    ("allreduce", {"compression": "topk", "density": 0.1}),
 ]
-#: How far compressed gradients may move the held-out accuracy (one point).
-COMPRESSION_TOLERANCE = 0.01
+#: How far compressed gradients may move the held-out accuracy: one point for a half
+#: type; top-k delays 90 % of each step's gradient (error feedback), so two.
+COMPRESSION_TOLERANCE = {"fp16": 0.01, "topk": 0.02}
 PS_ALGORITHMS = {"sync_ps", "downpour", "easgd", "adag"}
 
 
@@ -131,4 +134,7 @@ def test_algorithm_converges_on_digits(algorithm: str, options: dict[str, Any]) 
     if "compression" in options:
         reference = res["worker:0"]["reference_accuracy"]
         print(f"  uncompressed reference (one process, combined batches): {reference:.4f}")
-        assert abs(accs["worker:0"] - reference) <= COMPRESSION_TOLERANCE, (accs, reference)
+        tolerance = COMPRESSION_TOLERANCE[options["compression"]]
+        assert abs(accs["worker:0"] - reference) <= tolerance, (accs, reference)
+        # Every rank applies the same decompressed average: the replicas stay equal.
+        assert accs["worker:0"] == accs["worker:1"], accs

@@ -60,9 +60,9 @@ def _equivalence_job(ctx: Any) -> dict[str, Any]:
     algorithm = strategy.algorithm
     exchange = algorithm.exchange_gradients
 
-    def recorded(grads: Any) -> Any:
+    def recorded(grads: Any, bucket: int = 0) -> Any:
         exchanged.append([tuple(g.shape) for g in grads])
-        return exchange(grads)
+        return exchange(grads, bucket=bucket)
 
     algorithm.exchange_gradients = recorded  # type: ignore[method-assign]
 

@@ -208,7 +208,7 @@ def test_compression_halves_the_bytes_on_the_wire() -> None:
 
 
 def test_an_unknown_compression_is_refused_naming_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="compression 'int8'; use one of none, fp16, bf16"):
+    with pytest.raises(ConfigError, match="compression 'int8'; use one of none, fp16, bf16, topk"):
         wire_dtype("int8")
 
 

@@ -125,12 +125,12 @@ def test_strategy_options_are_checked_by_the_driver() -> None:
         _build(workers=2, strategy="allreduce", strategy_options={"compresion": "fp16"})
     assert str(err.value) == (
         "unknown option(s) ['compresion'] for strategy 'allreduce'; allowed: "
-        "['bucket_bytes', 'chunk_bytes', 'compression', 'timeout']"
+        "['bucket_bytes', 'chunk_bytes', 'compression', 'density', 'timeout']"
     )
     with pytest.raises(ConfigError) as err:
         _build(workers=2, strategy="allreduce", strategy_options={"compression": "int8"})
     assert str(err.value) == (
-        "strategy 'allreduce': unknown compression 'int8'; use one of none, fp16, bf16"
+        "strategy 'allreduce': unknown compression 'int8'; use one of none, fp16, bf16, topk"
     )
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['compression'\]"):
         _build(workers=2, ps=1, strategy="sync_ps", strategy_options={"compression": "fp16"})

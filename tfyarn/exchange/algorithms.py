@@ -35,11 +35,13 @@ from tfyarn.exchange.collectives import (
     allreduce_arrays,
     average_variables,
     broadcast_variables,
+    fused,
 )
-from tfyarn.exchange.compression import wire_dtype
+from tfyarn.exchange.compression import TOPK, wire_dtype
 from tfyarn.exchange.ps import OptimizerConfig, PSClient
 from tfyarn.exchange.ps_access import ParameterServers
 from tfyarn.exchange.tensors import Variable
+from tfyarn.exchange.topk import DEFAULT_DENSITY, TopK
 
 __all__ = [
     "ALGORITHMS",
@@ -147,8 +149,12 @@ class Algorithm:
     def end(self, weights: Sequence[Variable], trainable: Sequence[Variable]) -> None:
         """After the last step: leave the final model in the variables."""
 
-    def exchange_gradients(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Gradient hook of the distributed optimizer (for ``gradient_mode`` algorithms)."""
+    def exchange_gradients(self, grads: Sequence[np.ndarray], bucket: int = 0) -> list[np.ndarray]:
+        """Gradient hook of the distributed optimizer (for ``gradient_mode`` algorithms).
+
+        ``bucket``: which of a step's exchanges this is (the same every step), for state
+        kept per buffer across steps (top-k's residuals).
+        """
         raise NotImplementedError(f"{self.name} does not exchange gradients")
 
     def _goodbye(self) -> None:
@@ -167,17 +173,30 @@ class AllReduce(Algorithm):
 
     name = "allreduce"
     gradient_mode = "reduce"
-    #: ``compression``: ``"none"``, or ``"fp16"`` / ``"bf16"`` for float32 gradients that
-    #: travel as a half type (:mod:`tfyarn.exchange.compression`).
-    OPTIONS: ClassVar[dict[str, Any]] = {"compression": "none"}
+    #: ``compression``: ``"none"``; ``"fp16"`` / ``"bf16"`` for float32 gradients that
+    #: travel as a half type (:mod:`tfyarn.exchange.compression`); ``"topk"``: each rank
+    #: sends the ``density`` share of largest magnitude, the rest kept for later steps
+    #: (:mod:`tfyarn.exchange.topk`).
+    OPTIONS: ClassVar[dict[str, Any]] = {"compression": "none", "density": DEFAULT_DENSITY}
 
     def _setup(self) -> None:
-        """Check ``compression``."""
+        """Check ``compression`` (and ``density`` for top-k)."""
         self.wire = wire_dtype(self.options["compression"])
+        sparse = self.options["compression"] == TOPK
+        self.topk = TopK(self.options["density"]) if sparse else None
 
-    def exchange_gradients(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def exchange_gradients(self, grads: Sequence[np.ndarray], bucket: int = 0) -> list[np.ndarray]:
         """Average ``grads`` over all trainers; fused into one flat buffer per dtype."""
-        return allreduce_arrays(self.collectives, grads, average=True, wire=self.wire)
+        topk = self.topk
+        if topk is None:
+            return allreduce_arrays(self.collectives, grads, average=True, wire=self.wire)
+
+        def reduce(flat: np.ndarray) -> object:
+            if flat.dtype == np.float32:  # top-k's residual: one per bucket and dtype
+                return topk.allreduce_(self.collectives, flat, (bucket, flat.dtype.name), True)
+            return self.collectives.allreduce_(flat, average=True)
+
+        return fused(grads, reduce)
 
 
 class _PSGradients(Algorithm):
@@ -197,7 +216,7 @@ class _PSGradients(Algorithm):
         others = [v for v in weights if not any(v is t for t in trainable)]
         broadcast_variables(self.collectives, others)
 
-    def exchange_gradients(self, grads: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def exchange_gradients(self, grads: Sequence[np.ndarray], bucket: int = 0) -> list[np.ndarray]:
         """Push the gradients, return the updated weights."""
         if self.client is None:
             raise ConfigError(
@@ -365,11 +384,15 @@ def option_problems(name: str, options: Mapping[str, Any]) -> list[str]:
     if unknown:
         allowed = sorted(set(cls.OPTIONS) | set(COMMON_OPTIONS))
         return [f"unknown option(s) {sorted(unknown)} for strategy {name!r}; allowed: {allowed}"]
-    if "compression" in options:
-        try:
+    try:
+        if "compression" in options:
             wire_dtype(options["compression"])
-        except ConfigError as exc:
-            return [f"strategy {name!r}: {exc}"]
+        if "density" in options:
+            if options.get("compression") != TOPK:
+                return [f"strategy {name!r}: density applies to compression={TOPK!r} only"]
+            TopK(options["density"])
+    except ConfigError as exc:
+        return [f"strategy {name!r}: {exc}"]
     return []
 
 

@@ -14,6 +14,7 @@ class and ``model.save`` / ``keras.models.load_model`` work unchanged.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -184,9 +185,8 @@ def distributed_optimizer(strategy: ExchangeStrategy, optimizer: Any) -> Any:
             sizes = [_static_nbytes(g) for g in dense]
             buckets = backward_buckets(sizes, int(strategy.options["bucket_bytes"]))
             for k, bucket in enumerate(buckets):
-                reduced = _numpy_call(
-                    algo.exchange_gradients, [dense[i] for i in bucket], f"tfyarn_allreduce_{k}"
-                )
+                exchange = functools.partial(algo.exchange_gradients, bucket=k)
+                reduced = _numpy_call(exchange, [dense[i] for i in bucket], f"tfyarn_allreduce_{k}")
                 for i, g in zip(bucket, reduced, strict=True):
                     grads[present[i]] = g
             return original_apply(grads, trainable_variables)
