@@ -28,6 +28,7 @@ from tfyarn.exchange.ring import DEFAULT_CHUNK_BYTES, Ring
 __all__ = [
     "Collectives",
     "LazyRing",
+    "allgather_rows",
     "allreduce_arrays",
     "average_variables",
     "broadcast_variables",
@@ -205,6 +206,20 @@ def allreduce_arrays(
         return collectives.allreduce_(flat, average=average, wire=narrowed)
 
     return fused(arrays, reduce)
+
+
+def allgather_rows(collectives: Collectives, row: np.ndarray) -> np.ndarray:
+    """Every rank's flat ``row`` (same length and dtype on every rank), one row per rank.
+
+    A gather built on the ring's sum: each rank writes its row into its own row of a
+    zeroed block, and the block is summed as bytes, which is exact for every dtype (each
+    byte is one rank's plus zeros). Every rank moves the whole block.
+    """
+    block = np.zeros((collectives.size, row.size), row.dtype)
+    block[collectives.rank] = row
+    if collectives.size > 1:
+        collectives.allreduce_(block.reshape(-1).view(np.uint8))
+    return block
 
 
 def broadcast_variables(

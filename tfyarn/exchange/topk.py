@@ -7,9 +7,9 @@ Stich, Cordonnier and Jaggi 2018, "Sparsified SGD with memory"; Lin et al. 2018,
 Gradient Compression"). The ranks gather each other's (index, value) pairs and sum
 them into a dense gradient, the same on every rank.
 
-What travels: ``size * 2k`` 32-bit words, gathered through the ring's sum (each rank
-fills its own row of a zeroed block: every word is one rank's plus zeros, so the sum is
-exact). At ``density=0.01`` between 2 ranks that is 0.04 of float32's bytes.
+What travels: ``size * 2k`` 32-bit words, gathered through the ring's sum
+(:func:`~tfyarn.exchange.collectives.allgather_rows`). At ``density=0.01`` between 2
+ranks that is 0.04 of float32's bytes.
 
 The residuals live in the role process, one per exchanged buffer (a bucket's, per
 dtype); a restart from a checkpoint starts them from zero.
@@ -23,7 +23,7 @@ from collections.abc import Hashable
 import numpy as np
 
 from tfyarn.errors import ConfigError
-from tfyarn.exchange.collectives import Collectives
+from tfyarn.exchange.collectives import Collectives, allgather_rows
 
 __all__ = ["DEFAULT_DENSITY", "TopK", "densify", "select"]
 
@@ -112,7 +112,7 @@ class TopK:
         """
         if flat.dtype != np.float32:
             raise ConfigError(f"topk compresses float32 buffers, not {flat.dtype}")
-        n, k, ranks = flat.size, self.k(flat.size), coll.size
+        n, k = flat.size, self.k(flat.size)
         residual = self.residuals.get(key)
         if residual is None or residual.size != n:
             residual = self.residuals[key] = np.zeros(n, np.float32)
@@ -120,12 +120,7 @@ class TopK:
         residual += flat  # what this rank has to send now
         indices, values = select(residual, k, self._magnitudes[key])
         residual[indices] = 0.0  # what is sent leaves the residual; the rest waits
-        block = np.zeros((ranks, 2 * k), np.uint32)
-        block[coll.rank, :k] = indices.astype(np.uint32)
-        block[coll.rank, k:] = values.view(np.uint32)
-        if ranks > 1:
-            coll.allreduce_(block.reshape(-1))  # a gather: one rank's bits per word
-        gathered = [block[r, :k].astype(np.int64) for r in range(ranks)]
-        sent = [block[r, k:].view(np.float32) for r in range(ranks)]
-        densify(flat, gathered, sent, average)
+        mine = np.concatenate([indices.astype(np.uint32), values.view(np.uint32)])
+        pairs = allgather_rows(coll, mine)  # every rank's k indices, then k values' bits
+        densify(flat, list(pairs[:, :k]), list(pairs[:, k:].view(np.float32)), average)
         return flat

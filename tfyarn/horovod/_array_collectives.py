@@ -19,6 +19,7 @@ import cloudpickle
 import numpy as np
 
 from tfyarn.errors import ConfigError
+from tfyarn.exchange.collectives import allgather_rows
 from tfyarn.horovod._reduce_ops import ReduceOp, resolve_op
 
 if TYPE_CHECKING:
@@ -55,9 +56,9 @@ def allgather_array(coll: Collectives, a: np.ndarray) -> np.ndarray:
     """Concatenate every rank's ``a`` along the first axis, in rank order.
 
     The first dimensions may differ; the other dimensions and the dtype must agree.
-    Built on the ring's sum: the shapes are summed first (each rank fills its own row),
-    then each rank writes its bytes at its offset of a zeroed buffer and the buffers are
-    summed as bytes, which is exact for every dtype (each byte is one rank's plus zeros).
+    Built on the ring's sum: the shapes are gathered first (:func:`allgather_rows`), then
+    each rank writes its bytes at its offset of a zeroed buffer and the buffers are summed
+    as bytes, which is exact for every dtype (each byte is one rank's plus zeros).
 
     Raises
     ------
@@ -69,10 +70,9 @@ def allgather_array(coll: Collectives, a: np.ndarray) -> np.ndarray:
     if a.ndim == 0 or a.ndim > _MAX_DIMS:
         raise ConfigError(f"allgather takes arrays of 1 to {_MAX_DIMS} dimensions, got {a.ndim}")
     n, me = coll.size, coll.rank
-    meta = np.zeros((n, _MAX_DIMS + 2), np.int64)
-    meta[me, : 2 + a.ndim] = [a.dtype.num, a.ndim, *a.shape]
-    if n > 1:
-        coll.allreduce_(meta.reshape(-1))
+    mine = np.zeros(_MAX_DIMS + 2, np.int64)
+    mine[: 2 + a.ndim] = [a.dtype.num, a.ndim, *a.shape]
+    meta = allgather_rows(coll, mine)
     if any((meta[r, :2] != meta[me, :2]).any() or (meta[r, 3:] != meta[me, 3:]).any()
            for r in range(n)):  # fmt: skip
         shapes = [tuple(int(d) for d in row[2 : 2 + int(row[1])]) for row in meta]

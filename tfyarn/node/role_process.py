@@ -485,7 +485,6 @@ def main(argv: list[str]) -> int:
     # Every way out goes through _exit: an exception escaping to the interpreter's exit
     # (a BrokenPipeError writing to the log of a task just killed) would end the process
     # with the watchdog's removal half done.
-    status = EXIT_FAILED
     try:
         # The watchdog may have renamed the workspace away already (its task was cancelled
         # as this process started): the spec is then missing, and _exit waits for it.
@@ -499,10 +498,13 @@ def main(argv: list[str]) -> int:
         _exit(EXIT_FAILED)
     try:
         status = _run_role(job, wired, workdir, tf_port)
+    except BaseException:  # _run_role reports the role's errors; this is its clean-up's
+        status = EXIT_FAILED
+        with contextlib.suppress(OSError):
+            traceback.print_exc()
+    with contextlib.suppress(OSError):  # the log is a pipe to the task, which may be gone
         sys.stdout.flush()
         sys.stderr.flush()
-    except BaseException:  # _run_role reports its own errors; this is the log's flush
-        pass
     # TensorFlow's server threads can keep a normal interpreter exit waiting forever.
     _exit(status)
 

@@ -16,6 +16,7 @@ Everything lives under one folder (``settings.base_dir``): the conf dir to expor
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -380,6 +381,15 @@ class DevYarn:
         (conf / DEV_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         return conf
 
+    @functools.cached_property
+    def _jars(self) -> Path:
+        """The folder of the Hadoop jars (fetched on first use)."""
+        return maven.ensure_hadoop_jars(services=self.settings.services)
+
+    @functools.cached_property
+    def _java(self) -> str:
+        return _java()
+
     def daemon_env(self) -> dict[str, str]:
         """The environment the daemons run in: this one plus the cluster's conf and homes."""
         s = self.settings
@@ -387,7 +397,7 @@ class DevYarn:
         env.update(
             {
                 "HADOOP_CONF_DIR": str(s.conf_dir),
-                "JAVA_HOME": _java_home(_java()),
+                "JAVA_HOME": _java_home(self._java),
                 "HADOOP_HOME": str(s.base_dir),
                 "HADOOP_YARN_HOME": str(s.base_dir),
             }
@@ -403,8 +413,7 @@ class DevYarn:
         """
         if name not in _DAEMONS:
             raise YarnError(f"unknown dev YARN daemon {name!r}; one of {list(_DAEMONS)}")
-        jars = maven.ensure_hadoop_jars(services=self.settings.services)
-        cmd = self._daemon_cmd(_java(), jars, _DAEMONS[name], name)
+        cmd = self._daemon_cmd(self._java, self._jars, _DAEMONS[name], name)
         if name == "nodemanager" and self.settings.nm_hidden:
             cmd = self._hiding(cmd)
         return cmd
@@ -448,16 +457,15 @@ class DevYarn:
         ``hadoop fs -ls /`` against this cluster's HDFS.
         """
         s = self.settings
-        jars = maven.ensure_hadoop_jars(services=s.services)
         return [
-            _java(),
+            self._java,
             "-Xmx256m",
             *hadoop_conf.DEV_JVM_FLAGS,
             *_JAVA17_OPENS,
             f"-Dlog4j.configuration=file:{s.conf_dir / 'log4j.properties'}",
             "-Dhadoop.root.logger=WARN,console",
             "-cp",
-            maven.hadoop_classpath(s.conf_dir, jars),
+            maven.hadoop_classpath(s.conf_dir, self._jars),
             main_class,
             *args,
         ]
@@ -484,8 +492,7 @@ class DevYarn:
                 f"port(s) {', '.join(taken)} on {s.host} are in use (another YARN?); stop it "
                 "or start with `tfyarn yarn-dev up --free-ports`"
             )
-        jars = maven.ensure_hadoop_jars(services=s.services)
-        java = _java()
+        jars, java = self._jars, self._java
         self.prepare()
         env = self.daemon_env()
         state = DevYarnState(
