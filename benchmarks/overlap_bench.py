@@ -11,7 +11,10 @@ traced warm-up fit):
 (b) the delay, one bucket at the end of backprop (``bucket_bytes`` 1 GiB: the exchange of
     tfyarn before buckets): the delay is fully exposed;
 (c) the delay, buckets of ``--bucket-bytes`` (4 MiB, the default), last layer first: each
-    starts while backprop computes the layers before it.
+    starts while backprop computes the layers before it;
+(d) the delay, fused by readiness (``cycle_time_ms=--cycle-time-ms``, up to
+    ``--bucket-bytes``): each gradient is handed over as soon as it exists and a
+    background thread all-reduces what arrived within the cycle.
 
 Exposed exchange = step time minus (a). Writes ``overlap.json`` and ``overlap.md`` under
 ``--out``. The delay sleeps (no CPU), so on a loaded machine (a) and (c) move together;
@@ -44,6 +47,7 @@ class OverlapRow:
 
     name: str
     bucket_bytes: int
+    cycle_time_ms: float | None
     delay_per_step_ms: float
     step_ms: float
     exposed_ms: float
@@ -85,14 +89,16 @@ def _job(width: int, layers: int, batch: int, delay: float) -> Any:
     return job
 
 
-def _step_seconds(args: argparse.Namespace, bucket_bytes: int, delay: float) -> float:
+def _step_seconds(
+    args: argparse.Namespace, bucket_bytes: int, cycle_ms: float | None, delay: float
+) -> float:
     from tfyarn.exchange.local import run_local
 
     results = run_local(
         _job(args.width, args.layers, args.batch, delay),
         workers=2,
         strategy="allreduce",
-        strategy_options={"bucket_bytes": bucket_bytes},
+        strategy_options={"bucket_bytes": bucket_bytes, "cycle_time_ms": cycle_ms},
         env={"TF_CPP_MIN_LOG_LEVEL": "3"},
         timeout=900,
     )
@@ -100,17 +106,18 @@ def _step_seconds(args: argparse.Namespace, bucket_bytes: int, delay: float) -> 
 
 
 def measure(args: argparse.Namespace) -> list[OverlapRow]:
-    """The three configurations of the module docstring, in one run."""
+    """The four configurations of the module docstring, in one run."""
     tensors = 2 * (args.layers + 1)  # a kernel and a bias per layer
     per_step = args.delay * tensors * 1e3
-    base = _step_seconds(args, args.bucket_bytes, 0.0) * 1e3
-    rows = [OverlapRow("no delay", args.bucket_bytes, 0.0, base, 0.0)]
-    for name, bucket in (
-        ("one bucket at the end", ONE_BUCKET),
-        ("buckets, last layer first", args.bucket_bytes),
+    base = _step_seconds(args, args.bucket_bytes, None, 0.0) * 1e3
+    rows = [OverlapRow("no delay", args.bucket_bytes, None, 0.0, base, 0.0)]
+    for name, bucket, cycle in (
+        ("one bucket at the end", ONE_BUCKET, None),
+        ("buckets, last layer first", args.bucket_bytes, None),
+        ("fused by readiness (cycle time)", args.bucket_bytes, args.cycle_time_ms),
     ):
-        step = _step_seconds(args, bucket, args.delay) * 1e3
-        rows.append(OverlapRow(name, bucket, per_step, step, step - base))
+        step = _step_seconds(args, bucket, cycle, args.delay) * 1e3
+        rows.append(OverlapRow(name, bucket, cycle, per_step, step, step - base))
         print(f"  {name}: {step:.0f} ms per step ({step - base:.0f} ms exposed)", flush=True)
     return rows
 
@@ -121,6 +128,7 @@ def report_markdown(rows: list[OverlapRow], args: argparse.Namespace) -> str:
         [
             r.name,
             r.bucket_bytes,
+            "-" if r.cycle_time_ms is None else f"{r.cycle_time_ms:g}",
             f"{r.delay_per_step_ms:.0f}",
             f"{r.step_ms:.0f}",
             f"{r.exposed_ms:.0f}",
@@ -134,7 +142,14 @@ def report_markdown(rows: list[OverlapRow], args: argparse.Namespace) -> str:
         "tensor, slept before each ring all-reduce. Exposed = step time minus the step "
         "without delay, measured in the same run.\n\n"
         + markdown_table(
-            ["configuration", "bucket_bytes", "delay per step (ms)", "ms per step", "exposed (ms)"],
+            [
+                "configuration",
+                "bucket_bytes",
+                "cycle_time_ms",
+                "delay per step (ms)",
+                "ms per step",
+                "exposed (ms)",
+            ],
             lines,
         )
     )
@@ -154,6 +169,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--bucket-bytes", type=int, default=4 << 20, help="bucket size of the overlapping run"
+    )
+    parser.add_argument(
+        "--cycle-time-ms", type=float, default=5.0, help="cycle time of the fused-by-readiness run"
     )
 
 

@@ -111,20 +111,39 @@ def _equivalence_job(ctx: Any) -> dict[str, Any]:
     return out
 
 
-def test_allreduce_two_workers_equal_one_worker_on_the_combined_batch() -> None:
-    """Also with the gradients exchanged in several buckets, last layer first.
+#: The MLP's gradients in backward order: bias 3, kernel 16x3, bias 16, kernel 6x16.
+BACKWARD = [(3,), (16, 3), (16,), (6, 16)]
+NBYTES = {(3,): 12, (16, 3): 192, (16,): 64, (6, 16): 384}
 
-    ``bucket_bytes=64`` cuts the MLP's gradients (kernel 6x16 and bias 16, kernel 16x3 and
-    bias 3: 384, 64, 192 and 12 bytes) into four ops per step.
+
+@pytest.mark.parametrize(
+    "options",
+    [{"bucket_bytes": 64}, {"bucket_bytes": 256, "cycle_time_ms": 20}],
+    ids=["planned-buckets", "fusion-cycle"],
+)
+def test_allreduce_two_workers_equal_one_worker_on_the_combined_batch(
+    options: dict[str, Any],
+) -> None:
+    """Also with the gradients exchanged in several groups, last layer first.
+
+    ``bucket_bytes=64`` cuts the MLP's gradients (384, 64, 192 and 12 bytes) into four
+    planned buckets per step; with ``cycle_time_ms`` the groups are whatever is ready
+    within the cycle, up to 256 bytes, as rank 0 decides.
     """
     res = run_local(
         _equivalence_job, workers=2, strategy="allreduce", env=ENV, timeout=300,
-        strategy_options={"bucket_bytes": 64},
+        strategy_options=options,
     )  # fmt: skip
     w0, w1 = res["worker:0"], res["worker:1"]
-    buckets = [[(3,)], [(16, 3)], [(16,)], [(6, 16)]]
     steps = 2 * 4 * 2  # fit and tape: 2 epochs of 4 steps each
-    assert w0["exchanged"] == w1["exchanged"] == buckets * steps
+    assert w0["exchanged"] == w1["exchanged"]  # the same groups on both ranks
+    if "cycle_time_ms" not in options:
+        assert w0["exchanged"] == [[shape] for shape in BACKWARD] * steps
+    else:
+        flat = [shape for group in w0["exchanged"] for shape in group]
+        assert flat == BACKWARD * steps  # every gradient once per step, last layer first
+        for group in w0["exchanged"]:
+            assert len(group) == 1 or sum(NBYTES[s] for s in group) <= 256, group
     # the in-graph all-reduce gave both workers the same mean loss at every step
     assert w0["mean_losses"] == w1["mean_losses"]
     for kind in ("fit", "tape"):

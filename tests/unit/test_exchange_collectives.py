@@ -31,8 +31,9 @@ from tfyarn.exchange.ring import Ring
 from tfyarn.exchange.stats import process_stats
 from tfyarn.exchange.tensors import ArrayVariable
 
-#: Small pipeline chunks: many chunks per segment even for small arrays.
-OPTIONS = {"timeout": 20, "chunk_bytes": 256}
+#: Small pipeline chunks: many chunks per segment even for small arrays. The flat ring
+#: even though every rank is on 127.0.0.1 (test_exchange_hierarchy.py covers the other).
+OPTIONS = {"timeout": 20, "chunk_bytes": 256, "hierarchical": False}
 #: Fewer elements than ranks, odd splits, several chunks per segment.
 SIZES = (1, 2, 7, 1000)
 #: Half types are reduced in float32 and rounded once per hop: looser tolerances.
@@ -200,7 +201,10 @@ def _bytes_job(ctx: LocalContext) -> dict[str, int]:
 def test_compression_halves_the_bytes_on_the_wire() -> None:
     # one process per rank: each counts its own bytes
     results = run_local(
-        _bytes_job, workers=2, strategy="allreduce", strategy_options={"timeout": 60}
+        _bytes_job,
+        workers=2,
+        strategy="allreduce",
+        strategy_options={"timeout": 60, "hierarchical": False},
     )
     for sent in results.values():
         # each of 2 ranks sends half the buffer twice (reduce-scatter, all-gather)

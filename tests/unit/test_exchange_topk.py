@@ -91,7 +91,7 @@ def _bytes_job(ctx: LocalContext) -> int:
 
 def test_topk_sends_its_share_of_the_bytes() -> None:
     # one process per rank: each counts its own bytes
-    options = {"timeout": 60, "compression": "topk", "density": 0.01}
+    options = {"timeout": 60, "compression": "topk", "density": 0.01, "hierarchical": False}
     results = run_local(_bytes_job, workers=2, strategy="allreduce", strategy_options=options)
     k = int(np.ceil(0.01 * (1 << 16)))
     for sent in results.values():

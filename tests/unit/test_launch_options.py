@@ -125,7 +125,8 @@ def test_strategy_options_are_checked_by_the_driver() -> None:
         _build(workers=2, strategy="allreduce", strategy_options={"compresion": "fp16"})
     assert str(err.value) == (
         "unknown option(s) ['compresion'] for strategy 'allreduce'; allowed: "
-        "['bucket_bytes', 'chunk_bytes', 'compression', 'density', 'timeout']"
+        "['bucket_bytes', 'chunk_bytes', 'compression', 'cycle_time_ms', 'density', "
+        "'hierarchical', 'timeout']"
     )
     with pytest.raises(ConfigError) as err:
         _build(workers=2, strategy="allreduce", strategy_options={"compression": "int8"})

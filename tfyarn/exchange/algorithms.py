@@ -38,6 +38,8 @@ from tfyarn.exchange.collectives import (
     fused,
 )
 from tfyarn.exchange.compression import TOPK, wire_dtype
+from tfyarn.exchange.fusion import check_cycle_time
+from tfyarn.exchange.hierarchy import check_mode
 from tfyarn.exchange.ps import OptimizerConfig, PSClient
 from tfyarn.exchange.ps_access import ParameterServers
 from tfyarn.exchange.tensors import Variable
@@ -53,7 +55,13 @@ __all__ = [
 ]
 
 #: Options every strategy accepts (see :func:`make_algorithm`).
-COMMON_OPTIONS: dict[str, Any] = {"timeout": 180.0, "chunk_bytes": 1 << 20, "bucket_bytes": 4 << 20}
+COMMON_OPTIONS: dict[str, Any] = {
+    "timeout": 180.0,
+    "chunk_bytes": 1 << 20,
+    "bucket_bytes": 4 << 20,
+    # shared memory inside a host, a ring across hosts (tfyarn.exchange.hierarchy)
+    "hierarchical": "auto",
+}
 
 
 def period_crossed(total: int, last: int, period: int) -> bool:
@@ -89,6 +97,8 @@ class Algorithm:
     uses_ps: ClassVar[bool] = False
     #: Whether :meth:`step_end` does more than count (EASGD, ADAG, averaging every k).
     has_step_schedule: bool = False
+    #: Seconds of the fusion cycle of a ``"reduce"`` exchange; None: buckets planned by size.
+    cycle_time: float | None = None
     #: Options with defaults; ``None`` defaults are filled in by :meth:`__init__`.
     OPTIONS: ClassVar[dict[str, Any]] = {}
 
@@ -177,13 +187,26 @@ class AllReduce(Algorithm):
     #: travel as a half type (:mod:`tfyarn.exchange.compression`); ``"topk"``: each rank
     #: sends the ``density`` share of largest magnitude, the rest kept for later steps
     #: (:mod:`tfyarn.exchange.topk`).
-    OPTIONS: ClassVar[dict[str, Any]] = {"compression": "none", "density": DEFAULT_DENSITY}
+    #: ``cycle_time_ms``: fuse the gradients that are ready within that time (up to
+    #: ``bucket_bytes``) instead of buckets planned by size (:mod:`tfyarn.exchange.fusion`).
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "compression": "none",
+        "density": DEFAULT_DENSITY,
+        "cycle_time_ms": None,
+    }
 
     def _setup(self) -> None:
-        """Check ``compression`` (and ``density`` for top-k)."""
+        """Check ``compression`` (and ``density`` for top-k) and ``cycle_time_ms``."""
         self.wire = wire_dtype(self.options["compression"])
         sparse = self.options["compression"] == TOPK
         self.topk = TopK(self.options["density"]) if sparse else None
+        #: Seconds of the fusion cycle; None: buckets planned by size.
+        self.cycle_time = check_cycle_time(self.options["cycle_time_ms"])
+        if sparse and self.cycle_time is not None:
+            raise ConfigError(
+                f"compression={TOPK!r} keeps a residual per planned bucket: it cannot take "
+                "cycle_time_ms (groups that change from step to step); drop one of them"
+            )
 
     def exchange_gradients(self, grads: Sequence[np.ndarray], bucket: int = 0) -> list[np.ndarray]:
         """Average ``grads`` over all trainers; fused into one flat buffer per dtype."""
@@ -385,8 +408,14 @@ def option_problems(name: str, options: Mapping[str, Any]) -> list[str]:
         allowed = sorted(set(cls.OPTIONS) | set(COMMON_OPTIONS))
         return [f"unknown option(s) {sorted(unknown)} for strategy {name!r}; allowed: {allowed}"]
     try:
+        if "hierarchical" in options:
+            check_mode(options["hierarchical"])
         if "compression" in options:
             wire_dtype(options["compression"])
+        if "cycle_time_ms" in options:
+            check_cycle_time(options["cycle_time_ms"])
+            if options.get("compression") == TOPK and options["cycle_time_ms"] is not None:
+                return [f"strategy {name!r}: compression={TOPK!r} cannot take cycle_time_ms"]
         if "density" in options:
             if options.get("compression") != TOPK:
                 return [f"strategy {name!r}: density applies to compression={TOPK!r} only"]

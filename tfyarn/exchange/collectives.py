@@ -14,6 +14,7 @@ and :func:`average_variables` are the uses of it.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +23,7 @@ import numpy as np
 from tfyarn.errors import ConfigError
 from tfyarn.exchange import tensors
 from tfyarn.exchange.buckets import Bucket, TensorSpec, pack, plan_buckets
+from tfyarn.exchange.hierarchy import HostPlan, HostRing
 from tfyarn.exchange.mesh import Mesh
 from tfyarn.exchange.ring import DEFAULT_CHUNK_BYTES, Ring
 
@@ -80,8 +82,11 @@ class Collectives(Protocol):
 
 
 class LazyRing:
-    """A :class:`Ring` of ``members`` through ``mesh``, connected on the first collective.
+    """The collectives of ``members`` through ``mesh``, connected on the first use.
 
+    A flat :class:`Ring`, or with a hierarchical ``plan`` a
+    :class:`~tfyarn.exchange.hierarchy.HostRing` (shared memory inside hosts, a ring of
+    leaders across them; the flat ring when some host cannot map shared memory).
     Rank and size are known at once; connecting waits for the neighbours, which is why
     it happens only when a collective is first needed (a ps algorithm may never need
     the ring).
@@ -94,18 +99,28 @@ class LazyRing:
         Task ids of the ranks, in rank order; ``mesh.task_id`` must be one of them.
     chunk_bytes : int
         Pipeline chunk size of the ring.
+    plan : HostPlan, optional
+        Which members share a host (:func:`~tfyarn.exchange.hierarchy.plan_hosts`);
+        None: a flat ring.
     """
 
     def __init__(
-        self, mesh: Mesh, members: Sequence[str], chunk_bytes: int = DEFAULT_CHUNK_BYTES
+        self,
+        mesh: Mesh,
+        members: Sequence[str],
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        plan: HostPlan | None = None,
     ) -> None:
         self.mesh = mesh
         self.members = list(members)
         if mesh.task_id not in self.members:
             raise ConfigError(f"{mesh.task_id} is not a ring member ({self.members})")
+        if plan is not None and list(plan.members) != self.members:
+            raise ConfigError(f"the host plan's trainers {plan.members} are not {self.members}")
         self.chunk_bytes = chunk_bytes
+        self.plan = plan
         self._rank = self.members.index(mesh.task_id)
-        self._ring: Ring | None = None
+        self._ring: Ring | HostRing | None = None
 
     @property
     def rank(self) -> int:
@@ -123,11 +138,32 @@ class LazyRing:
         return self._ring is not None
 
     @property
-    def ring(self) -> Ring:
-        """The connected ring (connecting it now if needed)."""
+    def ring(self) -> Ring | HostRing:
+        """The connected collectives (connecting them now if needed)."""
         if self._ring is None:
-            self._ring = Ring.connect(self.mesh, self.members, self.chunk_bytes)
+            self._ring = self._connect()
+            # the role's log says which exchange the job got (the plan is automatic)
+            print(f"tfyarn exchange {self.mesh.task_id}: {self.description}", file=sys.stderr)
         return self._ring
+
+    def _connect(self) -> Ring | HostRing:
+        if self.plan is not None and self.plan.hierarchical and self.size > 1:
+            host_ring = HostRing.connect(self.mesh, self.plan, self.chunk_bytes)
+            if host_ring is not None:
+                return host_ring
+        return Ring.connect(self.mesh, self.members, self.chunk_bytes)
+
+    @property
+    def description(self) -> str:
+        """What the connected collectives are, for the role's log."""
+        if self.plan is None:
+            return f"flat ring of {self.size} trainers"
+        if self.plan.hierarchical and not isinstance(self._ring, HostRing):
+            return (
+                f"flat ring of {self.size} trainers (a host could not map shared memory; "
+                f"planned {self.plan.describe()})"
+            )
+        return self.plan.describe()
 
     def allreduce_(
         self, a: np.ndarray, average: bool = False, wire: np.dtype | None = None

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from tfyarn.errors import ConfigError
 from tfyarn.exchange.buckets import backward_buckets
+from tfyarn.exchange.fusion import FusionCycle
 from tfyarn.exchange.ps import OptimizerConfig, optimizer_config
 
 if TYPE_CHECKING:
@@ -134,6 +135,51 @@ def allreduce_tensors(
     return _numpy_call(reduce, inputs, "tfyarn_allreduce_tensors")
 
 
+def _fused_by_time(
+    strategy: ExchangeStrategy, fusions: dict[tuple[Any, ...], FusionCycle], dense: list[tf.Tensor]
+) -> list[tf.Tensor]:
+    """Exchange ``dense`` through a :class:`~tfyarn.exchange.fusion.FusionCycle`.
+
+    One submit op per gradient, last layer first (each runs as soon as its gradient
+    exists and returns at once), and one collect op that waits for every group. The
+    cycle is kept per list of shapes, so that a retraced step reuses its thread.
+    """
+    algo = strategy.algorithm
+    order = list(reversed(range(len(dense))))
+    key = tuple((tuple(dense[i].shape), dense[i].dtype.name) for i in order)
+    fusion = fusions.get(key)
+    if fusion is None:
+        fusion = FusionCycle(
+            algo.exchange_gradients,
+            strategy.collectives,
+            [_static_nbytes(dense[i]) for i in order],
+            float(algo.cycle_time or 0.0),
+            int(strategy.options["bucket_bytes"]),
+            float(strategy.options["timeout"]),
+        )
+        fusions[key] = fusion
+        strategy.fusions.append(fusion)
+    tokens = [
+        tf.numpy_function(
+            functools.partial(fusion.submit, pos), [dense[i]], tf.int64, stateful=True,
+            name=f"tfyarn_fusion_submit_{pos}",
+        )
+        for pos, i in enumerate(order)
+    ]  # fmt: skip
+
+    def collect(*_tokens: np.ndarray) -> list[np.ndarray]:
+        return fusion.collect()
+
+    dtypes = [dense[i].dtype for i in order]
+    out = tf.numpy_function(collect, tokens, dtypes, stateful=True, name="tfyarn_fusion_collect")
+    out = list(out) if isinstance(out, list | tuple) else [out]
+    reduced: list[tf.Tensor] = [tf.constant(0)] * len(dense)
+    for o, i in zip(out, order, strict=True):
+        o.set_shape(dense[i].shape)
+        reduced[i] = o
+    return reduced
+
+
 def distributed_optimizer(strategy: ExchangeStrategy, optimizer: Any) -> Any:
     """Make ``optimizer`` (a Keras 3 optimizer) exchange gradients as ``strategy`` says.
 
@@ -166,6 +212,7 @@ def distributed_optimizer(strategy: ExchangeStrategy, optimizer: Any) -> Any:
     if mode is None or (mode == "reduce" and strategy.size == 1):
         return optimizer  # nothing to exchange per step
     original_apply = optimizer.apply
+    fusions: dict[tuple[Any, ...], FusionCycle] = {}
 
     def apply(grads: Any, trainable_variables: Any = None) -> Any:
         grads = list(grads)
@@ -178,6 +225,11 @@ def distributed_optimizer(strategy: ExchangeStrategy, optimizer: Any) -> Any:
         if not present:
             return original_apply(grads, trainable_variables)
         dense = [tf.convert_to_tensor(grads[i]) for i in present]
+        if mode == "reduce" and algo.cycle_time is not None:
+            reduced = _fused_by_time(strategy, fusions, dense)
+            for i, g in zip(present, reduced, strict=True):
+                grads[i] = g
+            return original_apply(grads, trainable_variables)
         if mode == "reduce":
             # One op per bucket, last layers first: in a compiled step each starts as soon
             # as its gradients exist, while backpropagation goes on (TensorFlow keeps

@@ -143,6 +143,7 @@ class _Launch:
     payload: bytes  # fn, by cloudpickle
     attempt: int = 1
     checkpoint: CheckpointPolicy | None = None
+    host: str = "127.0.0.1"
 
 
 def _child(conn: Connection, launch: _Launch) -> None:
@@ -155,7 +156,7 @@ def _child(conn: Connection, launch: _Launch) -> None:
         from tfyarn import transport as tr
 
         fn = cloudpickle.loads(launch.payload)
-        listener = tr.listen(f"{launch.transport}://127.0.0.1:0", secret=launch.secret)
+        listener = tr.listen(f"{launch.transport}://{launch.host}:0", secret=launch.secret)
         conn.send(("addr", listener.address))
         peers = conn.recv()
         ctx = LocalContext(
@@ -191,6 +192,7 @@ def run_local(
     threads: bool = False,
     attempt: int = 1,
     checkpoint: CheckpointPolicy | None = None,
+    hosts: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run ``fn(ctx)`` in one process per training role (and serve ps shards).
 
@@ -228,6 +230,10 @@ def run_local(
     checkpoint : CheckpointPolicy, optional
         The job's checkpoints (``ctx.checkpoint``); every role reads its resume point
         from there.
+    hosts : mapping of str to str, optional
+        Task id -> loopback address its listener opens on (default ``127.0.0.1``):
+        roles on different addresses of ``127.0.0.0/8`` look like roles on different
+        hosts to the exchange (e.g. to plan a hierarchical all-reduce).
 
     Returns
     -------
@@ -246,6 +252,7 @@ def run_local(
     import cloudpickle
 
     roles = _roles(workers, ps, chief)
+    where = _hosts(roles, hosts)
     if attempt < 1:
         raise ConfigError(f"run_local(attempt={attempt}): attempts count from 1")
     if threads:
@@ -255,7 +262,7 @@ def run_local(
                 "environment before calling it instead of passing env"
             )
         job = _ThreadJob(strategy, dict(strategy_options or {}), transport, attempt, checkpoint)
-        return _run_threads(fn, roles, job, timeout)
+        return _run_threads(fn, roles, job, timeout, where)
     secret = secrets.token_bytes(32)
     common = (strategy, dict(strategy_options or {}), dict(env or {}), cloudpickle.dumps(fn),
               attempt, checkpoint)  # fmt: skip
@@ -263,7 +270,8 @@ def run_local(
     deadline = time.monotonic() + timeout
     try:
         for role, index in roles:
-            procs[f"{role}:{index}"] = _spawn(_Launch(role, index, secret, transport, *common))
+            task = f"{role}:{index}"
+            procs[task] = _spawn(_Launch(role, index, secret, transport, *common, where[task]))
         peers: dict[str, str] = {}
         for task in procs:
             msg = _next(task, procs, deadline)
@@ -277,6 +285,15 @@ def run_local(
         return _results(procs, deadline, timeout)
     finally:
         _stop_all(procs)
+
+
+def _hosts(roles: list[tuple[str, int]], hosts: Mapping[str, str] | None) -> dict[str, str]:
+    """Task id -> listening address of every role (see :func:`run_local`'s ``hosts``)."""
+    tasks = [f"{r}:{i}" for r, i in roles]
+    unknown = set(hosts or {}) - set(tasks)
+    if unknown:
+        raise ConfigError(f"run_local(hosts=...) names roles the job lacks: {sorted(unknown)}")
+    return {t: (hosts or {}).get(t, "127.0.0.1") for t in tasks}
 
 
 def _spawn(launch: _Launch) -> tuple[mp.process.BaseProcess, Connection]:
@@ -366,6 +383,7 @@ def _run_threads(
     roles: list[tuple[str, int]],
     job: _ThreadJob,
     timeout: float,
+    where: Mapping[str, str],
 ) -> dict[str, Any]:
     """:func:`run_local` with ``threads=True``: listeners here, one thread per role."""
     from tfyarn import transport as tr
@@ -373,8 +391,8 @@ def _run_threads(
     secret = secrets.token_bytes(32)
     listeners: list[Listener] = []
     try:
-        for _role in roles:
-            listeners.append(tr.listen(f"{job.transport}://127.0.0.1:0", secret=secret))
+        for r, i in roles:
+            listeners.append(tr.listen(f"{job.transport}://{where[f'{r}:{i}']}:0", secret=secret))
         peers = {f"{r}:{i}": lst.address for (r, i), lst in zip(roles, listeners, strict=True)}
         contexts = [
             LocalContext(

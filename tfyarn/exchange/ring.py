@@ -144,8 +144,13 @@ class Ring:
         members: list[str],
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         timeout: float | None = None,
+        channel: str = _CHANNEL,
     ) -> Ring:
-        """Build the ring of ``members`` (task ids in rank order) through ``mesh``."""
+        """Build the ring of ``members`` (task ids in rank order) through ``mesh``.
+
+        ``channel`` names the mesh connections: rings of different member lists between
+        the same roles (a host's ring, the hosts' ring) each take their own.
+        """
         if mesh.task_id not in members:
             raise ConfigError(f"{mesh.task_id} is not a ring member ({members})")
         size = len(members)
@@ -154,8 +159,8 @@ class Ring:
             return cls(0, 1, None, None, chunk_bytes)
         # connect first, then accept: every rank's listener is already open, so this
         # cannot deadlock
-        right = mesh.connect(members[(rank + 1) % size], _CHANNEL, timeout)
-        left = mesh.accept(members[(rank - 1) % size], _CHANNEL, timeout)
+        right = mesh.connect(members[(rank + 1) % size], channel, timeout)
+        left = mesh.accept(members[(rank - 1) % size], channel, timeout)
         return cls(rank, size, right, left, chunk_bytes)
 
     # -- helpers -----------------------------------------------------------------------

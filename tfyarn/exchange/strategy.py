@@ -29,6 +29,8 @@ from tfyarn.exchange.checkpoint import Checkpointer, optimizer_variables
 from tfyarn.exchange.collectives import LazyRing, allreduce_arrays
 from tfyarn.exchange.collectives import broadcast_variables as _broadcast_variables
 from tfyarn.exchange.context import ExchangeContext, exchange_listener
+from tfyarn.exchange.fusion import FusionCycle
+from tfyarn.exchange.hierarchy import HostPlan, HostRing, plan_hosts
 from tfyarn.exchange.mesh import Mesh, ps_tasks, training_tasks
 from tfyarn.exchange.ps import SnapshotPlan, SnapshotTag
 from tfyarn.exchange.ps_access import (
@@ -119,9 +121,13 @@ class ExchangeStrategy:
         self.checkpointer: Checkpointer | None = None
         self._optimizer: Any = None
         self._steps_per_epoch: int | None = None
+        #: The fusion cycles of the distributed optimizer (``cycle_time_ms``), closed with it.
+        self.fusions: list[FusionCycle] = []
         self.options = {**COMMON_OPTIONS, **{k: v for k, v in opts.items() if k in COMMON_OPTIONS}}
         self.mesh = _mesh(ctx, self.options["timeout"])
-        self.collectives = LazyRing(self.mesh, self.members, self.options["chunk_bytes"])
+        #: Which trainers share a host; hierarchical when the option and the hosts say so.
+        self.plan: HostPlan = plan_hosts(self.members, ctx.peers, self.options["hierarchical"])
+        self.collectives = LazyRing(self.mesh, self.members, self.options["chunk_bytes"], self.plan)
         try:
             servers = self._servers(ctx)
             self.ps: list[str] = list(servers.names) if servers is not None else []
@@ -138,8 +144,12 @@ class ExchangeStrategy:
 
     # -- collectives -------------------------------------------------------------------
     @property
-    def ring(self) -> Ring:
-        """The ring of training roles, connected on first use (by every rank)."""
+    def ring(self) -> Ring | HostRing:
+        """The training roles' collectives, connected on first use (by every rank).
+
+        A flat :class:`Ring`, or a :class:`~tfyarn.exchange.hierarchy.HostRing` when
+        :attr:`plan` is hierarchical (the role's log says which).
+        """
         return self.collectives.ring
 
     def allreduce(self, value: Any, average: bool = True) -> np.ndarray:
@@ -328,6 +338,8 @@ class ExchangeStrategy:
 
     def close(self) -> None:
         """Say goodbye to the parameter servers and close every connection; idempotent."""
+        for fusion in self.fusions:
+            fusion.close()
         with contextlib.suppress(Exception):
             self.algorithm.close()
         self.collectives.close()
