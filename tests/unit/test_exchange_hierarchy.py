@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tfyarn.exchange.collectives import allgather_rows
 from tfyarn.exchange.compression import wire_dtype
 from tfyarn.exchange.hierarchy import DEFAULT_WINDOW_BYTES, plan_hosts
 from tfyarn.exchange.local import LocalContext, run_local
+from tfyarn.exchange.stats import ExchangeStats
 
 OPTIONS = {"timeout": 30, "chunk_bytes": 4096}
 #: Fewer elements than trainers, odd splits, and more than one arena window.
@@ -206,3 +208,15 @@ def test_the_flat_ring_is_what_a_single_trainer_gets() -> None:
         return type(ctx.strategy().collectives.ring).__name__
 
     assert run_local(solo, threads=True, workers=1, strategy="allreduce") == {"worker:0": "Ring"}
+
+
+def test_a_hierarchical_operation_counts_once_in_the_exchange_figures() -> None:
+    # its host rings' operations run inside it, on the same thread
+    stats = ExchangeStats()
+    with stats.timed():
+        with stats.timed():
+            time.sleep(0.01)
+        with stats.timed():
+            pass
+    figures = stats.figures()
+    assert figures.operations == 1 and 0.01 <= figures.seconds < 1

@@ -95,6 +95,7 @@ class ExchangeStats:
         self._seconds = 0.0
         self._operations = 0
         self._requests = 0
+        self._depth = threading.local()
 
     def count_bytes(self, sent: int = 0, received: int = 0) -> None:
         """Add payload bytes sent and received."""
@@ -104,15 +105,23 @@ class ExchangeStats:
 
     @contextlib.contextmanager
     def timed(self) -> Iterator[None]:
-        """Count the enclosed block as one exchange operation, and its seconds."""
+        """Count the enclosed block as one exchange operation, and its seconds.
+
+        Nested blocks of one thread (the host rings inside a hierarchical all-reduce)
+        count once, as the outermost.
+        """
+        depth = getattr(self._depth, "value", 0)
+        self._depth.value = depth + 1
         begun = time.perf_counter()
         try:
             yield
         finally:
-            spent = time.perf_counter() - begun
-            with self._lock:
-                self._seconds += spent
-                self._operations += 1
+            self._depth.value = depth
+            if depth == 0:
+                spent = time.perf_counter() - begun
+                with self._lock:
+                    self._seconds += spent
+                    self._operations += 1
 
     def served(self, requests: int = 1) -> None:
         """Count requests served by this process's parameter server."""
