@@ -1,9 +1,13 @@
 """Spark ML with tfyarn (issue 15): Pipeline(VectorAssembler, StandardScaler, KerasEstimator)
-on a real local Spark cluster, scored and saved like any Spark ML model.
+on a real local Spark cluster, scored and saved like any Spark ML model; sparse features
+into a sparse input; a functional model with two inputs and two outputs trained with
+``stepsPerEpoch``.
 
 The reference for accuracy is the same Keras model trained in this process on the same
-standardised features with the combined batch of both trainers; the reference for the
-scoring path is that model's own ``predict`` on the same rows.
+features with the combined batch of both trainers; the reference for the scoring path is
+that model's own ``predict`` on the same rows. Three fits in all (each ~30 s here): the
+other tests check what needs no fit, refusals included, before any Spark job where they
+can. tests/unit/test_ml_estimator.py checks the same paths without Spark.
 """
 
 from __future__ import annotations
@@ -41,7 +45,17 @@ def build_model() -> Any:
     )
 
 
-def _frames(spark: Any) -> tuple[Any, Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+Digits = tuple[Any, Any, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def digits(spark: Any) -> Digits:
+    """The digits split into training and test frames (one partition each) and arrays:
+    ``(train, test, x_train, x_test, y_train, y_test)``, made once for the module."""
+    return _frames(spark)
+
+
+def _frames(spark: Any) -> Digits:
     digits = load_digits()
     x = digits.data.astype(np.float64)
     y = digits.target.astype(np.float64)
@@ -76,8 +90,8 @@ def _estimator(**over: Any) -> Any:
         transport="tcp",
         seed=0,
     )
-    params.update(over)
-    return KerasEstimator(**params)
+    params.update(over)  # None: leave the param unset (labelCol, for labelCols)
+    return KerasEstimator(**{name: value for name, value in params.items() if value is not None})
 
 
 #: Seeds of the plain-Keras reference: a fit's held-out accuracy moves by about a point
@@ -88,11 +102,27 @@ REFERENCE_SEEDS = (0, 1, 2)
 
 
 def _plain_keras_accuracy(
-    build: Any, x_train: Any, y_train: np.ndarray, x_test: Any, y_test: np.ndarray
+    build: Any,
+    x_train: Any,
+    y_train: Any,
+    x_test: Any,
+    y_test: np.ndarray,
+    *,
+    loss: Any = None,
+    output: int | None = None,
+    steps_per_epoch: int | None = None,
+    epochs: int = EPOCHS,
 ) -> float:
     """Mean held-out accuracy of ``build()`` trained in this process on the combined batch
-    of both trainers (``2 * BATCH``), as the tests' estimators train it."""
+    of both trainers (``2 * BATCH``), as the tests' estimators train it.
+
+    ``loss``: the model's (default: sparse categorical cross-entropy of logits); ``output``:
+    which output of a model with several is scored against ``y_test``. With
+    ``steps_per_epoch``, each epoch is that many batches of the rows cycled, reshuffled on
+    each pass (what ``stepsPerEpoch`` does on each trainer); else one pass.
+    """
     import keras
+    import tensorflow as tf
 
     found = []
     for seed in REFERENCE_SEEDS:
@@ -100,21 +130,30 @@ def _plain_keras_accuracy(
         model = build()
         model.compile(
             optimizer=keras.optimizers.Adam(RATE),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
+            loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
-        model.fit(x_train, y_train, batch_size=2 * BATCH, epochs=EPOCHS, verbose=0)
-        found.append(model.evaluate(x_test, y_test, verbose=0)[1])
+        if steps_per_epoch is None:
+            model.fit(x_train, y_train, batch_size=2 * BATCH, epochs=epochs, verbose=0)
+        else:
+            labels = next(iter(y_train.values())) if isinstance(y_train, dict) else y_train
+            x = tuple(x_train) if isinstance(x_train, list) else x_train
+            data = tf.data.Dataset.from_tensor_slices((x, y_train))
+            rows = len(labels)
+            data = data.shuffle(rows, seed=seed).repeat().batch(2 * BATCH)
+            model.fit(data, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0)
+        predicted = model.predict(x_test, verbose=0)
+        logits = predicted if output is None else predicted[output]
+        found.append(float(np.mean(logits.argmax(axis=1) == y_test)))
     return float(np.mean(found))
 
 
 def test_a_pipeline_fits_scores_and_round_trips_like_plain_keras(
-    spark: Any, tmp_path: Path
+    digits: Digits, tmp_path: Path
 ) -> None:
     from pyspark.ml import Pipeline, PipelineModel
     from pyspark.ml.feature import StandardScaler, VectorAssembler
 
-    train, test, x_tr, x_te, y_tr, y_te = _frames(spark)
+    train, test, x_tr, x_te, y_tr, y_te = digits
     unfitted = Pipeline(
         stages=[
             VectorAssembler(inputCols=PIXELS, outputCol="pixels"),
@@ -146,16 +185,15 @@ def test_a_pipeline_fits_scores_and_round_trips_like_plain_keras(
     assert accuracy >= reference_accuracy - 0.01, (accuracy, reference_accuracy)
 
     # The scoring path gives what the trained Keras model itself predicts, row for row.
-    own = fitted.keras_model().predict(xs_te, verbose=0).argmax(axis=1)
-    assert (scored["prediction"].to_numpy() == own).mean() >= 0.995
+    own = fitted.keras_model().predict(xs_te, verbose=0)
+    assert (scored["prediction"].to_numpy() == own.argmax(axis=1)).mean() >= 0.995
 
     # Saved and loaded as a whole PipelineModel: the same model, so the same predictions
     # (compared on the driver: scoring through Spark is what the lines above checked).
     pipeline.write().overwrite().save(str(tmp_path / "pipeline"))
     loaded = PipelineModel.load(str(tmp_path / "pipeline"))
     reloaded = loaded.stages[-1]
-    again = reloaded.keras_model().predict(xs_te, verbose=0)
-    np.testing.assert_array_equal(again, fitted.keras_model().predict(xs_te, verbose=0))
+    np.testing.assert_array_equal(reloaded.keras_model().predict(xs_te, verbose=0), own)
     assert reloaded.getOrDefault("featureCols") == ["scaled"]
     assert reloaded.history["loss"] == pytest.approx(fitted.history["loss"])
 
@@ -196,10 +234,26 @@ def test_an_estimator_saves_and_loads_every_param(spark: Any, tmp_path: Path) ->
     assert type(callback) is keras.callbacks.EarlyStopping and callback.patience == 3
     saved = sorted(p.name for p in (tmp_path / "estimator").iterdir())
     assert saved == ["metadata", "model.keras", "params.pkl"], saved
-    # A function making the model is kept as the function.
-    _estimator().save(str(tmp_path / "factory"))
-    factory = KerasEstimator.load(str(tmp_path / "factory")).getOrDefault("model")
-    assert callable(factory) and _layers(factory()) == _layers(model)
+    # A function making the model is kept as the function; a model with several outputs
+    # keeps its label columns by output, stepsPerEpoch, and losses and metrics per output.
+    several = _estimator(
+        model=build_two_output_model,
+        labelCol=None,
+        labelCols={"digit": "label", "big": "big"},
+        stepsPerEpoch=7,
+        loss=[keras.losses.SparseCategoricalCrossentropy(from_logits=True), "binary_crossentropy"],
+        metrics={"digit": ["accuracy"]},
+    )
+    several.save(str(tmp_path / "factory"))
+    loaded = KerasEstimator.load(str(tmp_path / "factory"))
+    factory = loaded.getOrDefault("model")
+    assert callable(factory) and _layers(factory()) == _layers(build_two_output_model())
+    for name in ("labelCols", "stepsPerEpoch", "metrics", "featureCols"):
+        assert loaded.getOrDefault(name) == several.getOrDefault(name), name
+    assert not loaded.isSet("labelCol")  # labelCols alone, as it was set
+    digit_loss, big_loss = loaded.getOrDefault("loss")
+    assert keras.losses.deserialize(digit_loss).get_config()["from_logits"]
+    assert big_loss == "binary_crossentropy"
 
 
 def _layers(model: Any) -> list[tuple[str, Any]]:
@@ -312,19 +366,30 @@ def test_sparse_vectors_stay_sparse_into_a_sparse_first_layer(spark: Any) -> Non
         ).fit(spark.createDataFrame([(SparseVector(WIDTH, [4095], [1.0]), 1.0, False)], schema))
 
 
-def build_two_input_model() -> Any:
+def build_two_in_two_out_model() -> Any:
     import keras
 
     left, right = keras.Input(shape=(32,), name="left"), keras.Input(shape=(32,), name="right")
     joined = keras.layers.Concatenate()([left, right])
     hidden = keras.layers.Dense(64, activation="relu")(joined)
-    return keras.Model([left, right], keras.layers.Dense(10)(hidden))
+    digit = keras.layers.Dense(10, name="digit")(hidden)  # logits of the digit
+    big = keras.layers.Dense(1, name="big")(hidden)  # logit of "the digit is 5 or more"
+    return keras.Model([left, right], [digit, big])
 
 
-def test_a_functional_model_takes_one_column_per_input(spark: Any) -> None:
-    """A two-input functional model: an array column into one input, a Vector column into
-    the other; trained with a held-out column, scored, against the same model in one
-    process on the combined batch."""
+#: stepsPerEpoch of the functional test: each trainer holds ~630 rows (~20 batches), so an
+#: epoch is about one and a half passes over its shard, ending mid-pass; 10 epochs make
+#: the 300 steps of 15 one-pass epochs.
+STEPS, STEP_EPOCHS = 30, 10
+
+
+def test_a_functional_model_takes_one_column_per_input_and_output(spark: Any) -> None:
+    """A functional model with two inputs and two outputs: an array column into one input,
+    a Vector column into the other; a digit label and a "5 or more" label, named per
+    output; trained with ``stepsPerEpoch`` and a held-out column. Each output's prediction
+    columns are what the trained model itself predicts on the same rows, and the digit's
+    accuracy is that of the same model trained in one process for as many steps."""
+    import keras
     from pyspark.ml.linalg import Vectors, VectorUDT
     from pyspark.sql.types import (
         ArrayType,
@@ -337,6 +402,7 @@ def test_a_functional_model_takes_one_column_per_input(spark: Any) -> None:
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
+    big = (y >= 5).astype(np.float32)
     test = np.arange(len(x)) % 5 == 0
     held = np.arange(len(x)) % 10 == 1
     schema = StructType(
@@ -344,71 +410,122 @@ def test_a_functional_model_takes_one_column_per_input(spark: Any) -> None:
             StructField("left", ArrayType(FloatType())),
             StructField("right", VectorUDT()),
             StructField("label", DoubleType()),
+            StructField("big", DoubleType()),
             StructField("held", BooleanType()),
         ]
     )
 
     def frame(rows: np.ndarray) -> Any:
         data = [
-            (x[i, :32].tolist(), Vectors.dense(x[i, 32:]), float(y[i]), bool(held[i])) for i in rows
-        ]
+            (x[i, :32].tolist(), Vectors.dense(x[i, 32:]), float(y[i]), float(big[i]),
+             bool(held[i]))
+            for i in rows
+        ]  # fmt: skip
         return spark.createDataFrame(data, schema).coalesce(1)
 
     train, held_out = frame(np.flatnonzero(~test)), frame(np.flatnonzero(test))
+    losses = [
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        keras.losses.BinaryCrossentropy(from_logits=True),
+    ]
+    # Refused from the model and the schema, before any Spark job.
     with pytest.raises(ConfigError, match=r"the model takes 2 inputs \(left, right\) and "):
-        _estimator(model=build_two_input_model, featureCols=["left"]).fit(train)
+        _estimator(model=build_two_in_two_out_model, featureCols=["left"]).fit(train)
+    with pytest.raises(ConfigError, match=r"2 outputs \(digit, big\) and labelCol names 1 col"):
+        _estimator(model=build_two_in_two_out_model, featureCols=["left", "right"]).fit(train)
     fitted = _estimator(
-        model=build_two_input_model, featureCols=["left", "right"], validation="held"
+        model=build_two_in_two_out_model,
+        featureCols=["left", "right"],
+        labelCol=None,
+        labelCols={"big": "big", "digit": "label"},  # by output name, in another order
+        loss=losses,  # in the model's output order
+        metrics={"digit": ["accuracy"]},
+        validation="held",
+        stepsPerEpoch=STEPS,
+        epochs=STEP_EPOCHS,
+        rawPredictionCol="logits",
     ).fit(train)
-    assert "val_loss" in fitted.history
+    assert len(fitted.history["loss"]) == STEP_EPOCHS
+    assert {"digit_loss", "big_loss", "val_digit_accuracy", "val_big_loss"} <= set(fitted.history)
+    # Every trainer ran stepsPerEpoch steps an epoch, whatever its shard's size.
+    steps = {task: metrics.get("step") for task, metrics in fitted.run_result.metrics.items()}
+    assert steps == {"worker:0": STEPS * STEP_EPOCHS, "worker:1": STEPS * STEP_EPOCHS}, steps
 
+    assert fitted.predictionCols() == ["prediction_digit", "prediction_big"]
+    assert fitted.rawPredictionCols() == ["logits_digit", "logits_big"]
     scored = (
-        fitted.copy({fitted.rawPredictionCol: "logits"})
-        .transform(held_out)
-        .select("prediction", "logits")
+        fitted.transform(held_out)
+        .select("prediction_digit", "prediction_big", "logits_digit", "logits_big")
         .toPandas()
     )
-    own = fitted.keras_model().predict([x[test, :32], x[test, 32:]], verbose=0)
-    np.testing.assert_allclose(np.stack(scored["logits"].to_numpy()), own, atol=1e-4)
-    accuracy = float(np.mean(scored["prediction"].to_numpy() == y[test]))
+    x_test = [x[test, :32], x[test, 32:]]
+    own_digit, own_big = fitted.keras_model().predict(x_test, verbose=0)
+    np.testing.assert_allclose(np.stack(scored["logits_digit"].to_numpy()), own_digit, atol=1e-4)
+    np.testing.assert_allclose(np.stack(scored["logits_big"].to_numpy()), own_big, atol=1e-4)
+    np.testing.assert_array_equal(scored["prediction_digit"].to_numpy(), own_digit.argmax(axis=1))
+    np.testing.assert_allclose(scored["prediction_big"].to_numpy(), own_big[:, 0], atol=1e-4)
 
+    accuracy = float(np.mean(scored["prediction_digit"].to_numpy() == y[test]))
+    big_accuracy = float(np.mean((scored["prediction_big"].to_numpy() > 0) == big[test]))
     rows = ~test & ~held
     reference_accuracy = _plain_keras_accuracy(
-        build_two_input_model,
+        build_two_in_two_out_model,
         [x[rows, :32], x[rows, 32:]],
-        y[rows],
-        [x[test, :32], x[test, 32:]],
+        {"digit": y[rows], "big": big[rows]},
+        x_test,
         y[test],
+        loss=losses,
+        output=0,
+        steps_per_epoch=STEPS,
+        epochs=STEP_EPOCHS,
     )
-    print(f"held-out accuracy: two inputs {accuracy:.4f}, plain Keras {reference_accuracy:.4f}")
+    print(
+        f"held-out accuracy: two inputs, two outputs {accuracy:.4f} (5 or more: "
+        f"{big_accuracy:.4f}), plain Keras {reference_accuracy:.4f}"
+    )
     assert accuracy >= reference_accuracy - 0.01, (accuracy, reference_accuracy)
 
 
-def test_held_out_rows_reach_the_driver_as_the_fit_takes_them(spark: Any) -> None:
+def test_held_out_rows_reach_the_driver_as_the_fit_takes_them(digits: Digits) -> None:
     from tfyarn.ml.columns import assemble
     from tfyarn.ml.estimator import validation_arrays
 
-    train, _, x_tr, _, y_tr, _ = _frames(spark)
+    train, _, x_tr, _, y_tr, _ = digits
     x, y = validation_arrays(assemble(train.orderBy("id"), PIXELS, "label"))
     assert x.dtype == np.float32 and x.shape == x_tr.shape
     np.testing.assert_array_equal(x, x_tr.astype(np.float32))
     np.testing.assert_array_equal(y, y_tr)
 
 
-def test_bad_columns_are_refused_before_any_role_starts(spark: Any) -> None:
+def build_two_output_model() -> Any:
+    import keras
+
+    pixels = keras.Input(shape=(64,))
+    hidden = keras.layers.Dense(16, activation="relu")(pixels)
+    digit, big = keras.layers.Dense(10, name="digit"), keras.layers.Dense(1, name="big")
+    return keras.Model(pixels, [digit(hidden), big(hidden)])
+
+
+def test_bad_columns_are_refused_before_any_role_starts(digits: Digits) -> None:
     from pyspark.sql import functions as F
 
-    train, *_ = _frames(spark)
+    train, *_ = digits
+    two_labels = {"model": build_two_output_model, "featureCols": PIXELS, "labelCol": None}
     with pytest.raises(ConfigError, match=r"feature column 'nope' is not in the DataFrame"):
         _estimator(featureCols=["nope"]).fit(train)
     named = train.withColumn("name", F.lit("seven"))
     with pytest.raises(ConfigError, match=r"feature column 'name' has type string"):
         _estimator(featureCols=["p0", "name"]).fit(named)
+    with pytest.raises(ConfigError, match=r"label column 'name' has type string"):
+        _estimator(**two_labels, labelCols=["label", "name"]).fit(named)
+    # One Spark job counts the nulls and NaNs of every feature and label column.
     holes = train.withColumn(
         "p3", F.when(F.col("id") % 10 == 0, F.lit(float("nan"))).otherwise(F.col("p3"))
-    )
-    with pytest.raises(ConfigError, match=r"null or NaN values in 'p3' \(\d+ rows\)"):
-        _estimator(featureCols=PIXELS).fit(holes)
+    ).withColumn("big", F.when(F.col("id") % 7 == 0, None).otherwise(F.col("label") >= 5))
+    with pytest.raises(
+        ConfigError, match=r"null or NaN values in 'p3' \(\d+ rows\), 'big' \(\d+ rows\)"
+    ):
+        _estimator(**two_labels, labelCols=["label", "big"]).fit(holes)
     with pytest.raises(ConfigError, match=r"exchange strategies .* not 'mwms'"):
         _estimator(featureCols=PIXELS, strategy="mwms").fit(train)
     with pytest.raises(ConfigError, match=r"feature column 'held' is not in the DataFrame"):

@@ -6,8 +6,9 @@ missing column or one of another type from the schema alone (nothing runs), nami
 column, its type and what to do. :func:`assemble` turns the feature columns into one
 ``array<float>`` column (vectors through ``vector_to_array``), in the order given: what
 tfyarn's Arrow feed and a model's one input take; :func:`assemble_inputs` makes one such
-column per feature column, for a functional model with as many inputs. (Sparse vectors
-into a sparse input: :mod:`tfyarn.ml.sparse`.)
+column per feature column, for a functional model with as many inputs. Labels are copied
+under names of tfyarn's own (:func:`label_columns`): one column, or one per output of a
+model with several. (Sparse vectors into a sparse input: :mod:`tfyarn.ml.sparse`.)
 :func:`find_bad_values` then counts nulls and NaNs per column in one Spark job, so that
 bad rows are named before any tfyarn role starts.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "FEATURES",
     "INPUT",
     "LABEL",
+    "LABELS",
     "assemble",
     "assemble_inputs",
     "check_columns",
@@ -35,6 +37,8 @@ __all__ = [
     "find_bad_values",
     "input_columns",
     "inputs_column",
+    "label_columns",
+    "with_labels",
 ]
 
 #: Names of the columns :func:`assemble` adds (unlikely to clash with a user's).
@@ -42,6 +46,8 @@ FEATURES = "__tfyarn_features"
 LABEL = "__tfyarn_label"
 #: Prefix of the columns :func:`assemble_inputs` adds, one per input of the model.
 INPUT = "__tfyarn_input_"
+#: Prefix of the label columns of a model with several outputs (:func:`label_columns`).
+LABELS = "__tfyarn_label_"
 
 
 def column_kind(data_type: DataType) -> str | None:
@@ -114,14 +120,39 @@ def features_column(df: DataFrame, features: Sequence[str]) -> Column:
     return parts[0] if len(parts) == 1 else F.concat(*parts)
 
 
-def assemble(df: DataFrame, features: Sequence[str], label: str | None = None) -> DataFrame:
-    """``df`` with :data:`FEATURES` (``array<float>``) and, given a label, :data:`LABEL`."""
+def label_columns(count: int) -> tuple[str, ...]:
+    """The names :func:`with_labels` gives ``count`` label columns.
+
+    :data:`LABEL` for one (a model with one output); ``__tfyarn_label_<i>`` for several,
+    one per output of the model, in its output order.
+    """
+    if count < 1:
+        raise ConfigError(f"a model takes at least one label column, not {count}")
+    return (LABEL,) if count == 1 else tuple(f"{LABELS}{i}" for i in range(count))
+
+
+def _label_list(labels: str | Sequence[str]) -> list[str]:
+    return [labels] if isinstance(labels, str) else list(labels)
+
+
+def with_labels(df: DataFrame, labels: str | Sequence[str]) -> DataFrame:
+    """``df`` with its label column(s) copied under :func:`label_columns`' names, in order."""
     from pyspark.sql import functions as F
 
-    out = df.withColumn(FEATURES, features_column(df, features))
-    if label is not None:
-        out = out.withColumn(LABEL, F.col(label))
+    names = _label_list(labels)
+    out = df
+    for name, column in zip(names, label_columns(len(names)), strict=True):
+        out = out.withColumn(column, F.col(name))
     return out
+
+
+def assemble(
+    df: DataFrame, features: Sequence[str], label: str | Sequence[str] | None = None
+) -> DataFrame:
+    """``df`` with :data:`FEATURES` (``array<float>``) and, given labels, their copies
+    (:func:`with_labels`: :data:`LABEL` for one label column)."""
+    out = df.withColumn(FEATURES, features_column(df, features))
+    return out if label is None else with_labels(out, label)
 
 
 def input_columns(count: int) -> tuple[str, ...]:
@@ -144,16 +175,17 @@ def inputs_column(df: DataFrame, features: Sequence[str]) -> Column:
     )
 
 
-def assemble_inputs(df: DataFrame, features: Sequence[str], label: str) -> DataFrame:
+def assemble_inputs(
+    df: DataFrame, features: Sequence[str], label: str | Sequence[str]
+) -> DataFrame:
     """``df`` with one ``array<float>`` column per feature column (:func:`input_columns`,
-    for a model with as many inputs, in order) and :data:`LABEL`."""
-    from pyspark.sql import functions as F
-
+    for a model with as many inputs, in order) and the label column(s)
+    (:func:`with_labels`)."""
     fields = {f.name: f.dataType for f in df.schema.fields}
     out = df
     for name, column in zip(features, input_columns(len(features)), strict=True):
         out = out.withColumn(column, _as_array(name, fields[name]))
-    return out.withColumn(LABEL, F.col(label))
+    return with_labels(out, label)
 
 
 def find_bad_values(df: DataFrame, columns: Sequence[str]) -> None:

@@ -1,7 +1,8 @@
 """Scoring a DataFrame with a Keras model on the executors: :func:`score`.
 
 Spark runs :func:`predict_array` in its Python workers as an Arrow UDF of the feature
-column: only the features travel to Python, only the predictions come back. A Python
+column: only the features travel to Python, only the predictions come back (one
+prediction column per output of a model with several: :meth:`ScoringSpec.columns`). A Python
 worker runs many tasks one after another
 (``spark.python.worker.reuse``, on by default), so the model is loaded once per worker
 and kept (:func:`_model`, keyed by the model's digest), never per batch. TensorFlow's
@@ -74,10 +75,12 @@ class ScoringSpec:
     model : bytes
         The ``.keras`` file's bytes.
     prediction : str
-        The output column: the class index (argmax) for a model with several outputs,
-        the value itself for a model with one.
+        The output column: the class index (argmax) for an output of several values,
+        the value itself for an output of one. A model with several outputs gets one
+        such column per output, ``<prediction>_<output name>`` (:meth:`columns`).
     raw_prediction : str
-        Also add the model's outputs as ``array<float>`` under this name; empty: don't.
+        Also add the model's outputs as ``array<float>`` under this name (per output:
+        ``<raw_prediction>_<output name>``); empty: don't.
     batch_size : int
         Rows per ``model.predict_on_batch`` call.
     sparse_width : int
@@ -86,6 +89,9 @@ class ScoringSpec:
     inputs : int
         The model's inputs; above 1 the features arrive as structs of one array per
         input (:func:`~tfyarn.ml.columns.inputs_column`).
+    outputs : tuple of str
+        The names of a model's several outputs, in the order ``predict`` returns them
+        (a dict-output model's keys); empty for a model with one output.
     """
 
     model: bytes
@@ -94,10 +100,22 @@ class ScoringSpec:
     batch_size: int = 1024
     sparse_width: int = 0
     inputs: int = 1
+    outputs: tuple[str, ...] = ()
 
     @property
     def digest(self) -> str:
         return hashlib.sha256(self.model).hexdigest()
+
+    def columns(self) -> list[tuple[str, str]]:
+        """``(prediction column, raw column or "")`` per output of the model, in order.
+
+        One output: ``[(prediction, raw_prediction)]``. Several: the output's name
+        appended to each, ``prediction_<output name>`` and ``raw_<output name>``.
+        """
+        if not self.outputs:
+            return [(self.prediction, self.raw_prediction)]
+        raw = self.raw_prediction
+        return [(f"{self.prediction}_{n}", f"{raw}_{n}" if raw else "") for n in self.outputs]
 
 
 def _bound_threads() -> None:
@@ -126,36 +144,66 @@ def _model(spec: ScoringSpec) -> Any:
         return model
 
 
-def predict_array(spec: ScoringSpec, features: pa.Array) -> pa.StructArray:
-    """The Arrow UDF's body: a batch of feature rows -> ``{prediction, raw}`` per row."""
-    import pyarrow as pa
-
-    model = _model(spec)
+def _batches(spec: ScoringSpec, features: pa.Array) -> Iterable[Any]:
+    """The model's input batches of ``spec.batch_size`` rows of an Arrow feature batch."""
     rows = len(features)
-    batches: Iterable[Any]
     if spec.sparse_width:
-        batches = csr_batches(features, spec.sparse_width, spec.batch_size)
-    elif spec.inputs > 1:  # a struct of one array column per input
+        return csr_batches(features, spec.sparse_width, spec.batch_size)
+    if spec.inputs > 1:  # a struct of one array column per input
         xs = [
             np.asarray(column_to_numpy(f"input {i}", child), np.float32)
             for i, child in enumerate(features.flatten())
         ]
-        batches = (
-            [x[i : i + spec.batch_size] for x in xs] for i in range(0, rows, spec.batch_size)
-        )
-    else:
-        x = np.asarray(column_to_numpy("features", features), np.float32)  # rows x width
-        batches = (x[i : i + spec.batch_size] for i in range(0, rows, spec.batch_size))
-    outputs = [np.asarray(model.predict_on_batch(batch)) for batch in batches]
-    raw = np.concatenate(outputs) if outputs else np.zeros((0, 1), np.float32)
+        return ([x[i : i + spec.batch_size] for x in xs] for i in range(0, rows, spec.batch_size))
+    x = np.asarray(column_to_numpy("features", features), np.float32)  # rows x width
+    return (x[i : i + spec.batch_size] for i in range(0, rows, spec.batch_size))
+
+
+def _split_outputs(spec: ScoringSpec, predicted: Any) -> list[np.ndarray]:
+    """One array per output of one ``predict_on_batch`` result (a list, a dict by name, or
+    one array)."""
+    if not spec.outputs:
+        return [np.asarray(predicted)]
+    if isinstance(predicted, dict):
+        return [np.asarray(predicted[name]) for name in spec.outputs]
+    return [np.asarray(p) for p in predicted]
+
+
+def _output_fields(raw: np.ndarray, rows: int) -> tuple[pa.Array, pa.Array]:
+    """``(prediction, raw)`` of one output: its value (one wide) or argmax, and its values."""
+    import pyarrow as pa
+
     raw = raw.reshape(rows, -1).astype(np.float32)
     if raw.shape[1] == 1:
         prediction = raw[:, 0].astype(np.float64)
     else:
         prediction = raw.argmax(axis=1).astype(np.float64)
     offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * raw.shape[1])
-    raw_lists = pa.ListArray.from_arrays(offsets, pa.array(raw.reshape(-1)))
-    return pa.StructArray.from_arrays([pa.array(prediction), raw_lists], ["prediction", "raw"])
+    return pa.array(prediction), pa.ListArray.from_arrays(offsets, pa.array(raw.reshape(-1)))
+
+
+def _field_names(spec: ScoringSpec) -> list[str]:
+    """The fields of :func:`predict_array`'s struct: ``prediction_<i>``, ``raw_<i>`` per output."""
+    return [f"{kind}_{i}" for i in range(len(spec.columns())) for kind in ("prediction", "raw")]
+
+
+def predict_array(spec: ScoringSpec, features: pa.Array) -> pa.StructArray:
+    """The Arrow UDF's body: a batch of feature rows -> ``{prediction_i, raw_i}`` per row,
+    one pair per output of the model (:meth:`ScoringSpec.columns`' order)."""
+    import pyarrow as pa
+
+    model = _model(spec)
+    rows = len(features)
+    outputs: list[list[np.ndarray]] = [[] for _ in spec.columns()]
+    for batch in _batches(spec, features):
+        parts = _split_outputs(spec, model.predict_on_batch(batch))
+        for kept, part in zip(outputs, parts, strict=True):
+            kept.append(part)
+    arrays: list[pa.Array] = []
+    for kept in outputs:
+        raw = np.concatenate(kept) if kept else np.zeros((0, 1), np.float32)
+        arrays.extend(_output_fields(raw, rows))
+    return pa.StructArray.from_arrays(arrays, _field_names(spec))
 
 
 def score(df: DataFrame, features: Column, spec: ScoringSpec) -> DataFrame:
@@ -163,7 +211,7 @@ def score(df: DataFrame, features: Column, spec: ScoringSpec) -> DataFrame:
 
     An Arrow UDF of the feature expression only: just the features travel to Python and
     just the outputs come back (the other columns stay in the JVM). It is marked
-    non-deterministic so that Spark calls it once per row although two columns read
+    non-deterministic so that Spark calls it once per row although several columns read
     its result.
     """
     from pyspark.sql import functions as F
@@ -171,16 +219,17 @@ def score(df: DataFrame, features: Column, spec: ScoringSpec) -> DataFrame:
     def body(batch: pa.Array) -> pa.Array:
         return predict_array(spec, batch)
 
-    udf = F.arrow_udf(
-        body,
-        "prediction double, raw array<float>",
-        F.ArrowUDFType.SCALAR,
-    ).asNondeterministic()
+    names = _field_names(spec)
+    schema = ", ".join(
+        f"{name} {'double' if name.startswith('prediction') else 'array<float>'}" for name in names
+    )
+    udf = F.arrow_udf(body, schema, F.ArrowUDFType.SCALAR).asNondeterministic()
     scored = "__tfyarn_scored"
     out = df.withColumn(scored, udf(features))
-    out = out.withColumn(spec.prediction, F.col(f"{scored}.prediction"))
-    if spec.raw_prediction:
-        out = out.withColumn(spec.raw_prediction, F.col(f"{scored}.raw"))
+    for i, (prediction, raw) in enumerate(spec.columns()):
+        out = out.withColumn(prediction, F.col(f"{scored}.prediction_{i}"))
+        if raw:
+            out = out.withColumn(raw, F.col(f"{scored}.raw_{i}"))
     return out.drop(scored)
 
 
@@ -197,7 +246,9 @@ def inference(
     """Score ``df`` with the Keras model saved at ``model_path`` (local or ``hdfs://``).
 
     The model a tfyarn job saved (``ctx.save_model``), or any ``.keras`` file; the
-    feature columns are assembled as :class:`~tfyarn.ml.KerasEstimator` does. ``spark``
+    feature columns are assembled as :class:`~tfyarn.ml.KerasEstimator` does. A model
+    with several outputs gets one column per output, ``<prediction_col>_<output name>``
+    (and ``<raw_prediction_col>_<output name>``): see :meth:`ScoringSpec.columns`. ``spark``
     is the session of ``df`` (the scoring runs on its executors); the model file is
     read on the driver and shipped with the tasks.
     """

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tfyarn.errors import ConfigError
-from tfyarn.ml.columns import LABEL, column_kind
+from tfyarn.ml.columns import column_kind, with_labels
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -103,9 +103,10 @@ def sparse_parts(df: DataFrame, feature: str) -> Column:
 
 
 def assemble_sparse(
-    df: DataFrame, features: Sequence[str], label: str, width: int
+    df: DataFrame, features: Sequence[str], label: str | Sequence[str], width: int
 ) -> tuple[DataFrame, int]:
-    """``df`` with :data:`INDICES`, :data:`VALUES` (padded), :data:`LABEL`; and the padding.
+    """``df`` with :data:`INDICES`, :data:`VALUES` (padded) and the label column(s)
+    (:func:`~tfyarn.ml.columns.with_labels`); and the padding.
 
     One Spark job first counts the feature column's nulls and NaNs and finds its largest
     index and count of non-zeros.
@@ -160,10 +161,9 @@ def assemble_sparse(
     out = (
         with_parts.withColumn(INDICES, F.concat(indices, F.array_repeat(F.lit(0), missing)))
         .withColumn(VALUES, F.concat(values, F.array_repeat(F.lit(0.0).cast("float"), missing)))
-        .withColumn(LABEL, F.col(label))
         .drop(parts)
     )
-    return out, pad
+    return with_labels(out, label), pad
 
 
 def to_sparse_tensor(indices: tf.Tensor, values: tf.Tensor, width: int) -> tf.SparseTensor:
@@ -185,18 +185,24 @@ def to_sparse_tensor(indices: tf.Tensor, values: tf.Tensor, width: int) -> tf.Sp
 
 
 def sparse_batches(dataset: tf.data.Dataset, width: int) -> tf.data.Dataset:
-    """``(features dict, label)`` batches of padded columns -> ``(SparseTensor, label)``."""
+    """``(features dict, labels)`` batches of padded columns -> ``(SparseTensor, labels)``.
 
-    def convert(x: dict[str, tf.Tensor], y: tf.Tensor) -> tuple[tf.SparseTensor, tf.Tensor]:
+    The labels pass through as they are: one tensor, or one per output of the model.
+    """
+
+    def convert(x: dict[str, tf.Tensor], y: Any) -> tuple[tf.SparseTensor, Any]:
         return to_sparse_tensor(x[INDICES], x[VALUES], width), y
 
     return dataset.map(convert)
 
 
 def validation_batches(
-    indices: np.ndarray, values: np.ndarray, labels: np.ndarray, batch_size: int, width: int
+    indices: np.ndarray, values: np.ndarray, labels: Any, batch_size: int, width: int
 ) -> tf.data.Dataset:
-    """Held-out padded rows (collected on the driver) as sparse batches for ``model.fit``."""
+    """Held-out padded rows (collected on the driver) as sparse batches for ``model.fit``.
+
+    ``labels``: one array, or a dict of them by output name (a model with several outputs).
+    """
     import tensorflow as tf
 
     rows = tf.data.Dataset.from_tensor_slices(({INDICES: indices, VALUES: values}, labels))

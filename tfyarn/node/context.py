@@ -265,6 +265,7 @@ class NodeContext:
         label: str | None = None,
         shuffle: bool = True,
         seed: int | None = None,
+        steps_per_epoch: int | None = None,
     ) -> tf.data.Dataset:
         """This trainer's shard as a tf.data pipeline of ``steps_per_epoch * epochs`` batches.
 
@@ -273,7 +274,7 @@ class NodeContext:
         batch_size : int
             Per-trainer batch size.
         epochs : int
-            Passes over the (longest) partition.
+            Epochs of ``steps_per_epoch`` batches each.
         features : str or list of str, optional
             A vector column, or scalar columns stacked into one float32 matrix. None: all
             columns but ``label`` (as a dict).
@@ -283,23 +284,38 @@ class NodeContext:
             Reshuffle the rows on every pass.
         seed : int, optional
             Shuffle seed.
+        steps_per_epoch : int, optional
+            Batches per epoch, the same on every trainer; None: :meth:`steps_per_epoch`,
+            one pass over the longest partition. The shard is cycled (reshuffled on each
+            pass): an epoch may end mid-pass, and the next one goes on from there. Give
+            ``model.fit`` the same number (``steps_per_epoch=``).
 
         When this attempt resumes from a checkpoint (:attr:`resume`), the pipeline skips
-        the ``resume.shard_position`` batches already trained on, and so yields the rest.
+        the ``resume.shard_position`` batches already trained on, and so yields the rest:
+        the position counts batches of this one sequence, whatever the epochs' length.
 
         The dataset is already this trainer's shard: TensorFlow's auto-sharding is off.
         Under ``mwms`` distribute it with ``strategy.distribute_datasets_from_function(
         lambda _: ctx.dataset(...))`` to keep ``batch_size`` per trainer;
         ``experimental_distribute_dataset`` takes its batches for global ones and splits
         each over the workers (every row still comes through, in smaller batches).
+
+        Raises
+        ------
+        ConfigError
+            Under ``strategy="ps"`` (see :meth:`per_worker_dataset`), or
+            ``steps_per_epoch`` below 1.
         """
         if self._job.strategy == "ps":
             raise ConfigError(
                 "under strategy='ps' the chief schedules steps on the workers: use "
                 "ctx.per_worker_dataset(coordinator, batch_size, ...) instead of ctx.dataset()"
             )
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise ConfigError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
         self._batch_size = batch_size  # what ctx.keras_callback() counts samples by
-        steps = self.steps_per_epoch(batch_size) * epochs
+        per_epoch = steps_per_epoch or self.steps_per_epoch(batch_size)
+        steps = per_epoch * epochs
         dataset = feed.make_dataset(
             self.columns(),
             batch_size=batch_size,
