@@ -1,8 +1,9 @@
 """``tfyarn bench links``: the ring all-reduce between two hosts on rate-limited links.
 
-Two network namespaces joined by a veth pair stand for two hosts; ``tc qdisc ... tbf``
-limits each end's egress to a link rate (``--rates``, e.g. 1, 10 and 25 Gbit/s; ``none``
-leaves the veth unlimited, which shows what this machine itself sustains). For each
+Two network namespaces on a bridge stand for two hosts (:mod:`benchmarks.netns`);
+``tc qdisc ... tbf`` limits each host's link, both ways, to a link rate (``--rates``,
+e.g. 1, 10 and 25 Gbit/s; ``none`` leaves the links unlimited, which shows what this
+machine itself sustains). For each
 rate, one rank process per namespace (:mod:`benchmarks.ring_peer`) measures in the same
 run:
 
@@ -13,73 +14,54 @@ run:
     error feedback): seconds per all-reduce, bytes each rank sent, and the speed-up over
     ``none`` on the same link.
 
-Needs root (it creates namespaces, veth pairs and qdiscs), ``ip`` and ``tc``; it deletes
-everything it made, also on failure. Writes ``links.json``, ``links.md`` and ``links.png``
-under ``--out`` and prints the table. Only the exchange is timed, not a training step:
-how much of it a step exposes depends on overlap with the backward pass (issue 16).
+Needs root (it creates namespaces, veth pairs, a bridge and qdiscs), ``ip`` and ``tc``;
+it deletes everything it made, also on failure. Writes ``links.json``, ``links.md`` and
+``links.png`` under ``--out`` and prints the table. Only the exchange is timed, not a
+training step: ``tfyarn bench scaling`` (:mod:`benchmarks.scaling_bench`) times whole
+steps on the same kind of links.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import DEFAULT_OUT, machine_info, markdown_table
+from benchmarks.netns import (
+    Hosts,
+    bridged_hosts,
+    limit_links,
+    parse_rate,
+    refusal,
+    tbf_burst,
+)
 
-__all__ = ["LinkRow", "add_arguments", "main", "parse_rate", "run", "tbf_burst"]
+__all__ = [
+    "LinkRow",
+    "add_arguments",
+    "main",
+    "measure_stream",
+    "parse_rate",
+    "run",
+    "stream_bytes",
+    "tbf_burst",
+]
 
 DEFAULT_RATES = ("1gbit", "10gbit", "25gbit", "none")
 DEFAULT_COMPRESSIONS = ("none", "fp16", "bf16", "topk")
-#: The two hosts' addresses on their /30.
-ADDRESSES = ("10.219.9.1", "10.219.9.2")
+#: The hosts' /24 (:func:`benchmarks.netns.bridged_hosts`).
+SUBNET = "10.219.9"
 #: Seconds one rank process may take at one rate.
 PEER_TIMEOUT = 600.0
-_RATE_UNITS = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bit": 1.0}
-
-
-def parse_rate(text: str) -> float | None:
-    """``"10gbit"`` -> bits per second; ``"none"`` -> None (no limit).
-
-    Raises
-    ------
-    ValueError
-        Not a positive number followed by bit, kbit, mbit or gbit.
-    """
-    t = text.strip().lower()
-    if t == "none":
-        return None
-    for unit, scale in _RATE_UNITS.items():
-        if t.endswith(unit):
-            number = t[: -len(unit)]
-            try:
-                value = float(number)
-            except ValueError:
-                break
-            if value > 0:
-                return value * scale
-            break
-    raise ValueError(f"bad rate {text!r}: use e.g. 1gbit, 500mbit, or none")
-
-
-def tbf_burst(bits_per_second: float) -> int:
-    """tbf's bucket in bytes: 10 ms at the rate, at least 256 KiB.
-
-    A bucket smaller than one kernel tick's worth of bytes (rate / HZ, HZ up to 1000)
-    keeps tbf below its rate; 10 ms covers any HZ, and over the seconds an all-reduce
-    takes the burst changes the average by well under 1 %.
-    """
-    return max(256 << 10, int(bits_per_second / 8 * 0.010))
 
 
 @dataclass(frozen=True)
@@ -98,80 +80,6 @@ class LinkRow:
     def algo_gbit(self) -> float:
         """Gradient bits reduced per second (the buffer's size over the time)."""
         return self.elements * 4 * 8 / self.seconds / 1e9
-
-
-def _run(cmd: Sequence[str]) -> None:
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: {proc.stderr.strip() or proc.stdout.strip()}")
-
-
-@contextlib.contextmanager
-def _two_hosts(mtu: int) -> Iterator[tuple[list[str], list[str]]]:
-    """Two namespaces linked by a veth pair: ``(namespaces, veth names)``; deleted after."""
-    tag = f"{os.getpid() % 100000}"
-    names, veths = [f"tfl{tag}a", f"tfl{tag}b"], [f"tfl{tag}x", f"tfl{tag}y"]
-    made: list[str] = []
-    try:
-        for ns in names:
-            _run(["ip", "netns", "add", ns])
-            made.append(ns)
-            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        _run(
-            [
-                "ip",
-                "link",
-                "add",
-                veths[0],
-                "netns",
-                names[0],
-                "type",
-                "veth",
-                "peer",
-                "name",
-                veths[1],
-                "netns",
-                names[1],
-            ]
-        )
-        for ns, veth, addr in zip(names, veths, ADDRESSES, strict=True):
-            _run(["ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", veth])
-            _run(["ip", "-n", ns, "link", "set", veth, "mtu", str(mtu), "up"])
-        yield names, veths
-    finally:
-        for ns in made:  # deleting a namespace deletes its veth end, and so the pair
-            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                _run(["ip", "netns", "del", ns])
-
-
-def _limit(names: Sequence[str], veths: Sequence[str], bits: float | None) -> None:
-    """Put a tbf of ``bits`` per second on both ends' egress (None: remove it)."""
-    for ns, veth in zip(names, veths, strict=True):
-        if bits is None:
-            with contextlib.suppress(RuntimeError):  # no qdisc of ours: nothing to remove
-                _run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", veth, "root"])
-            continue
-        _run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                veth,
-                "root",
-                "tbf",
-                "rate",
-                f"{int(bits)}bit",
-                "burst",
-                str(tbf_burst(bits)),
-                "latency",
-                "50ms",
-            ]
-        )
 
 
 def _peer_cmd(ns: str, *args: object) -> list[str]:
@@ -200,14 +108,18 @@ def _result(proc: subprocess.Popen[str], what: str) -> dict[str, Any]:
 
 
 def _measure(
-    names: Sequence[str], elements: int, reps: int, compressions: Sequence[str], stream: int
+    hosts: Hosts, elements: int, reps: int, compressions: Sequence[str], stream: int
 ) -> dict[str, Any]:
-    """Run both ranks at the current link setting; rank 1's figures (both send alike)."""
+    """Run a rank on each of the first two hosts at the current link setting.
+
+    Rank 1's figures (both send alike).
+    """
+    names = hosts.namespaces
     secret = secrets.token_hex(32)
     common = (secret, elements, reps, ",".join(compressions), stream)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     rank0 = subprocess.Popen(
-        _peer_cmd(names[0], 0, ADDRESSES[0], *common),
+        _peer_cmd(names[0], 0, hosts.addresses[0], *common),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -236,18 +148,31 @@ def _measure(
                 proc.wait(timeout=30)
 
 
+def stream_bytes(bits: float | None) -> int:
+    """The one-way stream's length: ~2 s at the rate (unlimited: 2 GB), at least 64 MiB."""
+    return max(64 << 20, int((bits or 8e9) / 8 * 2))
+
+
+def measure_stream(hosts: Hosts, bits: float | None) -> float:
+    """Gbit/s one tfyarn tcp connection sustains from host 1 to host 0 (limited to ``bits``).
+
+    The links must already be limited (:func:`benchmarks.netns.limit_links`); ``bits``
+    only sizes the stream.
+    """
+    got = _measure(hosts, 1024, 1, ["none"], stream_bytes(bits))
+    return float(got["stream_bytes"] * 8 / got["stream_seconds"] / 1e9)
+
+
 def measure_links(
     rates: Sequence[str], compressions: Sequence[str], elements: int, reps: int, mtu: int
 ) -> list[LinkRow]:
-    """Every (rate, compression) pair, on one pair of namespaces."""
+    """Every (rate, compression) pair, on one pair of hosts."""
     rows: list[LinkRow] = []
-    with _two_hosts(mtu) as (names, veths):
+    with bridged_hosts(2, mtu, prefix="tfl", subnet=SUBNET) as hosts:
         for rate in rates:
             bits = parse_rate(rate)
-            _limit(names, veths, bits)
-            # a stream of ~2 s at the rate (unlimited: 2 GB), at least 64 MiB
-            stream = max(64 << 20, int((bits or 8e9) / 8 * 2))
-            got = _measure(names, elements, reps, compressions, stream)
+            limit_links(hosts, bits)
+            got = _measure(hosts, elements, reps, compressions, stream_bytes(bits))
             stream_gbit = got["stream_bytes"] * 8 / got["stream_seconds"] / 1e9
             base = got["allreduce"]["none"]["seconds"] if "none" in got["allreduce"] else None
             for name in compressions:
@@ -268,7 +193,7 @@ def measure_links(
                     f"{t['bytes_sent'] / 1e6:.1f} MB sent (stream {stream_gbit:.2f} Gbit/s)",
                     flush=True,
                 )
-            _limit(names, veths, None)
+            limit_links(hosts, None)
     return rows
 
 
@@ -290,7 +215,8 @@ def report_markdown(rows: Sequence[LinkRow], mtu: int) -> str:
     return (
         "# Ring all-reduce between two namespaces on rate-limited links\n\n"
         f"{elements / 1e6:.0f}M float32 gradient values, 2 ranks (one per namespace), "
-        f"tfyarn tcp transport, MTU {mtu}; `tc tbf` on each veth end's egress. "
+        f"tfyarn tcp transport, MTU {mtu}; `tc tbf` on each host's link, both ways "
+        "(the hosts are namespaces on a bridge). "
         "'stream' is one tcp connection's one-way rate on the same link; 'gradient "
         "Gbit/s' is the float32 buffer's size over the time of one all-reduce; speed-up "
         "is against `none` on the same link, measured in the same run.\n\n"
@@ -356,18 +282,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--elements", type=float, default=25e6, help="float32 values per all-reduce (default 25M)"
     )
     parser.add_argument("--reps", type=int, default=3, help="timed all-reduces per setting")
-    parser.add_argument("--mtu", type=int, default=1500, help="the veth's MTU")
+    parser.add_argument("--mtu", type=int, default=1500, help="the links' MTU")
 
 
 def run(args: argparse.Namespace) -> int:
     """Measure, print and write the report; 2 when this host cannot run it."""
-    missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
-    if os.geteuid() != 0 or missing:
-        print(
-            "tfyarn bench links creates network namespaces and qdiscs: it needs root and "
-            f"iproute2 (missing: {', '.join(missing) or 'root'})",
-            file=sys.stderr,
-        )
+    problem = refusal("tfyarn bench links")
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     rates = [r.strip() for r in args.rates.split(",") if r.strip()]
     compressions = [c.strip() for c in args.compressions.split(",") if c.strip()]

@@ -33,6 +33,7 @@ same run, and write the results (JSON, a markdown report and PNG plots) to --out
   tfyarn bench inference                  # KerasModel.transform vs a naive UDF vs predict
   tfyarn bench links --rates 1gbit,10gbit # all-reduce on tbf-limited links, fp16/bf16 too
   tfyarn bench overlap                    # exchange time hidden behind backpropagation
+  tfyarn bench scaling --quick            # 1-4 trainers on tbf-limited links vs MWMS (root)
   tfyarn bench all --out results          # every benchmark with its defaults
 
 `tfyarn bench NAME --help` lists a benchmark's options. The benchmarks come with a source
@@ -53,6 +54,7 @@ BENCHMARKS: dict[str, str] = {
     "inference": "benchmarks.inference_bench",
     "links": "benchmarks.link_bench",
     "overlap": "benchmarks.overlap_bench",
+    "scaling": "benchmarks.scaling_bench",
 }
 
 
