@@ -2,9 +2,9 @@
 
 Two worker processes (:func:`tfyarn.exchange.local.run_local`, tcp on 127.0.0.1) train an
 MLP of ``--layers`` Dense(``--width``) layers with ``strategy="allreduce"``, Keras
-``model.fit``. A slower link than loopback is stood in for by a delay in every exchange
-op: ``--delay`` seconds per gradient tensor, slept before the real ring all-reduce, the
-same total per step whatever the buckets. Measured in the same run, per step (after a
+``model.fit``. A slower link than loopback is stood in for by a delay in every exchange:
+``--delay`` seconds per MiB of gradient, slept before the real ring all-reduce, the same
+total per step however the gradients are grouped. Measured in the same run, per step (after a
 traced warm-up fit):
 
 (a) no delay (the compute and the loopback exchange): the baseline;
@@ -63,7 +63,7 @@ def _job(width: int, layers: int, batch: int, delay: float) -> Any:
         exchange = algorithm.exchange_gradients
 
         def delayed(grads: Any, bucket: int = 0) -> Any:
-            time.sleep(delay * len(grads))  # a slower link, per tensor sent
+            time.sleep(delay * sum(g.nbytes for g in grads) / (1 << 20))  # a slower link
             return exchange(grads, bucket=bucket)
 
         algorithm.exchange_gradients = delayed
@@ -89,6 +89,12 @@ def _job(width: int, layers: int, batch: int, delay: float) -> Any:
     return job
 
 
+def _gradient_mib(args: argparse.Namespace) -> float:
+    """MiB of float32 gradient per step: the hidden layers, their input and the head."""
+    params = args.layers * (args.width * args.width + args.width) + args.width * 10 + 10
+    return params * 4 / (1 << 20)
+
+
 def _step_seconds(
     args: argparse.Namespace, bucket_bytes: int, cycle_ms: float | None, delay: float
 ) -> float:
@@ -107,8 +113,7 @@ def _step_seconds(
 
 def measure(args: argparse.Namespace) -> list[OverlapRow]:
     """The four configurations of the module docstring, in one run."""
-    tensors = 2 * (args.layers + 1)  # a kernel and a bias per layer
-    per_step = args.delay * tensors * 1e3
+    per_step = args.delay * _gradient_mib(args) * 1e3
     base = _step_seconds(args, args.bucket_bytes, None, 0.0) * 1e3
     rows = [OverlapRow("no delay", args.bucket_bytes, None, 0.0, base, 0.0)]
     for name, bucket, cycle in (
@@ -138,8 +143,8 @@ def report_markdown(rows: list[OverlapRow], args: argparse.Namespace) -> str:
     return (
         "# Exchange hidden behind backpropagation\n\n"
         f"2 workers, allreduce, Keras model.fit of {args.layers} Dense({args.width}) layers, "
-        f"batch {args.batch}; {args.delay * 1e3:.0f} ms of simulated link delay per gradient "
-        "tensor, slept before each ring all-reduce. Exposed = step time minus the step "
+        f"batch {args.batch}; {args.delay * 1e3:.1f} ms of simulated link delay per MiB of "
+        "gradient, slept before each ring all-reduce. Exposed = step time minus the step "
         "without delay, measured in the same run.\n\n"
         + markdown_table(
             [
@@ -164,8 +169,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--delay",
         type=float,
-        default=0.02,
-        help="seconds of simulated link delay per gradient tensor",
+        default=0.011,
+        help="seconds of simulated link delay per MiB of gradient",
     )
     parser.add_argument(
         "--bucket-bytes", type=int, default=4 << 20, help="bucket size of the overlapping run"

@@ -12,7 +12,7 @@ def test_the_report_states_the_setup_and_every_row() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args([])
-    assert (args.layers, args.width, args.delay, args.bucket_bytes) == (6, 1024, 0.02, 4 << 20)
+    assert (args.layers, args.width, args.delay, args.bucket_bytes) == (6, 1024, 0.011, 4 << 20)
     rows = [
         OverlapRow("no delay", 4 << 20, None, 0.0, 651.0, 0.0),
         OverlapRow("one bucket at the end", 1 << 30, None, 280.0, 1293.0, 642.0),
@@ -20,7 +20,7 @@ def test_the_report_states_the_setup_and_every_row() -> None:
         OverlapRow("fused by readiness (cycle time)", 4 << 20, 5.0, 280.0, 700.0, 49.0),
     ]
     text = report_markdown(rows, args)
-    assert "6 Dense(1024) layers, batch 1024; 20 ms of simulated link delay" in text
+    assert "6 Dense(1024) layers, batch 1024; 11.0 ms of simulated link delay per MiB" in text
     assert "| one bucket at the end | 1073741824 | - | 280 | 1293 | 642 |" in text
     assert "| buckets, last layer first | 4194304 | - | 280 | 725 | 74 |" in text
     assert "| fused by readiness (cycle time) | 4194304 | 5 | 280 | 700 | 49 |" in text

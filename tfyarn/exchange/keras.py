@@ -3,8 +3,9 @@
 ``model.fit`` compiles ``train_step`` with ``tf.function``; the all-reduce therefore
 enters the graph as ``tf.numpy_function`` ops, one per bucket of ``bucket_bytes`` of
 gradients taken last layer first (:func:`~tfyarn.exchange.buckets.backward_buckets`):
-each fuses its gradients into one flat buffer per dtype and runs the ring in native code
-and threads, and can start while backpropagation computes the earlier layers. The ps
+TensorFlow concatenates its gradients into one flat tensor per dtype, which crosses into
+Python as one array and goes through the ring in native code and threads, and the op
+can start while backpropagation computes the earlier layers. The ps
 strategies push all gradients in one op (their requests are bucketed per server). No
 per-variable round trips.
 
@@ -135,6 +136,30 @@ def allreduce_tensors(
     return _numpy_call(reduce, inputs, "tfyarn_allreduce_tensors")
 
 
+def _exchange_flat(grads: list[tf.Tensor], exchange: Any, k: int) -> list[tf.Tensor]:
+    """One ``tf.numpy_function`` exchanging ``grads`` as one flat tensor per dtype.
+
+    The gradients are concatenated and split again by TensorFlow's own ops, so that a
+    bucket of hundreds of small gradients crosses into Python as one array, not hundreds
+    (each costs a conversion both ways). ``exchange`` gets the flat arrays.
+    """
+    by_dtype: dict[tf.DType, list[int]] = {}
+    for i, g in enumerate(grads):
+        by_dtype.setdefault(g.dtype, []).append(i)
+    groups = list(by_dtype.values())
+    flats = [tf.concat([tf.reshape(grads[i], [-1]) for i in idx], 0) for idx in groups]
+    reduced = _numpy_call(exchange, flats, f"tfyarn_allreduce_{k}")
+    out: list[tf.Tensor] = list(grads)
+    for flat, idx in zip(reduced, groups, strict=True):
+        # static sizes where the trace knows them (they keep the shapes static)
+        splits = [grads[i].shape.num_elements() or tf.size(grads[i]) for i in idx]
+        for i, part in zip(idx, tf.split(flat, splits), strict=True):
+            shaped = tf.reshape(part, tf.shape(grads[i]))
+            shaped.set_shape(grads[i].shape)
+            out[i] = shaped
+    return out
+
+
 def _fused_by_time(
     strategy: ExchangeStrategy, fusions: dict[tuple[Any, ...], FusionCycle], dense: list[tf.Tensor]
 ) -> list[tf.Tensor]:
@@ -238,7 +263,7 @@ def distributed_optimizer(strategy: ExchangeStrategy, optimizer: Any) -> Any:
             buckets = backward_buckets(sizes, int(strategy.options["bucket_bytes"]))
             for k, bucket in enumerate(buckets):
                 exchange = functools.partial(algo.exchange_gradients, bucket=k)
-                reduced = _numpy_call(exchange, [dense[i] for i in bucket], f"tfyarn_allreduce_{k}")
+                reduced = _exchange_flat([dense[i] for i in bucket], exchange, k)
                 for i, g in zip(bucket, reduced, strict=True):
                     grads[present[i]] = g
             return original_apply(grads, trainable_variables)
