@@ -288,10 +288,12 @@ def _fails_after_one_step(ctx: LocalContext) -> None:
     strategy.allreduce(np.ones(100, np.float32))
 
 
-def test_a_failing_rank_fails_the_job_instead_of_hanging() -> None:
+@pytest.mark.parametrize("hierarchical", [False, True], ids=["flat-ring", "shared-memory"])
+def test_a_failing_rank_fails_the_job_instead_of_hanging(hierarchical: bool) -> None:
+    options = {**OPTIONS, "hierarchical": hierarchical}
     with pytest.raises(RoleFailedError) as info:
         run_local(
-            _fails_after_one_step, workers=3, strategy="allreduce", strategy_options=OPTIONS,
+            _fails_after_one_step, workers=3, strategy="allreduce", strategy_options=options,
             timeout=30, threads=True,
         )  # fmt: skip
     assert info.value.role == "worker:1"

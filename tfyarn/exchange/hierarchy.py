@@ -24,7 +24,10 @@ trainer cannot map it (containers with private ``/dev/shm``), every rank learns 
 the same step and :meth:`HostRing.connect` returns None: the caller uses the flat ring.
 
 The host-local steps synchronise through barriers on a ring of the host's trainers
-(small messages over the job's transport); the data itself never leaves the arena.
+(small messages over the job's transport); the data itself never leaves the arena. The
+exchange figures (``tfyarn_role_exchange_sent_bytes_total``...) count what a trainer
+writes into the arena as sent and what it copies out as received, so that a job whose
+trainers share a host still shows its exchange moving.
 Buffers larger than the arena's slots (``window_bytes``) go through it in windows.
 """
 
@@ -362,6 +365,8 @@ class HostRing:
                             kernels.scale_(out, 1.0 / self.size)
                     self._local.barrier()  # the leader has the global sum
                 a[lo:hi] = out
+                # what went through the arena counts as exchanged (the watch shows it)
+                process_stats().count_bytes(sent=out.nbytes, received=out.nbytes)
         return a
 
     def broadcast_(self, a: np.ndarray, root: int = 0) -> np.ndarray:
@@ -389,6 +394,9 @@ class HostRing:
                 self._local.barrier()  # the host's result is in place
                 if self.rank != root:
                     a[lo:hi] = out
+                    process_stats().count_bytes(received=out.nbytes)
+                else:
+                    process_stats().count_bytes(sent=out.nbytes)
         return a
 
     def barrier(self) -> None:
