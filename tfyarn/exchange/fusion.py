@@ -221,11 +221,12 @@ class FusionCycle:
             reduced = self._reduce(group)
             with self._cond:
                 self._results[done:end] = reduced
-                self._done = end
                 self._groups.append(end - done)
+                if end == self.count:  # before collect() can return this step
+                    self.last_groups, self._groups = self._groups, []
+                self._done = end
                 self._cond.notify_all()
             done = end
-        self.last_groups, self._groups = self._groups, []
         with self._cond:  # until collect() has taken this step's results
             return self._wait(lambda: self._generation != generation, None, "collect")
 
