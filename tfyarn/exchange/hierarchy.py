@@ -48,7 +48,7 @@ from tfyarn.errors import ConfigError, TFYarnError, TransportError
 from tfyarn.exchange import kernels
 from tfyarn.exchange.buckets import chunk_ranges
 from tfyarn.exchange.mesh import Mesh
-from tfyarn.exchange.ring import DEFAULT_CHUNK_BYTES, Ring
+from tfyarn.exchange.ring import DEFAULT_CHUNK_BYTES, Ring, check_buffer
 from tfyarn.exchange.stats import process_stats
 from tfyarn.transport.registry import parse_address
 
@@ -312,10 +312,7 @@ class HostRing:
                 f"hierarchical exchange of rank {self.rank} is broken by an earlier "
                 f"failure: {self._broken}"
             )
-        if not isinstance(a, np.ndarray) or a.ndim != 1 or not a.flags.c_contiguous:
-            raise ConfigError("ring operations take a flat, contiguous numpy array")
-        if not a.flags.writeable:
-            raise ConfigError("ring operations work in place: pass a writable array")
+        check_buffer(a)
 
     @contextlib.contextmanager
     def _operation(self, a: np.ndarray) -> Iterator[None]:

@@ -33,7 +33,7 @@ from tfyarn.exchange.mesh import Mesh
 from tfyarn.exchange.stats import process_stats
 from tfyarn.transport.base import Comm
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "Ring"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "Ring", "check_buffer"]
 
 #: Chunk size of the pipeline: big enough that per-message overhead is small, small
 #: enough that the pipeline fills quickly (measured by benchmarks/exchange_bench.py).
@@ -52,6 +52,21 @@ def _spans(start: int, stop: int, step: int) -> Iterator[tuple[int, int]]:
     """``[start, stop)`` cut into consecutive ``(lo, hi)`` spans of at most ``step``."""
     for lo in range(start, stop, step):
         yield lo, min(stop, lo + step)
+
+
+def check_buffer(a: np.ndarray) -> np.ndarray:
+    """``a`` if a collective can work on it in place: flat, contiguous and writable.
+
+    Raises
+    ------
+    ConfigError
+        Naming what is wrong.
+    """
+    if not isinstance(a, np.ndarray) or a.ndim != 1 or not a.flags.c_contiguous:
+        raise ConfigError("ring operations take a flat, contiguous numpy array")
+    if not a.flags.writeable:
+        raise ConfigError("ring operations work in place: pass a writable array")
+    return a
 
 
 class _Sender:
@@ -180,11 +195,7 @@ class Ring:
             raise TransportError(
                 f"ring rank {self.rank} is broken by an earlier failure: {self._broken}"
             )
-        if not isinstance(a, np.ndarray) or a.ndim != 1 or not a.flags.c_contiguous:
-            raise ConfigError("ring operations take a flat, contiguous numpy array")
-        if not a.flags.writeable:
-            raise ConfigError("ring operations work in place: pass a writable array")
-        return a
+        return check_buffer(a)
 
     def _fail(self, exc: BaseException) -> TFYarnError:
         """Mark the ring broken and close it so that the neighbours fail too (no hang)."""
